@@ -24,7 +24,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use 'auto' or 'cpu'")
+        raise ValueError(
+            "device 'cuda' was asked for but no CUDA GPU is available; use 'auto' or 'cpu'"
+        )
     if device == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' was asked for but MPS is not available; use 'auto' or 'cpu'")
     return torch.device(device)

@@ -1,0 +1,147 @@
+"""The ``ioi`` command line: ``ioi replicate`` reproduces the IOI analysis on a model.
+
+Every user error prints one line and exits with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+EXIT_USAGE = 2
+
+
+class UsageError(ValueError):
+    """A bad command line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, instead of argparse's usage block
+        raise UsageError(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"seed must be a non-negative integer, got {text!r}"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ioi", description="Indirect Object Identification: course and replication"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    rep = sub.add_parser("replicate", help="reproduce the IOI analysis and write a report")
+    rep.add_argument(
+        "--model",
+        default=None,
+        help="toy | gpt2-small | PATH (HF GPT-2 directory or toy .safetensors); "
+        "default: gpt2-small if its weights are on disk, else toy",
+    )
+    rep.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    rep.add_argument(
+        "--n", type=_positive_int, default=200, help="number of IOI prompts (default 200)"
+    )
+    rep.add_argument("--seed", type=_seed, default=1, help="dataset seed (default 1)")
+    rep.add_argument("--out", type=Path, default=Path("ioi_report"), help="output directory")
+    return parser
+
+
+def choose_model(requested: str | None) -> tuple[str, str]:
+    """The model to use and why."""
+    from ioi.models import gpt2_small_available
+
+    if requested is not None:
+        return requested, "asked for with --model"
+    if gpt2_small_available():
+        return "gpt2-small", "GPT-2 small's weights are in the local Hugging Face cache"
+    return "toy", "GPT-2 small's weights are not on this machine, so the bundled IOI model is used"
+
+
+def cmd_replicate(args: argparse.Namespace, console: Console) -> int:
+    from ioi.models import load_model
+    from ioi.replicate import replicate
+
+    name, why = choose_model(args.model)
+    model = load_model(name, device=args.device)  # user errors surface here, before any output
+    console.print(f"[bold]model:[/bold] {name} ({why}) on {model.cfg.device}")
+    results = replicate(
+        model, n=args.n, seed=args.seed, out=args.out, console=console, model_name=name
+    )
+    print_summary(results, console)
+    console.print(f"results written to {args.out / 'results.json'}")
+    return 0
+
+
+def print_summary(results: dict, console: Console) -> None:
+    perf = results["performance"]
+    table = Table(title=f"IOI performance of {results['model']} (N={perf['n_prompts']})")
+    for col in ("prompts", "n", "logit diff", "IO > S", "IO top-1", "P(IO)"):
+        table.add_column(col, justify="right" if col != "prompts" else "left")
+    rows = [("all", perf["n_prompts"], perf["overall"])]
+    rows += [(f, "", perf[f]) for f in ("BABA", "ABBA") if f in perf]
+    rows += [(f"{t['family']} #{t['template_idx']}", t["n"], t) for t in perf["per_template"]]
+    for label, n, s in rows:
+        table.add_row(
+            label,
+            str(n),
+            f"{s['logit_diff']:.3f}",
+            f"{s['io_over_s']:.1%}",
+            f"{s['io_top1']:.1%}",
+            f"{s['io_prob']:.3f}",
+        )
+    console.print(table)
+    console.print(f"ABC (corrupted) logit diff: {perf['abc_logit_diff']:.3f}")
+    ref = results.get("reference")
+    if ref:
+        cmp = Table(title="GPT-2 small: ours vs published (Wang et al. 2022)")
+        for col in ("figure", "ours", "published", "difference"):
+            cmp.add_column(col, justify="right" if col != "figure" else "left")
+        for row in ref:
+            cmp.add_row(
+                row["figure"],
+                f"{row['ours']:.3f}",
+                f"{row['published']:.3f}",
+                f"{row['difference']:+.3f}",
+            )
+        console.print(cmp)
+
+
+def main(argv: list[str] | None = None) -> int:
+    console = Console()
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "replicate":
+            return cmd_replicate(args, console)
+    except (ValueError, OSError) as err:  # user errors: one line, exit 2
+        print(f"ioi: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def _entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    _entry()

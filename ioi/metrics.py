@@ -1,0 +1,111 @@
+"""Logit-difference metrics for IOI, and factories for the normalised patching metric.
+
+Every patching function takes a metric ``logits -> scalar``; build one here and pass it in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+Metric = Callable[[Tensor], Tensor]
+
+
+def _check_answers(logits: Tensor, answer_tokens: Tensor) -> None:
+    if answer_tokens.ndim != 2 or answer_tokens.shape[1] != 2:
+        raise ValueError(
+            f"answer_tokens must have shape [batch, 2] (correct, incorrect), got {tuple(answer_tokens.shape)}"
+        )
+    if logits.shape[0] != answer_tokens.shape[0]:
+        raise ValueError(
+            f"logits have batch {logits.shape[0]} but answer_tokens have batch {answer_tokens.shape[0]}"
+        )
+
+
+def final_logits(
+    logits: Float[Tensor, "batch pos d_vocab"],
+    positions: Int[Tensor, " batch"] | None = None,
+) -> Float[Tensor, "batch d_vocab"]:
+    """The logits each prompt predicts its answer from: ``positions`` (per prompt) or the last one."""
+    if positions is None:
+        return logits[:, -1]
+    if positions.shape != (logits.shape[0],):
+        raise ValueError(
+            f"positions must have shape [{logits.shape[0]}], got {tuple(positions.shape)}"
+        )
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    return logits[rows, positions.to(logits.device)]
+
+
+def logits_to_ave_logit_diff(
+    logits: Float[Tensor, "batch pos d_vocab"],
+    answer_tokens: Int[Tensor, "batch 2"],
+    per_prompt: bool = False,
+    positions: Int[Tensor, " batch"] | None = None,
+) -> Float[Tensor, "*batch"]:
+    """Logit of the correct answer minus the incorrect one, at each prompt's final position.
+
+    Args:
+        logits: model output.
+        answer_tokens: [batch, 2] ids of (correct, incorrect), e.g. ``IOIDataset.answer_tokens``.
+        per_prompt: return the [batch] differences instead of their mean.
+        positions: per-prompt index of the predicting token (``word_idx["end"]``); default last.
+    """
+    _check_answers(logits, answer_tokens)
+    picked = final_logits(logits, positions).gather(1, answer_tokens.to(logits.device))
+    diff = picked[:, 0] - picked[:, 1]
+    return diff if per_prompt else diff.mean()
+
+
+def make_ioi_metric(
+    clean_logit_diff: float | Tensor,
+    corrupted_logit_diff: float | Tensor,
+    answer_tokens: Int[Tensor, "batch 2"],
+    positions: Int[Tensor, " batch"] | None = None,
+) -> Metric:
+    """The normalised IOI metric: 0 at the corrupted baseline, 1 at the clean one.
+
+    Raises:
+        ValueError: if the two baselines are equal (the metric would divide by zero).
+    """
+    clean, corrupted = float(clean_logit_diff), float(corrupted_logit_diff)
+    if not (torch.isfinite(torch.tensor(clean)) and torch.isfinite(torch.tensor(corrupted))):
+        raise ValueError(f"baselines must be finite, got clean={clean} corrupted={corrupted}")
+    if abs(clean - corrupted) < 1e-6:
+        raise ValueError(
+            f"clean and corrupted logit differences are equal ({clean:.6g}); the normalised "
+            "metric would divide by zero. Use a corrupted input that changes the answer, "
+            "e.g. the ABC dataset, or use the raw logit difference."
+        )
+
+    def ioi_metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
+        diff = logits_to_ave_logit_diff(logits, answer_tokens, positions=positions)
+        return (diff - corrupted) / (clean - corrupted)
+
+    return ioi_metric
+
+
+def make_logit_diff_metric(
+    answer_tokens: Int[Tensor, "batch 2"],
+    positions: Int[Tensor, " batch"] | None = None,
+) -> Metric:
+    """The raw mean logit difference as a ``logits -> scalar`` metric."""
+
+    def logit_diff(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
+        return logits_to_ave_logit_diff(logits, answer_tokens, positions=positions)
+
+    return logit_diff
+
+
+def io_probability(
+    logits: Float[Tensor, "batch pos d_vocab"],
+    answer_tokens: Int[Tensor, "batch 2"],
+    positions: Int[Tensor, " batch"] | None = None,
+) -> Float[Tensor, " batch"]:
+    """Probability the model gives the correct answer, per prompt."""
+    _check_answers(logits, answer_tokens)
+    probs = final_logits(logits, positions).float().softmax(-1)
+    return probs.gather(1, answer_tokens[:, :1].to(probs.device)).squeeze(1)

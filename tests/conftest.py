@@ -1,0 +1,39 @@
+"""Shared fixtures. Every test runs offline: the hub is declared unreachable before anything loads."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # no test may try the network
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def hook_count(model) -> int:
+    """Number of forward/backward hooks attached anywhere in ``model``."""
+    total = 0
+    for module in model.modules():
+        total += len(module._forward_hooks) + len(module._forward_pre_hooks) + len(module._backward_hooks)
+        total += len(getattr(module, "fwd_hooks", [])) + len(getattr(module, "bwd_hooks", []))
+    return total
+
+
+@pytest.fixture(scope="session")
+def toy_model():
+    """The bundled IOI model on the CPU, loaded once per test session."""
+    from ioi.models import load_model
+
+    return load_model("toy", device="cpu")
+
+
+@pytest.fixture
+def no_hooks_after():
+    """Call with a model; asserts at teardown that the test left no hooks on it."""
+    models = []
+    yield models.append
+    for model in models:
+        assert hook_count(model) == 0, "a hook outlived the call that added it"
