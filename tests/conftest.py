@@ -17,7 +17,11 @@ def hook_count(model) -> int:
     """Number of forward/backward hooks attached anywhere in ``model``."""
     total = 0
     for module in model.modules():
-        total += len(module._forward_hooks) + len(module._forward_pre_hooks) + len(module._backward_hooks)
+        total += (
+            len(module._forward_hooks)
+            + len(module._forward_pre_hooks)
+            + len(module._backward_hooks)
+        )
         total += len(getattr(module, "fwd_hooks", [])) + len(getattr(module, "bwd_hooks", []))
     return total
 

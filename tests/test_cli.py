@@ -6,7 +6,24 @@ from ioi.cli import main
 
 
 def test_replicate_happy_path_writes_results(tmp_path, capsys):
-    assert main(["replicate", "--model", "toy", "--device", "cpu", "--n", "24", "--seed", "3", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "replicate",
+                "--model",
+                "toy",
+                "--device",
+                "cpu",
+                "--n",
+                "24",
+                "--seed",
+                "3",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "model: toy" in out and "IOI performance" in out
     results = json.loads((tmp_path / "results.json").read_text())

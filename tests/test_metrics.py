@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from jaxtyping import TypeCheckError
 
 from ioi.metrics import _check_answers, io_probability, logits_to_ave_logit_diff, make_ioi_metric
@@ -20,15 +19,21 @@ def test_logit_diff_by_hand():
     logits, answers = hand_logits()
     per = logits_to_ave_logit_diff(logits, answers, per_prompt=True, positions=torch.tensor([2, 1]))
     assert torch.allclose(per, torch.tensor([2.0, 4.0]))
-    assert logits_to_ave_logit_diff(logits, answers, positions=torch.tensor([2, 1])) == pytest.approx(3.0)
+    assert logits_to_ave_logit_diff(
+        logits, answers, positions=torch.tensor([2, 1])
+    ) == pytest.approx(3.0)
     # With no positions, the last position is used: prompt 1 reads the decoy (0 - 9).
-    assert torch.allclose(logits_to_ave_logit_diff(logits, answers, per_prompt=True), torch.tensor([2.0, -9.0]))
+    assert torch.allclose(
+        logits_to_ave_logit_diff(logits, answers, per_prompt=True), torch.tensor([2.0, -9.0])
+    )
 
 
 def test_normalised_metric_is_zero_at_corrupted_and_one_at_clean():
     logits, answers = hand_logits()
     pos = torch.tensor([2, 1])
-    metric = make_ioi_metric(clean_logit_diff=3.0, corrupted_logit_diff=-1.0, answer_tokens=answers, positions=pos)
+    metric = make_ioi_metric(
+        clean_logit_diff=3.0, corrupted_logit_diff=-1.0, answer_tokens=answers, positions=pos
+    )
     assert metric(logits).item() == pytest.approx(1.0)
     shifted = logits.clone()
     shifted[0, 2, 1] -= 8.0  # prompt 0 diff 2 -> -6, mean (-6 + 4) / 2 = -1

@@ -11,7 +11,11 @@ from ioi.toy import UNUSED_LOGIT, load_toy, toy_vocab
 
 
 def test_auto_device_is_cpu_here_and_bad_names_raise():
-    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    expected = (
+        "cuda"
+        if torch.cuda.is_available()
+        else ("mps" if torch.backends.mps.is_available() else "cpu")
+    )
     assert resolve_device("auto").type == expected
     with pytest.raises(ValueError, match="choose one of"):
         resolve_device("tpu")
@@ -39,7 +43,9 @@ def test_unknown_model_and_missing_files_raise(tmp_path):
 
 def test_local_hf_gpt2_directory_matches_hugging_face(tmp_path):
     gen = torch.Generator().manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=32, vocab_size=50257)).eval()
+    hf = GPT2LMHeadModel(
+        GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=32, vocab_size=50257)
+    ).eval()
     with torch.no_grad():
         for p in hf.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
@@ -56,7 +62,9 @@ def test_local_hf_gpt2_directory_matches_hugging_face(tmp_path):
 def test_toy_model_shape_and_unused_tokens_never_win(toy_model):
     assert toy_model.cfg.d_vocab == 50257
     used = torch.tensor(toy_vocab())
-    assert torch.equal(toy_model.W_E[used.new_tensor([5335, 1757])].abs().sum(-1) > 0, torch.tensor([True, True]))
+    assert torch.equal(
+        toy_model.W_E[used.new_tensor([5335, 1757])].abs().sum(-1) > 0, torch.tensor([True, True])
+    )
     unused = torch.ones(50257, dtype=torch.bool)
     unused[used] = False
     assert (toy_model.W_E[unused] == 0).all()
