@@ -1,0 +1,277 @@
+"""The patching engine: many sites per forward pass, each pass starting where its sites are.
+
+`patch_sites` runs the receiver once, then for each planned pass stacks ``k`` copies of the
+batch (copy ``i`` gets site ``i`` patched), starts the model at the sites' layer from the cached
+residual stream, reuses cached keys/values for positions before the first changed one, and
+applies the metric to each copy's own [batch, pos, d_vocab] logits. Sites whose patch changes
+nothing (source equal to receiver on every patched entry) cost no pass at all.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from ioi.patching.plan import Pass, copies_per_pass, plan_passes
+from ioi.patching.receiver import ReceiverRun, run_receiver
+from ioi.patching.sites import Site, check_site, n_heads_at
+from ioi.patching.sources import Source
+from ioi.patching.tail import logits_from_layer
+
+Metric = Callable[[Tensor], Tensor | float]
+
+
+def metric_value(metric: Metric, logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
+    """Apply a user metric and insist on a single number; raises `ValueError` otherwise."""
+    value = metric(logits)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return torch.tensor(float(value), device=logits.device)
+    if not isinstance(value, Tensor) or value.numel() != 1:
+        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(
+            f"the patching metric must return a scalar (one number) for logits of shape "
+            f"{tuple(logits.shape)}, got {shape}; average over the batch, e.g. `.mean()`"
+        )
+    return value.reshape(())
+
+
+def patch_sites(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos"],
+    sites: Sequence[Site],
+    metric: Metric,
+    source: Source,
+    *,
+    max_sites_per_pass: int | None = None,
+    memory_budget: int | None = None,
+    progress: bool = False,
+) -> Float[Tensor, " site"]:
+    """Metric of the run on ``tokens`` with each site patched from ``source``, one value per site.
+
+    Args:
+        model: any `HookedTransformer`.
+        tokens: input of the run being patched (the "corrupted" run when denoising).
+        sites: where to patch.
+        metric: ``logits [batch, pos, d_vocab] -> scalar``, applied to each site's logits.
+        source: `RunSource`, `ZeroSource` or `MeanSource`.
+        max_sites_per_pass: at most this many sites (copies of the batch) per forward pass.
+        memory_budget: bytes a pass may use; default half the free GPU memory, or up to 2 GiB
+            of RAM. Passes that still run out of memory are halved and retried.
+        progress: show a progress bar.
+
+    Returns:
+        [site] metric values, on the model's device.
+    """
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must have shape [batch, pos], got {tuple(tokens.shape)}")
+    if not sites:
+        raise ValueError("no sites to patch")
+    batch, n_pos = tokens.shape
+    for site in sites:
+        check_site(site, model.cfg, batch, n_pos)
+    device = torch.device(model.cfg.device or "cpu")
+    with torch.inference_mode():
+        receiver = run_receiver(model, tokens, {site.hook_name for site in sites})
+        baseline = metric_value(metric, receiver.logits)
+        starts = first_changes(model, sites, receiver, source)
+        capacity = copies_per_pass(
+            model.cfg, batch, n_pos, device, memory_budget, max_sites_per_pass
+        )
+        passes = plan_passes([s.layer for s in sites], starts, n_pos, batch, capacity, device)
+        values = [baseline] * len(sites)
+        with _progress_bar(progress, len(sites)) as advance:
+            advance(sum(start is None for start in starts))
+            for p, pass_values in _run_all(model, receiver, sites, starts, passes, source, metric):
+                for site_id, value in zip(p.site_ids, pass_values, strict=True):
+                    values[site_id] = value
+                advance(len(p.site_ids))
+        flat = torch.stack(values).tolist()
+    dtype = torch.float64 if model.cfg.dtype == torch.float64 else torch.float32
+    return torch.tensor(flat, dtype=dtype, device=device)
+
+
+def first_changes(
+    model: HookedTransformer, sites: Sequence[Site], receiver: ReceiverRun, source: Source
+) -> list[int | None]:
+    """Per site, the first (destination) position its patch changes; None if it changes nothing.
+
+    Without prefix reuse every changing site starts at 0.
+    """
+    by_hook: dict[str, list[int]] = defaultdict(list)
+    for site_id, site in enumerate(sites):
+        by_hook[site.hook_name].append(site_id)
+    starts: list[int | None] = [None] * len(sites)
+    for name, site_ids in by_hook.items():
+        recv = receiver.acts[name]
+        differs = _differs(recv, source.value(name, recv), sites[site_ids[0]])
+        for site_id in site_ids:
+            site = sites[site_id]
+            n_heads = n_heads_at(site.component, model.cfg)
+            changed = site.mask(receiver.batch, receiver.n_pos, n_heads) & differs
+            by_pos = changed.movedim(site.pos_axis, 0).flatten(1).any(1)  # [pos]
+            if by_pos.any():
+                starts[site_id] = int(by_pos.nonzero()[0, 0]) if receiver.reuse_prefix else 0
+    return starts
+
+
+def _differs(recv: Tensor, src: Tensor, site: Site) -> Bool[Tensor, "batch ..."]:
+    """Where patching would change the activation, over the site's selectable dims, on CPU."""
+    differs = (recv != src).expand_as(recv)
+    if site.component != "pattern":
+        differs = differs.any(dim=-1)  # drop the d_model / d_head feature dim
+    return differs.cpu()
+
+
+def _run_all(
+    model: HookedTransformer,
+    receiver: ReceiverRun,
+    sites: Sequence[Site],
+    starts: Sequence[int | None],
+    passes: list[Pass],
+    source: Source,
+    metric: Metric,
+) -> Iterator[tuple[Pass, list[Tensor]]]:
+    """Run every pass; a pass that runs out of memory is split in half and retried."""
+    queue = deque(passes)
+    capacity = max((len(p.site_ids) for p in passes), default=1)
+    while queue:
+        p = queue.popleft()
+        if len(p.site_ids) > capacity:
+            queue.extendleft(reversed(_halve(p, starts)))
+            continue
+        try:
+            pass_values = run_pass(model, receiver, sites, p, source, metric)
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not _is_oom(err) or len(p.site_ids) == 1:
+                raise
+            _release_memory(model)
+            capacity = max(1, len(p.site_ids) // 2)
+            queue.extendleft(reversed(_halve(p, starts)))
+            continue
+        yield p, pass_values
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err)
+
+
+def _release_memory(model: HookedTransformer) -> None:
+    if torch.cuda.is_available() and str(model.cfg.device).startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def _halve(p: Pass, starts: Sequence[int | None]) -> list[Pass]:
+    half = len(p.site_ids) // 2
+    parts = (p.site_ids[:half], p.site_ids[half:])
+    return [Pass(p.layer, min(starts[i] for i in ids), ids) for ids in parts]
+
+
+def run_pass(
+    model: HookedTransformer,
+    receiver: ReceiverRun,
+    sites: Sequence[Site],
+    p: Pass,
+    source: Source,
+    metric: Metric,
+) -> list[Tensor]:
+    """One forward pass with ``len(p.site_ids)`` stacked copies; returns one metric per copy."""
+    copies, start = len(p.site_ids), p.start_pos
+    fired: set[str] = set()
+    hooks = _patch_hooks(model, receiver, [sites[i] for i in p.site_ids], start, source, fired)
+    kwargs = receiver.extras(start, copies)
+    if start > 0:
+        kwargs["past_kv_cache"] = receiver.prefix_cache(model, p.layer, start, copies)
+    resid = receiver.residual(p.layer, start, copies)
+    with model.hooks(fwd_hooks=hooks):
+        logits = logits_from_layer(model, resid, p.layer, **kwargs)
+    assert fired == {name for name, _ in hooks}, "a patch hook never ran"
+    per_copy = _full_logits(receiver, logits, copies, start)
+    return [metric_value(metric, per_copy[i]) for i in range(copies)]
+
+
+def _full_logits(
+    receiver: ReceiverRun, logits: Tensor, copies: int, start: int
+) -> Float[Tensor, "copy batch pos d_vocab"]:
+    """Each copy's logits over all positions: the receiver's before ``start``, the pass's after."""
+    batch, n_pos = receiver.batch, receiver.n_pos
+    if start == 0:
+        return logits.view(copies, batch, n_pos, -1)
+    full = logits.new_empty(copies, batch, n_pos, logits.shape[-1])
+    full[:, :, :start] = receiver.logits[:, :start]  # broadcast over copies
+    full[:, :, start:] = logits.view(copies, batch, n_pos - start, -1)
+    return full
+
+
+def _patch_hooks(
+    model: HookedTransformer,
+    receiver: ReceiverRun,
+    pass_sites: list[Site],
+    start: int,
+    source: Source,
+    fired: set[str],
+) -> list[tuple[str, Callable]]:
+    """One hook per hook point in the pass; copy ``i`` of each activation gets site ``i``."""
+    by_hook: dict[str, list[int]] = defaultdict(list)
+    for copy, site in enumerate(pass_sites):
+        by_hook[site.hook_name].append(copy)
+    hooks = []
+    for name, copies in by_hook.items():
+        mask = _copies_mask(model, receiver, pass_sites, copies, start)
+        src = _sliced_source(receiver, pass_sites[copies[0]], source, start)
+        hooks.append((name, _make_hook(mask, src, len(pass_sites), fired)))
+    return hooks
+
+
+def _copies_mask(
+    model: HookedTransformer,
+    receiver: ReceiverRun,
+    pass_sites: list[Site],
+    copies: list[int],
+    start: int,
+) -> Bool[Tensor, "copy batch ..."]:
+    """[copy, batch, *selectable dims(, 1)] mask, trimmed to positions from ``start``."""
+    first = pass_sites[copies[0]]
+    n_heads = n_heads_at(first.component, model.cfg)
+    shape = first.mask(receiver.batch, receiver.n_pos, n_heads).shape
+    mask = torch.zeros(len(pass_sites), *shape, dtype=torch.bool)
+    for copy in copies:
+        mask[copy] = pass_sites[copy].mask(receiver.batch, receiver.n_pos, n_heads)
+    mask = mask.narrow(first.pos_axis + 1, start, receiver.n_pos - start)
+    if first.component != "pattern":
+        mask = mask.unsqueeze(-1)  # broadcast over the feature dim
+    return mask.to(receiver.tokens.device)
+
+
+def _sliced_source(receiver: ReceiverRun, site: Site, source: Source, start: int) -> Tensor:
+    src = source.value(site.hook_name, receiver.acts[site.hook_name])
+    if src.ndim == 0:
+        return src
+    return src.narrow(site.pos_axis, start, receiver.n_pos - start)
+
+
+def _make_hook(mask: Tensor, src: Tensor, copies: int, fired: set[str]) -> Callable:
+    def patch(act: Tensor, hook) -> Tensor:
+        fired.add(hook.name)
+        stacked = act.reshape(copies, -1, *act.shape[1:])  # [copy, batch, ...]
+        return torch.where(mask, src, stacked).reshape(act.shape)
+
+    return patch
+
+
+@contextmanager
+def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task("patching sites", total=total)
+        yield lambda n: bar.update(task, advance=n)

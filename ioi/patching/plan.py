@@ -1,0 +1,152 @@
+"""Planning forward passes: which sites share a pass, and how many fit in memory.
+
+Every site at layer ``L`` leaves layers ``< L`` untouched, and (causal attention) leaves every
+position before the first one it changes untouched. So a pass for a group of sites starts at
+block ``L`` from the cached residual, and only at the group's first changed position. Sites are
+grouped by layer; within a layer, sorted by their first changed position and cut into passes by
+a small dynamic programme that trades per-pass overhead against positions recomputed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformer_lens import HookedTransformerConfig
+
+GIB = 1024**3
+
+# Fixed cost of one extra pass, in token rows it could have computed instead. Kernel launches
+# and Python dominate on GPUs; on CPUs a pass costs little beyond its arithmetic.
+_PASS_OVERHEAD_TOKENS = {"cuda": 4096, "mps": 2048, "cpu": 32}
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One forward pass: start at ``layer`` and ``start_pos``; copy ``i`` patches ``site_ids[i]``."""
+
+    layer: int
+    start_pos: int
+    site_ids: tuple[int, ...]
+
+
+def bytes_per_copy(cfg: HookedTransformerConfig, batch: int, n_pos: int) -> int:
+    """Rough peak memory of one patched copy of the batch in a pass.
+
+    Counts the logits twice (the pass output and the assembled full logits the metric reads, or
+    the metric's own temporaries) plus one block's worth of live activations.
+    """
+    d_mlp = cfg.d_mlp or 0
+    per_token = 2 * cfg.d_vocab + 12 * cfg.d_model + 3 * d_mlp + 4 * cfg.n_heads * n_pos
+    itemsize = torch.empty((), dtype=cfg.dtype).element_size()
+    return batch * n_pos * per_token * itemsize
+
+
+def default_memory_budget(device: torch.device) -> int:
+    """Bytes a sweep may use: half the free GPU memory, or a quarter of free RAM (at most 2 GiB)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    if device.type == "mps":
+        return 2 * GIB
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2 * GIB
+    return int(min(2 * GIB, available // 4))
+
+
+def copies_per_pass(
+    cfg: HookedTransformerConfig,
+    batch: int,
+    n_pos: int,
+    device: torch.device,
+    memory_budget: int | None,
+    max_sites_per_pass: int | None,
+) -> int:
+    """How many patched copies of the batch one pass may stack (at least 1)."""
+    if max_sites_per_pass is not None and max_sites_per_pass < 1:
+        raise ValueError(f"max_sites_per_pass must be >= 1, got {max_sites_per_pass}")
+    if memory_budget is not None and memory_budget <= 0:
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
+    budget = default_memory_budget(device) if memory_budget is None else memory_budget
+    capacity = max(1, budget // bytes_per_copy(cfg, batch, n_pos))
+    if max_sites_per_pass is not None:
+        capacity = min(capacity, max_sites_per_pass)
+    return capacity
+
+
+def plan_passes(
+    layers: Sequence[int],
+    starts: Sequence[int | None],
+    n_pos: int,
+    batch: int,
+    capacity: int,
+    device: torch.device,
+) -> list[Pass]:
+    """Cut sites into passes.
+
+    Args:
+        layers: each site's layer.
+        starts: each site's first changed position; ``None`` for a site whose patch changes
+            nothing (it needs no pass).
+        n_pos: sequence length.
+        batch: prompts per copy.
+        capacity: most copies per pass.
+        device: where passes run (sets the per-pass overhead of the cost model).
+
+    Returns:
+        Passes covering every site whose start is not ``None``, each site exactly once.
+    """
+    overhead = _PASS_OVERHEAD_TOKENS.get(device.type, 32) / batch  # in copy-positions
+    by_layer: dict[int, list[int]] = defaultdict(list)
+    for site_id, (layer, start) in enumerate(zip(layers, starts, strict=True)):
+        if start is not None:
+            by_layer[layer].append(site_id)
+    passes: list[Pass] = []
+    for layer in sorted(by_layer):
+        ids = sorted(by_layer[layer], key=lambda i: starts[i])
+        for chunk in _cut_layer(ids, [starts[i] for i in ids], n_pos, capacity, overhead):
+            passes.extend(_split(layer, chunk, starts, capacity))
+    return passes
+
+
+def _cut_layer(
+    ids: list[int], starts: list[int], n_pos: int, capacity: int, overhead: float
+) -> list[list[int]]:
+    """Merge runs of equal start position into chunks, minimising overhead + positions run."""
+    groups: list[tuple[int, list[int]]] = []
+    for site_id, start in zip(ids, starts, strict=True):
+        if groups and groups[-1][0] == start:
+            groups[-1][1].append(site_id)
+        else:
+            groups.append((start, [site_id]))
+    best = [0.0] + [math.inf] * len(groups)  # best[g]: cost of the first g groups
+    cut = [0] * (len(groups) + 1)
+    for end in range(1, len(groups) + 1):
+        n_sites = 0
+        for begin in range(end - 1, -1, -1):
+            n_sites += len(groups[begin][1])
+            n_passes = math.ceil(n_sites / capacity)
+            cost = best[begin] + n_passes * overhead + n_sites * (n_pos - groups[begin][0])
+            if cost < best[end]:
+                best[end], cut[end] = cost, begin
+    chunks: list[list[int]] = []
+    end = len(groups)
+    while end > 0:
+        begin = cut[end]
+        chunks.append([i for _, members in groups[begin:end] for i in members])
+        end = begin
+    return chunks[::-1]
+
+
+def _split(layer: int, chunk: list[int], starts: Sequence[int | None], capacity: int) -> list[Pass]:
+    passes = []
+    for offset in range(0, len(chunk), capacity):
+        ids = tuple(chunk[offset : offset + capacity])
+        passes.append(Pass(layer, min(starts[i] for i in ids), ids))
+    return passes
