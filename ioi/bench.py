@@ -40,6 +40,7 @@ from transformer_lens.utilities import get_act_name
 
 import ioi.patching as ours
 from ioi.device import resolve_device
+from ioi.metrics import make_logit_diff_metric
 
 BOS = 50256  # GPT-2's <|endoftext|>, which starts every IOI prompt
 N_POS = 15
@@ -114,13 +115,21 @@ def random_prompts(
     return clean, corrupted, answers
 
 
-def logit_diff_metric(answers: Int[Tensor, "batch 2"]) -> Callable[[Tensor], Tensor]:
-    """Mean logit difference between each prompt's two answer tokens at the last position."""
+def logit_diff_metric(
+    answers: Int[Tensor, "batch 2"], opaque: bool = False
+) -> Callable[[Tensor], Tensor]:
+    """Mean logit difference between each prompt's two answer tokens at the last position.
+
+    This is `ioi.metrics.make_logit_diff_metric`, which declares the one position it reads, so
+    our engine unembeds only that position. ``opaque=True`` wraps it in a plain function that
+    declares nothing, to time the engine with an arbitrary ``logits -> scalar`` metric.
+    """
+    declared = make_logit_diff_metric(answers)
+    if not opaque:
+        return declared
 
     def metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
-        last = logits[:, -1]
-        picked = last.gather(1, answers.to(last.device))
-        return (picked[:, 0] - picked[:, 1]).mean()
+        return declared(logits)
 
     return metric
 
@@ -285,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     patching.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     patching.add_argument("--seed", type=int, default=0)
+    patching.add_argument(
+        "--opaque-metric",
+        action="store_true",
+        help="use a metric that does not declare which logits it reads (every logit is computed)",
+    )
     return parser
 
 
@@ -299,7 +313,7 @@ def run_patching(args: argparse.Namespace, console: Console) -> int:
     model = gpt2_shaped_model(device, args.seed)
     clean, corrupted, answers = random_prompts(n, model.cfg.d_vocab, args.seed)
     clean, corrupted = clean.to(device), corrupted.to(device)
-    metric = logit_diff_metric(answers)
+    metric = logit_diff_metric(answers, opaque=args.opaque_metric)
     components = ("resid_pre", "z", "q", "k", "v", "pattern")
     needed = {get_act_name(c, layer) for c in components for layer in range(model.cfg.n_layers)}
     with torch.inference_mode():

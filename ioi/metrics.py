@@ -1,6 +1,8 @@
 """Logit-difference metrics for IOI, and factories for the normalised patching metric.
 
 Every patching function takes a metric ``logits -> scalar``; build one here and pass it in.
+The factories mark each metric with ``logit_positions`` (the positions it reads), which lets the
+patching engine skip unembedding the positions no metric looks at.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def make_ioi_metric(
         diff = logits_to_ave_logit_diff(logits, answer_tokens, positions=positions)
         return (diff - corrupted) / (clean - corrupted)
 
+    ioi_metric.logit_positions = _declared(positions)
     return ioi_metric
 
 
@@ -97,7 +100,14 @@ def make_logit_diff_metric(
     def logit_diff(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
         return logits_to_ave_logit_diff(logits, answer_tokens, positions=positions)
 
+    logit_diff.logit_positions = _declared(positions)
     return logit_diff
+
+
+def _declared(positions: Tensor | None) -> Tensor | str:
+    # The patching engine reads this attribute and unembeds only these positions: the metric
+    # never looks at any other logit, so the result is the same and a sweep is much cheaper.
+    return "last" if positions is None else positions.detach().clone()
 
 
 def io_probability(

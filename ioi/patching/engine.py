@@ -22,7 +22,7 @@ from ioi.patching.plan import Pass, copies_per_pass, plan_passes
 from ioi.patching.receiver import ReceiverRun, run_receiver
 from ioi.patching.sites import Site, check_site, n_heads_at
 from ioi.patching.sources import Source
-from ioi.patching.tail import logits_from_layer
+from ioi.patching.tail import logits_at_rows, logits_from_layer
 
 Metric = Callable[[Tensor], Tensor | float]
 
@@ -39,6 +39,37 @@ def metric_value(metric: Metric, logits: Float[Tensor, "batch pos d_vocab"]) -> 
             f"{tuple(logits.shape)}, got {shape}; average over the batch, e.g. `.mean()`"
         )
     return value.reshape(())
+
+
+def declared_rows(
+    metric: Metric, batch: int, n_pos: int, start: int, copies: int, device: torch.device
+) -> Tensor | None:
+    """Positions the metric says it reads (``metric.logit_positions``), relative to ``start``.
+
+    A metric may carry ``logit_positions``: ``"last"`` or a [batch] tensor of positions (the
+    factories in `ioi.metrics` set it). Then only those logits are computed, one row per copy
+    and prompt. None (compute every logit) when the metric declares nothing, or when a declared
+    position lies in the prefix this pass does not recompute.
+    """
+    declared = getattr(metric, "logit_positions", None)
+    if declared is None:
+        return None
+    if isinstance(declared, str):
+        if declared != "last":
+            raise ValueError(
+                f"metric.logit_positions must be 'last' or a [batch] tensor, got {declared!r}"
+            )
+        positions = torch.full((batch,), n_pos - 1, dtype=torch.long)
+    else:
+        positions = torch.as_tensor(declared, dtype=torch.long).cpu()
+        if positions.shape != (batch,) or positions.min() < 0 or positions.max() >= n_pos:
+            raise ValueError(
+                f"metric.logit_positions must hold {batch} positions in [0, {n_pos}), "
+                f"got shape {tuple(positions.shape)}"
+            )
+    if positions.min() < start:
+        return None
+    return (positions - start).repeat(copies).to(device)  # copy-major, like the stacked batch
 
 
 def patch_sites(
@@ -188,8 +219,13 @@ def run_pass(
     if start > 0:
         kwargs["past_kv_cache"] = receiver.prefix_cache(model, p.layer, start, copies)
     resid = receiver.residual(p.layer, start, copies)
+    rows = declared_rows(metric, receiver.batch, receiver.n_pos, start, copies, resid.device)
     with model.hooks(fwd_hooks=hooks):
-        logits = logits_from_layer(model, resid, p.layer, **kwargs)
+        logits = None
+        if rows is not None:
+            logits = logits_at_rows(model, resid, p.layer, rows, **kwargs)
+        if logits is None:
+            logits = logits_from_layer(model, resid, p.layer, **kwargs)
     assert fired == {name for name, _ in hooks}, "a patch hook never ran"
     per_copy = _full_logits(receiver, logits, copies, start)
     return [metric_value(metric, per_copy[i]) for i in range(copies)]
