@@ -26,6 +26,15 @@ def hook_count(model) -> int:
     return total
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of many small ops (much faster on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def toy_model():
     """The bundled IOI model on the CPU, loaded once per test session."""

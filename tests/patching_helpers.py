@@ -12,6 +12,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.hook_points import HookPoint
 
 from ioi.patching import PerPrompt, Site
+from ioi.tokenizer import gpt2_tokenizer
 
 D_VOCAB = 61
 BATCH = 3
@@ -119,3 +120,41 @@ def reference_patch(
             logits = model.run_with_hooks(tokens, fwd_hooks=[(site.hook_name, hook)])
             values.append(float(metric(logits)))
     return torch.tensor(values)
+
+
+def gpt2_vocab_model(
+    n_layers: int = 3,
+    d_model: int = 32,
+    d_head: int = 8,
+    d_mlp: int = 64,
+    normalization: str = "LNPre",
+    attn_only: bool = False,
+    seed: int = 0,
+) -> HookedTransformer:
+    """A small 4-head model over GPT-2's 50257 ids (so IOI prompts tokenise), seeded weights.
+
+    Weight matrices ~ N(0, 0.4), everything else ~ N(0, 0.1), norm scales near 1; the weights
+    come from a private generator, so building a model never touches the global RNG.
+    """
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers,
+        n_heads=4,
+        d_model=d_model,
+        d_head=d_head,
+        d_mlp=d_mlp,
+        n_ctx=64,
+        d_vocab=50257,
+        act_fn="gelu_new",
+        normalization_type=normalization,
+        attn_only=attn_only,
+        init_weights=False,
+        seed=None,
+    )
+    model = HookedTransformer(cfg, tokenizer=gpt2_tokenizer(), move_to_device=False)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            scale = 0.4 if ".W_" in name else 0.1
+            offset = 1.0 if name.endswith(".w") else 0.0
+            p.copy_(torch.randn(p.shape, generator=gen) * scale + offset)
+    return model.eval()

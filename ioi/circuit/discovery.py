@@ -1,0 +1,235 @@
+"""Automatic discovery of the IOI circuit by recursive path patching (Wang et al. 2022, section 3).
+
+The paper works backwards from the logits: find the heads that write the answer directly,
+then the heads that feed their queries, keys and values, and so on. Here the same recursion
+runs with a threshold on the path-patching effect instead of a human eye, and each head found
+is placed at the position where its output matters and named by what it does (the paper's
+class names when its role and attention pattern match them, a descriptive name otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from ioi.circuit.oracle import PathPatchingOracle
+from ioi.circuit.spec import Circuit, Head
+from ioi.path_patching import RECEIVER_INPUTS, Receiver, Sender, all_head_senders
+
+POSITION_KEYS = ("IO", "IO+1", "S1", "S1+1", "S2", "end")
+"""Where a head's output may matter; the one carrying most of its effect is kept."""
+
+SOURCE_KEYS = ("IO", "IO+1", "S1", "S1+1", "S2", "end")
+"""Attention targets used to name a head (plus ``"previous"``: the token before)."""
+
+
+@dataclass(frozen=True)
+class Edge:
+    """A sender above threshold: into the logits (``input="logits"``) or receivers' q/k/v."""
+
+    sender: Head
+    receivers: tuple[Head, ...]
+    input: str
+    receiver_position: str | None
+    effect: float
+
+
+@dataclass(frozen=True)
+class HeadFinding:
+    """Why a head is in the circuit, where it is kept, and what it attends to there."""
+
+    head: Head
+    role: str  # "logits" or the receivers' input ("q", "k", "v") of its strongest edge
+    effect: float
+    position: str
+    position_effects: Mapping[str, float]
+    attention: Mapping[str, float]
+    cls: str = ""
+
+    @property
+    def attends_to(self) -> str:
+        """The source with the most attention from the kept position (``"previous"`` wins a
+        tie, e.g. at S1+1 the previous token *is* S1)."""
+        top = max(self.attention.values())
+        if self.attention.get("previous", -1.0) >= top:
+            return "previous"
+        return max(self.attention, key=self.attention.get)
+
+
+@dataclass(frozen=True)
+class DiscoveredCircuit:
+    """A discovered circuit: the spec, the graph edges and the evidence behind each head."""
+
+    threshold: float
+    circuit: Circuit | None  # None when no head passes the threshold
+    edges: tuple[Edge, ...]
+    findings: tuple[HeadFinding, ...] = field(default=())
+
+    def heads(self) -> frozenset[Head]:
+        """Every head found."""
+        return frozenset(f.head for f in self.findings)
+
+
+# ---- steps -------------------------------------------------------------------------------
+
+
+def find_output_heads(oracle: PathPatchingOracle, threshold: float) -> list[Edge]:
+    """Step 1: heads whose direct path to the logits has ``|effect| >= threshold``."""
+    senders = all_head_senders(oracle.model)
+    effects = oracle.effects(senders)
+    return [
+        Edge((s.layer, s.head), (), "logits", None, float(e))
+        for s, e in zip(senders, effects.tolist(), strict=True)
+        if abs(e) >= threshold
+    ]
+
+
+def find_senders(
+    oracle: PathPatchingOracle, receivers: Sequence[Head], position: str, threshold: float
+) -> list[Edge]:
+    """Step 2: earlier heads whose path into the receivers' q (at ``position``), k or v
+    (at every position) has ``|effect| >= threshold``."""
+    top = max(layer for layer, _ in receivers)
+    if top == 0:
+        return []
+    senders = all_head_senders(oracle.model, below_layer=top)
+    edges = []
+    for inp in RECEIVER_INPUTS:
+        where = position if inp == "q" else None  # a head's query matters where it is kept
+        targets = [Receiver(layer, h, inp) for layer, h in receivers]
+        effects = oracle.effects(senders, targets, receiver_positions=where)
+        edges += [
+            Edge((s.layer, s.head), tuple(receivers), inp, where, float(e))
+            for s, e in zip(senders, effects.tolist(), strict=True)
+            if abs(e) >= threshold
+        ]
+    return edges
+
+
+def best_positions(
+    oracle: PathPatchingOracle, edges: Sequence[Edge], keys: Sequence[str] = POSITION_KEYS
+) -> list[dict[str, float]]:
+    """Step 3: each edge's effect with its sender's output patched at one position only."""
+    out: list[dict[str, float]] = [{} for _ in edges]
+    groups: dict[tuple, list[int]] = {}
+    for i, edge in enumerate(edges):
+        groups.setdefault((edge.receivers, edge.input, edge.receiver_position), []).append(i)
+    for (receivers, inp, where), members in groups.items():
+        senders = [Sender("head", *edges[i].sender) for i in members]
+        targets = None if inp == "logits" else [Receiver(lay, h, inp) for lay, h in receivers]
+        for key in keys:
+            effects = oracle.effects(
+                senders, targets, sender_positions=key, receiver_positions=where
+            )
+            for i, value in zip(members, effects.tolist(), strict=True):
+                out[i][key] = value
+    return out
+
+
+def name_head(finding: HeadFinding) -> str:
+    """Step 4: a class name from the head's role, position and attention (paper names first).
+
+    * logits, attends to IO: ``name_mover`` (or ``negative_name_mover`` if it lowers the
+      logit difference);
+    * attends mostly to the previous token: ``previous_token``;
+    * k/v sender kept at S2, attending to S1: ``duplicate_token``; to S1+1: ``induction``;
+    * q sender kept at end, attending to S1/S2: ``s_inhibition``;
+    * otherwise ``{role}_{position}_to_{source}``, role ``direct`` for the logits, e.g.
+      ``direct_end_to_S2`` (writes the answer from end, reading S2) or ``v_S2_to_IO``.
+    """
+    src, pos, role = finding.attends_to, finding.position, finding.role
+    if role == "logits" and src == "IO":
+        return "name_mover" if finding.effect < 0 else "negative_name_mover"
+    if src == "previous":
+        return "previous_token"
+    if role in ("k", "v") and pos == "S2" and src in ("S1", "S1+1"):
+        return "duplicate_token" if src == "S1" else "induction"
+    if role == "q" and pos == "end" and src in ("S1", "S2"):
+        return "s_inhibition"
+    if role == "logits":
+        return f"{'negative_' if finding.effect > 0 else ''}direct_{pos}_to_{src}"
+    return f"{role}_{pos}_to_{src}"
+
+
+def build_circuit(findings: Sequence[HeadFinding], name: str) -> Circuit | None:
+    """Step 5: class -> heads and class -> position (a name used at two positions is split)."""
+    if not findings:
+        return None
+    positions_of: dict[str, set[str]] = {}
+    for f in findings:
+        positions_of.setdefault(f.cls, set()).add(f.position)
+    heads: dict[str, list[Head]] = {}
+    where: dict[str, str] = {}
+    for f in findings:
+        cls = f.cls if len(positions_of[f.cls]) == 1 else f"{f.cls}@{f.position}"
+        heads.setdefault(cls, []).append(f.head)
+        where[cls] = f.position
+    return Circuit(heads, where, name=name)
+
+
+# ---- orchestrator ------------------------------------------------------------------------
+
+
+def _findings_for(oracle: PathPatchingOracle, edges: Sequence[Edge]) -> list[HeadFinding]:
+    """Steps 3-4 for edges: each edge places its sender at one position; one finding per
+    (head, position), from the strongest edge there. A head can thus act at two positions."""
+    best: dict[tuple[Head, str], HeadFinding] = {}
+    for edge, effects in zip(edges, best_positions(oracle, edges), strict=True):
+        position = max(effects, key=lambda k: abs(effects[k]))
+        key = (edge.sender, position)
+        if key in best and abs(best[key].effect) >= abs(edge.effect):
+            continue
+        attention = oracle.attention(edge.sender, position, SOURCE_KEYS)
+        finding = HeadFinding(edge.sender, edge.input, edge.effect, position, effects, attention)
+        best[key] = replace(finding, cls=name_head(finding))
+    return list(best.values())
+
+
+def discover_circuit(
+    oracle: PathPatchingOracle, threshold: float, max_depth: int | None = None
+) -> DiscoveredCircuit:
+    """Discover the circuit: recursive path patching from the logits backwards.
+
+    Steps:
+        1. Output heads: every head's direct path to the logits (`find_output_heads`).
+        2. Senders: for each group of heads just found (same role and position), every
+           earlier head's path into their q, k and v (`find_senders`); repeat on the new
+           heads, up to ``max_depth`` rounds (default: the number of layers).
+        3. Positions: each head is kept where its output carries most of its effect along
+           the edge that found it (`best_positions`).
+        4. Classes: each head is named by role and attention (`name_head`).
+        5. Spec: class -> heads, class -> position (`build_circuit`).
+
+    Args:
+        oracle: path-patching effects for the model and datasets (`PathPatchingOracle`).
+        threshold: minimum ``|effect|`` on the normalised metric (1 = the whole IOI-ABC gap).
+
+    Returns:
+        The circuit (None if no output head passes), its edges and per-head evidence.
+    """
+    if not threshold > 0:
+        raise ValueError(
+            f"threshold must be > 0 (an |effect| on the normalised metric), got {threshold}"
+        )
+    edges = find_output_heads(oracle, threshold)  # 1.
+    findings = {(f.head, f.position): f for f in _findings_for(oracle, edges)}  # 3. and 4.
+    frontier = list(findings.values())
+    for _ in range(oracle.model.cfg.n_layers if max_depth is None else max_depth):
+        groups: dict[tuple[str, str], list[Head]] = {}
+        for f in frontier:
+            groups.setdefault((f.role, f.position), []).append(f.head)
+        new_edges = [
+            e
+            for (_, position), heads in groups.items()
+            for e in find_senders(oracle, heads, position, threshold)  # 2.
+        ]
+        edges += new_edges
+        frontier = [
+            f for f in _findings_for(oracle, new_edges) if (f.head, f.position) not in findings
+        ]
+        findings.update({(f.head, f.position): f for f in frontier})
+        if not frontier:
+            break
+    ordered = tuple(sorted(findings.values(), key=lambda f: (f.head, f.position)))
+    circuit = build_circuit(ordered, name=f"discovered (threshold {threshold:g})")  # 5.
+    return DiscoveredCircuit(threshold, circuit, tuple(edges), ordered)

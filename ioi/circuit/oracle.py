@@ -1,0 +1,164 @@
+"""Path-patching effects for one model, dataset pair and metric, each computed once.
+
+Discovery asks many overlapping questions ("which heads feed these heads' queries?", "at
+which position?"); the oracle holds the caches, the metric's readout and the answers so far,
+so a threshold sweep costs little more than one discovery. It is an explicit object the caller
+owns, not a global cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import ActivationCache, HookedTransformer
+from transformer_lens.utilities import get_act_name
+
+from ioi.circuit.spec import Head
+from ioi.dataset import IOIDataset
+from ioi.metrics import Metric, logits_to_ave_logit_diff
+from ioi.path_patching import (
+    Readout,
+    Receiver,
+    Sender,
+    cache_for_path_patching,
+    path_patch,
+)
+
+
+def make_rows_ioi_metric(
+    clean_logit_diff: float,
+    corrupted_logit_diff: float,
+    answer_tokens: Int[Tensor, "batch 2"],
+    positions: Int[Tensor, " batch"],
+    rows: Int[Tensor, " row"] | None = None,
+) -> Metric:
+    """The normalised IOI metric (1 = clean, 0 = corrupted) over a subset of the prompts.
+
+    The metric takes logits of the whole batch and reads only ``rows`` (all if None), at each
+    row's position, so one set of caches serves every subset (e.g. a template family).
+    """
+    clean, corrupted = float(clean_logit_diff), float(corrupted_logit_diff)
+    if abs(clean - corrupted) < 1e-6:
+        raise ValueError(
+            f"clean and corrupted logit differences are equal ({clean:.6g}) on these prompts; "
+            "the normalised metric would divide by zero"
+        )
+    keep = torch.arange(len(answer_tokens)) if rows is None else rows.cpu()
+    answers, pos = answer_tokens[keep], positions[keep]
+
+    def rows_ioi_metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
+        device = logits.device
+        # [row, 2]: each row's (IO, S) logits at its position, without copying whole rows
+        picked = logits[keep.to(device)[:, None], pos.to(device)[:, None], answers.to(device)]
+        diff = (picked[:, 0] - picked[:, 1]).mean()
+        return (diff - corrupted) / (clean - corrupted)
+
+    return rows_ioi_metric
+
+
+class PathPatchingOracle:
+    """Memoised path-patching effects: ``metric(patched) - metric(original)`` per sender.
+
+    With the normalised metric an effect of -1 means the sender alone carries the whole gap
+    between the IOI and the ABC logit difference; effects near 0 mean no effect.
+    """
+
+    def __init__(
+        self,
+        model: HookedTransformer,
+        ioi: IOIDataset,
+        abc: IOIDataset,
+        rows: Int[Tensor, " row"] | None = None,
+        caches: tuple[ActivationCache, ActivationCache, ActivationCache] | None = None,
+    ):
+        self.model, self.ioi, self.abc = model, ioi, abc
+        self.rows = torch.arange(ioi.N) if rows is None else rows.cpu()
+        if caches is None:
+            caches = (
+                cache_for_path_patching(model, ioi.toks),
+                cache_for_path_patching(model, abc.toks),
+                _patterns(model, ioi.toks),
+            )
+        self.orig_cache, self.new_cache, self.patterns = caches
+        end, answers = ioi.word_idx["end"], ioi.answer_tokens
+        clean = _logit_diff_from_cache(model, self.orig_cache, ioi, self.rows)
+        corrupted = _logit_diff_from_cache(model, self.new_cache, ioi, self.rows)
+        self.clean_logit_diff, self.corrupted_logit_diff = clean, corrupted
+        self.metric = make_rows_ioi_metric(clean, corrupted, answers, end, self.rows)
+        # The metric reads each row's end position and the answer columns: no detection needed.
+        self.readout = Readout(
+            batch_idx=self.rows,
+            pos_idx=end[self.rows],
+            vocab_idx=answers[self.rows].flatten().unique(),
+            shape=(ioi.N, ioi.toks.shape[1], model.cfg.d_vocab),
+        )
+        self.baseline = 1.0  # the normalised metric of the unpatched run, by construction
+        self._memo: dict[tuple, Tensor] = {}
+
+    def for_rows(self, rows: Int[Tensor, " row"]) -> PathPatchingOracle:
+        """An oracle for a subset of the prompts, sharing this one's caches."""
+        return PathPatchingOracle(
+            self.model, self.ioi, self.abc, rows, (self.orig_cache, self.new_cache, self.patterns)
+        )
+
+    def effects(
+        self,
+        senders: Sequence[Sender],
+        receivers: Sequence[Receiver] | None = None,
+        sender_positions: str | None = None,
+        receiver_positions: str | None = None,
+    ) -> Float[Tensor, " sender"]:
+        """Path-patching effect of each sender (to the logits, or via the receivers)."""
+        key = (tuple(senders), tuple(receivers or ()), sender_positions, receiver_positions)
+        if key not in self._memo:
+            values = path_patch(
+                self.model,
+                self.metric,
+                self.abc,
+                self.ioi,
+                list(senders),
+                list(receivers) if receivers else None,
+                new_cache=self.new_cache,
+                orig_cache=self.orig_cache,
+                sender_positions=sender_positions,
+                receiver_positions=receiver_positions,
+                readout=self.readout,
+            )
+            self._memo[key] = values - self.baseline
+        return self._memo[key]
+
+    def attention(self, head: Head, dest: str, sources: Sequence[str]) -> dict[str, float]:
+        """Mean attention from ``word_idx[dest]`` to each source key and to the previous token."""
+        layer, h = head
+        cached = self.patterns[get_act_name("pattern", layer)]  # [batch, head, dest, src]
+        pattern = cached[self.rows.to(cached.device), h].cpu()
+        idx = self.ioi.word_idx
+        rows = torch.arange(len(self.rows))
+        d = idx[dest][self.rows]
+        out = {src: float(pattern[rows, d, idx[src][self.rows]].mean()) for src in sources}
+        out["previous"] = float(pattern[rows, d, (d - 1).clamp(min=0)].mean())
+        return out
+
+
+def _patterns(model: HookedTransformer, toks: Tensor) -> ActivationCache:
+    names = [get_act_name("pattern", layer) for layer in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(
+            toks.to(model.cfg.device), names_filter=names, return_type=None
+        )
+    return cache
+
+
+def _logit_diff_from_cache(
+    model: HookedTransformer, cache: ActivationCache, ioi: IOIDataset, rows: Tensor
+) -> float:
+    """Mean IO - S logit difference over ``rows`` at ``end``, from a cached final residual."""
+    final = cache[get_act_name("resid_post", model.cfg.n_layers - 1)]
+    end = ioi.word_idx["end"][rows]
+    with torch.no_grad():
+        normed = model.ln_final(final[rows.to(final.device), end.to(final.device)][:, None])
+        logits = normed @ model.W_U + model.b_U  # [row, 1, d_vocab]: a few rows only
+    return float(logits_to_ave_logit_diff(logits, ioi.answer_tokens[rows]))

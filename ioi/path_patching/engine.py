@@ -1,0 +1,504 @@
+"""Path patching (Wang et al. 2022, section 3.1; Goldowsky-Dill et al. 2023), batched over senders.
+
+Path patching asks how much of a sender's effect travels along one path. The sender's output
+takes its value from the *new* run (e.g. the ABC dataset); every other head's output stays
+frozen at the *original* run (e.g. the IOI dataset); MLPs are recomputed. The effect is read
+either at the final residual stream (the logits) or at a receiver head's q/k/v input, which is
+then patched into an otherwise clean original run.
+
+Returned numbers are the patching metric of the patched logits. With the project's normalised
+metric ``make_ioi_metric(clean_ld=orig LD, corrupted_ld=new LD, ...)`` that is **1.0 for "no
+effect" (the original run) and 0.0 for "as bad as the new run"**: an important name mover
+scores well below 1. ``make_logit_diff_metric`` gives the raw logit difference instead.
+
+The engine is exact, not approximate: with attention frozen the patched residual is rebuilt
+position by position through the MLPs only (see `ioi.path_patching.frozen`), on stacked copies,
+one per sender; tests check it against `ioi.path_patching.plain`, one sender per forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from ioi.path_patching.activations import ALL_PARTS, RunActivations, collect_activations
+from ioi.path_patching.frozen import (
+    entry_residual,
+    head_deltas,
+    mlp_delta,
+    propagate_frozen,
+    rows_of,
+)
+from ioi.path_patching.nodes import (
+    DatasetLike,
+    PositionSpec,
+    Receiver,
+    Sender,
+    all_head_senders,
+    all_mlp_senders,
+    check_supported,
+    dataset_tokens,
+    make_receivers,
+    position_mask,
+    resolve_positions,
+)
+from ioi.path_patching.readout import (
+    Metric,
+    MetricOnEntries,
+    Readout,
+    choose_readout,
+    project_to_logits,
+)
+from ioi.path_patching.receivers import receiver_value, run_with_receivers
+
+_MEMORY_BUDGET = 512 * 2**20  # bytes of intermediate activations per stacked pass
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """A set of (batch, pos) rows, the original attention outputs there, and sender masks."""
+
+    batch_idx: Tensor
+    pos_idx: Tensor
+    attn_out: list[Tensor]  # per layer [row, d_model]
+    keep: Tensor  # [row] True where the sender is patched (sender positions)
+
+    @classmethod
+    def build(cls, orig: RunActivations, batch_idx, pos_idx, sender_pos) -> _Rows:
+        batch, n_pos = orig.resid_pre[0].shape[:2]
+        keep = position_mask(sender_pos, batch, n_pos)[batch_idx, pos_idx]
+        attn = [rows_of(a, batch_idx, pos_idx) for a in orig.attn_out]
+        return cls(batch_idx, pos_idx, attn, keep)
+
+
+def _validate(
+    model: HookedTransformer,
+    senders: Sequence[Sender],
+    receivers: Sequence[Receiver] | None,
+    new_toks: Tensor,
+    orig_toks: Tensor,
+    batch_size: int | None,
+) -> None:
+    check_supported(model)
+    if not senders:
+        raise ValueError("no senders given; e.g. all_head_senders(model) or [Sender('head', 0, 1)]")
+    for sender in senders:
+        sender.check(model)
+    if receivers is not None:
+        if not receivers:
+            raise ValueError("receivers is an empty list; pass None to patch to the logits")
+        for receiver in receivers:
+            receiver.check(model)
+        top = max(r.layer for r in receivers)
+        late = [s for s in senders if s.layer >= top]
+        if late:
+            raise ValueError(
+                f"senders {late} are at or above the highest receiver layer {top}: a sender "
+                f"can only reach receivers in later layers; valid sender layers are 0..{top - 1}"
+            )
+    if new_toks.shape != orig_toks.shape:
+        raise ValueError(
+            f"new and original datasets must align token by token; got shapes "
+            f"{tuple(new_toks.shape)} and {tuple(orig_toks.shape)}"
+        )
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ValueError(f"batch_size must be None (automatic) or an int >= 1, got {batch_size!r}")
+
+
+def _chunks(
+    senders: Sequence[Sender],
+    batch_size: int | None,
+    per_sender_bytes: int,
+) -> list[list[int]]:
+    """Indices of senders grouped by (kind, layer), split into stacked passes."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, s in enumerate(senders):
+        groups.setdefault((s.kind, s.layer), []).append(i)
+    size = batch_size or max(1, _MEMORY_BUDGET // max(per_sender_bytes, 1))
+    return [idx[i : i + size] for idx in groups.values() for i in range(0, len(idx), size)]
+
+
+def _sender_deltas(
+    model: HookedTransformer,
+    senders: Sequence[Sender],
+    orig: RunActivations,
+    new: RunActivations,
+    rows: _Rows,
+) -> Float[Tensor, "sender row d_model"]:
+    """Step 3: what each sender (all of one kind and layer) changes at the rows."""
+    kind, layer = senders[0].kind, senders[0].layer
+    if kind == "head":
+        orig_z = rows_of(orig.z[layer], rows.batch_idx, rows.pos_idx)
+        new_z = rows_of(new.z[layer], rows.batch_idx, rows.pos_idx)
+        return head_deltas(model, layer, [s.head for s in senders], orig_z, new_z, rows.keep)
+    orig_m = rows_of(orig.mlp_out[layer], rows.batch_idx, rows.pos_idx)
+    new_m = rows_of(new.mlp_out[layer], rows.batch_idx, rows.pos_idx)
+    return mlp_delta(orig_m, new_m, rows.keep).expand(len(senders), -1, -1)
+
+
+def _patched_logits_at_final(
+    model: HookedTransformer,
+    senders: Sequence[Sender],
+    orig: RunActivations,
+    deltas: Tensor,
+    rows: _Rows,
+    readout: Readout,
+) -> Float[Tensor, "sender row col"]:
+    """Step 4 (to the logits): frozen propagation of each sender's change, then unembedding."""
+    kind, layer = senders[0].kind, senders[0].layer
+    x = entry_residual(orig, kind, layer, rows.batch_idx, rows.pos_idx)[None] + deltas
+    x, _ = propagate_frozen(model, x, layer, kind, rows.attn_out, model.cfg.n_layers)
+    return project_to_logits(model, x, readout)
+
+
+def _patched_logits_via_receivers(
+    model: HookedTransformer,
+    senders: Sequence[Sender],
+    orig: RunActivations,
+    deltas: Tensor,
+    rows: _Rows,
+    receivers: Sequence[Receiver],
+    readout: Readout,
+) -> Float[Tensor, "sender row col"]:
+    """Steps 4-5 (to heads): frozen propagation to each receiver layer, receivers' inputs,
+    then a clean run of the original input with those inputs patched in."""
+    kind, layer = senders[0].kind, senders[0].layer
+    reached = [r for r in receivers if r.layer > layer]  # receivers at or below see no change
+    layers = sorted({r.layer for r in reached})
+    x = entry_residual(orig, kind, layer, rows.batch_idx, rows.pos_idx)[None] + deltas
+    _, resid_pre = propagate_frozen(model, x, layer, kind, rows.attn_out, layers[-1], layers)
+    values = {r: receiver_value(model, r, resid_pre[r.layer]) for r in reached}
+    final = run_with_receivers(
+        model,
+        orig.resid_pre[layers[0]],
+        layers[0],
+        values,
+        rows.batch_idx,
+        rows.pos_idx,
+        len(senders),
+    )  # [sender, batch, pos, d_model]
+    device = final.device
+    at_readout = final[:, readout.batch_idx.to(device), readout.pos_idx.to(device)]
+    return project_to_logits(model, at_readout, readout)
+
+
+def _bytes_per_sender(
+    model: HookedTransformer, rows: _Rows, readout: Readout, full_run: bool
+) -> int:
+    """Rough bytes of intermediate activations one stacked sender costs (for chunking)."""
+    cfg = model.cfg
+    width = (cfg.d_mlp or 0) + 4 * cfg.d_model
+    n_cols = cfg.d_vocab if readout.vocab_idx is None else len(readout.vocab_idx)
+    itemsize = torch.empty((), dtype=cfg.dtype).element_size()
+    per_row = max(len(rows.keep), readout.n_rows) * (width + n_cols)
+    batch, n_pos = readout.shape[:2]
+    # A clean run over the whole batch (to heads): activations plus scores and patterns.
+    per_run = batch * n_pos * (width + 4 * cfg.n_heads * cfg.d_head + 2 * cfg.n_heads * n_pos)
+    per_run = per_run if full_run else 0
+    return itemsize * (per_row + per_run)
+
+
+def _activations_and_readout(
+    model: HookedTransformer,
+    metric: Metric,
+    senders: Sequence[Sender],
+    new_toks: Tensor,
+    orig_toks: Tensor,
+    new_cache,
+    orig_cache,
+    readout: str | Readout,
+) -> tuple[RunActivations, RunActivations, Readout, MetricOnEntries]:
+    """Steps 1-2: both runs' activations, the readout, and the metric wrapper."""
+    new_parts = tuple({"head": "z", "mlp": "mlp_out"}[s.kind] for s in senders)
+    want_logits = isinstance(readout, str) and readout == "auto"
+    orig, orig_logits = collect_activations(model, orig_toks, ALL_PARTS, orig_cache, want_logits)
+    new, _ = collect_activations(model, new_toks, new_parts, new_cache)
+    shape = (orig_toks.shape[0], orig_toks.shape[1], model.cfg.d_vocab)
+    out, buffer = choose_readout(readout, metric, orig_logits, shape)
+    device = orig.resid_pre[0].device
+    return orig, new, out, MetricOnEntries(metric, out, device, model.cfg.dtype, buffer)
+
+
+def _rows_for(
+    orig: RunActivations,
+    readout: Readout,
+    receivers: Sequence[Receiver] | None,
+    sender_pos: Tensor | None,
+    receiver_pos: Tensor | None,
+) -> _Rows:
+    """The rows rebuilt with attention frozen: the readout's (to the logits) or the
+    receivers' positions (to heads)."""
+    if receivers is None:
+        return _Rows.build(orig, readout.batch_idx, readout.pos_idx, sender_pos)
+    batch, n_pos = orig.resid_pre[0].shape[:2]
+    grid = position_mask(receiver_pos, batch, n_pos).nonzero(as_tuple=True)
+    return _Rows.build(orig, grid[0], grid[1], sender_pos)
+
+
+@torch.no_grad()
+def path_patch(
+    model: HookedTransformer,
+    patching_metric: Metric,
+    new_dataset: DatasetLike,
+    orig_dataset: DatasetLike,
+    senders: Sequence[Sender],
+    receivers: Sequence[Receiver] | None = None,
+    *,
+    new_cache=None,
+    orig_cache=None,
+    sender_positions: PositionSpec = None,
+    receiver_positions: PositionSpec = None,
+    readout: str | Readout = "auto",
+    batch_size: int | None = None,
+) -> Float[Tensor, " sender *metric"]:
+    """Path patching from each sender to the logits, or to the receivers' inputs.
+
+    Steps:
+        1. Activations of the original and the new run (`collect_activations`).
+        2. Readout: the logit entries the metric reads (`choose_readout`).
+        3. Sender deltas: what each sender's new output changes in the residual stream,
+           one stacked copy per sender (`head_deltas`, `mlp_delta`).
+        4. Frozen propagation: carry each change through the MLPs with all attention frozen,
+           to the final residual or to each receiver layer (`propagate_frozen`).
+        5. Receivers only: the receivers' q/k/v from the patched residual, written into a
+           clean original run (`receiver_value`, `run_with_receivers`).
+        6. Metric: unembed at the readout entries and apply the metric per sender
+           (`project_to_logits`, `MetricOnEntries`).
+
+    Args:
+        model: a HookedTransformer with pre-norm GPT-2-style blocks.
+        patching_metric: logits [batch, pos, d_vocab] -> scalar (or any fixed shape).
+        new_dataset, orig_dataset: aligned datasets (or token tensors), e.g. ABC and IOI.
+        senders: `Sender`s to sweep over.
+        receivers: `Receiver`s; None patches to the final residual stream (the logits).
+        new_cache, orig_cache: activation caches of the two runs, if already computed.
+        sender_positions: where the sender is patched (None: everywhere, a word_idx key or a
+            [batch] tensor); elsewhere it keeps its original output.
+        receiver_positions: where the receivers' inputs are patched (same forms).
+        readout: ``"auto"`` computes only the logits the metric reads (see
+            `ioi.path_patching.readout`), ``"all"`` computes every logit; a `Readout` from
+            `detect_readout` is reused as it is (for many calls with one metric).
+        batch_size: senders per stacked pass; None picks it from a memory budget.
+
+    Returns:
+        [sender, *metric_shape] metric values on the CPU, in the order of ``senders``.
+    """
+    new_toks = dataset_tokens(new_dataset, "new_dataset")
+    orig_toks = dataset_tokens(orig_dataset, "orig_dataset")
+    _validate(model, senders, receivers, new_toks, orig_toks, batch_size)
+    sender_pos = resolve_positions(sender_positions, orig_dataset, "sender_positions")
+    receiver_pos = resolve_positions(receiver_positions, orig_dataset, "receiver_positions")
+    orig, new, out, metric_view = _activations_and_readout(  # 1. and 2.
+        model, patching_metric, senders, new_toks, orig_toks, new_cache, orig_cache, readout
+    )
+    rows = _rows_for(orig, out, receivers, sender_pos, receiver_pos)
+    per_sender = _bytes_per_sender(model, rows, out, receivers is not None)
+    results: list[Tensor | None] = [None] * len(senders)
+    for chunk in _chunks(senders, batch_size, per_sender):
+        group = [senders[i] for i in chunk]
+        deltas = _sender_deltas(model, group, orig, new, rows)  # 3.
+        if receivers is None:  # 4.
+            logits = _patched_logits_at_final(model, group, orig, deltas, rows, out)
+        else:  # 4. and 5.
+            logits = _patched_logits_via_receivers(model, group, orig, deltas, rows, receivers, out)
+        for i, values in zip(chunk, logits, strict=True):  # 6.
+            results[i] = metric_view(values)
+    return torch.stack(results)
+
+
+def _scalar_grid(values: Tensor, shape: tuple[int, ...]) -> Tensor:
+    if values.ndim != 1:
+        raise ValueError(
+            f"the patching metric must return a scalar here, got shape {tuple(values.shape[1:])}; "
+            "use path_patch() for metrics with a shape (e.g. per prompt)"
+        )
+    return values.reshape(shape)
+
+
+def get_path_patch_head_to_final_resid_post(
+    model: HookedTransformer,
+    patching_metric: Metric,
+    new_dataset: DatasetLike,
+    orig_dataset: DatasetLike,
+    new_cache=None,
+    orig_cache=None,
+    *,
+    sender_positions: PositionSpec = None,
+    readout: str | Readout = "auto",
+    batch_size: int | None = None,
+) -> Float[Tensor, "layer head"]:
+    """Path patching from every head to the final residual stream (the head's direct path).
+
+    Each head's output takes its new-run value (at ``sender_positions``); every other head is
+    frozen at the original run and MLPs are recomputed; the metric reads the resulting logits.
+
+    Returns:
+        [layer, head] metric of the patched logits. With the normalised IOI metric (1 = orig,
+        0 = new run) a name mover scores well below 1 and a negative name mover above 1.
+
+    Example:
+        >>> metric = make_ioi_metric(ioi_ld, abc_ld, ioi.answer_tokens, ioi.word_idx["end"])
+        >>> grid = get_path_patch_head_to_final_resid_post(model, metric, abc, ioi)
+    """
+    senders = all_head_senders(model)
+    values = path_patch(
+        model,
+        patching_metric,
+        new_dataset,
+        orig_dataset,
+        senders,
+        new_cache=new_cache,
+        orig_cache=orig_cache,
+        sender_positions=sender_positions,
+        readout=readout,
+        batch_size=batch_size,
+    )
+    return _scalar_grid(values, (model.cfg.n_layers, model.cfg.n_heads))
+
+
+def get_path_patch_mlp_to_final_resid_post(
+    model: HookedTransformer,
+    patching_metric: Metric,
+    new_dataset: DatasetLike,
+    orig_dataset: DatasetLike,
+    new_cache=None,
+    orig_cache=None,
+    *,
+    sender_positions: PositionSpec = None,
+    readout: str | Readout = "auto",
+    batch_size: int | None = None,
+) -> Float[Tensor, " layer"]:
+    """Path patching from every MLP to the final residual stream: [layer] metric values.
+
+    The MLP's output takes its new-run value; all heads are frozen at the original run and
+    the MLPs after it are recomputed.
+    """
+    senders = all_mlp_senders(model)
+    values = path_patch(
+        model,
+        patching_metric,
+        new_dataset,
+        orig_dataset,
+        senders,
+        new_cache=new_cache,
+        orig_cache=orig_cache,
+        sender_positions=sender_positions,
+        readout=readout,
+        batch_size=batch_size,
+    )
+    return _scalar_grid(values, (model.cfg.n_layers,))
+
+
+def get_path_patch_head_to_heads(
+    receiver_heads: Sequence[tuple[int, int]],
+    receiver_input: str | Sequence[str],
+    model: HookedTransformer,
+    patching_metric: Metric,
+    new_dataset: DatasetLike,
+    orig_dataset: DatasetLike,
+    new_cache=None,
+    orig_cache=None,
+    *,
+    sender_positions: PositionSpec = None,
+    receiver_positions: PositionSpec = None,
+    readout: str | Readout = "auto",
+    batch_size: int | None = None,
+) -> Float[Tensor, "layer head"]:
+    """Path patching from every earlier head to the receivers' ``q``, ``k`` and/or ``v``.
+
+    For each sender: its output takes the new-run value with all other heads frozen (MLPs
+    recomputed); the receivers' inputs are recomputed from that residual stream and patched
+    into a clean original run (at ``receiver_positions``); the metric reads its logits.
+
+    Returns:
+        [layer, head] metric values. Only senders in layers below the highest receiver layer
+        are computed; the entries for layers at or above it are **0.0** (not computed; note
+        that 0.0 is not "no effect" for the normalised metric, whose no-effect value is 1.0).
+
+    Raises:
+        ValueError: unknown receiver input, receiver out of range, no receivers, or a
+            positions key that is not in the dataset's word_idx.
+
+    Example:
+        >>> grid = get_path_patch_head_to_heads([(9, 9), (9, 6)], "q", model, metric, abc, ioi,
+        ...                                     receiver_positions="end")
+    """
+    receivers = make_receivers(receiver_heads, receiver_input)
+    for receiver in receivers:
+        receiver.check(model)
+    top = max(r.layer for r in receivers)
+    grid = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    if top == 0:
+        return grid  # nothing sits below layer 0
+    values = path_patch(
+        model,
+        patching_metric,
+        new_dataset,
+        orig_dataset,
+        all_head_senders(model, below_layer=top),
+        receivers,
+        new_cache=new_cache,
+        orig_cache=orig_cache,
+        sender_positions=sender_positions,
+        receiver_positions=receiver_positions,
+        readout=readout,
+        batch_size=batch_size,
+    )
+    grid[:top] = _scalar_grid(values, (top, model.cfg.n_heads))
+    return grid
+
+
+def get_path_patch_mlp_to_heads(
+    receiver_heads: Sequence[tuple[int, int]],
+    receiver_input: str | Sequence[str],
+    model: HookedTransformer,
+    patching_metric: Metric,
+    new_dataset: DatasetLike,
+    orig_dataset: DatasetLike,
+    new_cache=None,
+    orig_cache=None,
+    *,
+    sender_positions: PositionSpec = None,
+    receiver_positions: PositionSpec = None,
+    readout: str | Readout = "auto",
+    batch_size: int | None = None,
+) -> Float[Tensor, " layer"]:
+    """Path patching from every earlier MLP to the receivers' inputs: [layer] metric values.
+
+    Entries for MLPs at or above the highest receiver layer are 0.0 (not computed).
+    """
+    receivers = make_receivers(receiver_heads, receiver_input)
+    for receiver in receivers:
+        receiver.check(model)
+    top = max(r.layer for r in receivers)
+    grid = torch.zeros(model.cfg.n_layers)
+    if top == 0 or model.cfg.attn_only:
+        return grid
+    values = path_patch(
+        model,
+        patching_metric,
+        new_dataset,
+        orig_dataset,
+        all_mlp_senders(model, below_layer=top),
+        receivers,
+        new_cache=new_cache,
+        orig_cache=orig_cache,
+        sender_positions=sender_positions,
+        receiver_positions=receiver_positions,
+        readout=readout,
+        batch_size=batch_size,
+    )
+    grid[:top] = _scalar_grid(values, (top,))
+    return grid
+
+
+def sender_grid_labels(model: HookedTransformer) -> list[str]:
+    """``"L.H"`` labels in the layer-major order of the [layer, head] grids."""
+    return [f"{s.layer}.{s.head}" for s in all_head_senders(model)]

@@ -1,0 +1,117 @@
+"""Steps 3 and 4 of path patching: a sender's change, carried forward with attention frozen.
+
+With every head's output frozen to the original run, a layer's attention output is the
+original one whatever the residual stream holds, so nothing mixes information across
+positions: the residual at a position depends only on that position's original values plus
+the sender's change there. A patched residual is therefore rebuilt *per position*, for just
+the rows that are read later (the metric's positions, or the receivers' positions):
+
+    resid_mid[L]  = orig resid_mid[L] + delta          (head sender at layer L)
+    resid_post[l] = resid_mid[l] + MLP_l(LN2_l(resid_mid[l]))
+    resid_mid[l+1] = resid_post[l] + orig attn_out[l+1]
+
+Only MLPs and LayerNorms are recomputed, on stacked copies (one per sender).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import einops
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from ioi.path_patching.activations import RunActivations
+
+
+def rows_of(acts: Tensor, batch_idx: Int[Tensor, " row"], pos_idx: Int[Tensor, " row"]) -> Tensor:
+    """[row, ...] entries of a [batch, pos, ...] activation."""
+    device = acts.device
+    return acts[batch_idx.to(device), pos_idx.to(device)]
+
+
+def head_deltas(
+    model: HookedTransformer,
+    layer: int,
+    heads: Sequence[int],
+    orig_z: Float[Tensor, "row head d_head"],
+    new_z: Float[Tensor, "row head d_head"],
+    keep: Bool[Tensor, " row"],
+) -> Float[Tensor, "sender row d_model"]:
+    """What each head's new output adds to the residual stream, at rows where it is patched.
+
+    ``(z_new - z_orig) @ W_O`` for each head in ``heads``; zero at rows outside the sender
+    positions (``keep`` False).
+    """
+    idx = torch.tensor(list(heads), device=orig_z.device)
+    dz = (new_z - orig_z)[:, idx] * keep.to(orig_z.device)[:, None, None]
+    return einops.einsum(
+        dz, model.W_O[layer][idx], "row sender d_head, sender d_head d_model -> sender row d_model"
+    )
+
+
+def mlp_delta(
+    orig_mlp: Float[Tensor, "row d_model"],
+    new_mlp: Float[Tensor, "row d_model"],
+    keep: Bool[Tensor, " row"],
+) -> Float[Tensor, "sender row d_model"]:
+    """An MLP sender's change to the residual stream (one sender)."""
+    return ((new_mlp - orig_mlp) * keep.to(orig_mlp.device)[:, None])[None]
+
+
+def entry_residual(
+    orig: RunActivations,
+    kind: str,
+    layer: int,
+    batch_idx: Int[Tensor, " row"],
+    pos_idx: Int[Tensor, " row"],
+) -> Float[Tensor, "row d_model"]:
+    """The original residual where a sender's change enters: after attention (head) or MLP."""
+    resid = orig.resid_mid(layer) if kind == "head" else orig.resid_post(layer)
+    return rows_of(resid, batch_idx, pos_idx)
+
+
+def finish_mlp(
+    model: HookedTransformer, layer: int, resid_mid: Float[Tensor, "sender row d_model"]
+) -> Float[Tensor, "sender row d_model"]:
+    """Add the layer's MLP output, computed on the (patched) residual, as the block does."""
+    if model.cfg.attn_only:
+        return resid_mid
+    block = model.blocks[layer]
+    return resid_mid + block.apply_mlp(block.ln2(resid_mid))
+
+
+def propagate_frozen(
+    model: HookedTransformer,
+    x: Float[Tensor, "sender row d_model"],
+    layer: int,
+    kind: str,
+    attn_out_rows: Sequence[Tensor],
+    stop_layer: int,
+    capture: Sequence[int] = (),
+) -> tuple[Float[Tensor, "sender row d_model"], dict[int, Tensor]]:
+    """Carry a patched residual from a sender at ``layer`` up to ``stop_layer``, attention frozen.
+
+    Args:
+        x: the patched residual where the sender writes: after the attention of ``layer``
+            (``kind="head"``) or after its MLP (``kind="mlp"``).
+        attn_out_rows: per layer, the original attention output at the same rows, [row, d_model].
+        stop_layer: the residual returned is the input of this layer (``n_layers``: the final
+            residual stream).
+        capture: layers (> ``layer``) whose residual input is also returned.
+
+    Returns:
+        The residual at the input of ``stop_layer`` and ``{layer: residual input}`` for ``capture``.
+    """
+    captured: dict[int, Tensor] = {}
+    if kind == "head":
+        x = finish_mlp(model, layer, x)
+    for lay in range(layer + 1, stop_layer):
+        if lay in capture:
+            captured[lay] = x
+        x = finish_mlp(model, lay, x + attn_out_rows[lay])
+    if stop_layer in capture:
+        captured[stop_layer] = x
+    return x, captured

@@ -1,0 +1,218 @@
+"""Senders, receivers and positions: what path patching reads from and writes into.
+
+A `Sender` is a component whose output takes its value from the *new* run (a head's ``hook_z``
+or an MLP's ``hook_mlp_out``). A `Receiver` is one input (``q``, ``k`` or ``v``) of one head,
+which is recomputed with the sender patched and then written into an otherwise clean run.
+
+Positions come per prompt: ``None`` (every position), a key of the dataset's ``word_idx``
+(``"end"``, ``"S2"``, ...) or an integer tensor of shape [batch] giving one position per prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+from ioi.dataset import IOIDataset
+
+SENDER_KINDS = ("head", "mlp")
+RECEIVER_INPUTS = ("q", "k", "v")
+
+PositionSpec = str | Int[Tensor, " batch"] | None
+"""``None`` (all positions), a ``word_idx`` key such as ``"end"``, or a [batch] tensor."""
+
+DatasetLike = IOIDataset | Int[Tensor, "batch pos"]
+"""An `IOIDataset` or its token tensor (then positions must be tensors, not keys)."""
+
+
+def _check_index(value: object, what: str, size: int, axis: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < size:
+        raise ValueError(f"{what} must be an int in 0..{size - 1} ({size} {axis}), got {value!r}")
+
+
+@dataclass(frozen=True)
+class Sender:
+    """A component whose output is patched from the new run: a head or an MLP.
+
+    Args:
+        kind: ``"head"`` (its ``hook_z``) or ``"mlp"`` (its ``hook_mlp_out``).
+        layer: block index.
+        head: head index for ``kind="head"``; must be None for ``"mlp"``.
+
+    Example:
+        >>> Sender("head", 9, 9), Sender("mlp", 0)
+        (Sender(kind='head', layer=9, head=9), Sender(kind='mlp', layer=0, head=None))
+    """
+
+    kind: str
+    layer: int
+    head: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in SENDER_KINDS:
+            raise ValueError(f"unknown sender kind {self.kind!r}; choose one of {SENDER_KINDS}")
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
+            raise ValueError(f"sender layer must be an int >= 0, got {self.layer!r}")
+        if self.kind == "head" and (
+            isinstance(self.head, bool) or not isinstance(self.head, int) or self.head < 0
+        ):
+            raise ValueError(f"a head sender needs head=int >= 0, got {self.head!r}")
+        if self.kind == "mlp" and self.head is not None:
+            raise ValueError(f"an MLP sender has no head; use head=None, got {self.head!r}")
+
+    def check(self, model: HookedTransformer) -> None:
+        """Raise ValueError if this sender does not exist in ``model``."""
+        _check_index(self.layer, "sender layer", model.cfg.n_layers, "layers")
+        if self.kind == "head":
+            _check_index(self.head, "sender head", model.cfg.n_heads, "heads")
+        elif model.cfg.attn_only:
+            raise ValueError("this model is attention-only: it has no MLP senders")
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """One input (``"q"``, ``"k"`` or ``"v"``) of one attention head.
+
+    Example:
+        >>> Receiver(9, 9, "q")
+        Receiver(layer=9, head=9, input='q')
+    """
+
+    layer: int
+    head: int
+    input: str
+
+    def __post_init__(self) -> None:
+        if self.input not in RECEIVER_INPUTS:
+            raise ValueError(
+                f"unknown receiver input {self.input!r}; choose one of {RECEIVER_INPUTS}"
+            )
+        for what, value in (("receiver layer", self.layer), ("receiver head", self.head)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{what} must be an int >= 0, got {value!r}")
+
+    def check(self, model: HookedTransformer) -> None:
+        """Raise ValueError if this head does not exist in ``model``."""
+        _check_index(self.layer, "receiver layer", model.cfg.n_layers, "layers")
+        _check_index(self.head, "receiver head", model.cfg.n_heads, "heads")
+
+
+def make_receivers(
+    receiver_heads: Sequence[tuple[int, int]], receiver_input: str | Sequence[str]
+) -> list[Receiver]:
+    """Receivers for every (layer, head) in ``receiver_heads`` and every input named.
+
+    Raises:
+        ValueError: no heads, a malformed head, or an unknown input.
+    """
+    inputs = (receiver_input,) if isinstance(receiver_input, str) else tuple(receiver_input)
+    heads = list(receiver_heads)
+    if not heads or not inputs:
+        raise ValueError(
+            "path patching to heads needs at least one receiver head, e.g. [(9, 9)], and one "
+            f"receiver input from {RECEIVER_INPUTS}"
+        )
+    receivers = []
+    for item in heads:
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise ValueError(f"receiver heads are (layer, head) pairs, got {item!r}")
+        receivers.extend(Receiver(int(item[0]), int(item[1]), i) for i in inputs)
+    return list(dict.fromkeys(receivers))  # drop repeats, keep order
+
+
+def all_head_senders(model: HookedTransformer, below_layer: int | None = None) -> list[Sender]:
+    """Every head as a sender, layer-major, optionally only layers < ``below_layer``."""
+    stop = model.cfg.n_layers if below_layer is None else below_layer
+    return [Sender("head", lay, h) for lay in range(stop) for h in range(model.cfg.n_heads)]
+
+
+def all_mlp_senders(model: HookedTransformer, below_layer: int | None = None) -> list[Sender]:
+    """Every MLP as a sender, optionally only layers < ``below_layer``."""
+    stop = model.cfg.n_layers if below_layer is None else below_layer
+    return [Sender("mlp", lay) for lay in range(stop)]
+
+
+def check_supported(model: HookedTransformer) -> None:
+    """Raise ValueError if the model's block layout is not the pre-norm GPT-2 layout.
+
+    The fast engine reproduces a block by hand (attention output added, then the MLP on the
+    second LayerNorm of the sum), so architectures that differ from that are refused.
+    """
+    cfg = model.cfg
+    problems = []
+    if cfg.parallel_attn_mlp:
+        problems.append("parallel attention and MLP (GPT-J style)")
+    if getattr(cfg, "use_normalization_before_and_after", False):
+        problems.append("LayerNorm before and after each sublayer")
+    if cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        problems.append(f"post-norm architecture {cfg.original_architecture}")
+    if cfg.n_key_value_heads is not None:
+        problems.append("grouped-query attention")
+    if cfg.positional_embedding_type == "shortformer":
+        problems.append("shortformer positional embeddings")
+    if getattr(cfg, "output_logits_soft_cap", -1.0) > 0:
+        problems.append("soft-capped logits")
+    if problems:
+        raise ValueError(
+            "path patching supports pre-norm GPT-2-style blocks (LN/LNPre/RMS, absolute or "
+            f"rotary positions, standard multi-head attention); this model has: {', '.join(problems)}"
+        )
+
+
+def dataset_tokens(ds: DatasetLike, what: str) -> Int[Tensor, "batch pos"]:
+    """The token tensor of a dataset argument."""
+    if isinstance(ds, IOIDataset):
+        return ds.toks
+    if isinstance(ds, Tensor) and ds.ndim == 2 and not ds.is_floating_point():
+        return ds
+    raise TypeError(f"{what} must be an IOIDataset or an int tensor [batch, pos], got {type(ds)}")
+
+
+def resolve_positions(
+    spec: PositionSpec, ds: DatasetLike, what: str
+) -> Int[Tensor, " batch"] | None:
+    """Turn a position spec into a [batch] tensor (or None for all positions).
+
+    Raises:
+        ValueError: a key that is not in ``word_idx`` (the message lists the keys), a tensor
+            of the wrong shape, or positions outside the sequence.
+    """
+    toks = dataset_tokens(ds, "dataset")
+    batch, n_pos = toks.shape
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        if not isinstance(ds, IOIDataset):
+            raise ValueError(
+                f"{what}={spec!r} names a word_idx key, which needs an IOIDataset; "
+                "pass a [batch] position tensor with a plain token tensor"
+            )
+        if spec not in ds.word_idx:
+            raise ValueError(
+                f"unknown {what} key {spec!r}; valid keys: {', '.join(sorted(ds.word_idx))}"
+            )
+        spec = ds.word_idx[spec]
+    if not isinstance(spec, Tensor) or spec.shape != (batch,) or spec.is_floating_point():
+        raise ValueError(
+            f"{what} must be None, a word_idx key or an int tensor of shape [{batch}], got {spec!r}"
+        )
+    if spec.min() < 0 or spec.max() >= n_pos:
+        raise ValueError(f"{what} must lie in 0..{n_pos - 1}, got {spec.tolist()}")
+    return spec.long().cpu()
+
+
+def position_mask(
+    positions: Int[Tensor, " batch"] | None, batch: int, n_pos: int
+) -> Bool[Tensor, "batch pos"]:
+    """[batch, pos] True at each prompt's position (everywhere if ``positions`` is None)."""
+    if positions is None:
+        return torch.ones(batch, n_pos, dtype=torch.bool)
+    mask = torch.zeros(batch, n_pos, dtype=torch.bool)
+    mask[torch.arange(batch), positions] = True
+    return mask
