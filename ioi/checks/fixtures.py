@@ -1,0 +1,108 @@
+"""The inputs checkers feed the learner: the toy model on the CPU and a few small IOI batches.
+
+Checkers always use the bundled toy model on the CPU, whatever model a notebook studies, so a
+check takes seconds and gives the same verdict everywhere. Loading the model and running the
+batches is the slow part, so each is built once per process and kept here; `clear` drops them.
+Learners get copies (`fresh_cache`, ``.clone()``), so a function that writes into its inputs
+cannot spoil later checks.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import ActivationCache, HookedTransformer
+
+from ioi.dataset import IOIDataset
+from ioi.metrics import logits_to_ave_logit_diff
+
+CHECK_SEED = 7  # the checkers' prompts; any seed works, fixed so messages are reproducible
+ABC_FLIP = "ABB->XYZ, BAB->XYZ"
+
+
+@functools.lru_cache(maxsize=1)
+def toy_model() -> HookedTransformer:
+    """The bundled IOI model on the CPU (loaded once)."""
+    from ioi.models import load_model
+
+    return load_model("toy", device="cpu")
+
+
+@dataclass(frozen=True)
+class IOIBatch:
+    """A small clean/corrupted pair of IOI batches run through the toy model.
+
+    The corrupted prompts are the ABC flip of the clean ones (three unrelated names), so the
+    model has no repeated name to go on. Right padding means prompts end at different positions:
+    ``end`` holds each prompt's last position, where the answer is predicted.
+    """
+
+    model: HookedTransformer
+    ds: IOIDataset
+    abc: IOIDataset
+    clean_logits: Float[Tensor, "batch pos d_vocab"]
+    corrupted_logits: Float[Tensor, "batch pos d_vocab"]
+    clean_cache: ActivationCache
+    corrupted_cache: ActivationCache
+    clean_logit_diff: float
+    corrupted_logit_diff: float
+
+    @property
+    def end(self) -> Int[Tensor, " batch"]:
+        """Each prompt's final (predicting) position."""
+        return self.ds.word_idx["end"]
+
+    @property
+    def answer_tokens(self) -> Int[Tensor, "batch 2"]:
+        """[batch, 2] ids of (IO, S)."""
+        return self.ds.answer_tokens
+
+    def describe(self) -> str:
+        """How the batch was made, for failure messages."""
+        return (
+            f"toy model, IOIDataset(N={self.ds.N}, prompt_type={self.ds.prompt_type!r}, "
+            f"seed={self.ds.seed}) and its ABC flip; tokens {list(self.ds.toks.shape)}"
+        )
+
+
+@functools.lru_cache(maxsize=4)
+def ioi_batch(n: int = 6, prompt_type: str = "mixed", seed: int = CHECK_SEED) -> IOIBatch:
+    """A cached `IOIBatch` of ``n`` prompts (full caches: every hook)."""
+    model = toy_model()
+    ds = IOIDataset(n, prompt_type, seed=seed, tokenizer=model)
+    abc = ds.gen_flipped_prompts(ABC_FLIP)
+    with torch.inference_mode():
+        clean_logits, clean_cache = model.run_with_cache(ds.toks)
+        corrupted_logits, corrupted_cache = model.run_with_cache(abc.toks)
+    end = ds.word_idx["end"]
+    return IOIBatch(
+        model=model,
+        ds=ds,
+        abc=abc,
+        clean_logits=clean_logits.clone(),
+        corrupted_logits=corrupted_logits.clone(),
+        clean_cache=fresh_cache(clean_cache),
+        corrupted_cache=fresh_cache(corrupted_cache),
+        clean_logit_diff=float(
+            logits_to_ave_logit_diff(clean_logits, ds.answer_tokens, positions=end)
+        ),
+        corrupted_logit_diff=float(
+            logits_to_ave_logit_diff(corrupted_logits, ds.answer_tokens, positions=end)
+        ),
+    )
+
+
+def fresh_cache(cache: ActivationCache) -> ActivationCache:
+    """A deep copy of ``cache`` (ordinary tensors, outside inference mode) the learner may change."""
+    copied = {name: value.clone() for name, value in cache.items()}
+    return ActivationCache(copied, cache.model)
+
+
+def clear() -> None:
+    """Forget the cached model and batches (frees memory; the next check rebuilds them)."""
+    ioi_batch.cache_clear()
+    toy_model.cache_clear()

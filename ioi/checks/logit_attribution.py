@@ -1,0 +1,466 @@
+"""Checkers for section 2, logit attribution: directions, the final layer norm, layers, heads, attention.
+
+Expected values come from `ioi.heads`. The known mistakes are recomputed here from
+TransformerLens's cache methods with one thing changed each (no scale, the wrong position, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import einops
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import ActivationCache
+
+from ioi import heads
+from ioi.checks.core import Exercise, exercise
+from ioi.checks.fixtures import IOIBatch, fresh_cache, ioi_batch
+
+
+def at_positions(
+    stack: Float[Tensor, "*comp batch pos d"], positions: Int[Tensor, " batch"] | None
+) -> Float[Tensor, "*comp batch d"]:
+    """Each prompt's row at its own position (the last position when None)."""
+    if positions is None:
+        return stack[..., -1, :]
+    return stack[..., torch.arange(stack.shape[-3]), positions, :]
+
+
+def final_ln_scale(
+    cache: ActivationCache, positions: Int[Tensor, " batch"] | None
+) -> Float[Tensor, "batch 1"]:
+    """The final layer norm's scale at each prompt's position (the last one if None)."""
+    return at_positions(cache["ln_final.hook_scale"], positions)
+
+
+def to_logit_diff(
+    stack: Float[Tensor, "*comp batch d_model"],
+    cache: ActivationCache,
+    directions: Float[Tensor, "batch d_model"],
+    positions: Int[Tensor, " batch"] | None,
+    *,
+    scale: bool = True,
+    reduce: str = "mean",
+) -> Float[Tensor, "..."]:
+    """Attribution with switches for the mistakes: ``scale=False``, ``reduce="none"/"sum"``."""
+    centred = stack - stack.mean(-1, keepdim=True)
+    scaled = centred / final_ln_scale(cache, positions) if scale else centred
+    per = einops.einsum(scaled, directions, "... batch d_model, batch d_model -> ... batch")
+    return {"mean": per.mean(-1), "sum": per.sum(-1), "none": per}[reduce]
+
+
+def _directions(b: IOIBatch) -> Float[Tensor, "batch d_model"]:
+    with torch.no_grad():
+        return heads.logit_diff_directions(b.model, b.answer_tokens)
+
+
+def _expect_values_and_labels(
+    ex: Exercise, got: object, expected: tuple, call: str, mistakes: dict
+) -> None:
+    """For functions returning ``(values, labels)``: check the pair, then each part."""
+    if not (isinstance(got, tuple) and len(got) == 2):
+        ex.fail(
+            "wrong_type",
+            call=call,
+            expected="a tuple (values, labels)",
+            got=type(got).__name__,
+            explanation="return both the [component] tensor and the list of labels",
+            hint="pass return_labels=True to the cache method to get the labels.",
+        )
+    ex.expect_tensor(got[0], expected[0], call=call + "[0]", mistakes=mistakes)
+    if list(got[1]) != list(expected[1]):
+        ex.fail(
+            "wrong_values",
+            call=call + "[1]",
+            expected=repr(list(expected[1])),
+            got=repr(got[1]),
+            explanation="the labels differ",
+            hint="return the labels the cache method gives with return_labels=True.",
+        )
+
+
+# ---- logit_diff_directions ------------------------------------------------------------------
+
+DIRECTIONS = exercise(
+    "logit_diff_directions",
+    hint="model.W_U[:, token] is the residual direction that raises a token's logit (or use "
+    "model.tokens_to_residual_directions); subtract the S direction from the IO direction.",
+    diagnoses={
+        "wrong_sign": "you returned S minus IO; the logit difference is IO minus S",
+        "embedding_not_unembedding": "you used the embedding W_E; the direction that moves a "
+        "logit is the token's unembedding column W_U[:, token]",
+        "not_subtracted": "you returned both directions ([batch, 2, d_model]); subtract them",
+    },
+)
+
+
+def test_logit_diff_directions(logit_diff_directions_fn: Callable) -> None:
+    """Check ``logit_diff_directions(model, answer_tokens) -> [batch, d_model]``."""
+    ex, b = DIRECTIONS, ioi_batch()
+    model, answers = b.model, b.answer_tokens
+    call = f"logit_diff_directions(model, answer_tokens)  [{b.describe()}]"
+    got = ex.call(logit_diff_directions_fn, model, answers.clone(), call=call, model=model)
+    expected = _directions(b)
+    mistakes = {
+        "wrong_sign": lambda: -expected,
+        "embedding_not_unembedding": lambda: model.W_E[answers[:, 0]] - model.W_E[answers[:, 1]],
+        "not_subtracted": lambda: model.tokens_to_residual_directions(answers),
+    }
+    ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
+    ex.passed()
+
+
+# ---- apply_final_ln -------------------------------------------------------------------------
+
+FINAL_LN = exercise(
+    "apply_final_ln",
+    hint="subtract each vector's mean over d_model, then divide by cache['ln_final.hook_scale'] "
+    "([batch, pos, 1]) read at each prompt's position.",
+    diagnoses={
+        "no_ln_scale": "you did not divide by the final layer norm's scale",
+        "not_centred": "you did not subtract the mean over d_model first (the layer norm centres "
+        "before it scales)",
+        "scale_at_last_position": "you took the scale at the last position of the padded batch, "
+        "not at each prompt's `positions`",
+    },
+)
+
+
+def test_apply_final_ln(apply_final_ln_fn: Callable) -> None:
+    """Check ``apply_final_ln(residual_stack, cache, positions=None) -> same shape``."""
+    ex, b = FINAL_LN, ioi_batch()
+    cache = b.clean_cache
+    full = cache.decompose_resid(layer=-1)  # [component, batch, pos, d_model]
+    # The model's components are already nearly centred (centre_writing_weights), so add one
+    # random component that is not, or forgetting to centre would go unnoticed.
+    extra = torch.randn(1, *full.shape[1:], generator=torch.Generator().manual_seed(0)) + 1.0
+    full = torch.cat([full, extra])
+    for positions in (None, b.end):
+        stack = at_positions(full, positions)
+        where = "None" if positions is None else "end"
+        call = (
+            f"apply_final_ln(stack, cache, positions={where})  where stack = the decomposed "
+            f"residual stream at {where} plus one random uncentred component, shape "
+            f"{list(stack.shape)}  [{b.describe()}]"
+        )
+        got = ex.call(
+            apply_final_ln_fn,
+            stack.clone(),
+            fresh_cache(cache),
+            None if positions is None else positions.clone(),
+            call=call,
+        )
+        centred = stack - stack.mean(-1, keepdim=True)
+        mistakes = {
+            "no_ln_scale": lambda c=centred: c,
+            "not_centred": lambda s=stack, p=positions: s / final_ln_scale(cache, p),
+        }
+        if positions is not None:
+            mistakes["scale_at_last_position"] = lambda c=centred: c / final_ln_scale(cache, None)
+        expected = heads.apply_final_ln(stack, cache, positions)
+        ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
+    ex.passed()
+
+
+# ---- residual_stack_to_logit_diff -----------------------------------------------------------
+
+STACK = exercise(
+    "residual_stack_to_logit_diff",
+    hint="apply_final_ln(residual_stack, cache, positions), dot with the directions over "
+    "d_model (einops.einsum), and average over the batch.",
+    diagnoses={
+        "no_ln_scale": "you did not apply the final layer norm's scale; the logits see the "
+        "residual stream only after ln_final",
+        "scale_at_last_position": "you took the layer-norm scale at the last position of the "
+        "padded batch, not at each prompt's `positions`",
+        "returned_per_prompt": "you returned one value per prompt; average over the batch",
+        "sum_not_mean": "you summed over the batch; the attribution is the batch mean",
+    },
+)
+
+
+def test_residual_stack_to_logit_diff(residual_stack_to_logit_diff_fn: Callable) -> None:
+    """Check ``residual_stack_to_logit_diff(residual_stack, cache, logit_diff_directions, positions=None)``."""
+    ex, b = STACK, ioi_batch()
+    dirs, cache = _directions(b), b.clean_cache
+    full = cache.accumulated_resid(layer=-1, incl_mid=True)  # [component, batch, pos, d_model]
+    for positions in (None, b.end):
+        stack = at_positions(full, positions)
+        where = "None" if positions is None else "end"
+        call = (
+            f"residual_stack_to_logit_diff(stack, cache, logit_diff_directions, positions={where})"
+            f"  where stack = the accumulated residual stream at {where}, shape "
+            f"{list(stack.shape)}  [{b.describe()}]"
+        )
+        got = ex.call(
+            residual_stack_to_logit_diff_fn,
+            stack.clone(),
+            fresh_cache(cache),
+            dirs.clone(),
+            positions=None if positions is None else positions.clone(),
+            call=call,
+        )
+
+        def wrong(s=stack, p=positions, **how):
+            return lambda: to_logit_diff(s, cache, dirs, p, **how)
+
+        mistakes = {
+            "no_ln_scale": wrong(scale=False),
+            "returned_per_prompt": wrong(reduce="none"),
+            "sum_not_mean": wrong(reduce="sum"),
+        }
+        if positions is not None:
+            mistakes["scale_at_last_position"] = wrong(p=None)
+        expected = heads.residual_stack_to_logit_diff(stack, cache, dirs, positions)
+        ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
+    final = float(
+        heads.residual_stack_to_logit_diff(at_positions(full, b.end), cache, dirs, b.end)[-1]
+    )
+    b_u = b.model.b_U.detach()
+    bias = float((b_u[b.answer_tokens[:, 0]] - b_u[b.answer_tokens[:, 1]]).mean())
+    ex.passed(
+        f"final residual stream gives {final:.3f}, + unembedding bias {bias:.3f} = the model's "
+        f"logit diff {b.clean_logit_diff:.3f}"
+    )
+
+
+# ---- accumulated_resid_logit_diffs and per_layer_logit_diffs --------------------------------
+
+ACCUMULATED = exercise(
+    "accumulated_resid_logit_diffs",
+    hint="cache.accumulated_resid(layer=-1, incl_mid=True, return_labels=True) gives "
+    "[component, batch, pos, d_model] and labels; take each prompt's position, then use "
+    "residual_stack_to_logit_diff with logit_diff_directions.",
+    diagnoses={
+        "missing_mid": "you have one entry per layer: include the residual stream between "
+        "attention and MLP too (incl_mid=True), giving 2 * n_layers + 1 entries",
+        "no_ln_scale": "no final layer-norm scale was applied",
+        "ignored_positions": "you read the last position of the padded batch, not `positions`",
+    },
+)
+
+
+def test_accumulated_resid_logit_diffs(accumulated_resid_logit_diffs_fn: Callable) -> None:
+    """Check ``accumulated_resid_logit_diffs(model, cache, answer_tokens, positions=None) -> (values, labels)``."""
+    ex, b = ACCUMULATED, ioi_batch()
+    dirs, cache, end = _directions(b), b.clean_cache, b.end
+    call = f"accumulated_resid_logit_diffs(model, cache, answer_tokens, positions=end)  [{b.describe()}]"
+    got = ex.call(
+        accumulated_resid_logit_diffs_fn,
+        b.model,
+        fresh_cache(cache),
+        b.answer_tokens.clone(),
+        end.clone(),
+        call=call,
+        model=b.model,
+    )
+    full = cache.accumulated_resid(layer=-1, incl_mid=True)
+    no_mid = cache.accumulated_resid(layer=-1, incl_mid=False)
+    mistakes = {
+        "missing_mid": lambda: to_logit_diff(at_positions(no_mid, end), cache, dirs, end),
+        "no_ln_scale": lambda: to_logit_diff(
+            at_positions(full, end), cache, dirs, end, scale=False
+        ),
+        "ignored_positions": lambda: to_logit_diff(at_positions(full, None), cache, dirs, None),
+    }
+    expected = heads.accumulated_resid_logit_diffs(b.model, cache, b.answer_tokens, end)
+    _expect_values_and_labels(ex, got, expected, call, mistakes)
+    ex.passed()
+
+
+PER_LAYER = exercise(
+    "per_layer_logit_diffs",
+    hint="cache.decompose_resid(layer=-1, return_labels=True) splits the final residual stream "
+    "into what each part wrote (embeddings, each attention and MLP output); take each prompt's "
+    "position, then use residual_stack_to_logit_diff.",
+    diagnoses={
+        "accumulated_not_decomposed": "these are the accumulated (running-total) values; this "
+        "exercise wants what each layer's attention and MLP *added* (decompose_resid)",
+        "missing_embeds": "the token and position embeddings are missing (incl_embeds=True)",
+        "no_ln_scale": "no final layer-norm scale was applied",
+        "ignored_positions": "you read the last position of the padded batch, not `positions`",
+    },
+)
+
+
+def test_per_layer_logit_diffs(per_layer_logit_diffs_fn: Callable) -> None:
+    """Check ``per_layer_logit_diffs(model, cache, answer_tokens, positions=None) -> (values, labels)``."""
+    ex, b = PER_LAYER, ioi_batch()
+    dirs, cache, end = _directions(b), b.clean_cache, b.end
+    call = f"per_layer_logit_diffs(model, cache, answer_tokens, positions=end)  [{b.describe()}]"
+    got = ex.call(
+        per_layer_logit_diffs_fn,
+        b.model,
+        fresh_cache(cache),
+        b.answer_tokens.clone(),
+        end.clone(),
+        call=call,
+        model=b.model,
+    )
+    parts = cache.decompose_resid(layer=-1, mode="all", incl_embeds=True)
+
+    def ref(stack, positions=end, scale=True):
+        return lambda: to_logit_diff(
+            at_positions(stack, positions), cache, dirs, positions, scale=scale
+        )
+
+    mistakes = {
+        "accumulated_not_decomposed": ref(cache.accumulated_resid(layer=-1, incl_mid=True)),
+        "missing_embeds": ref(cache.decompose_resid(layer=-1, mode="all", incl_embeds=False)),
+        "no_ln_scale": ref(parts, scale=False),
+        "ignored_positions": ref(parts, None),
+    }
+    expected = heads.per_layer_logit_diffs(b.model, cache, b.answer_tokens, end)
+    _expect_values_and_labels(ex, got, expected, call, mistakes)
+    ex.passed()
+
+
+# ---- head_results_at and per_head_logit_diffs -----------------------------------------------
+
+HEAD_RESULTS = exercise(
+    "head_results_at",
+    hint="for each layer, read cache['z', layer] ([batch, pos, head, d_head]) at each prompt's "
+    "position and multiply by model.W_O[layer] ([head, d_head, d_model]) with einops.einsum, "
+    "keeping the head axis; stack the layers.",
+    diagnoses={
+        "z_not_output": "you returned z, the heads' value-weighted sums (d_head wide); a head's "
+        "output is z @ W_O (d_model wide)",
+        "wrong_layout": "the right numbers in the wrong axis order; return [layer, head, batch, d_model]",
+        "ignored_positions": "you read the last position of the padded batch, not `positions`",
+        "summed_heads": "you summed over heads (that is the attention layer's output, minus its "
+        "bias); keep one vector per head",
+    },
+)
+
+
+LAYOUTS = ((0, 2, 1, 3), (2, 0, 1, 3), (1, 0, 2, 3), (2, 1, 0, 3))  # wrong axis orders seen
+
+
+def test_head_results_at(head_results_at_fn: Callable) -> None:
+    """Check ``head_results_at(model, cache, positions) -> [layer, head, batch, d_model]``."""
+    ex, b = HEAD_RESULTS, ioi_batch()
+    cache, end, model = b.clean_cache, b.end, b.model
+    call = f"head_results_at(model, cache, positions=end)  [{b.describe()}]"
+    got = ex.call(
+        head_results_at_fn, model, fresh_cache(cache), end.clone(), call=call, model=model
+    )
+    expected = heads.head_results_at(model, cache, end).detach()
+    rows = torch.arange(len(end))
+    z = torch.stack([cache["z", layer][rows, end] for layer in range(model.cfg.n_layers)])
+
+    def same_numbers_other_layout():
+        shape = tuple(getattr(got, "shape", ()))
+        return next(
+            (expected.permute(*o) for o in LAYOUTS if expected.permute(*o).shape == shape), None
+        )
+
+    mistakes = {
+        "z_not_output": lambda: z.permute(0, 2, 1, 3),  # [layer, head, batch, d_head]
+        "summed_heads": lambda: expected.sum(1),
+        "ignored_positions": lambda: heads.head_results_at(model, cache, None),
+        "wrong_layout": same_numbers_other_layout,
+    }
+    ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
+    ex.passed()
+
+
+PER_HEAD = exercise(
+    "per_head_logit_diffs",
+    hint="head_results_at(model, cache, positions) gives [layer, head, batch, d_model]; pass it "
+    "to residual_stack_to_logit_diff with logit_diff_directions(model, answer_tokens).",
+    diagnoses={
+        "transposed": "the result is [head, layer]; the exercise asks for [layer, head]",
+        "no_ln_scale": "no final layer-norm scale was applied",
+        "ignored_positions": "you read the last position of the padded batch, not `positions`",
+    },
+)
+
+
+def test_per_head_logit_diffs(per_head_logit_diffs_fn: Callable) -> None:
+    """Check ``per_head_logit_diffs(model, cache, answer_tokens, positions=None) -> [layer, head]``."""
+    ex, b = PER_HEAD, ioi_batch()
+    dirs, cache, end, model = _directions(b), b.clean_cache, b.end, b.model
+    call = f"per_head_logit_diffs(model, cache, answer_tokens, positions=end)  [{b.describe()}]"
+    got = ex.call(
+        per_head_logit_diffs_fn,
+        model,
+        fresh_cache(cache),
+        b.answer_tokens.clone(),
+        end.clone(),
+        call=call,
+        model=model,
+    )
+    expected = heads.per_head_logit_diffs(model, cache, b.answer_tokens, end).detach()
+    mistakes = {
+        "transposed": lambda: expected.T,
+        "no_ln_scale": lambda: to_logit_diff(
+            heads.head_results_at(model, cache, end), cache, dirs, end, scale=False
+        ),
+        "ignored_positions": lambda: heads.per_head_logit_diffs(
+            model, cache, b.answer_tokens, None
+        ),
+    }
+    ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
+    ex.passed()
+
+
+# ---- ioi_attention --------------------------------------------------------------------------
+
+ATTENTION = exercise(
+    "ioi_attention",
+    hint="run the model with a cache if none is given; cache['pattern', layer] is [batch, "
+    "head, query (dest), key (src)]: for each prompt read [i, :, word_idx[dest][i], "
+    "word_idx[src][i]], average over prompts, stack over layers.",
+    diagnoses={
+        "swapped_dest_src": "you indexed the pattern as [..., src, dest]; the query (the token "
+        "doing the attending, dest) comes before the key (src)",
+        "scores_not_pattern": "you read the attention scores before the softmax "
+        "(hook_attn_scores); read the probabilities, cache['pattern', layer]",
+        "ignored_positions": "you used the last position of the padded batch as the query "
+        "instead of word_idx[dest]",
+    },
+)
+
+
+def attention_between(
+    cache: ActivationCache,
+    dest_pos: Int[Tensor, " batch"],
+    src_pos: Int[Tensor, " batch"],
+    name: str = "pattern",
+) -> Float[Tensor, "layer head"]:
+    """Mean over prompts of attention (or scores) from ``dest_pos`` to ``src_pos``."""
+    rows = torch.arange(dest_pos.shape[0])
+    layers = range(cache.model.cfg.n_layers)
+    return torch.stack([cache[name, layer][rows, :, dest_pos, src_pos].mean(0) for layer in layers])
+
+
+def test_ioi_attention(ioi_attention_fn: Callable) -> None:
+    """Check ``ioi_attention(model, ds, dest, src, cache=None) -> [layer, head]``."""
+    ex, b = ATTENTION, ioi_batch()
+    cache, idx = b.clean_cache, b.ds.word_idx
+    last = torch.full_like(idx["end"], cache["pattern", 0].shape[-1] - 1)
+    for dest, src, with_cache in (("end", "S2", True), ("S2", "IO", False)):
+        given = "cache" if with_cache else "None"
+        call = f"ioi_attention(model, ds, {dest!r}, {src!r}, cache={given})  [{b.describe()}]"
+        got = ex.call(
+            ioi_attention_fn,
+            b.model,
+            b.ds,
+            dest,
+            src,
+            cache=fresh_cache(cache) if with_cache else None,
+            call=call,
+            model=b.model,
+        )
+        d, s = idx[dest], idx[src]
+        mistakes = {
+            "swapped_dest_src": lambda d=d, s=s: attention_between(cache, s, d),
+            "scores_not_pattern": lambda d=d, s=s: attention_between(cache, d, s, "attn_scores"),
+        }
+        if dest == "end":
+            mistakes["ignored_positions"] = lambda s=s: attention_between(cache, last, s)
+        expected = heads.ioi_attention(b.model, b.ds, dest, src, cache=cache)
+        ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
+    ex.passed()

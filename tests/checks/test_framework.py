@@ -1,0 +1,148 @@
+"""The checker machinery: generic diagnoses, the time limit, hook clean-up, message layout."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+from ioi.checks.core import (
+    GENERIC_DIAGNOSES,
+    CheckFailed,
+    Exercise,
+    _LearnerTimeout,
+    exercise,
+    run_with_timeout,
+)
+from ioi.checks.fixtures import toy_model
+
+
+def make_exercise(**options) -> Exercise:
+    return Exercise("demo", "the default hint", {"doubled": "you doubled it"}, **options)
+
+
+def diagnosis_of(fn, *, model=None, **options) -> CheckFailed:
+    ex, expected = make_exercise(**options), torch.ones(3)
+    with pytest.raises(CheckFailed) as failure:
+        got = ex.call(fn, call="demo()", model=model)
+        ex.expect_tensor(got, expected, call="demo()", mistakes={"doubled": lambda: 2 * expected})
+    return failure.value
+
+
+def test_passes_when_close() -> None:
+    ex = make_exercise()
+    ex.expect_tensor(torch.ones(3) + 1e-6, torch.ones(3), call="demo()")
+
+
+def test_not_implemented_carries_the_stub_hint() -> None:
+    def stub():
+        raise NotImplementedError("hint: use the force")
+
+    failure = diagnosis_of(stub)
+    assert failure.diagnosis == "not_implemented"
+    assert "NotImplementedError: hint: use the force" in str(failure)
+    assert "hint:      use the force" in str(failure)
+
+
+def test_other_exceptions_are_reported_with_the_learners_line() -> None:
+    def broken():
+        return torch.ones(2) @ torch.ones(3)  # shape error
+
+    failure = diagnosis_of(broken)
+    assert failure.diagnosis == "raised"
+    assert "RuntimeError" in str(failure) and "in broken" in str(failure)
+
+
+def test_endless_loop_is_stopped() -> None:
+    def forever():
+        while True:
+            pass
+
+    start = time.monotonic()
+    failure = diagnosis_of(forever, timeout_s=0.5)
+    assert failure.diagnosis == "timeout"
+    assert time.monotonic() - start < 5
+
+
+def test_loop_that_catches_exception_is_still_stopped() -> None:
+    def stubborn():
+        while True:
+            try:
+                time.sleep(0.01)
+            except Exception:  # a learner's broad except must not swallow the time limit
+                pass
+
+    assert diagnosis_of(stubborn, timeout_s=0.3).diagnosis == "timeout"
+
+
+@pytest.mark.parametrize(
+    ("returned", "diagnosis"),
+    [
+        ([1.0, 1.0, 1.0], "wrong_type"),
+        (torch.ones(4), "wrong_shape"),
+        (torch.zeros(3), "wrong_values"),
+        (2 * torch.ones(3), "doubled"),
+    ],
+)
+def test_result_diagnoses(returned, diagnosis: str) -> None:
+    failure = diagnosis_of(lambda: returned)
+    assert failure.diagnosis == diagnosis
+    for part in ("call:      demo()", "expected:", "got:", f"diagnosis: {diagnosis}", "hint:"):
+        assert part in str(failure)
+
+
+def test_hooks_left_on_the_model_are_reported_and_removed() -> None:
+    model = toy_model()
+
+    def leaky():
+        model.blocks[0].attn.hook_z.add_hook(lambda act, hook: act)
+        return torch.ones(3)
+
+    failure = diagnosis_of(leaky, model=model)
+    assert failure.diagnosis == "hooks_left"
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_undeclared_diagnosis_is_a_checker_bug() -> None:
+    ex = make_exercise()
+    with pytest.raises(AssertionError, match="undeclared"):
+        ex.expect_tensor(torch.zeros(3), torch.ones(3), call="x", mistakes={"nope": torch.zeros})
+
+
+def test_declaring_a_generic_diagnosis_is_refused() -> None:
+    with pytest.raises(ValueError, match="generic"):
+        exercise("demo_generic", "hint", {"timeout": "clash"})
+    assert "timeout" in GENERIC_DIAGNOSES
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs POSIX interval timers")
+def test_an_outer_alarm_survives_a_checked_call() -> None:
+    fired = []
+    old = signal.signal(signal.SIGALRM, lambda *_: fired.append(True))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 30.0)
+        assert run_with_timeout(lambda: 42, 5.0) == 42
+        left, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 25.0 < left <= 30.0, "the outer alarm (pytest-timeout's) must be re-armed"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert not fired
+
+
+def test_time_limit_outside_the_main_thread() -> None:
+    outcome = {}
+
+    def worker():
+        try:
+            run_with_timeout(lambda: time.sleep(5), 0.2)
+        except _LearnerTimeout:
+            outcome["stopped"] = True
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(3)
+    assert outcome.get("stopped")
