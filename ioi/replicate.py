@@ -1,33 +1,23 @@
-"""``ioi replicate``: run the IOI analysis on one model and write what it found."""
+"""``ioi replicate``: run the whole IOI analysis on one model and write the report.
+
+The analysis is the report's sections (`ioi.report.sections`): prompts, logit difference,
+direct logit attribution, activation patching, path patching, circuit discovery, and the
+faithfulness, completeness and minimality of the circuit found (and, on GPT-2 small, of the
+published one, beside the published figures). It writes ``report.html``, ``report.md`` and
+``results.json`` to ``out``.
+"""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
 from transformer_lens import HookedTransformer
 
-from ioi.dataset import IOIDataset
-from ioi.evaluate import evaluate_ioi, reference_figures
-from ioi.models import GPT2_ALIASES, load_model
-
-ABC_FLIP = "ABB->XYZ, BAB->XYZ"
-
-
-def compare_with_reference(perf: dict) -> list[dict]:
-    """Our GPT-2 small figures beside the published ones."""
-    paper = reference_figures()["paper"]
-    pairs = [
-        (
-            "mean logit diff (IO - S)",
-            perf["overall"]["logit_diff"],
-            paper["mean_logit_diff_ioi_distribution"],
-        ),
-        ("fraction IO > S", perf["overall"]["io_over_s"], paper["io_over_s_fraction"]),
-        ("mean P(IO)", perf["overall"]["io_prob"], paper["mean_io_probability"]),
-    ]
-    return [{"figure": f, "ours": o, "published": p, "difference": o - p} for f, o, p in pairs]
+from ioi.circuit import DEFAULT_THRESHOLDS
+from ioi.models import load_model
+from ioi.report import Settings, build_report, write_report
 
 
 def replicate(
@@ -37,30 +27,47 @@ def replicate(
     out: Path | str = "ioi_report",
     console: Console | None = None,
     model_name: str | None = None,
+    *,
+    patch_prompts: int = 32,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    sweeps: Sequence[str] = Settings.sweeps,
+    png: bool = True,
 ) -> dict:
-    """Build the IOI and ABC datasets, measure the model, write ``results.json`` to ``out``.
+    """Run every section of the report on ``model`` and write it to ``out``.
 
     Args:
-        model: a loaded model, or a name for ``load_model`` (then ``model_name`` defaults to it).
+        model: a loaded model, or a name for `ioi.models.load_model` (then ``model_name``
+            defaults to it).
+        n: IOI prompts (mixed BABA/ABBA) for every step but the activation-patching sweeps.
+        seed: dataset seed.
+        out: output folder (created if needed).
+        console: where the progress bars go; None is silent.
+        model_name: the name the report uses (``"gpt2-small"`` turns on the published figures).
+        patch_prompts: prompts for the activation-patching sweeps (at most ``n``).
+        thresholds: circuit-discovery thresholds to sweep.
+        sweeps: activation-patching sweeps to run (`ioi.report.analysis.SWEEP_TITLES`).
+        png: export the figures as PNG for ``report.md`` (needs kaleido and a Chrome).
+
+    Returns:
+        The content of ``results.json``.
+
+    Raises:
+        ValueError: a bad setting, or a model that cannot be loaded.
     """
     console = console or Console(quiet=True)
     if isinstance(model, str):
         model_name = model_name or model
         model = load_model(model)
-    model_name = model_name or model.cfg.model_name
-    ds = IOIDataset(N=n, prompt_type="mixed", seed=seed, tokenizer=model)
-    abc = ds.gen_flipped_prompts(ABC_FLIP)
-    with console.status("measuring IOI performance"):
-        perf = evaluate_ioi(model, ds, abc)
-    results = {
-        "model": str(model_name),
-        "device": str(model.cfg.device),
-        "dataset": {"N": n, "seed": seed, "prompt_type": "mixed", "abc_flip": ABC_FLIP},
-        "performance": perf,
-    }
-    if str(model_name) in GPT2_ALIASES:
-        results["reference"] = compare_with_reference(perf)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    model_name = str(model_name or model.cfg.model_name)
+    settings = Settings(
+        n=n,
+        seed=seed,
+        patch_prompts=min(patch_prompts, n),
+        thresholds=tuple(thresholds),
+        sweeps=tuple(sweeps),
+    )
+    report = build_report(model, model_name, settings, console)
+    paths = write_report(report, Path(out), png=png)
+    results = report.results()
+    results["files"] = {name: str(path) for name, path in paths.items()}
     return results

@@ -1,0 +1,284 @@
+"""Shared parts of the site's pages: the sidebar, the course text, cached calls into `ioi`.
+
+Streamlit puts this folder on ``sys.path`` when it runs ``Home.py``, so pages import this
+module by name. Everything computed here is a call into the ``ioi`` package, cached:
+``st.cache_resource`` for objects that hold the model (the model itself, prompt sets, the
+path-patching oracle, the mean ablation, discovered circuits), ``st.cache_data`` for results
+(tensors, patching results, figures), keyed by model name, prompt count and seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+import streamlit.components.v1 as components
+import torch
+
+from ioi import app_data
+from ioi.circuit import DEFAULT_THRESHOLDS
+from ioi.models import load_model
+from ioi.report import analysis as A
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository: course/ lives here
+DEFAULT_N, DEFAULT_SEED = 40, 1
+PAGES = {
+    1: ("pages/1_Model_and_task.py", "1. The model and the task"),
+    2: ("pages/2_Logit_attribution.py", "2. Logit attribution"),
+    3: ("pages/3_Activation_patching.py", "3. Activation patching"),
+    4: ("pages/4_Path_patching.py", "4. Path patching"),
+    5: ("pages/5_Paper_replication.py", "5. Replicating the paper"),
+    6: ("pages/6_Further.py", "6. Further"),
+}
+PROMPT_PAGE = "pages/7_Try_your_own_prompt.py"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What the sidebar selected."""
+
+    model: str
+    n: int
+    seed: int
+    show_code: bool
+
+
+# ---- cached calls into ioi ---------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner="Loading the model...")
+def get_model(name: str):
+    return load_model(name, device="auto")
+
+
+@st.cache_resource(show_spinner="Building prompts and measuring the model...")
+def get_setup(name: str, n: int, seed: int) -> A.Setup:
+    return A.prepare(get_model(name), n, seed)
+
+
+@st.cache_data(show_spinner="Direct logit attribution...")
+def get_attribution(name: str, n: int, seed: int) -> A.Attribution:
+    return A.logit_attribution(get_setup(name, n, seed))
+
+
+@st.cache_data(show_spinner=False)
+def get_per_prompt(name: str, n: int, seed: int) -> torch.Tensor:
+    return A.per_prompt_logit_diff(get_setup(name, n, seed))
+
+
+@st.cache_data(show_spinner=False)
+def get_patching(name: str, n: int, seed: int, component: str):
+    return A.activation_patching_sweep(get_setup(name, n, seed), component)
+
+
+@st.cache_data(show_spinner="Attribution patching and exact patching of every head...")
+def get_attribution_vs_exact(name: str, n: int, seed: int):
+    return A.attribution_vs_exact(get_setup(name, n, seed))
+
+
+@st.cache_resource(show_spinner="Caching activations for path patching...")
+def get_oracle(name: str, n: int, seed: int):
+    return A.path_patching_oracle(get_setup(name, n, seed))
+
+
+@st.cache_data(show_spinner="Path patching every head to the logits...")
+def get_to_logits(name: str, n: int, seed: int) -> torch.Tensor:
+    return A.heads_to_logits(get_oracle(name, n, seed))
+
+
+@st.cache_data(show_spinner="Path patching into the receivers...")
+def get_to_receivers(
+    name: str, n: int, seed: int, receivers: tuple[tuple[int, int], ...], inp: str
+) -> torch.Tensor:
+    return A.heads_to_receivers(get_oracle(name, n, seed), receivers, inp)
+
+
+@st.cache_resource(show_spinner="Mean ablation: per-template means...")
+def get_ablation(name: str, n: int, seed: int):
+    return A.mean_ablation(get_setup(name, n, seed))
+
+
+@st.cache_resource(show_spinner="Discovering the circuit at every threshold...")
+def get_discovery(name: str, n: int, seed: int):
+    return A.discover(
+        get_oracle(name, n, seed), get_ablation(name, n, seed), DEFAULT_THRESHOLDS, 0.8
+    )
+
+
+@st.cache_resource(show_spinner="Faithfulness, completeness, minimality...")
+def get_criteria(name: str, n: int, seed: int, threshold: float, paper: bool = False):
+    """Criteria of the circuit discovered at ``threshold`` (or of the published one)."""
+    from ioi.circuit import gpt2_small_circuit
+
+    if paper:
+        circuit = gpt2_small_circuit()
+    else:
+        _, points = get_discovery(name, n, seed)
+        circuit = next(p for p in points if p.threshold == threshold).discovered.circuit
+    return A.criteria(get_ablation(name, n, seed), circuit, seed=seed)
+
+
+# ---- layout ------------------------------------------------------------------------------
+
+
+def sidebar() -> Choice:
+    """Model picker, prompt count and seed, kept across pages in ``st.session_state``."""
+    options = app_data.model_options()
+    available = [o for o in options if o.available]
+    state = st.session_state
+    state.setdefault("ioi_model", available[0].name)
+    state.setdefault("ioi_n", DEFAULT_N)
+    state.setdefault("ioi_seed", DEFAULT_SEED)
+    state.setdefault("ioi_code", False)
+    # Widgets get their own keys, copied from and back to the persistent ones, so a choice
+    # survives moving between pages (Streamlit drops widget state of pages not shown).
+    for key in ("ioi_model", "ioi_n", "ioi_seed", "ioi_code"):
+        state[f"_{key}"] = state[key]
+
+    def keep(key: str) -> Callable[[], None]:
+        return lambda: state.update({key: state[f"_{key}"]})
+
+    with st.sidebar:
+        st.header("Model")
+        labels = {o.name: o.label for o in available}
+        st.selectbox(
+            "Model",
+            list(labels),
+            format_func=labels.get,
+            key="_ioi_model",
+            on_change=keep("ioi_model"),
+        )
+        for option in options:
+            if not option.available:
+                st.caption(f"{option.label}: not available. {option.note}")
+        st.slider(
+            "IOI prompts",
+            10,
+            200,
+            step=10,
+            key="_ioi_n",
+            on_change=keep("ioi_n"),
+            help="Prompts used by the live results (alternately BABA and ABBA).",
+        )
+        st.number_input("Seed", 0, 10_000, key="_ioi_seed", on_change=keep("ioi_seed"))
+        st.checkbox("Show the course's code cells", key="_ioi_code", on_change=keep("ioi_code"))
+    return Choice(state.ioi_model, int(state.ioi_n), int(state.ioi_seed), bool(state.ioi_code))
+
+
+@st.cache_data(show_spinner=False)
+def course_pages() -> dict[int, app_data.CoursePage]:
+    return app_data.course_pages(ROOT)
+
+
+def course_text(number: int, show_code: bool) -> app_data.CoursePage | None:
+    """Render course section ``number``'s markdown; say so if the section is not written yet."""
+    try:
+        page = course_pages().get(number)
+    except ValueError as err:
+        st.error(f"The course sources cannot be read: {err}")
+        return None
+    if page is None:
+        st.info(
+            f"Course section {number} has no source in `course/` yet; the live results "
+            "below are computed by the library all the same."
+        )
+        return None
+    for block in page.blocks:
+        if block.kind == "heading":
+            if block.level > 1:
+                header = st.header if block.level == 2 else st.subheader
+                header(block.text, anchor=block.anchor)
+        elif block.kind == "markdown":
+            st.markdown(block.text)
+        elif show_code:
+            st.code(block.text, language="python")
+    return page
+
+
+def toc(page: app_data.CoursePage | None) -> None:
+    """The page's table of contents, in the sidebar."""
+    if page is None:
+        return
+    with st.sidebar:
+        st.header("On this page")
+        st.markdown(
+            "\n".join(f"{'  ' * (h.level - 2)}- [{h.text}](#{h.anchor})" for h in page.headings())
+        )
+
+
+def section_page(number: int, live: Callable[[Choice], None]) -> None:
+    """A course section: its text, then live results from the library on the chosen model."""
+    path, title = PAGES[number]
+    st.set_page_config(page_title=title, layout="wide")
+    choice = sidebar()
+    pages = _safe_course_pages()
+    st.title(pages[number].title if number in pages else title)
+    st.caption(
+        f"Live results: **{choice.model}**, {choice.n} prompts, seed {choice.seed} "
+        "(change them in the sidebar)."
+    )
+    read, results = st.tabs(["Walkthrough", "Live results"])
+    with read:
+        toc(course_text(number, choice.show_code))
+    with results:
+        live(choice)
+
+
+def _safe_course_pages() -> dict[int, app_data.CoursePage]:
+    try:
+        return course_pages()
+    except ValueError:
+        return {}
+
+
+# ---- small display helpers ---------------------------------------------------------------
+
+
+def score_table(perf: dict) -> pd.DataFrame:
+    """Overall and per-family logit difference, accuracy and P(IO) as a DataFrame."""
+    rows = [("all", perf["overall"])] + [(f, perf[f]) for f in ("BABA", "ABBA") if f in perf]
+    return pd.DataFrame(
+        [
+            {
+                "prompts": label,
+                "logit diff": s["logit_diff"],
+                "IO > S": s["io_over_s"],
+                "IO top-1": s["io_top1"],
+                "P(IO)": s["io_prob"],
+            }
+            for label, s in rows
+        ]
+    )
+
+
+def heads_table(values: torch.Tensor, column: str, k: int = 8) -> pd.DataFrame:
+    """The ``k`` heads with the largest |value| of a [layer, head] grid."""
+    n_heads = values.shape[1]
+    order = values.abs().flatten().argsort(descending=True)[:k]
+    return pd.DataFrame(
+        [
+            {"head": f"{int(i) // n_heads}.{int(i) % n_heads}", column: float(values.flatten()[i])}
+            for i in order
+        ]
+    )
+
+
+def head_label(head: tuple[int, int]) -> str:
+    return f"{head[0]}.{head[1]}"
+
+
+def all_heads(name: str) -> list[tuple[int, int]]:
+    cfg = get_model(name).cfg
+    return [(layer, h) for layer in range(cfg.n_layers) for h in range(cfg.n_heads)]
+
+
+def show_attention(tokens: list[str], patterns: torch.Tensor, heads) -> None:
+    """A circuitsvis attention view (JavaScript inlined: works offline), in an iframe."""
+    html = app_data.attention_html(tokens, patterns, heads)
+    if hasattr(st, "iframe"):  # Streamlit >= 1.5x; components.v1.html is deprecated there
+        st.iframe(html, height=620)
+    else:
+        components.html(html, height=620, scrolling=True)

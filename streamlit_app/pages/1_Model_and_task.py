@@ -1,0 +1,57 @@
+"""Section 1: the model, the task and the logit difference."""
+
+import ioi_site
+import pandas as pd
+import streamlit as st
+
+from ioi.evaluate import reference_figures
+from ioi.models import GPT2_ALIASES
+from ioi.report import figures as F
+
+
+def live(choice: ioi_site.Choice) -> None:
+    setup = ioi_site.get_setup(choice.model, choice.n, choice.seed)
+    perf, ds, abc = setup.performance, setup.ds, setup.abc
+    st.subheader("Logit difference")
+    left, middle, right = st.columns(3)
+    left.metric("IOI prompts", f"{perf['overall']['logit_diff']:.3f}")
+    middle.metric("ABC prompts", f"{perf['abc_logit_diff']:.3f}")
+    right.metric("IO beats S", f"{perf['overall']['io_over_s']:.1%}")
+    st.dataframe(ioi_site.score_table(perf), hide_index=True)
+    st.plotly_chart(
+        F.histogram_figure(
+            ioi_site.get_per_prompt(choice.model, choice.n, choice.seed).tolist(),
+            "Logit difference per IOI prompt",
+            "logit diff (IO - S)",
+        )
+    )
+    st.subheader("Per template")
+    st.dataframe(pd.DataFrame(perf["per_template"]).drop(columns=["template_idx"]), hide_index=True)
+    st.subheader("The prompts")
+    st.dataframe(
+        pd.DataFrame(
+            {"IOI": ds.sentences, "ABC": abc.sentences, "IO": [p.answer for p in ds.prompts]}
+        ),
+        hide_index=True,
+    )
+    if choice.model in GPT2_ALIASES:
+        paper = reference_figures()["paper"]
+        st.subheader("Beside the paper")
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    (
+                        "mean logit diff",
+                        perf["overall"]["logit_diff"],
+                        paper["mean_logit_diff_ioi_distribution"],
+                    ),
+                    ("IO > S", perf["overall"]["io_over_s"], paper["io_over_s_fraction"]),
+                    ("P(IO)", perf["overall"]["io_prob"], paper["mean_io_probability"]),
+                ],
+                columns=["figure", "ours", "published"],
+            ),
+            hide_index=True,
+        )
+
+
+ioi_site.section_page(1, live)

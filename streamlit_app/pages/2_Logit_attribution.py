@@ -1,0 +1,57 @@
+"""Section 2: direct logit attribution, and what the top heads attend to."""
+
+import ioi_site
+import streamlit as st
+
+from ioi import app_data
+from ioi.report import figures as F
+
+
+def live(choice: ioi_site.Choice) -> None:
+    att = ioi_site.get_attribution(choice.model, choice.n, choice.seed)
+    st.plotly_chart(
+        F.line_figure(
+            att.accumulated_labels,
+            att.accumulated.tolist(),
+            "Logit difference read from the residual stream after each sub-layer",
+            "logit diff",
+        )
+    )
+    st.plotly_chart(
+        F.bar_figure(
+            att.per_layer_labels,
+            att.per_layer.tolist(),
+            "Direct logit attribution per layer output",
+            "logit diff",
+        )
+    )
+    left, right = st.columns([2, 1])
+    left.plotly_chart(
+        F.layer_head_heatmap(att.per_head, "Direct logit attribution per head", "logit diff")
+    )
+    right.dataframe(ioi_site.heads_table(att.per_head, "DLA"), hide_index=True)
+    st.plotly_chart(
+        F.layer_head_facets(
+            att.attention, "Mean attention between IOI positions (dest->src)", zmid=None
+        )
+    )
+
+    st.subheader("Attention patterns of chosen heads")
+    setup = ioi_site.get_setup(choice.model, choice.n, choice.seed)
+    ds = setup.ds
+    index = st.selectbox(
+        "Prompt", range(min(ds.N, 20)), format_func=lambda i: ds.sentences[i], key="att_prompt"
+    )
+    top = ioi_site.heads_table(att.per_head, "DLA", k=3)["head"].tolist()
+    heads = st.multiselect(
+        "Heads", [ioi_site.head_label(h) for h in ioi_site.all_heads(choice.model)], default=top
+    )
+    if heads:
+        chosen = [tuple(map(int, h.split("."))) for h in heads]
+        toks = ds.toks[index, : int(ds.seq_lens[index])]
+        patterns = app_data.dataset_patterns(ioi_site.get_model(choice.model), toks, chosen)
+        tokens = [ds.tokenizer.decode([t]) for t in toks.tolist()]
+        ioi_site.show_attention(tokens, patterns, chosen)
+
+
+ioi_site.section_page(2, live)

@@ -1,0 +1,38 @@
+"""Section 4: path patching, to the logits and into chosen heads."""
+
+import ioi_site
+import streamlit as st
+
+from ioi.report import analysis as A
+from ioi.report import figures as F
+
+
+def live(choice: ioi_site.Choice) -> None:
+    st.markdown(
+        "One head takes its ABC output while every other head stays as on the IOI prompts; "
+        "the effect is read along one path. -1: the path carries the whole IOI - ABC "
+        "difference; 0: no effect."
+    )
+    to_logits = ioi_site.get_to_logits(choice.model, choice.n, choice.seed)
+    left, right = st.columns([2, 1])
+    left.plotly_chart(
+        F.layer_head_heatmap(to_logits, "Path patching: each head -> logits", "effect")
+    )
+    right.dataframe(ioi_site.heads_table(to_logits, "effect"), hide_index=True)
+
+    st.subheader("Which earlier heads feed these heads?")
+    candidates = [h for h in ioi_site.all_heads(choice.model) if h[0] > 0]
+    default = [ioi_site.head_label(h) for h in A.top_output_heads(to_logits, k=3)]
+    chosen = st.multiselect(
+        "Receiver heads", [ioi_site.head_label(h) for h in candidates], default=default
+    )
+    inp = st.radio("Into their", ["q", "k", "v"], horizontal=True)
+    if chosen:
+        receivers = tuple(sorted(tuple(map(int, h.split("."))) for h in chosen))
+        grid = ioi_site.get_to_receivers(choice.model, choice.n, choice.seed, receivers, inp)
+        st.plotly_chart(
+            F.layer_head_heatmap(grid, f"Earlier heads -> {', '.join(chosen)} ({inp})", "effect")
+        )
+
+
+ioi_site.section_page(4, live)
