@@ -221,14 +221,40 @@ def run_pass(
     resid = receiver.residual(p.layer, start, copies)
     rows = declared_rows(metric, receiver.batch, receiver.n_pos, start, copies, resid.device)
     with model.hooks(fwd_hooks=hooks):
-        logits = None
+        picked = None
         if rows is not None:
-            logits = logits_at_rows(model, resid, p.layer, rows, **kwargs)
-        if logits is None:
+            picked = logits_at_rows(model, resid, p.layer, rows, **kwargs)
+        if picked is None:
             logits = logits_from_layer(model, resid, p.layer, **kwargs)
     assert fired == {name for name, _ in hooks}, "a patch hook never ran"
+    if picked is not None:
+        return _metric_on_rows(receiver, metric, picked, rows[: receiver.batch] + start, copies)
     per_copy = _full_logits(receiver, logits, copies, start)
     return [metric_value(metric, per_copy[i]) for i in range(copies)]
+
+
+def _metric_on_rows(
+    receiver: ReceiverRun,
+    metric: Metric,
+    picked: Float[Tensor, "copy_batch d_vocab"],
+    positions: Int[Tensor, " batch"],
+    copies: int,
+) -> list[Tensor]:
+    """The metric on each copy's logits, given only the rows it declared (every other is NaN).
+
+    One NaN-filled [batch, pos, d_vocab] tensor serves every copy: each copy's rows are written
+    into the same places before its metric runs, so no full logits tensor is built per copy
+    (at GPT-2's vocabulary, filling and copying those costs as much as a layer of the model).
+    """
+    batch = receiver.batch
+    logits = picked.new_full((batch, receiver.n_pos, picked.shape[-1]), float("nan"))
+    index = torch.arange(batch, device=picked.device)
+    per_copy = picked.view(copies, batch, -1)  # the stacked batch is copy-major
+    values = []
+    for i in range(copies):
+        logits[index, positions] = per_copy[i]
+        values.append(metric_value(metric, logits).clone())  # never a view into the buffer
+    return values
 
 
 def _full_logits(

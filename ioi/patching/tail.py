@@ -41,24 +41,22 @@ def logits_at_rows(
     layer: int,
     rows: Tensor,
     **kwargs,
-) -> Float[Tensor, "batch pos d_vocab"] | None:
-    """Like `logits_from_layer`, but unembeds only position ``rows[b]`` of each sequence ``b``.
+) -> Float[Tensor, "batch d_vocab"] | None:
+    """Like `logits_from_layer`, but only the logits at position ``rows[b]`` of each sequence ``b``.
 
-    Every other logit is NaN, so a metric that reads a position it did not declare gets NaN, never
-    a silently wrong number. The blocks still run on every position (later positions attend to
-    earlier ones); only the final norm and the unembedding, a large share of a pass's cost for a
-    GPT-2-sized vocabulary, are restricted. Returns None where this shortcut does not apply (a
-    non-standard unembed, or soft-capped logits), and the caller falls back to full logits.
+    The blocks still run on every position (later positions attend to earlier ones); only the
+    final norm and the unembedding, a large share of a pass's cost for a GPT-2-sized vocabulary,
+    are restricted. The caller places these rows in a NaN-filled logits tensor, so a metric that
+    reads a position it did not declare gets NaN, never a silently wrong number. Returns None
+    where this shortcut does not apply (a non-standard unembed, or soft-capped logits), and the
+    caller falls back to full logits.
     """
     if type(model.unembed) is not Unembed or model.cfg.output_logits_soft_cap > 0:
         return None
     final = model(resid, start_at_layer=layer, stop_at_layer=model.cfg.n_layers, **kwargs)
-    batch, n_pos, _ = final.shape
-    index = torch.arange(batch, device=final.device)
+    index = torch.arange(final.shape[0], device=final.device)
     picked = final[index, rows].unsqueeze(1)  # [batch, 1, d_model]: the norm works per position
     if model.cfg.normalization_type is not None:
         picked = model.ln_final(picked)
     unembed = model.unembed
-    out = picked.new_full((batch, n_pos, unembed.W_U.shape[1]), float("nan"))
-    out[index, rows] = torch.addmm(unembed.b_U, picked.squeeze(1), unembed.W_U)
-    return out
+    return torch.addmm(unembed.b_U, picked.squeeze(1), unembed.W_U)
