@@ -1,4 +1,5 @@
-"""The ``ioi`` command line: ``ioi replicate`` reproduces the IOI analysis on a model.
+"""The ``ioi`` command line: ``ioi replicate`` reproduces the IOI analysis on a model;
+``ioi app`` serves the course site (Streamlit).
 
 Every user error prints one line and exits with status 2; no traceback.
 """
@@ -6,6 +7,8 @@ Every user error prints one line and exits with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 EXIT_USAGE = 2
+PACKAGE_PARENT = Path(__file__).resolve().parent.parent  # the repository, in an editable install
 
 
 class UsageError(ValueError):
@@ -46,6 +50,16 @@ def _seed(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be an integer, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 1 and 65535, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ioi", description="Indirect Object Identification: course and replication"
@@ -64,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--seed", type=_seed, default=1, help="dataset seed (default 1)")
     rep.add_argument("--out", type=Path, default=Path("ioi_report"), help="output directory")
+    app = sub.add_parser("app", help="serve the course site (Streamlit) on localhost")
+    app.add_argument("--port", type=_port, default=8501, help="port to serve on (default 8501)")
+    app.add_argument("--headless", action="store_true", help="do not open a browser (servers, CI)")
     return parser
 
 
@@ -89,8 +106,67 @@ def cmd_replicate(args: argparse.Namespace, console: Console) -> int:
         model, n=args.n, seed=args.seed, out=args.out, console=console, model_name=name
     )
     print_summary(results, console)
-    console.print(f"results written to {args.out / 'results.json'}")
+    print_circuit(results, console)
+    files = ", ".join(str(path) for path in results.get("files", {}).values())
+    console.print(f"report written: {files or args.out / 'results.json'}", soft_wrap=True)
     return 0
+
+
+def print_circuit(results: dict, console: Console) -> None:
+    """One table: the circuit that discovery found, by class, with its faithfulness."""
+    found = results.get("sections", {}).get("circuit", {}).get("numbers", {})
+    circuit = found.get("circuit")
+    if not circuit:
+        return
+    table = Table(
+        title=f"circuit found at threshold {found['threshold']:g}: keeps "
+        f"{found['faithfulness']:.1%} of the logit difference under mean ablation"
+    )
+    for col in ("class", "kept at", "heads"):
+        table.add_column(col)
+    for name, heads in circuit["heads"].items():
+        labels = " ".join(h if isinstance(h, str) else f"{h[0]}.{h[1]}" for h in heads)
+        table.add_row(name, str(circuit["positions"][name]), labels)
+    console.print(table)
+
+
+def find_site(start: Path | None = None) -> Path:
+    """The site's entry page, ``streamlit_app/Home.py``, next to the ioi package or in ``start``.
+
+    Raises:
+        ValueError: neither place holds it (a non-editable install ships only the package).
+    """
+    for root in [start] if start else [PACKAGE_PARENT, Path.cwd()]:
+        home = root / "streamlit_app" / "Home.py"
+        if home.is_file():
+            return home.resolve()
+    raise ValueError(
+        "cannot find streamlit_app/Home.py next to the ioi package or in the current "
+        "directory; run from a clone of the repository (pip install -e '.[app]')"
+    )
+
+
+def app_argv(home: Path, port: int = 8501, headless: bool = False) -> list[str]:
+    """The command that serves the site: ``python -m streamlit run HOME`` with our options."""
+    argv = [sys.executable, "-m", "streamlit", "run", str(home), "--server.port", str(port)]
+    argv += ["--browser.gatherUsageStats", "false"]  # the course works offline; no telemetry
+    if headless:
+        argv += ["--server.headless", "true"]
+    return argv
+
+
+def cmd_app(args: argparse.Namespace, console: Console) -> int:
+    home = find_site()
+    if importlib.util.find_spec("streamlit") is None:
+        raise ValueError("streamlit is not installed; pip install -e '.[app]'")
+    console.print(
+        f"serving {home} on http://localhost:{args.port} (Ctrl-C stops it)", soft_wrap=True
+    )
+    server = subprocess.Popen(app_argv(home, args.port, args.headless))
+    try:
+        return server.wait()
+    except KeyboardInterrupt:  # streamlit got the same Ctrl-C and is shutting down
+        return server.wait()
 
 
 def print_summary(results: dict, console: Console) -> None:
@@ -133,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "replicate":
             return cmd_replicate(args, console)
+        if args.command == "app":
+            return cmd_app(args, console)
     except (ValueError, OSError) as err:  # user errors: one line, exit 2
         print(f"ioi: error: {err}", file=sys.stderr)
         return EXIT_USAGE
