@@ -9,21 +9,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from patching_helpers import hook_count  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
-
-
-def hook_count(model) -> int:
-    """Number of forward/backward hooks attached anywhere in ``model``."""
-    total = 0
-    for module in model.modules():
-        total += (
-            len(module._forward_hooks)
-            + len(module._forward_pre_hooks)
-            + len(module._backward_hooks)
-        )
-        total += len(getattr(module, "fwd_hooks", [])) + len(getattr(module, "bwd_hooks", []))
-    return total
 
 
 @pytest.fixture(scope="module")

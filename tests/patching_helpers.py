@@ -158,3 +158,16 @@ def gpt2_vocab_model(
             offset = 1.0 if name.endswith(".w") else 0.0
             p.copy_(torch.randn(p.shape, generator=gen) * scale + offset)
     return model.eval()
+
+
+def hook_count(model) -> int:
+    """Number of forward/backward hooks attached anywhere in ``model``."""
+    total = 0
+    for module in model.modules():
+        total += (
+            len(module._forward_hooks)
+            + len(module._forward_pre_hooks)
+            + len(module._backward_hooks)
+        )
+        total += len(getattr(module, "fwd_hooks", [])) + len(getattr(module, "bwd_hooks", []))
+    return total

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import hook_count
-from patching_helpers import gpt2_vocab_model
+from patching_helpers import gpt2_vocab_model, hook_count
 from transformer_lens import HookedTransformer
 
 from ioi.circuit import (

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import hook_count
-from patching_helpers import gpt2_vocab_model
+from patching_helpers import gpt2_vocab_model, hook_count
 from transformer_lens import HookedTransformer
 
 from ioi.dataset import IOIDataset

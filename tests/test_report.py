@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import hook_count
+from patching_helpers import hook_count
 from plotly.offline import get_plotlyjs
 from transformer_lens.utilities import get_act_name
 
