@@ -1,8 +1,9 @@
 """Logit-difference metrics for IOI, and factories for the normalised patching metric.
 
 Every patching function takes a metric ``logits -> scalar``; build one here and pass it in.
-The factories mark each metric with ``logit_positions`` (the positions it reads), which lets the
-patching engine skip unembedding the positions no metric looks at.
+The factories mark each metric with ``logit_positions`` (the positions it reads) and
+``logit_tokens`` (the vocabulary ids it reads), which lets the patching engine skip unembedding
+the logits no metric looks at.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def make_ioi_metric(
         return (diff - corrupted) / (clean - corrupted)
 
     ioi_metric.logit_positions = _declared(positions)
+    ioi_metric.logit_tokens = _declared_tokens(answer_tokens)
     return ioi_metric
 
 
@@ -101,6 +103,7 @@ def make_logit_diff_metric(
         return logits_to_ave_logit_diff(logits, answer_tokens, positions=positions)
 
     logit_diff.logit_positions = _declared(positions)
+    logit_diff.logit_tokens = _declared_tokens(answer_tokens)
     return logit_diff
 
 
@@ -108,6 +111,11 @@ def _declared(positions: Tensor | None) -> Tensor | str:
     # The patching engine reads this attribute and unembeds only these positions: the metric
     # never looks at any other logit, so the result is the same and a sweep is much cheaper.
     return "last" if positions is None else positions.detach().clone()
+
+
+def _declared_tokens(answer_tokens: Tensor) -> Tensor:
+    # ... and unembeds only these vocabulary columns (the answers) at those positions.
+    return answer_tokens.detach().flatten().unique()
 
 
 def io_probability(

@@ -19,7 +19,7 @@ from patching_helpers import (
 
 import ioi.patching as ours
 from ioi.patching import LastK, PerPrompt, Site, Together, sweep
-from ioi.patching.plan import plan_passes
+from ioi.patching.plan import copies_per_pass, plan_passes
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -72,6 +72,9 @@ VARIANTS = {
     "parallel": dict(parallel_attn_mlp=True),
     "attn_only": dict(attn_only=True),
     "softcap": dict(output_logits_soft_cap=2.0, final_rms=True, normalization_type="RMS"),
+    # Keys normed or clamped after hook_k: prefix reuse would read the wrong keys.
+    "qk_norm": dict(use_qk_norm=True, normalization_type="RMS"),
+    "clip_qkv": dict(clip_qkv=0.1),
 }
 
 
@@ -359,6 +362,19 @@ def test_plan_covers_every_changing_site_once_within_capacity():
         assert len(p.site_ids) <= 2
         assert {layers[i] for i in p.site_ids} == {p.layer}
         assert p.start_pos == min(starts[i] for i in p.site_ids)
+
+
+def test_cpu_passes_are_cache_sized_unless_the_caller_says_otherwise():
+    cpu, gib = torch.device("cpu"), 1024**3
+    gpt2 = tiny_model(d_model=768, d_head=64, n_heads=12, d_mlp=3072, n_layers=1).cfg
+    # GPT-2's width: about 512 token rows per pass, so 2 copies of 16 x 15 tokens, 1 of 20 x 15.
+    assert copies_per_pass(gpt2, 16, 15, cpu, 64 * gib, None) == 2
+    assert copies_per_pass(gpt2, 20, 15, cpu, 64 * gib, None) == 1
+    # A narrower model fits more rows; an explicit limit replaces the cache bound.
+    assert copies_per_pass(tiny_model().cfg, 20, 15, cpu, 64 * gib, None) == 40
+    assert copies_per_pass(gpt2, 20, 15, cpu, 64 * gib, 7) == 7
+    # The memory budget bounds every case.
+    assert copies_per_pass(gpt2, 20, 15, cpu, 1, 7) == 1
 
 
 # --- results and plots ----------------------------------------------------------------------

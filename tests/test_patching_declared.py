@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformer_lens.patching as tl_patching
-from patching_helpers import BATCH, N_POS, hooks_left, tiny_model, token_pair
+from patching_helpers import BATCH, D_VOCAB, N_POS, hooks_left, tiny_model, token_pair
 
 import ioi.patching as ours
 from ioi.metrics import make_ioi_metric, make_logit_diff_metric
@@ -24,7 +24,7 @@ def setup():
     model = tiny_model()
     clean, corrupted = token_pair(seed=3, shared_prefix=2)
     _, clean_cache = model.run_with_cache(clean)
-    answers = torch.tensor([[3, 7]] * BATCH)
+    answers = torch.tensor([[3, 7], [7, 3], [5, 9]])  # declared tokens: 3, 5, 7, 9
     return model, clean, corrupted, clean_cache, answers
 
 
@@ -64,6 +64,38 @@ def test_undeclared_logits_are_nan_so_a_lying_metric_cannot_pass(setup):
     nan = torch.isnan(got)
     assert nan.any()
     torch.testing.assert_close(got[~nan], expected[~nan], atol=1e-4, rtol=1e-4)
+
+
+def test_undeclared_tokens_are_nan_too(setup):
+    model, _, corrupted, clean_cache, answers = setup
+    honest = make_logit_diff_metric(answers)
+    assert torch.equal(honest.logit_tokens, torch.tensor([3, 5, 7, 9]))
+
+    def lying(logits):
+        return logits[:, -1, 4].mean()  # the declared position, an undeclared token
+
+    lying.logit_positions, lying.logit_tokens = honest.logit_positions, honest.logit_tokens
+    got = ours.get_act_patch_attn_head_out_all_pos(model, corrupted, clean_cache, lying)
+    assert torch.isnan(got).all()
+    lying.logit_tokens = torch.arange(D_VOCAB)  # every token declared: the same numbers as TL
+    expected = tl_patching.get_act_patch_attn_head_out_all_pos(
+        model, corrupted, clean_cache, opaque(lying)
+    )
+    got = ours.get_act_patch_attn_head_out_all_pos(model, corrupted, clean_cache, lying)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [torch.tensor([3, D_VOCAB]), torch.tensor([-1]), torch.tensor([[3, 7]]), torch.tensor([3.0])],
+)
+def test_bad_token_declarations_raise(setup, tokens):
+    model, _, corrupted, clean_cache, answers = setup
+    metric = make_logit_diff_metric(answers)
+    metric.logit_tokens = tokens
+    with pytest.raises(ValueError, match="logit_tokens"):
+        ours.get_act_patch_resid_pre(model, corrupted, clean_cache, metric)
+    assert not hooks_left(model)
 
 
 def test_ioi_metric_declares_its_positions_and_bad_declarations_raise(setup):

@@ -72,6 +72,32 @@ def declared_rows(
     return (positions - start).repeat(copies).to(device)  # copy-major, like the stacked batch
 
 
+def declared_tokens(metric: Metric, d_vocab: int, device: torch.device) -> Tensor | None:
+    """Vocabulary ids the metric says it reads (``metric.logit_tokens``), or None (all of them).
+
+    Declared together with ``logit_positions``, only these columns of the declared rows are
+    unembedded (two per prompt for a logit difference, instead of the whole vocabulary); every
+    other logit the metric is given is NaN.
+    """
+    declared = getattr(metric, "logit_tokens", None)
+    if declared is None:
+        return None
+    tokens = torch.as_tensor(declared).cpu()
+    if (
+        tokens.ndim != 1
+        or tokens.numel() == 0
+        or tokens.dtype.is_floating_point
+        or tokens.dtype == torch.bool
+        or tokens.min() < 0
+        or tokens.max() >= d_vocab
+    ):
+        raise ValueError(
+            f"metric.logit_tokens must be a non-empty 1-D tensor of token ids in [0, {d_vocab}), "
+            f"got {tokens.dtype} of shape {tuple(tokens.shape)}"
+        )
+    return tokens.to(device=device, dtype=torch.long)
+
+
 def patch_sites(
     model: HookedTransformer,
     tokens: Int[Tensor, "batch pos"],
@@ -116,9 +142,11 @@ def patch_sites(
         )
         passes = plan_passes([s.layer for s in sites], starts, n_pos, batch, capacity, device)
         values = [baseline] * len(sites)
+        buffer = NaNLogits()
         with _progress_bar(progress, len(sites)) as advance:
             advance(sum(start is None for start in starts))
-            for p, pass_values in _run_all(model, receiver, sites, starts, passes, source, metric):
+            runs = _run_all(model, receiver, sites, starts, passes, source, metric, buffer)
+            for p, pass_values in runs:
                 for site_id, value in zip(p.site_ids, pass_values, strict=True):
                     values[site_id] = value
                 advance(len(p.site_ids))
@@ -167,6 +195,7 @@ def _run_all(
     passes: list[Pass],
     source: Source,
     metric: Metric,
+    buffer: NaNLogits,
 ) -> Iterator[tuple[Pass, list[Tensor]]]:
     """Run every pass; a pass that runs out of memory is split in half and retried."""
     queue = deque(passes)
@@ -177,7 +206,7 @@ def _run_all(
             queue.extendleft(reversed(_halve(p, starts)))
             continue
         try:
-            pass_values = run_pass(model, receiver, sites, p, source, metric)
+            pass_values = run_pass(model, receiver, sites, p, source, metric, buffer)
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not _is_oom(err) or len(p.site_ids) == 1:
                 raise
@@ -210,8 +239,13 @@ def run_pass(
     p: Pass,
     source: Source,
     metric: Metric,
+    buffer: NaNLogits | None = None,
 ) -> list[Tensor]:
-    """One forward pass with ``len(p.site_ids)`` stacked copies; returns one metric per copy."""
+    """One forward pass with ``len(p.site_ids)`` stacked copies; returns one metric per copy.
+
+    ``buffer`` lends the NaN-filled logits a declared-position metric reads; pass the same one
+    to every pass of a sweep so it is filled once.
+    """
     copies, start = len(p.site_ids), p.start_pos
     fired: set[str] = set()
     hooks = _patch_hooks(model, receiver, [sites[i] for i in p.site_ids], start, source, fired)
@@ -220,39 +254,68 @@ def run_pass(
         kwargs["past_kv_cache"] = receiver.prefix_cache(model, p.layer, start, copies)
     resid = receiver.residual(p.layer, start, copies)
     rows = declared_rows(metric, receiver.batch, receiver.n_pos, start, copies, resid.device)
+    vocab = None if rows is None else declared_tokens(metric, model.cfg.d_vocab, resid.device)
     with model.hooks(fwd_hooks=hooks):
         picked = None
         if rows is not None:
-            picked = logits_at_rows(model, resid, p.layer, rows, **kwargs)
+            picked = logits_at_rows(model, resid, p.layer, rows, vocab, **kwargs)
         if picked is None:
             logits = logits_from_layer(model, resid, p.layer, **kwargs)
     assert fired == {name for name, _ in hooks}, "a patch hook never ran"
     if picked is not None:
-        return _metric_on_rows(receiver, metric, picked, rows[: receiver.batch] + start, copies)
+        logits = (buffer or NaNLogits()).get(
+            receiver.batch, receiver.n_pos, model.cfg.d_vocab, picked
+        )
+        positions = rows[: receiver.batch] + start
+        return _metric_on_rows(logits, metric, picked, positions, vocab, copies)
     per_copy = _full_logits(receiver, logits, copies, start)
     return [metric_value(metric, per_copy[i]) for i in range(copies)]
 
 
+class NaNLogits:
+    """A NaN-filled [batch, pos, d_vocab] tensor, made once and lent to every pass of a sweep.
+
+    A metric that declares its positions (and tokens) gets logits only there; every other entry
+    is NaN. Within a sweep the declared entries never change, so each pass only overwrites the
+    same ones, and the NaN fill (at GPT-2's vocabulary as costly as a layer of the model on a CPU)
+    happens once. Metrics must not modify the logits they are given in place.
+    """
+
+    def __init__(self) -> None:
+        self._tensor: Tensor | None = None
+
+    def get(
+        self, batch: int, n_pos: int, d_vocab: int, like: Tensor
+    ) -> Float[Tensor, "batch pos d_vocab"]:
+        shape = (batch, n_pos, d_vocab)
+        t = self._tensor
+        if t is None or t.shape != shape or t.dtype != like.dtype or t.device != like.device:
+            self._tensor = t = like.new_full(shape, float("nan"))
+        return t
+
+
 def _metric_on_rows(
-    receiver: ReceiverRun,
+    logits: Float[Tensor, "batch pos d_vocab"],
     metric: Metric,
-    picked: Float[Tensor, "copy_batch d_vocab"],
+    picked: Float[Tensor, "copy_batch vocab"],
     positions: Int[Tensor, " batch"],
+    vocab: Int[Tensor, " vocab"] | None,
     copies: int,
 ) -> list[Tensor]:
-    """The metric on each copy's logits, given only the rows it declared (every other is NaN).
+    """The metric on each copy's logits, given only the entries it declared (all others NaN).
 
-    One NaN-filled [batch, pos, d_vocab] tensor serves every copy: each copy's rows are written
-    into the same places before its metric runs, so no full logits tensor is built per copy
-    (at GPT-2's vocabulary, filling and copying those costs as much as a layer of the model).
+    ``picked`` holds each declared row's logits, over the whole vocabulary or over the declared
+    tokens ``vocab``. ``logits`` (from `NaNLogits`) serves every copy: each copy's entries are
+    written into the same places before its metric runs, so no full logits tensor is built per
+    copy.
     """
-    batch = receiver.batch
-    logits = picked.new_full((batch, receiver.n_pos, picked.shape[-1]), float("nan"))
+    batch = logits.shape[0]
     index = torch.arange(batch, device=picked.device)
+    where = (index, positions) if vocab is None else (index[:, None], positions[:, None], vocab)
     per_copy = picked.view(copies, batch, -1)  # the stacked batch is copy-major
     values = []
     for i in range(copies):
-        logits[index, positions] = per_copy[i]
+        logits[where] = per_copy[i]
         values.append(metric_value(metric, logits).clone())  # never a view into the buffer
     return values
 

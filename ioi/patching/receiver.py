@@ -17,7 +17,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 from transformer_lens.utilities import get_act_name
 
-from ioi.patching.tail import logits_from_layer
+from ioi.patching.tail import KEYS_CHANGED_IN_FORWARD, logits_from_layer
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,17 @@ class ReceiverRun:
 
 
 def can_reuse_prefix(model: HookedTransformer, attention_mask: Tensor | None) -> bool:
-    """Prefix reuse needs causal attention and no padding mask (positions then mean offsets)."""
+    """Prefix reuse needs causal attention, no padding mask (positions then mean offsets), and
+    keys/values that a key/value cache holds exactly as ``hook_k``/``hook_v`` see them: not after
+    a query/key norm or a clamp, which TransformerLens applies after those hooks."""
     cfg = model.cfg
-    return cfg.attention_dir == "causal" and attention_mask is None
+    return (
+        cfg.attention_dir == "causal"
+        and attention_mask is None
+        and not cfg.use_qk_norm
+        and cfg.clip_qkv is None
+        and cfg.original_architecture not in KEYS_CHANGED_IN_FORWARD
+    )
 
 
 def run_receiver(

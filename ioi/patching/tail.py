@@ -12,11 +12,17 @@ plain `Unembed` go through ``model.forward`` unchanged.
 from __future__ import annotations
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
-from transformer_lens.components import Unembed
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+from transformer_lens.components import TransformerBlock, Unembed
 from transformer_lens.utilities import apply_softcap
+
+# Architectures whose attention changes keys inside `forward`, after ``hook_k`` and after the
+# projection `last_block_at_rows` computes them with.
+KEYS_CHANGED_IN_FORWARD = {"OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM"}
 
 
 def logits_from_layer(
@@ -40,23 +46,105 @@ def logits_at_rows(
     resid: Float[Tensor, "batch pos d_model"],
     layer: int,
     rows: Tensor,
+    vocab: Int[Tensor, " vocab"] | None = None,
     **kwargs,
-) -> Float[Tensor, "batch d_vocab"] | None:
-    """Like `logits_from_layer`, but only the logits at position ``rows[b]`` of each sequence ``b``.
+) -> Float[Tensor, "batch vocab"] | None:
+    """Like `logits_from_layer`, but only the logits at position ``rows[b]`` of each sequence ``b``
+    (and, if ``vocab`` is given, only for those token ids: columns ``vocab`` of the unembedding).
 
-    The blocks still run on every position (later positions attend to earlier ones); only the
-    final norm and the unembedding, a large share of a pass's cost for a GPT-2-sized vocabulary,
-    are restricted. The caller places these rows in a NaN-filled logits tensor, so a metric that
-    reads a position it did not declare gets NaN, never a silently wrong number. Returns None
-    where this shortcut does not apply (a non-standard unembed, or soft-capped logits), and the
-    caller falls back to full logits.
+    Blocks before the last run on every position (later positions attend to earlier ones). In
+    the last block only the keys and values are needed at every position: its queries, output
+    projection and MLP, then the final norm and the unembedding, run on the picked rows alone
+    (`last_block_at_rows`; where that does not apply the last block runs in full). The caller
+    places these rows in a NaN-filled logits tensor, so a metric that reads a position it did
+    not declare gets NaN, never a silently wrong number. Returns None where this shortcut does
+    not apply (a non-standard unembed, or soft-capped logits), and the caller falls back to
+    full logits.
     """
     if type(model.unembed) is not Unembed or model.cfg.output_logits_soft_cap > 0:
         return None
-    final = model(resid, start_at_layer=layer, stop_at_layer=model.cfg.n_layers, **kwargs)
-    index = torch.arange(final.shape[0], device=final.device)
-    picked = final[index, rows].unsqueeze(1)  # [batch, 1, d_model]: the norm works per position
+    last = model.cfg.n_layers - 1
+    if layer < last and last_block_shortcut_applies(model):
+        before = model(resid, start_at_layer=layer, stop_at_layer=last, **kwargs)
+        picked = last_block_at_rows(
+            model,
+            before,
+            rows,
+            past_kv_cache=kwargs.get("past_kv_cache"),
+            attention_mask=kwargs.get("attention_mask"),
+        )
+    else:
+        final = model(resid, start_at_layer=layer, stop_at_layer=model.cfg.n_layers, **kwargs)
+        index = torch.arange(final.shape[0], device=final.device)
+        picked = final[index, rows].unsqueeze(1)  # [batch, 1, d_model]: the norm is per position
     if model.cfg.normalization_type is not None:
         picked = model.ln_final(picked)
-    unembed = model.unembed
-    return torch.addmm(unembed.b_U, picked.squeeze(1), unembed.W_U)
+    W_U, b_U = model.unembed.W_U, model.unembed.b_U
+    if vocab is not None:
+        W_U, b_U = W_U[:, vocab], b_U[vocab]
+    return torch.addmm(b_U, picked.squeeze(1), W_U)
+
+
+def last_block_shortcut_applies(model: HookedTransformer) -> bool:
+    """Whether `last_block_at_rows` reproduces the last block exactly for this model.
+
+    It needs position-free attention (positions enter only through the embedding), keys and
+    values that are exactly what the attention's projection returns, a plain `TransformerBlock`,
+    and no hook anywhere in the last block (a hook there would see one row instead of all).
+    """
+    cfg = model.cfg
+    block = model.blocks[-1]
+    if (
+        type(block) is not TransformerBlock
+        or cfg.positional_embedding_type != "standard"
+        or cfg.attention_dir != "causal"
+        or cfg.use_split_qkv_input
+        or cfg.use_attn_in
+        or cfg.use_logn_attn
+        or cfg.clip_qkv is not None
+        or cfg.original_architecture in KEYS_CHANGED_IN_FORWARD
+    ):
+        return False
+    return not any(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+        for module in block.modules()
+    )
+
+
+def last_block_at_rows(
+    model: HookedTransformer,
+    resid: Float[Tensor, "batch pos d_model"],
+    rows: Int[Tensor, " batch"],
+    past_kv_cache: TransformerLensKeyValueCache | None = None,
+    attention_mask: Int[Tensor, "batch all_pos"] | None = None,
+) -> Float[Tensor, "batch 1 d_model"]:
+    """The last block's output at position ``rows[b]`` of each sequence, computed for that row.
+
+    Keys and values come from the block's own norm and attention projection at every position
+    (after ``past_kv_cache``'s prefix, if any). The block itself then runs on the single row,
+    with those keys and values as its cache and a padding mask that hides every key after the
+    row, so each row attends to exactly the keys it would attend to in a full pass.
+    """
+    block = model.blocks[-1]
+    batch, n_new = resid.shape[:2]
+    normed = block.ln1(resid)
+    _, keys, values = block.attn.calculate_qkv_matrices(normed[:, :1], normed, normed)
+    n_prefix = 0
+    if past_kv_cache is not None:
+        entry = past_kv_cache.entries[-1]
+        n_prefix = entry.past_keys.shape[1]
+        keys = torch.cat([entry.past_keys, keys], dim=1)
+        values = torch.cat([entry.past_values, values], dim=1)
+    index = torch.arange(batch, device=resid.device)
+    absolute = rows + n_prefix  # the row's position in the whole sequence
+    positions = torch.arange(n_prefix + n_new, device=resid.device)
+    earlier = positions[None, :] < absolute[:, None]  # the row's own key is appended by the block
+    own = torch.ones(batch, 1, dtype=torch.bool, device=resid.device)
+    if attention_mask is not None:
+        padding = attention_mask[:, -(n_prefix + n_new) :].bool()
+        earlier = earlier & padding
+        own = padding[index, absolute].unsqueeze(1)
+    mask = torch.cat([earlier, own], dim=1).long()
+    cache_entry = TransformerLensKeyValueCacheEntry(keys, values, frozen=True)
+    row = resid[index, rows].unsqueeze(1)  # [batch, 1, d_model]
+    return block(row, past_kv_cache_entry=cache_entry, attention_mask=mask)
