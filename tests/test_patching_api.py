@@ -21,13 +21,7 @@ import ioi.patching as ours
 from ioi.patching import LastK, PerPrompt, Site, Together, sweep
 from ioi.patching.plan import copies_per_pass, plan_passes
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

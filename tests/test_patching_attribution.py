@@ -9,13 +9,7 @@ from patching_helpers import N_POS, hooks_left, logit_diff, site_index, tiny_mod
 import ioi.patching as ours
 from ioi.patching import Site, sweep
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -32,12 +32,7 @@ FALLBACK = {
 ROWS = torch.tensor([N_POS - 1, 2, 4])  # one declared position per prompt (BATCH = 3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def random_resid(model, seed=0):
