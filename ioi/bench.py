@@ -120,8 +120,9 @@ def logit_diff_metric(
 ) -> Callable[[Tensor], Tensor]:
     """Mean logit difference between each prompt's two answer tokens at the last position.
 
-    This is `ioi.metrics.make_logit_diff_metric`, which declares the one position it reads, so
-    our engine unembeds only that position. ``opaque=True`` wraps it in a plain function that
+    This is `ioi.metrics.make_logit_diff_metric`, which declares the position and the answer
+    tokens it reads, so our engine unembeds only those logits (TransformerLens cannot know and
+    unembeds everything). ``opaque=True`` wraps it in a plain function that
     declares nothing, to time the engine with an arbitrary ``logits -> scalar`` metric.
     """
     declared = make_logit_diff_metric(answers)
@@ -324,7 +325,10 @@ def run_patching(args: argparse.Namespace, console: Console) -> int:
         if device.type == "cuda"
         else f"cpu, {torch.get_num_threads()} threads"
     )
-    header = f"activation patching, GPT-2-small shape, N={n} x {N_POS} tokens, device: {where}"
+    kind = "opaque metric" if args.opaque_metric else "metric declares its logits"
+    header = (
+        f"activation patching, GPT-2-small shape, N={n} x {N_POS} tokens, {kind}, device: {where}"
+    )
     rows = []
     default = ["attn_head_out_all_pos", "resid_pre"] if args.quick else list(BENCHMARKS)
     for name in args.only or default:
