@@ -136,6 +136,7 @@ def patch_sites(
     with torch.inference_mode():
         receiver = run_receiver(model, tokens, {site.hook_name for site in sites})
         baseline = metric_value(metric, receiver.logits)
+        declared_tokens(metric, model.cfg.d_vocab, device)  # a bad declaration fails here
         starts = first_changes(model, sites, receiver, source)
         capacity = copies_per_pass(
             model.cfg, batch, n_pos, device, memory_budget, max_sites_per_pass
