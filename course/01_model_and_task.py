@@ -59,7 +59,8 @@ import plotly.express as px
 from transformer_lens.utilities import test_prompt
 
 import ioi.checks as checks
-from ioi.evaluate import evaluate_ioi, reference_figures
+from ioi.evaluate import evaluate_ioi
+from ioi.reference import reference_figures
 from ioi.models import load_model
 
 torch.set_grad_enabled(False)  # this section only runs the model forward

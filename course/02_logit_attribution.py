@@ -46,7 +46,7 @@ import plotly.express as px
 from IPython.display import display
 
 import ioi.checks as checks
-from ioi.evaluate import reference_figures
+from ioi.reference import reference_figures
 from ioi.metrics import logits_to_ave_logit_diff
 from ioi.models import load_model
 

@@ -47,7 +47,7 @@ import plotly.express as px
 
 import ioi.checks as checks
 from ioi import path_patching
-from ioi.evaluate import reference_figures
+from ioi.reference import reference_figures
 from ioi.metrics import logits_to_ave_logit_diff, make_ioi_metric
 from ioi.models import load_model
 

@@ -47,7 +47,7 @@ import plotly.express as px
 import ioi.checks as checks
 from ioi.circuit import gpt2_small_circuit
 from ioi.circuit.ablation import logit_diff_with_hooks, template_means
-from ioi.evaluate import reference_figures
+from ioi.reference import reference_figures
 from ioi.heads import ioi_attention
 from ioi.models import load_model
 

@@ -39,7 +39,7 @@ from ioi.circuit import (
 )
 from ioi.circuit.compare import group_labels
 from ioi.dataset import IOIDataset
-from ioi.evaluate import reference_figures
+from ioi.reference import reference_figures
 from ioi.models import load_model
 
 torch.set_grad_enabled(False)

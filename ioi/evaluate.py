@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from importlib import resources
-
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -12,12 +9,6 @@ from transformer_lens import HookedTransformer
 
 from ioi.dataset import IOIDataset
 from ioi.metrics import final_logits, io_probability, logits_to_ave_logit_diff
-
-
-def reference_figures() -> dict:
-    """Published GPT-2 small IOI figures (Wang et al. 2022 and follow-ups), shipped with the package."""
-    text = (resources.files("ioi") / "data" / "gpt2_small_ioi.json").read_text(encoding="utf-8")
-    return json.loads(text)
 
 
 @torch.inference_mode()

@@ -6,7 +6,7 @@ Run with ``streamlit run streamlit_app/Home.py``.
 import ioi_site
 import streamlit as st
 
-from ioi import app_data
+from ioi import site
 from ioi.report import figures as F
 
 st.set_page_config(page_title="IOI: the circuit, taught and reproduced", layout="wide")
@@ -36,7 +36,7 @@ st.header("Models")
 st.dataframe(
     [
         {"model": o.name, "what": o.label, "on this machine": "yes" if o.available else "no"}
-        for o in app_data.model_options()
+        for o in site.model_options()
     ],
     hide_index=True,
 )

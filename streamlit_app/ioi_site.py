@@ -18,7 +18,7 @@ import streamlit as st
 import streamlit.components.v1 as components
 import torch
 
-from ioi import app_data
+from ioi import site
 from ioi.circuit import DEFAULT_THRESHOLDS
 from ioi.models import load_model
 from ioi.report import analysis as A
@@ -126,7 +126,7 @@ def get_criteria(name: str, n: int, seed: int, threshold: float, paper: bool = F
 
 def sidebar() -> Choice:
     """Model picker, prompt count and seed, kept across pages in ``st.session_state``."""
-    options = app_data.model_options()
+    options = site.model_options()
     available = [o for o in options if o.available]
     state = st.session_state
     state.setdefault("ioi_model", available[0].name)
@@ -169,11 +169,11 @@ def sidebar() -> Choice:
 
 
 @st.cache_data(show_spinner=False)
-def course_pages() -> dict[int, app_data.CoursePage]:
-    return app_data.course_pages(ROOT)
+def course_pages() -> dict[int, site.CoursePage]:
+    return site.course_pages(ROOT)
 
 
-def course_text(number: int, show_code: bool) -> app_data.CoursePage | None:
+def course_text(number: int, show_code: bool) -> site.CoursePage | None:
     """Render course section ``number``'s markdown; say so if the section is not written yet."""
     try:
         page = course_pages().get(number)
@@ -198,7 +198,7 @@ def course_text(number: int, show_code: bool) -> app_data.CoursePage | None:
     return page
 
 
-def toc(page: app_data.CoursePage | None) -> None:
+def toc(page: site.CoursePage | None) -> None:
     """The page's table of contents, in the sidebar."""
     if page is None:
         return
@@ -227,7 +227,7 @@ def section_page(number: int, live: Callable[[Choice], None]) -> None:
         live(choice)
 
 
-def _safe_course_pages() -> dict[int, app_data.CoursePage]:
+def _safe_course_pages() -> dict[int, site.CoursePage]:
     try:
         return course_pages()
     except ValueError:
@@ -277,7 +277,7 @@ def all_heads(name: str) -> list[tuple[int, int]]:
 
 def show_attention(tokens: list[str], patterns: torch.Tensor, heads) -> None:
     """A circuitsvis attention view (JavaScript inlined: works offline), in an iframe."""
-    html = app_data.attention_html(tokens, patterns, heads)
+    html = site.attention_html(tokens, patterns, heads)
     if hasattr(st, "iframe"):  # Streamlit >= 1.5x; components.v1.html is deprecated there
         st.iframe(html, height=620)
     else:

@@ -9,7 +9,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from patching_helpers import hook_count  # noqa: E402
+
+from ioi.testing import hook_count  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -11,7 +11,7 @@ import importlib.util
 import types
 from pathlib import Path
 
-from ioi.course_build import Section, parse_section, render_module, source_files
+from ioi.course.build import Section, parse_section, render_module, source_files
 
 TARGETS = ("exercises", "solutions")
 
@@ -23,7 +23,7 @@ def load_file_module(path: Path, name: str) -> types.ModuleType:
         ValueError: the file does not exist (the message says how to generate it).
     """
     if not path.is_file():
-        raise ValueError(f"{path} does not exist; run `python -m ioi.course_build` to generate it")
+        raise ValueError(f"{path} does not exist; run `python -m ioi.course` to generate it")
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

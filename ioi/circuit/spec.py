@@ -15,7 +15,7 @@ from types import MappingProxyType
 from transformer_lens import HookedTransformer
 
 from ioi.dataset import WORD_IDX_KEYS
-from ioi.evaluate import reference_figures
+from ioi.reference import reference_figures
 
 Head = tuple[int, int]
 PAPER_CLASSES = (

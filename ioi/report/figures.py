@@ -15,6 +15,7 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from ioi.circuit import DiscoveredCircuit, KnockoutScore, SweepPoint
+from ioi.heads import NameMoverScatter
 from ioi.patching import AttributionComparison
 
 DIVERGING = "RdBu"
@@ -292,4 +293,17 @@ def attention_heatmap(
     )
     fig.update_layout(title=title, xaxis_title="source (key)", yaxis_title="destination (query)")
     fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def name_mover_scatter_figure(data: NameMoverScatter) -> go.Figure:
+    """Plotly scatter of `NameMoverScatter`: IO points and S points."""
+    fig = go.Figure()
+    for label, x, y in (("IO", data.attn_to_io, data.proj_io), ("S", data.attn_to_s, data.proj_s)):
+        fig.add_trace(go.Scatter(x=x.tolist(), y=y.tolist(), mode="markers", name=label))
+    fig.update_layout(
+        title=f"Head {data.layer}.{data.head}: attention from end vs. output on the name's unembedding",
+        xaxis_title="attention probability on the name",
+        yaxis_title="dot product of head output with W_U[name]",
+    )
     return fig

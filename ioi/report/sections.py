@@ -21,8 +21,8 @@ from ioi.circuit import (
     gpt2_small_circuit,
     jaccard,
 )
-from ioi.evaluate import reference_figures
 from ioi.models import GPT2_ALIASES
+from ioi.reference import reference_figures
 from ioi.report import analysis as A
 from ioi.report import figures as F
 from ioi.report.document import Figure, Section, Table

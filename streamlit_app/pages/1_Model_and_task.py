@@ -4,8 +4,8 @@ import ioi_site
 import pandas as pd
 import streamlit as st
 
-from ioi.evaluate import reference_figures
 from ioi.models import GPT2_ALIASES
+from ioi.reference import reference_figures
 from ioi.report import figures as F
 
 

@@ -3,7 +3,7 @@
 import ioi_site
 import streamlit as st
 
-from ioi import app_data
+from ioi import site
 from ioi.report import figures as F
 
 
@@ -49,7 +49,7 @@ def live(choice: ioi_site.Choice) -> None:
     if heads:
         chosen = [tuple(map(int, h.split("."))) for h in heads]
         toks = ds.toks[index, : int(ds.seq_lens[index])]
-        patterns = app_data.dataset_patterns(ioi_site.get_model(choice.model), toks, chosen)
+        patterns = site.dataset_patterns(ioi_site.get_model(choice.model), toks, chosen)
         tokens = [ds.tokenizer.decode([t]) for t in toks.tolist()]
         ioi_site.show_attention(tokens, patterns, chosen)
 

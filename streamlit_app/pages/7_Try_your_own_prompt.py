@@ -4,7 +4,7 @@ import ioi_site
 import pandas as pd
 import streamlit as st
 
-from ioi import app_data
+from ioi import site
 from ioi.report import figures as F
 
 st.set_page_config(page_title="Try your own prompt", layout="wide")
@@ -16,15 +16,15 @@ st.markdown(
     "the name mentioned once (the IO) over the repeated one (S). Nothing you type is executed; "
     "it is only tokenised."
 )
-text = st.text_input("Prompt", value=app_data.EXAMPLE_PROMPT, max_chars=app_data.MAX_PROMPT_CHARS)
+text = st.text_input("Prompt", value=site.EXAMPLE_PROMPT, max_chars=site.MAX_PROMPT_CHARS)
 model = ioi_site.get_model(choice.model)
 try:
-    prompt = app_data.check_prompt(text, model)
+    prompt = site.check_prompt(text, model)
 except ValueError as err:
     st.error(str(err))
     st.stop()
 
-result = app_data.analyse_prompt(model, prompt)
+result = site.analyse_prompt(model, prompt)
 cols = st.columns(4)
 cols[0].metric("logit diff (IO - S)", f"{result.logit_diff:.2f}")
 cols[1].metric(f"P({prompt.io})", f"{result.io_prob:.3f}")

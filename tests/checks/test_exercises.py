@@ -10,7 +10,7 @@ import pytest
 
 import ioi.checks as checks
 from ioi.checks.targets import course_exercises, load_target
-from ioi.course_build import find_root
+from ioi.course.build import find_root
 
 EXERCISES = course_exercises(find_root())
 

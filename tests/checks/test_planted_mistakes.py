@@ -7,15 +7,17 @@ carry the call, the expected and returned values, the diagnosis and a hint.
 
 from __future__ import annotations
 
-import planted_activation_patching
-import planted_further
-import planted_logit_attribution
-import planted_model_and_task
-import planted_path_patching
-import planted_replication
 import pytest
 
 import ioi.checks as checks
+from tests.checks import (
+    planted_activation_patching,
+    planted_further,
+    planted_logit_attribution,
+    planted_model_and_task,
+    planted_path_patching,
+    planted_replication,
+)
 
 PLANTED = {
     **planted_model_and_task.PLANTED,

@@ -11,7 +11,7 @@ import pytest
 
 import ioi.checks as checks
 from ioi.checks.targets import course_exercises, stub_module
-from ioi.course_build import find_root
+from ioi.course.build import find_root
 
 EXERCISES = course_exercises(find_root())
 

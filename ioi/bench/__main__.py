@@ -1,0 +1,7 @@
+"""``python -m ioi.bench patching|path [options]`` (see `ioi.bench`)."""
+
+import sys
+
+from ioi.bench import main
+
+sys.exit(main())

@@ -1,0 +1,175 @@
+"""Test helpers: tiny models built in code, a plain per-site patching reference, hook counters.
+
+The tests import them (``from ioi.testing import tiny_model``); so can anyone who checks a
+patching function of their own. The reference patches one site per ``run_with_hooks`` call with
+explicit slicing, written independently of the engine's masks, so the engine is checked against
+something simple.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens.hook_points import HookPoint
+
+from ioi.patching import PerPrompt, Site
+from ioi.tokenizer import gpt2_tokenizer
+
+D_VOCAB = 61
+BATCH = 3
+N_POS = 6
+
+
+def tiny_model(seed: int = 0, **overrides) -> HookedTransformer:
+    """A 2-layer, 4-head, d_model 32 model with seeded random weights; ``overrides`` go to cfg.
+
+    Weights come from a private generator (norm scales near 1, everything else normal with
+    std ~ 1/sqrt(d_model)), so building a model never reseeds the global RNG.
+    """
+    settings = dict(
+        n_layers=2,
+        n_heads=4,
+        d_model=32,
+        d_head=8,
+        d_mlp=64,
+        d_vocab=D_VOCAB,
+        n_ctx=16,
+        act_fn="gelu",
+        normalization_type="LN",
+        device="cpu",
+    )
+    settings.update(overrides)
+    if settings.get("attn_only"):
+        settings.pop("d_mlp")
+    model = HookedTransformer(HookedTransformerConfig(**settings))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
+            if name.rsplit(".", 1)[-1] == "w":  # LayerNorm / RMSNorm scale
+                param.copy_(1 + 0.1 * noise)
+            else:
+                param.copy_(noise * 0.2)
+    return model.eval()
+
+
+def token_pair(seed: int = 0, shared_prefix: int = 1) -> tuple[Tensor, Tensor]:
+    """Clean and corrupted token batches that agree on their first ``shared_prefix`` positions."""
+    gen = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, D_VOCAB, (BATCH, N_POS), generator=gen)
+    corrupted = torch.randint(0, D_VOCAB, (BATCH, N_POS), generator=gen)
+    corrupted[:, :shared_prefix] = clean[:, :shared_prefix]
+    return clean, corrupted
+
+
+def logit_diff(logits: Tensor) -> Tensor:
+    """A metric in the IOI style: mean logit difference of two tokens at the last position."""
+    return (logits[:, -1, 3] - logits[:, -1, 7]).mean()
+
+
+def hooks_left(model: HookedTransformer) -> list[str]:
+    """Names of hook points that still carry a forward or backward hook."""
+    left = []
+    for name, module in model.mod_dict.items():
+        if isinstance(module, HookPoint) and (module.fwd_hooks or module.bwd_hooks):
+            left.append(name)
+        if isinstance(module, HookPoint) and (module._forward_hooks or module._backward_hooks):
+            left.append(f"{name} (torch)")
+    return left
+
+
+def site_index(site: Site, batch: int) -> tuple:
+    """Explicit index of the patched entries: batch axis first, like the activation."""
+    pos = site.pos
+    rows = slice(None)
+    if pos is None:
+        pos_index = slice(None)
+    elif isinstance(pos, PerPrompt):
+        rows, pos_index = torch.arange(batch), torch.tensor(pos.values)
+    elif isinstance(pos, tuple):
+        pos_index = list(pos)
+    else:
+        pos_index = pos
+    head = slice(None) if site.head is None else site.head
+    if site.component == "pattern":
+        src = slice(None) if site.src_pos is None else site.src_pos
+        return (rows, head, pos_index, src)
+    if site.component in ("z", "q", "k", "v"):
+        return (rows, pos_index, head)
+    return (rows, pos_index)
+
+
+def reference_patch(
+    model: HookedTransformer,
+    tokens: Tensor,
+    sites: list[Site],
+    metric,
+    source_acts,
+) -> Tensor:
+    """One ``run_with_hooks`` per site; ``source_acts(name, act)`` gives the patched-in values."""
+    values = []
+    for site in sites:
+        index = site_index(site, tokens.shape[0])
+
+        def hook(act: Tensor, hook, index=index) -> Tensor:
+            src = source_acts(hook.name, act).expand_as(act)
+            patched = act.clone()
+            patched[index] = src[index]
+            return patched
+
+        with torch.inference_mode():
+            logits = model.run_with_hooks(tokens, fwd_hooks=[(site.hook_name, hook)])
+            values.append(float(metric(logits)))
+    return torch.tensor(values)
+
+
+def gpt2_vocab_model(
+    n_layers: int = 3,
+    d_model: int = 32,
+    d_head: int = 8,
+    d_mlp: int = 64,
+    normalization: str = "LNPre",
+    attn_only: bool = False,
+    seed: int = 0,
+) -> HookedTransformer:
+    """A small 4-head model over GPT-2's 50257 ids (so IOI prompts tokenise), seeded weights.
+
+    Weight matrices ~ N(0, 0.4), everything else ~ N(0, 0.1), norm scales near 1; the weights
+    come from a private generator, so building a model never touches the global RNG.
+    """
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers,
+        n_heads=4,
+        d_model=d_model,
+        d_head=d_head,
+        d_mlp=d_mlp,
+        n_ctx=64,
+        d_vocab=50257,
+        act_fn="gelu_new",
+        normalization_type=normalization,
+        attn_only=attn_only,
+        init_weights=False,
+        seed=None,
+    )
+    model = HookedTransformer(cfg, tokenizer=gpt2_tokenizer(), move_to_device=False)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            scale = 0.4 if ".W_" in name else 0.1
+            offset = 1.0 if name.endswith(".w") else 0.0
+            p.copy_(torch.randn(p.shape, generator=gen) * scale + offset)
+    return model.eval()
+
+
+def hook_count(model) -> int:
+    """Number of forward/backward hooks attached anywhere in ``model``."""
+    total = 0
+    for module in model.modules():
+        total += (
+            len(module._forward_hooks)
+            + len(module._forward_pre_hooks)
+            + len(module._backward_hooks)
+        )
+        total += len(getattr(module, "fwd_hooks", [])) + len(getattr(module, "bwd_hooks", []))
+    return total

@@ -1,0 +1,136 @@
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from ioi.cli import app_argv, build_parser, find_site, main
+
+
+def test_replicate_happy_path_writes_results(tmp_path, capsys):
+    assert (
+        main(
+            [
+                "replicate",
+                "--model",
+                "toy",
+                "--device",
+                "cpu",
+                "--n",
+                "24",
+                "--seed",
+                "3",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "model: toy" in out and "IOI performance" in out
+    results = json.loads((tmp_path / "results.json").read_text())
+    perf = results["performance"]
+    assert perf["n_prompts"] == 24
+    assert set(perf) >= {"overall", "BABA", "ABBA", "per_template", "abc_logit_diff"}
+    assert sum(t["n"] for t in perf["per_template"]) == 24
+    assert perf["overall"]["logit_diff"] > perf["abc_logit_diff"]
+    for name in ("report.html", "report.md", "results.json"):
+        assert (tmp_path / name).is_file() and str(tmp_path / name) in out.replace("\n", "")
+    found = results["sections"]["circuit"]["numbers"]
+    if found.get("circuit"):  # the table names every class the report found
+        assert "circuit found at threshold" in out
+        assert all(name in out for name in found["circuit"]["heads"])
+
+
+def test_default_model_says_why_it_chose_the_toy(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("ioi.models.gpt2_small_available", lambda: False)
+    assert main(["replicate", "--n", "8", "--out", str(tmp_path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "bundled IOI model is used" in out
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["replicate", "--model", "nope"], "unknown model"),
+        (["replicate", "--model", "/no/such/dir/weights.safetensors"], "not found"),
+        (["replicate", "--n", "0"], "positive integer"),
+        (["replicate", "--n", "many"], "positive integer"),
+        (["replicate", "--seed", "-4"], "seed"),
+        (["replicate", "--device", "tpu"], "invalid choice"),
+        (["replicate", "--model", "gpt2-small"], "cannot be reached"),
+        ([], "required"),
+    ],
+)
+def test_user_errors_print_one_line_and_exit_2(argv, needle, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr("ioi.models.cached_gpt2_dir", lambda: None)
+    assert main([*argv, "--out", str(tmp_path)] if argv else argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
+# ---- ioi app -----------------------------------------------------------------------------
+
+
+def test_app_parses_port_and_headless():
+    args = build_parser().parse_args(["app"])
+    assert (args.command, args.port, args.headless) == ("app", 8501, False)
+    args = build_parser().parse_args(["app", "--port", "9000", "--headless"])
+    assert (args.port, args.headless) == (9000, True)
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "-1", "http"])
+def test_app_bad_port_prints_one_line_and_exits_2(port, capsys):
+    assert main(["app", "--port", port]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "port must be" in lines[0], captured.err
+    assert captured.out == ""
+
+
+def test_app_argv_runs_the_site_with_this_python():
+    home = find_site()
+    assert home == Path(__file__).resolve().parents[2] / "streamlit_app" / "Home.py"
+    argv = app_argv(home, port=8600)
+    assert argv[:5] == [sys.executable, "-m", "streamlit", "run", str(home)]
+    assert argv[argv.index("--server.port") + 1] == "8600"
+    assert "--server.headless" not in argv  # a desktop user gets a browser tab
+    headless = app_argv(home, port=8600, headless=True)
+    assert headless[headless.index("--server.headless") + 1] == "true"
+
+
+def test_app_starts_streamlit_and_returns_its_status(monkeypatch, capsys):
+    started = []
+
+    class FakeServer:
+        def __init__(self, argv):
+            started.append(argv)
+
+        def wait(self):
+            return 3
+
+    monkeypatch.setattr("ioi.cli.subprocess.Popen", FakeServer)
+    assert main(["app", "--port", "8600", "--headless"]) == 3
+    assert started == [app_argv(find_site(), 8600, headless=True)]
+    assert "http://localhost:8600" in capsys.readouterr().out
+
+
+def test_app_without_the_site_folder_exits_2(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr("ioi.cli.PACKAGE_PARENT", tmp_path / "site-packages")
+    monkeypatch.chdir(tmp_path)
+    assert main(["app"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "cannot find streamlit_app/Home.py" in lines[0]
+
+
+def test_app_without_streamlit_exits_2(monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        "ioi.cli.importlib.util.find_spec", lambda name: None if name == "streamlit" else real(name)
+    )
+    assert main(["app"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "streamlit is not installed" in lines[0]

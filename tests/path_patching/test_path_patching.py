@@ -1,0 +1,357 @@
+"""Path patching: the batched engine against the one-sender-per-pass reference, and its edges."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer
+
+from ioi.dataset import IOIDataset
+from ioi.metrics import logits_to_ave_logit_diff, make_ioi_metric, make_logit_diff_metric
+from ioi.path_patching import (
+    Receiver,
+    Sender,
+    cache_for_path_patching,
+    detect_readout,
+    get_path_patch_head_to_final_resid_post,
+    get_path_patch_head_to_heads,
+    get_path_patch_mlp_to_final_resid_post,
+    get_path_patch_mlp_to_heads,
+    make_receivers,
+    path_patch,
+    plain_path_patch,
+    plain_path_patch_head_to_final_resid_post,
+)
+from ioi.testing import gpt2_vocab_model, hook_count
+
+ATOL = 1e-4
+ABC = "ABB->XYZ, BAB->XYZ"
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny_model(
+    normalization: str = "LN", attn_only: bool = False, seed: int = 0
+) -> HookedTransformer:
+    """A 3-layer, 4-head model over GPT-2's ids."""
+    return gpt2_vocab_model(normalization=normalization, attn_only=attn_only, seed=seed)
+
+
+def build_setup(variant: str):
+    """A tiny model of one variant, 6 IOI prompts, their ABC version and the normalised metric."""
+    model = tiny_model(
+        normalization="LNPre" if variant == "LNPre" else "LN", attn_only=variant == "attn_only"
+    )
+    ioi = IOIDataset(6, "mixed", seed=3, tokenizer=model)
+    abc = ioi.gen_flipped_prompts(ABC)
+    end = ioi.word_idx["end"]
+    with torch.no_grad():
+        clean = logits_to_ave_logit_diff(model(ioi.toks), ioi.answer_tokens, positions=end)
+        corrupt = logits_to_ave_logit_diff(model(abc.toks), ioi.answer_tokens, positions=end)
+    metric = make_ioi_metric(clean, corrupt, ioi.answer_tokens, end)
+    return model, metric, ioi, abc
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """The main tiny model (LayerNorm with weights, MLPs)."""
+    return build_setup("LN")
+
+
+@pytest.fixture(scope="module", params=["LNPre", "attn_only"])
+def variant(request):
+    """The other layouts: folded LayerNorm, and attention-only."""
+    return build_setup(request.param)
+
+
+def plain_grid(model, metric, abc, ioi, senders, receivers=None, **positions) -> torch.Tensor:
+    """The reference: one hooked forward pass (two with receivers) per sender."""
+    _, new_cache = model.run_with_cache(abc.toks)
+    _, orig_cache = model.run_with_cache(ioi.toks)
+    caches = dict(new_cache=new_cache, orig_cache=orig_cache)
+    return torch.stack(
+        [
+            plain_path_patch(model, metric, abc, ioi, s, receivers, **caches, **positions)
+            for s in senders
+        ]
+    )
+
+
+@pytest.mark.parametrize("readout", ["auto", "all"])
+@pytest.mark.parametrize("sender_positions", [None, "S2", "end"])
+def test_head_to_final_matches_plain(setup, readout, sender_positions, no_hooks_after):
+    model, metric, ioi, abc = setup
+    no_hooks_after(model)
+    fast = get_path_patch_head_to_final_resid_post(
+        model, metric, abc, ioi, readout=readout, sender_positions=sender_positions
+    )
+    plain = plain_path_patch_head_to_final_resid_post(
+        model, metric, abc, ioi, sender_positions=sender_positions
+    )
+    assert fast.shape == (3, 4)
+    torch.testing.assert_close(fast, plain, atol=ATOL, rtol=0)
+    if sender_positions is None:
+        assert (plain - 1).abs().max() > 1e-3, (
+            "the test would pass trivially: no head has an effect"
+        )
+
+
+def test_variants_match_plain(variant, no_hooks_after):
+    model, metric, ioi, abc = variant
+    no_hooks_after(model)
+    fast = get_path_patch_head_to_final_resid_post(model, metric, abc, ioi)
+    plain = plain_path_patch_head_to_final_resid_post(model, metric, abc, ioi)
+    torch.testing.assert_close(fast, plain, atol=ATOL, rtol=0)
+    fast = get_path_patch_head_to_heads([(2, 1), (1, 3)], ["k", "v"], model, metric, abc, ioi)
+    senders = [Sender("head", layer, h) for layer in range(2) for h in range(4)]
+    receivers = make_receivers([(2, 1), (1, 3)], ["k", "v"])
+    plain = plain_grid(model, metric, abc, ioi, senders, receivers)
+    torch.testing.assert_close(fast[:2].flatten(), plain, atol=ATOL, rtol=0)
+    if model.cfg.attn_only:
+        with pytest.raises(ValueError, match="attention-only"):
+            path_patch(model, metric, abc, ioi, [Sender("mlp", 0)])
+
+
+def test_batch_size_does_not_change_results(setup):
+    model, metric, ioi, abc = setup
+    one = get_path_patch_head_to_final_resid_post(model, metric, abc, ioi, batch_size=1)
+    many = get_path_patch_head_to_final_resid_post(model, metric, abc, ioi, batch_size=3)
+    torch.testing.assert_close(one, many, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("receiver_input", ["q", "k", "v"])
+@pytest.mark.parametrize(("sender_positions", "receiver_positions"), [(None, None), ("S2", "end")])
+def test_head_to_heads_matches_plain(
+    setup, receiver_input, sender_positions, receiver_positions, no_hooks_after
+):
+    model, metric, ioi, abc = setup
+    no_hooks_after(model)
+    heads = [(2, 1), (1, 3)]
+    fast = get_path_patch_head_to_heads(
+        heads,
+        receiver_input,
+        model,
+        metric,
+        abc,
+        ioi,
+        sender_positions=sender_positions,
+        receiver_positions=receiver_positions,
+        batch_size=3,
+    )
+    senders = [Sender("head", layer, h) for layer in range(2) for h in range(4)]
+    receivers = make_receivers(heads, receiver_input)
+    plain = plain_grid(
+        model,
+        metric,
+        abc,
+        ioi,
+        senders,
+        receivers,
+        sender_positions=sender_positions,
+        receiver_positions=receiver_positions,
+    )
+    torch.testing.assert_close(fast[:2].flatten(), plain, atol=ATOL, rtol=0)
+    assert torch.equal(fast[2], torch.zeros(4)), (
+        "senders at or above the top receiver layer are 0.0"
+    )
+
+
+def test_mlp_senders_match_plain(setup, no_hooks_after):
+    model, metric, ioi, abc = setup
+    no_hooks_after(model)
+    fast = get_path_patch_mlp_to_final_resid_post(model, metric, abc, ioi, sender_positions="S2")
+    plain = plain_grid(
+        model, metric, abc, ioi, [Sender("mlp", i) for i in range(3)], sender_positions="S2"
+    )
+    torch.testing.assert_close(fast, plain, atol=ATOL, rtol=0)
+    to_heads = get_path_patch_mlp_to_heads([(2, 0)], ["q", "k", "v"], model, metric, abc, ioi)
+    receivers = make_receivers([(2, 0)], ["q", "k", "v"])
+    plain = plain_grid(model, metric, abc, ioi, [Sender("mlp", i) for i in range(2)], receivers)
+    torch.testing.assert_close(to_heads[:2], plain, atol=ATOL, rtol=0)
+
+
+def test_mixed_senders_keep_their_order(setup):
+    model, metric, ioi, abc = setup
+    senders = [
+        Sender("head", 2, 0),
+        Sender("head", 0, 3),
+        Sender("head", 1, 1),
+        Sender("head", 0, 0),
+    ]
+    fast = path_patch(model, metric, abc, ioi, senders, batch_size=2)
+    torch.testing.assert_close(
+        fast, plain_grid(model, metric, abc, ioi, senders), atol=ATOL, rtol=0
+    )
+
+
+def test_last_layer_head_equals_activation_patching(setup):
+    """Independent check: nothing but the last MLP follows a last-layer head, so path patching
+    it to the logits is plain activation patching of its output."""
+    model, metric, ioi, abc = setup
+    _, abc_cache = model.run_with_cache(abc.toks)
+
+    def patch(z, hook):
+        z[:, :, 1] = abc_cache[hook.name][:, :, 1]
+        return z
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[("blocks.2.attn.hook_z", patch)]):
+        expected = metric(model(ioi.toks))
+    grid = get_path_patch_head_to_final_resid_post(model, metric, abc, ioi)
+    assert float(grid[2, 1]) == pytest.approx(float(expected), abs=ATOL)
+
+
+def test_zero_output_weights_give_zero_effect(setup):
+    model, metric, ioi, abc = setup
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.blocks[0].attn.W_O[2] = 0.0
+        model.blocks[1].attn.W_O[1] = 0.0
+        logits = model(ioi.toks)
+    baseline = float(metric(logits))
+    to_final = get_path_patch_head_to_final_resid_post(model, metric, abc, ioi)
+    to_heads = get_path_patch_head_to_heads([(2, 0), (2, 3)], "v", model, metric, abc, ioi)
+    for grid in (to_final, to_heads):
+        assert float(grid[0, 2]) == pytest.approx(baseline, abs=1e-5)
+        assert float(grid[1, 1]) == pytest.approx(baseline, abs=1e-5)
+    assert (to_final - baseline).abs().max() > 1e-3, "other heads still have effects"
+
+
+def test_deterministic(setup):
+    model, metric, ioi, abc = setup
+    first = get_path_patch_head_to_heads([(2, 2)], "q", model, metric, abc, ioi)
+    second = get_path_patch_head_to_heads([(2, 2)], "q", model, metric, abc, ioi)
+    assert torch.equal(first, second)
+
+
+def test_raw_logit_diff_metric_and_caches(setup):
+    model, _, ioi, abc = setup
+    metric = make_logit_diff_metric(ioi.answer_tokens, ioi.word_idx["end"])
+    _, orig_cache = model.run_with_cache(ioi.toks)
+    _, new_cache = model.run_with_cache(abc.toks)
+    with_caches = get_path_patch_head_to_final_resid_post(
+        model, metric, abc, ioi, new_cache=new_cache, orig_cache=orig_cache
+    )
+    without = get_path_patch_head_to_final_resid_post(model, metric, abc, ioi)
+    torch.testing.assert_close(with_caches, without, atol=ATOL, rtol=0)
+
+
+# ---- readout ----------------------------------------------------------------------------
+
+
+def test_readout_detects_the_metric_entries(setup):
+    model, metric, ioi, _ = setup
+    with torch.no_grad():
+        logits = model(ioi.toks)
+    readout = detect_readout(metric, logits)
+    assert readout.n_rows == ioi.N
+    assert torch.equal(readout.pos_idx, ioi.word_idx["end"][readout.batch_idx])
+    assert set(readout.vocab_idx.tolist()) == set(ioi.answer_tokens.flatten().tolist())
+
+
+def test_readout_falls_back_to_all_logits(setup):
+    model, _, ioi, _ = setup
+    with torch.no_grad():
+        logits = model(ioi.toks)
+
+    def reads_everything(x):
+        return x.log_softmax(-1).mean()
+
+    def no_gradient(x):
+        return (x[:, -1].argmax(-1) == 0).float().mean()
+
+    def step(x):  # zero gradient at x[:, 0, 1] and blind to NaN there, but it reads it
+        return x[:, -1, 0].mean() + (x[:, 0, 1] > 100).float().mean()
+
+    for metric in (reads_everything, no_gradient, step):
+        assert detect_readout(metric, logits).is_full, metric.__name__
+
+
+def test_explicit_readout_that_misses_entries_raises(setup):
+    model, metric, ioi, abc = setup
+    with torch.no_grad():
+        logits = model(ioi.toks)
+    readout = detect_readout(metric, logits)
+
+    def last_position(x):
+        return x[:, -1, 0].mean()
+
+    with pytest.raises(ValueError, match="outside the readout"):
+        path_patch(model, last_position, abc, ioi, [Sender("head", 0, 0)], readout=readout)
+
+
+# ---- hooks and errors -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_no_hook_survives_an_exception(setup, fast, monkeypatch):
+    """A failure while the receivers' hooks are attached must not leave them behind."""
+    model, metric, ioi, abc = setup
+    caches = dict(
+        orig_cache=cache_for_path_patching(model, ioi.toks),
+        new_cache=cache_for_path_patching(model, abc.toks),
+    )
+
+    def broken_block(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(model.blocks[2], "forward", broken_block)
+    receivers = [Receiver(2, 0, "q"), Receiver(1, 1, "k")]
+    sender = Sender("head", 0, 0)
+    with pytest.raises(RuntimeError, match="boom"):
+        if fast:
+            path_patch(model, metric, abc, ioi, [sender], receivers, readout="all", **caches)
+        else:
+            plain_path_patch(model, metric, abc, ioi, sender, receivers, **caches)
+    assert hook_count(model) == 0
+
+
+def test_bad_inputs_raise_value_errors_listing_choices(setup):
+    model, metric, ioi, abc = setup
+    with pytest.raises(ValueError, match=r"valid sender layers are 0\.\.0"):
+        path_patch(model, metric, abc, ioi, [Sender("head", 1, 0)], [Receiver(1, 2, "q")])
+    with pytest.raises(ValueError, match=r"0\.\.3"):
+        get_path_patch_head_to_heads([(2, 7)], "q", model, metric, abc, ioi)
+    with pytest.raises(ValueError, match=r"0\.\.2"):
+        get_path_patch_head_to_heads([(5, 0)], "q", model, metric, abc, ioi)
+    with pytest.raises(ValueError, match=r"'q', 'k', 'v'"):
+        get_path_patch_head_to_heads([(2, 0)], "z", model, metric, abc, ioi)
+    with pytest.raises(ValueError, match="at least one receiver"):
+        get_path_patch_head_to_heads([], "q", model, metric, abc, ioi)
+    with pytest.raises(ValueError, match="valid keys: .*S1\\+1"):
+        get_path_patch_head_to_final_resid_post(model, metric, abc, ioi, sender_positions="S3")
+    with pytest.raises(ValueError, match="valid keys"):
+        get_path_patch_head_to_heads([(2, 0)], "q", model, metric, abc, ioi, receiver_positions="X")
+    with pytest.raises(ValueError, match="'auto', 'all'"):
+        get_path_patch_head_to_final_resid_post(model, metric, abc, ioi, readout="some")
+    with pytest.raises(ValueError, match="align token by token"):
+        get_path_patch_head_to_final_resid_post(model, metric, abc.toks[:, :-1], ioi)
+    with pytest.raises(ValueError, match="'head', 'mlp'"):
+        Sender("attn", 0, 0)
+    assert hook_count(model) == 0
+
+
+# ---- the bundled model ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_toy_model_matches_plain(toy_model, no_hooks_after):
+    no_hooks_after(toy_model)
+    ioi = IOIDataset(12, "mixed", seed=5, tokenizer=toy_model)
+    abc = ioi.gen_flipped_prompts(ABC)
+    end = ioi.word_idx["end"]
+    with torch.no_grad():
+        clean = logits_to_ave_logit_diff(toy_model(ioi.toks), ioi.answer_tokens, positions=end)
+        corrupt = logits_to_ave_logit_diff(toy_model(abc.toks), ioi.answer_tokens, positions=end)
+    metric = make_ioi_metric(clean, corrupt, ioi.answer_tokens, end)
+    fast = get_path_patch_head_to_final_resid_post(toy_model, metric, abc, ioi)
+    plain = plain_path_patch_head_to_final_resid_post(toy_model, metric, abc, ioi)
+    torch.testing.assert_close(fast, plain, atol=ATOL, rtol=0)
+    top = toy_model.cfg.n_layers - 1
+    receivers = [(top, h) for h in range(toy_model.cfg.n_heads)]
+    fast_v = get_path_patch_head_to_heads(receivers, "v", toy_model, metric, abc, ioi)
+    senders = [Sender("head", lay, h) for lay in range(top) for h in range(toy_model.cfg.n_heads)]
+    plain_v = plain_grid(toy_model, metric, abc, ioi, senders, make_receivers(receivers, "v"))
+    torch.testing.assert_close(fast_v[:top].flatten(), plain_v, atol=ATOL, rtol=0)
