@@ -60,8 +60,8 @@ from transformer_lens.utilities import test_prompt
 
 import ioi.checks as checks
 from ioi.evaluate import evaluate_ioi
-from ioi.reference import reference_figures
 from ioi.models import load_model
+from ioi.reference import reference_figures
 
 torch.set_grad_enabled(False)  # this section only runs the model forward
 MODEL_NAME = os.environ.get("IOI_MODEL", "toy")

@@ -46,9 +46,9 @@ import plotly.express as px
 from IPython.display import display
 
 import ioi.checks as checks
-from ioi.reference import reference_figures
 from ioi.metrics import logits_to_ave_logit_diff
 from ioi.models import load_model
+from ioi.reference import reference_figures
 
 torch.set_grad_enabled(False)  # this section only reads activations
 MODEL_NAME = os.environ.get("IOI_MODEL", "toy")
@@ -352,11 +352,13 @@ px.imshow(
     labels={"x": "head", "y": "layer", "color": "logit diff"},
     title="Direct logit attribution per head",
 ).show()
+from ioi.head import Head  # a (layer, head) pair that prints as "layer.head"
+
 top = torch.topk(per_head.abs().flatten(), k=min(6, per_head.numel())).indices
-top_heads = [divmod(int(i), model.cfg.n_heads) for i in top]  # (layer, head) pairs
+top_heads = [Head(*divmod(int(i), model.cfg.n_heads)) for i in top]
 print(
     "heads with the largest |DLA|:",
-    ", ".join(f"{layer}.{head} ({per_head[layer, head]:+.2f})" for layer, head in top_heads),
+    ", ".join(f"{head} ({per_head[head]:+.2f})" for head in top_heads),
 )
 
 # %% [markdown]
@@ -435,7 +437,7 @@ for layer in sorted({layer for layer, _ in top_heads}):
         cv.attention.attention_heads(
             attention=pattern.cpu(),
             tokens=tokens,
-            attention_head_names=[f"{layer}.{h}" for h in range(model.cfg.n_heads)],
+            attention_head_names=[str(Head(layer, h)) for h in range(model.cfg.n_heads)],
         )
     )
 

@@ -50,9 +50,9 @@ import plotly.express as px
 import ioi.checks as checks
 from ioi import patching
 from ioi.dataset import IOIDataset
-from ioi.reference import reference_figures
 from ioi.metrics import logits_to_ave_logit_diff, make_ioi_metric
 from ioi.models import load_model
+from ioi.reference import reference_figures
 
 torch.set_grad_enabled(False)  # patching only runs forward passes (attribution re-enables it)
 MODEL_NAME = os.environ.get("IOI_MODEL", "toy")
@@ -520,16 +520,14 @@ def attribution_patch_attn_head_out_all_pos(
 checks.test_attribution_patch_attn_head_out_all_pos(attribution_patch_attn_head_out_all_pos)
 
 # %%
+from ioi.head import Head
+
 estimate = attribution_patch_attn_head_out_all_pos(model, clean_tokens, corrupted_tokens, metric)
 exact = head_out
 fig = px.scatter(
     x=exact.flatten().cpu().numpy(),
     y=estimate.flatten().cpu().numpy(),
-    hover_name=[
-        f"{layer}.{head}"
-        for layer in range(model.cfg.n_layers)
-        for head in range(model.cfg.n_heads)
-    ],
+    hover_name=Head.grid_labels(model.cfg.n_layers, model.cfg.n_heads),
     labels={"x": "exact (activation patching)", "y": "estimate (attribution patching)"},
     title=f"Attribution vs exact patching, per head: r = {patching.correlation(estimate.cpu(), exact.cpu()):.3f}",
 )

@@ -47,9 +47,9 @@ import plotly.express as px
 
 import ioi.checks as checks
 from ioi import path_patching
-from ioi.reference import reference_figures
 from ioi.metrics import logits_to_ave_logit_diff, make_ioi_metric
 from ioi.models import load_model
+from ioi.reference import reference_figures
 
 torch.set_grad_enabled(False)
 MODEL_NAME = os.environ.get("IOI_MODEL", "toy")
@@ -191,14 +191,16 @@ print(f"largest difference from yours: {(library - to_logits.cpu()).abs().max().
 # each move the metric by 10-30%.
 
 # %%
+from ioi.head import Head
+
 threshold = 0.02
 movers = [
-    (layer, head)
+    Head(layer, head)
     for layer in range(model.cfg.n_layers)
     for head in range(model.cfg.n_heads)
     if to_logits[layer, head] < 1 - threshold
 ]
-print("heads whose direct path the answer needs:", ", ".join(f"{a}.{b}" for a, b in movers))
+print("heads whose direct path the answer needs:", ", ".join(map(str, movers)))
 
 # %% [markdown]
 # ## Sender → receivers
@@ -311,7 +313,7 @@ checks.test_get_path_patch_head_to_heads(get_path_patch_head_to_heads)
 
 # %%
 last_layer = max(layer for layer, _ in movers)
-receivers = [(layer, head) for layer, head in movers if layer == last_layer]
+receivers = [head for head in movers if head.layer == last_layer]
 grids = torch.stack(
     [
         get_path_patch_head_to_heads(
@@ -321,7 +323,7 @@ grids = torch.stack(
     ]
 )
 top = max(layer for layer, _ in receivers)
-print("receivers:", ", ".join(f"{a}.{b}" for a, b in receivers))
+print("receivers:", ", ".join(map(str, receivers)))
 px.imshow(
     (grids[:, :top] - 1).cpu().numpy(),
     facet_col=0,
@@ -344,10 +346,10 @@ previous = ioi_attention(model, ioi_dataset, "S1+1", "S1", ioi_cache)
 for index, part in enumerate(("q", "k", "v")):
     effects = (grids[index, :top] - 1).cpu()
     for flat in effects.flatten().argsort()[:3].tolist():
-        layer, head = divmod(flat, model.cfg.n_heads)
+        sender = Head(*divmod(flat, model.cfg.n_heads))
         print(
-            f"{part}: sender {layer}.{head} effect {effects[layer, head]:+.3f}   "
-            f"attention S2->IO {s2_to_io[layer, head]:.2f}, S1+1->S1 {previous[layer, head]:.2f}"
+            f"{part}: sender {sender} effect {effects[sender]:+.3f}   "
+            f"attention S2->IO {s2_to_io[sender]:.2f}, S1+1->S1 {previous[sender]:.2f}"
         )
 
 # %% [markdown]

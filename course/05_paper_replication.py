@@ -47,9 +47,9 @@ import plotly.express as px
 import ioi.checks as checks
 from ioi.circuit import gpt2_small_circuit
 from ioi.circuit.ablation import logit_diff_with_hooks, template_means
-from ioi.reference import reference_figures
 from ioi.heads import ioi_attention
 from ioi.models import load_model
+from ioi.reference import reference_figures
 
 torch.set_grad_enabled(False)
 MODEL_NAME = os.environ.get("IOI_MODEL", "toy")
@@ -400,9 +400,7 @@ def minimality(
         f_without = float(ablation.logit_diff(circuit.without(k)))
         gap = abs(f_with - f_without)
         scores.append(
-            KnockoutScore(
-                f"{v[0]}.{v[1]}", tuple(sorted(k)), f_with, f_without, gap, gap / abs(f_c)
-            )
+            KnockoutScore(str(v), tuple(sorted(k)), f_with, f_without, gap, gap / abs(f_c))
         )
     return scores
     # END SOLUTION

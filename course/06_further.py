@@ -39,8 +39,8 @@ from ioi.circuit import (
 )
 from ioi.circuit.compare import group_labels
 from ioi.dataset import IOIDataset
-from ioi.reference import reference_figures
 from ioi.models import load_model
+from ioi.reference import reference_figures
 
 torch.set_grad_enabled(False)
 MODEL_NAME = os.environ.get("IOI_MODEL", "toy")
@@ -123,7 +123,7 @@ print(
     f"logit diff {backup.logit_diff_before:.3f} -> {backup.logit_diff_after:.3f} after the "
     f"knockout; with no compensation it would be {backup.naive_prediction:.3f}"
 )
-print("heads that step in:", [(f"{a}.{b}", round(c, 3)) for (a, b), c in backup.backup_heads(0.1)])
+print("heads that step in:", [(str(h), round(c, 3)) for h, c in backup.backup_heads(0.1)])
 px.imshow(
     backup.change.numpy(),
     color_continuous_scale="RdBu",

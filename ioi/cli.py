@@ -15,6 +15,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ioi.head import Head
+
 EXIT_USAGE = 2
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent  # the repository, in an editable install
 
@@ -125,7 +127,7 @@ def print_circuit(results: dict, console: Console) -> None:
     for col in ("class", "kept at", "heads"):
         table.add_column(col)
     for name, heads in circuit["heads"].items():
-        labels = " ".join(h if isinstance(h, str) else f"{h[0]}.{h[1]}" for h in heads)
+        labels = " ".join(str(Head.coerce(h)) for h in heads)
         table.add_row(name, str(circuit["positions"][name]), labels)
     console.print(table)
 

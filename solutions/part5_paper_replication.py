@@ -144,8 +144,6 @@ def minimality(
         f_without = float(ablation.logit_diff(circuit.without(k)))
         gap = abs(f_with - f_without)
         scores.append(
-            KnockoutScore(
-                f"{v[0]}.{v[1]}", tuple(sorted(k)), f_with, f_without, gap, gap / abs(f_c)
-            )
+            KnockoutScore(str(v), tuple(sorted(k)), f_with, f_without, gap, gap / abs(f_c))
         )
     return scores

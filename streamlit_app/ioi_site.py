@@ -20,6 +20,7 @@ import torch
 
 from ioi import site
 from ioi.circuit import DEFAULT_THRESHOLDS
+from ioi.head import Head
 from ioi.models import load_model
 from ioi.report import analysis as A
 
@@ -91,7 +92,7 @@ def get_to_logits(name: str, n: int, seed: int) -> torch.Tensor:
 
 @st.cache_data(show_spinner="Path patching into the receivers...")
 def get_to_receivers(
-    name: str, n: int, seed: int, receivers: tuple[tuple[int, int], ...], inp: str
+    name: str, n: int, seed: int, receivers: tuple[Head, ...], inp: str
 ) -> torch.Tensor:
     return A.heads_to_receivers(get_oracle(name, n, seed), receivers, inp)
 
@@ -254,25 +255,21 @@ def score_table(perf: dict) -> pd.DataFrame:
     )
 
 
-def heads_table(values: torch.Tensor, column: str, k: int = 8) -> pd.DataFrame:
-    """The ``k`` heads with the largest |value| of a [layer, head] grid."""
+def top_heads(values: torch.Tensor, k: int) -> list[Head]:
+    """The ``k`` heads with the largest |value| of a [layer, head] grid, largest first."""
     n_heads = values.shape[1]
     order = values.abs().flatten().argsort(descending=True)[:k]
-    return pd.DataFrame(
-        [
-            {"head": f"{int(i) // n_heads}.{int(i) % n_heads}", column: float(values.flatten()[i])}
-            for i in order
-        ]
-    )
+    return [Head(int(i) // n_heads, int(i) % n_heads) for i in order]
 
 
-def head_label(head: tuple[int, int]) -> str:
-    return f"{head[0]}.{head[1]}"
+def heads_table(values: torch.Tensor, column: str, k: int = 8) -> pd.DataFrame:
+    """The ``k`` heads with the largest |value| of a [layer, head] grid."""
+    return pd.DataFrame([{"head": str(h), column: float(values[h])} for h in top_heads(values, k)])
 
 
-def all_heads(name: str) -> list[tuple[int, int]]:
+def all_heads(name: str) -> list[Head]:
     cfg = get_model(name).cfg
-    return [(layer, h) for layer in range(cfg.n_layers) for h in range(cfg.n_heads)]
+    return [Head(layer, h) for layer in range(cfg.n_layers) for h in range(cfg.n_heads)]
 
 
 def show_attention(tokens: list[str], patterns: torch.Tensor, heads) -> None:

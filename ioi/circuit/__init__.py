@@ -31,7 +31,7 @@ from ioi.circuit.criteria import (
 )
 from ioi.circuit.discovery import DiscoveredCircuit, Edge, HeadFinding, discover_circuit, name_head
 from ioi.circuit.oracle import PathPatchingOracle, make_rows_ioi_metric
-from ioi.circuit.spec import PAPER_CLASSES, Circuit, Head, gpt2_small_circuit, parse_head
+from ioi.circuit.spec import PAPER_CLASSES, Circuit, gpt2_small_circuit
 from ioi.circuit.sweep import (
     DEFAULT_THRESHOLDS,
     SweepPoint,
@@ -49,7 +49,6 @@ __all__ = [
     "Edge",
     "Faithfulness",
     "GroupComparison",
-    "Head",
     "HeadFinding",
     "KnockoutScore",
     "MeanAblation",
@@ -72,7 +71,6 @@ __all__ = [
     "mean_ablation_hooks",
     "minimality",
     "name_head",
-    "parse_head",
     "permutation_test",
     "template_means",
     "threshold_sweep",

@@ -19,10 +19,10 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.utilities import get_act_name
 
-from ioi.circuit.spec import Head
 from ioi.dataset import IOIDataset
+from ioi.head import Head
 
-KeepMap = Mapping[Head, Sequence[str] | None]
+KeepMap = Mapping[tuple[int, int], Sequence[str] | None]  # a Head or any (layer, head) pair
 """head -> the word_idx keys where it keeps its output (None: every position)."""
 
 
@@ -105,7 +105,7 @@ def keep_masks(
     for (layer, head), keys in keep.items():
         if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
             raise ValueError(
-                f"head {layer}.{head} is not in this model (layers 0..{model.cfg.n_layers - 1}, "
+                f"head {Head(layer, head)} is not in this model (layers 0..{model.cfg.n_layers - 1}, "
                 f"heads 0..{model.cfg.n_heads - 1})"
             )
         if keys is None:
@@ -204,12 +204,12 @@ class MeanAblation:
         values = logit_diff_with_hooks(self.model, self.ds, hooks)
         return values if per_prompt else values.mean()
 
-    def all_heads_except(self, removed: Sequence[Head]) -> dict[Head, None]:
+    def all_heads_except(self, removed: Sequence[tuple[int, int]]) -> dict[Head, None]:
         """Keep map of ``M \\ K``: every head everywhere, except those removed."""
         cfg = self.model.cfg
         gone = set(removed)
         return {
-            (lay, h): None
+            Head(lay, h): None
             for lay in range(cfg.n_layers)
             for h in range(cfg.n_heads)
             if (lay, h) not in gone

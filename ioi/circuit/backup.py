@@ -24,7 +24,7 @@ from ioi.circuit.ablation import (
     logit_diff_with_hooks,
     replace_where,
 )
-from ioi.circuit.spec import Head
+from ioi.head import Head, HeadLike
 from ioi.heads import per_head_logit_diffs
 
 
@@ -32,7 +32,9 @@ from ioi.heads import per_head_logit_diffs
 class BackupResult:
     """Direct logit attribution of every head before and after the knockout."""
 
-    ablated: tuple[Head, ...]
+    ablated: tuple[
+        tuple[int, int], ...
+    ]  # `Head` values when built by `backup_name_mover_experiment`
     dla_before: Float[Tensor, "layer head"]
     dla_after: Float[Tensor, "layer head"]
     logit_diff_before: float
@@ -53,7 +55,7 @@ class BackupResult:
         """Heads (not ablated) whose DLA rose by at least ``min_change``, largest first."""
         change = self.change
         found = [
-            ((lay, h), float(change[lay, h]))
+            (Head(lay, h), float(change[lay, h]))
             for lay in range(change.shape[0])
             for h in range(change.shape[1])
             if (lay, h) not in self.ablated and float(change[lay, h]) >= min_change
@@ -97,7 +99,7 @@ def _dla_under(
 
 
 def backup_name_mover_experiment(
-    ablation: MeanAblation, name_movers: Sequence[Head], at: str | None = "end"
+    ablation: MeanAblation, name_movers: Sequence[HeadLike], at: str | None = "end"
 ) -> BackupResult:
     """Knock out ``name_movers`` (at ``at``, default ``end``) and record every head's DLA.
 
@@ -105,15 +107,13 @@ def backup_name_mover_experiment(
         ValueError: no heads, a head outside the model, or an unknown position key.
     """
     model = ablation.model
-    heads = tuple(dict.fromkeys((int(lay), int(h)) for lay, h in name_movers))
+    heads = tuple(dict.fromkeys(Head.coerce(h) for h in name_movers))
     if not heads:
         raise ValueError("name_movers is empty; pass the heads to knock out, e.g. [(9, 9), (9, 6)]")
-    bad = [
-        h for h in heads if not (0 <= h[0] < model.cfg.n_layers and 0 <= h[1] < model.cfg.n_heads)
-    ]
+    bad = [str(h) for h in heads if h.layer >= model.cfg.n_layers or h.head >= model.cfg.n_heads]
     if bad:
         raise ValueError(
-            f"heads {bad} are not in this model (layers 0..{model.cfg.n_layers - 1}, "
+            f"heads {', '.join(bad)} are not in this model (layers 0..{model.cfg.n_layers - 1}, "
             f"heads 0..{model.cfg.n_heads - 1})"
         )
     hooks = _knockout_hooks(ablation, heads, at)

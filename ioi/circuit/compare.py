@@ -20,14 +20,13 @@ from transformer_lens.utilities import get_act_name
 from ioi.circuit.ablation import answer_logit_diff, logit_diff_with_hooks
 from ioi.circuit.discovery import DiscoveredCircuit, discover_circuit
 from ioi.circuit.oracle import PathPatchingOracle
-from ioi.circuit.spec import Head
 from ioi.dataset import IOIDataset
 from ioi.templates import BABA_TEMPLATES
 
 GROUPINGS = ("family", "template")
 
 
-def jaccard(a: Iterable[Head], b: Iterable[Head]) -> float:
+def jaccard(a: Iterable[tuple[int, int]], b: Iterable[tuple[int, int]]) -> float:
     """``|A ∩ B| / |A ∪ B|`` (1.0 for two empty sets)."""
     a, b = set(a), set(b)
     return 1.0 if not a | b else len(a & b) / len(a | b)

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from ioi.circuit.ablation import MeanAblation
-from ioi.circuit.spec import Circuit, Head
+from ioi.circuit.spec import Circuit
+from ioi.head import Head
 
 COMPLETENESS_MODES = ("random", "class", "greedy")
 MINIMALITY_MODES = ("class", "greedy")
@@ -61,7 +62,7 @@ class KnockoutScore:
     """One ``K``: the two logit differences and the score (absolute and relative to ``F(M)``)."""
 
     label: str
-    removed: tuple[Head, ...]
+    removed: tuple[tuple[int, int], ...]  # `Head` values when built by this module
     f_with: float  # F(C \ K) (completeness) or F(C \ (K ∪ {v})) (minimality)
     f_without: float  # F(M \ K) (completeness) or F(C \ K) (minimality)
     score: float
@@ -69,7 +70,7 @@ class KnockoutScore:
 
 
 def _incompleteness(
-    ablation: MeanAblation, circuit: Circuit, k: Sequence[Head], label: str, f_m: float
+    ablation: MeanAblation, circuit: Circuit, k: Sequence[tuple[int, int]], label: str, f_m: float
 ):
     f_c_k = float(ablation.logit_diff(circuit.without(k)))
     f_m_k = float(ablation.logit_diff(ablation.all_heads_except(k)))
@@ -136,9 +137,7 @@ def _minimality_score(ablation, circuit, v: Head, k: Sequence[Head], f_c: float)
     with_v_removed = float(ablation.logit_diff(circuit.without([*k, v])))
     without = float(ablation.logit_diff(circuit.without(k)))
     gap = abs(with_v_removed - without)
-    return KnockoutScore(
-        f"{v[0]}.{v[1]}", tuple(sorted(k)), with_v_removed, without, gap, gap / abs(f_c)
-    )
+    return KnockoutScore(str(v), tuple(sorted(k)), with_v_removed, without, gap, gap / abs(f_c))
 
 
 def minimality(

@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from ioi.circuit.oracle import PathPatchingOracle
-from ioi.circuit.spec import Circuit, Head
+from ioi.circuit.spec import Circuit
+from ioi.head import Head
 from ioi.path_patching import RECEIVER_INPUTS, Receiver, Sender, all_head_senders
 
 POSITION_KEYS = ("IO", "IO+1", "S1", "S1+1", "S2", "end")
@@ -78,14 +79,17 @@ def find_output_heads(oracle: PathPatchingOracle, threshold: float) -> list[Edge
     senders = all_head_senders(oracle.model)
     effects = oracle.effects(senders)
     return [
-        Edge((s.layer, s.head), (), "logits", None, float(e))
+        Edge(Head(s.layer, s.head), (), "logits", None, float(e))
         for s, e in zip(senders, effects.tolist(), strict=True)
         if abs(e) >= threshold
     ]
 
 
 def find_senders(
-    oracle: PathPatchingOracle, receivers: Sequence[Head], position: str, threshold: float
+    oracle: PathPatchingOracle,
+    receivers: Sequence[tuple[int, int]],
+    position: str,
+    threshold: float,
 ) -> list[Edge]:
     """Step 2: earlier heads whose path into the receivers' q (at ``position``), k or v
     (at every position) has ``|effect| >= threshold``."""
@@ -99,7 +103,7 @@ def find_senders(
         targets = [Receiver(layer, h, inp) for layer, h in receivers]
         effects = oracle.effects(senders, targets, receiver_positions=where)
         edges += [
-            Edge((s.layer, s.head), tuple(receivers), inp, where, float(e))
+            Edge(Head(s.layer, s.head), tuple(map(Head._make, receivers)), inp, where, float(e))
             for s, e in zip(senders, effects.tolist(), strict=True)
             if abs(e) >= threshold
         ]

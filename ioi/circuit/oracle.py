@@ -16,7 +16,6 @@ from torch import Tensor
 from transformer_lens import ActivationCache, HookedTransformer
 from transformer_lens.utilities import get_act_name
 
-from ioi.circuit.spec import Head
 from ioi.dataset import IOIDataset
 from ioi.metrics import Metric, logits_to_ave_logit_diff
 from ioi.path_patching import (
@@ -130,7 +129,9 @@ class PathPatchingOracle:
             self._memo[key] = values - self.baseline
         return self._memo[key]
 
-    def attention(self, head: Head, dest: str, sources: Sequence[str]) -> dict[str, float]:
+    def attention(
+        self, head: tuple[int, int], dest: str, sources: Sequence[str]
+    ) -> dict[str, float]:
         """Mean attention from ``word_idx[dest]`` to each source key and to the previous token."""
         layer, h = head
         cached = self.patterns[get_act_name("pattern", layer)]  # [batch, head, dest, src]

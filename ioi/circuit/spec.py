@@ -15,9 +15,9 @@ from types import MappingProxyType
 from transformer_lens import HookedTransformer
 
 from ioi.dataset import WORD_IDX_KEYS
+from ioi.head import Head, HeadLike
 from ioi.reference import reference_figures
 
-Head = tuple[int, int]
 PAPER_CLASSES = (
     "name_mover",
     "negative_name_mover",
@@ -29,34 +29,13 @@ PAPER_CLASSES = (
 )
 
 
-def parse_head(label: str) -> Head:
-    """``"9.6"`` -> ``(9, 6)``."""
-    parts = label.split(".")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise ValueError(f"a head label reads 'layer.head', e.g. '9.6'; got {label!r}")
-    return int(parts[0]), int(parts[1])
-
-
-def _as_head(item: object) -> Head:
-    if isinstance(item, str):
-        return parse_head(item)
-    if (
-        isinstance(item, tuple | list)
-        and len(item) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in item)
-    ):
-        return int(item[0]), int(item[1])
-    raise ValueError(
-        f"a head is a (layer, head) pair of ints >= 0 or a 'layer.head' label; got {item!r}"
-    )
-
-
 @dataclass(frozen=True)
 class Circuit:
     """Classes of heads and the ``word_idx`` position each class is kept at.
 
     Args:
-        heads: class name -> heads, each a ``(layer, head)`` pair or a ``"layer.head"`` label.
+        heads: class name -> heads, each a `Head`, a ``(layer, head)`` pair or a ``"layer.head"``
+            label (stored as `Head` values).
         positions: class name -> a ``word_idx`` key (``"end"``, ``"S2"``, ``"S1+1"``, ...).
         name: a label for reports.
 
@@ -65,19 +44,21 @@ class Circuit:
     Raises:
         ValueError: no heads, a class without a position (or the reverse), an unknown
             position key (the valid keys are listed), or a malformed head.
+        TypeError: a head that is neither a label nor a pair of ints (see `Head.coerce`).
 
     Example:
-        >>> Circuit({"name_mover": ["9.9", "9.6"]}, {"name_mover": "end"}).all_heads()
-        ((9, 6), (9, 9))
+        >>> circuit = Circuit({"name_mover": ["9.9", "9.6"]}, {"name_mover": "end"})
+        >>> [str(h) for h in circuit.all_heads()]
+        ['9.6', '9.9']
     """
 
-    heads: Mapping[str, Sequence[Head | str]]
+    heads: Mapping[str, Sequence[HeadLike]]
     positions: Mapping[str, str]
     name: str = field(default="")
 
     def __post_init__(self) -> None:
         heads = {
-            str(c): tuple(dict.fromkeys(_as_head(h) for h in hs)) for c, hs in self.heads.items()
+            str(c): tuple(dict.fromkeys(Head.coerce(h) for h in hs)) for c, hs in self.heads.items()
         }
         heads = {c: hs for c, hs in heads.items() if hs}
         if not heads:
@@ -112,20 +93,20 @@ class Circuit:
                     out[h] = out.get(h, ()) + (self.positions[cls],)
         return out
 
-    def classes_of(self, head: Head) -> tuple[str, ...]:
+    def classes_of(self, head: tuple[int, int]) -> tuple[str, ...]:
         """The classes ``head`` belongs to."""
         return tuple(c for c, hs in self.heads.items() if head in hs)
 
     def check(self, model: HookedTransformer) -> None:
         """Raise ValueError if a head is not in ``model``."""
         n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-        bad = [h for h in self.all_heads() if h[0] >= n_layers or h[1] >= n_heads]
+        bad = [str(h) for h in self.all_heads() if h.layer >= n_layers or h.head >= n_heads]
         if bad:
             raise ValueError(
-                f"heads {bad} are not in this model (layers 0..{n_layers - 1}, heads 0..{n_heads - 1})"
+                f"heads {', '.join(bad)} are not in this model (layers 0..{n_layers - 1}, heads 0..{n_heads - 1})"
             )
 
-    def without(self, removed: Iterable[Head]) -> dict[Head, tuple[str, ...]]:
+    def without(self, removed: Iterable[tuple[int, int]]) -> dict[Head, tuple[str, ...]]:
         """The kept positions of ``C \\ K`` (may be empty: then every head is ablated)."""
         removed = set(removed)
         return {h: p for h, p in self.kept_positions().items() if h not in removed}
@@ -133,8 +114,7 @@ class Circuit:
     def describe(self) -> str:
         """One line per class: ``name_mover @end: 9.9 9.6``."""
         return "\n".join(
-            f"{c} @{self.positions[c]}: " + " ".join(f"{lay}.{h}" for lay, h in hs)
-            for c, hs in self.heads.items()
+            f"{c} @{self.positions[c]}: " + " ".join(map(str, hs)) for c, hs in self.heads.items()
         )
 
 

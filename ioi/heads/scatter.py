@@ -15,6 +15,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.utilities import get_act_name
 
 from ioi.dataset import IOIDataset
+from ioi.head import Head
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def name_mover_scatter(
     """Data for the paper's figure 3 for one head: attention vs. projection on the name's unembedding."""
     if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
         raise ValueError(
-            f"head {layer}.{head} is not in this model: layers 0..{model.cfg.n_layers - 1}, "
+            f"head {Head(layer, head)} is not in this model: layers 0..{model.cfg.n_layers - 1}, "
             f"heads 0..{model.cfg.n_heads - 1}"
         )
     names = [get_act_name("pattern", layer), get_act_name("z", layer)]

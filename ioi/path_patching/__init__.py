@@ -17,7 +17,6 @@ from ioi.path_patching.engine import (
     get_path_patch_mlp_to_final_resid_post,
     get_path_patch_mlp_to_heads,
     path_patch,
-    sender_grid_labels,
 )
 from ioi.path_patching.nodes import (
     RECEIVER_INPUTS,
@@ -50,5 +49,4 @@ __all__ = [
     "path_patch",
     "plain_path_patch",
     "plain_path_patch_head_to_final_resid_post",
-    "sender_grid_labels",
 ]

@@ -497,8 +497,3 @@ def get_path_patch_mlp_to_heads(
     )
     grid[:top] = _scalar_grid(values, (top,))
     return grid
-
-
-def sender_grid_labels(model: HookedTransformer) -> list[str]:
-    """``"L.H"`` labels in the layer-major order of the [layer, head] grids."""
-    return [f"{s.layer}.{s.head}" for s in all_head_senders(model)]

@@ -31,6 +31,7 @@ from ioi.circuit import (
 from ioi.circuit.spec import Circuit
 from ioi.dataset import IOIDataset
 from ioi.evaluate import evaluate_ioi, prompt_scores
+from ioi.head import Head
 from ioi.heads import (
     accumulated_resid_logit_diffs,
     attention_detector_scores,
@@ -234,11 +235,11 @@ def heads_to_logits(oracle: PathPatchingOracle) -> Float[Tensor, "layer head"]:
     return effects.detach().cpu().reshape(cfg.n_layers, cfg.n_heads)  # senders are layer-major
 
 
-def top_output_heads(to_logits: Float[Tensor, "layer head"], k: int = 3) -> list[tuple[int, int]]:
+def top_output_heads(to_logits: Float[Tensor, "layer head"], k: int = 3) -> list[Head]:
     """The ``k`` heads above layer 0 whose direct path to the logits matters most (most negative)."""
     n_heads = to_logits.shape[1]
     order = torch.argsort(to_logits[1:].flatten())  # layer 0 has no earlier senders
-    return [(1 + int(i) // n_heads, int(i) % n_heads) for i in order[:k]]
+    return [Head(1 + int(i) // n_heads, int(i) % n_heads) for i in order[:k]]
 
 
 def heads_to_receivers(

@@ -15,6 +15,7 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from ioi.circuit import DiscoveredCircuit, KnockoutScore, SweepPoint
+from ioi.head import Head
 from ioi.heads import NameMoverScatter
 from ioi.patching import AttributionComparison
 
@@ -28,10 +29,10 @@ def layer_head_heatmap(
     colorbar: str = "",
     zmid: float | None = 0.0,
 ) -> go.Figure:
-    """A [layer, head] grid as a heatmap, layer 0 at the top, hover labelled ``L.H``."""
+    """A [layer, head] grid as a heatmap, layer 0 at the top, hover labelled with the head."""
     grid = values.detach().float().cpu()
     n_layers, n_heads = grid.shape
-    labels = [[f"{layer}.{head}" for head in range(n_heads)] for layer in range(n_layers)]
+    labels = [[str(Head(layer, head)) for head in range(n_heads)] for layer in range(n_layers)]
     fig = go.Figure(
         go.Heatmap(
             z=grid.tolist(),
@@ -217,7 +218,7 @@ def circuit_graph(found: DiscoveredCircuit, n_layers: int, title: str = "") -> g
     they feed (logits, q, k, v), nodes coloured by class."""
     classes = {f.head: f.cls for f in found.findings}
     heads = sorted(classes)
-    per_layer: dict[int, list[tuple[int, int]]] = {}
+    per_layer: dict[int, list[Head]] = {}
     for head in heads:
         per_layer.setdefault(head[0], []).append(head)
     place = {
@@ -250,7 +251,7 @@ def circuit_graph(found: DiscoveredCircuit, n_layers: int, title: str = "") -> g
                 x=[place[h][0] for h in members],
                 y=[place[h][1] for h in members],
                 mode="markers+text",
-                text=[f"{h[0]}.{h[1]}" for h in members],
+                text=[str(h) for h in members],
                 textposition="top center",
                 marker={"size": 18},
                 name=cls,
@@ -302,7 +303,8 @@ def name_mover_scatter_figure(data: NameMoverScatter) -> go.Figure:
     for label, x, y in (("IO", data.attn_to_io, data.proj_io), ("S", data.attn_to_s, data.proj_s)):
         fig.add_trace(go.Scatter(x=x.tolist(), y=y.tolist(), mode="markers", name=label))
     fig.update_layout(
-        title=f"Head {data.layer}.{data.head}: attention from end vs. output on the name's unembedding",
+        title=f"Head {Head(data.layer, data.head)}: attention from end vs. output on the name's "
+        "unembedding",
         xaxis_title="attention probability on the name",
         yaxis_title="dot product of head output with W_U[name]",
     )

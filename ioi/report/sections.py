@@ -21,6 +21,7 @@ from ioi.circuit import (
     gpt2_small_circuit,
     jaccard,
 )
+from ioi.head import Head
 from ioi.models import GPT2_ALIASES
 from ioi.reference import reference_figures
 from ioi.report import analysis as A
@@ -142,23 +143,16 @@ class ReportContext:
 # ---- helpers -----------------------------------------------------------------------------
 
 
-def _head(layer_head: tuple[int, int]) -> str:
-    return f"{layer_head[0]}.{layer_head[1]}"
-
-
 def _grid_dict(values: torch.Tensor) -> dict[str, float]:
-    """A [layer, head] grid as ``{"L.H": value}``."""
-    return {
-        f"{layer}.{head}": float(values[layer, head])
-        for layer in range(values.shape[0])
-        for head in range(values.shape[1])
-    }
+    """A [layer, head] grid as ``{"9.9": value}``, layer-major."""
+    return dict(zip(Head.grid_labels(*values.shape), values.flatten().tolist(), strict=True))
 
 
-def _top_heads(values: torch.Tensor, k: int) -> list[tuple[str, float]]:
-    """The ``k`` heads with the largest |value|."""
-    items = sorted(_grid_dict(values).items(), key=lambda kv: -abs(kv[1]))
-    return items[:k]
+def _top_heads(values: torch.Tensor, k: int) -> list[tuple[Head, float]]:
+    """The ``k`` heads with the largest |value| (layer-major among ties)."""
+    n_layers, n_heads = values.shape
+    heads = [Head(layer, h) for layer in range(n_layers) for h in range(n_heads)]
+    return sorted(((h, float(values[h])) for h in heads), key=lambda kv: -abs(kv[1]))[:k]
 
 
 def _score_row(name: str, stats: dict) -> tuple:
@@ -347,11 +341,11 @@ def section_attribution(ctx: ReportContext) -> Section:
             ("head", "DLA", "attn end->IO", "attn end->S2", "attn S2->IO"),
             [
                 (
-                    h,
+                    str(h),
                     v,
-                    float(att.attention["end->IO"][int(h.split(".")[0]), int(h.split(".")[1])]),
-                    float(att.attention["end->S2"][int(h.split(".")[0]), int(h.split(".")[1])]),
-                    float(att.attention["S2->IO"][int(h.split(".")[0]), int(h.split(".")[1])]),
+                    float(att.attention["end->IO"][h]),
+                    float(att.attention["end->S2"][h]),
+                    float(att.attention["S2->IO"][h]),
                 )
                 for h, v in top
             ],
@@ -447,7 +441,7 @@ def section_path_patching(ctx: ReportContext) -> Section:
         "into a later head's query, key or value. Values are the change of the normalised "
         "metric: -1 means the path carries the whole IOI - ABC difference, 0 no effect.",
         "The heads whose direct path matters most are "
-        + ", ".join(f"{_head(h)} ({float(to_logits[h]):+.2f})" for h in receivers)
+        + ", ".join(f"{h} ({float(to_logits[h]):+.2f})" for h in receivers)
         + "; the second figure shows which earlier heads feed them.",
     ]
     section.figures.append(
@@ -464,7 +458,7 @@ def section_path_patching(ctx: ReportContext) -> Section:
         Figure(
             "path_heads_to_receivers",
             F.layer_head_facets(
-                grids, f"Path patching: earlier heads -> {', '.join(map(_head, receivers))}"
+                grids, f"Path patching: earlier heads -> {', '.join(map(str, receivers))}"
             ),
             "Queries are read at end; keys and values at every position.",
         )
@@ -478,7 +472,7 @@ def section_path_patching(ctx: ReportContext) -> Section:
     )
     section.numbers = {
         "heads_to_logits": _grid_dict(to_logits),
-        "receivers": [_head(h) for h in receivers],
+        "receivers": [str(h) for h in receivers],
         "heads_to_receivers": {inp: _grid_dict(g) for inp, g in grids.items()},
     }
     return section
@@ -514,7 +508,7 @@ def section_circuit(ctx: ReportContext) -> Section:
                 "Classes",
                 ("class", "kept at", "heads"),
                 [
-                    (cls, found.circuit.positions[cls], " ".join(map(_head, heads)))
+                    (cls, found.circuit.positions[cls], " ".join(map(str, heads)))
                     for cls, heads in found.circuit.heads.items()
                 ],
             )
@@ -524,7 +518,7 @@ def section_circuit(ctx: ReportContext) -> Section:
                 "Why each head is in",
                 ("head", "class", "found via", "effect", "kept at", "attends to"),
                 [
-                    (_head(f.head), f.cls, f.role, f.effect, f.position, f.attends_to)
+                    (str(f.head), f.cls, f.role, f.effect, f.position, f.attends_to)
                     for f in found.findings
                 ],
             )
@@ -543,7 +537,7 @@ def section_circuit(ctx: ReportContext) -> Section:
         "circuit": _circuit_json(found.circuit),
         "findings": [
             {
-                "head": _head(f.head),
+                "head": str(f.head),
                 "class": f.cls,
                 "role": f.role,
                 "effect": f.effect,
@@ -575,7 +569,7 @@ def section_circuit(ctx: ReportContext) -> Section:
                 "The published circuit (Wang et al. 2022)",
                 ("class", "kept at", "heads"),
                 [
-                    (cls, paper.positions[cls], " ".join(map(_head, heads)))
+                    (cls, paper.positions[cls], " ".join(map(str, heads)))
                     for cls, heads in paper.heads.items()
                 ],
             )
@@ -588,7 +582,7 @@ def _circuit_json(circuit: Circuit | None) -> dict | None:
     if circuit is None:
         return None
     return {
-        "heads": {cls: [_head(h) for h in heads] for cls, heads in circuit.heads.items()},
+        "heads": {cls: [str(h) for h in heads] for cls, heads in circuit.heads.items()},
         "positions": dict(circuit.positions),
     }
 
@@ -633,7 +627,7 @@ def section_criteria(ctx: ReportContext) -> Section:
                 f"Minimality of the {label}",
                 ("head", "K (rest of its class)", "score", "relative to F(C)"),
                 [
-                    (s.label, " ".join(map(_head, s.removed)) or "-", s.score, s.relative)
+                    (s.label, " ".join(map(str, s.removed)) or "-", s.score, s.relative)
                     for s in result.minimality
                 ],
             )
@@ -653,7 +647,7 @@ def section_criteria(ctx: ReportContext) -> Section:
 def _knockout_json(score) -> dict:
     return {
         "label": score.label,
-        "removed": [_head(h) for h in score.removed],
+        "removed": [str(h) for h in score.removed],
         "f_with": score.f_with,
         "f_without": score.f_without,
         "score": score.score,
@@ -702,20 +696,17 @@ def reference_rows(ctx: ReportContext) -> list[dict]:
     ]
     att = ctx.attribution
     for head, value in eight["per_head_direct_logit_attribution"].items():
-        layer, h = map(int, head.split("."))
-        pairs.append((f"DLA of head {head}", float(att.per_head[layer, h]), value))
+        pairs.append((f"DLA of head {head}", float(att.per_head[Head.parse(head)]), value))
     if att.copying is not None:
         for head, value in paper["copy_scores_top5"].items():
             name = head.removeprefix("negative_")
             if not name[0].isdigit():
                 continue  # the average over heads, not one head
-            layer, h = map(int, name.split("."))
+            at = Head.parse(name)
             if head.startswith("negative_"):
-                pairs.append(
-                    (f"negative copying {name}", float(att.negative_copying[layer, h]), value)
-                )
+                pairs.append((f"negative copying {name}", float(att.negative_copying[at]), value))
             else:
-                pairs.append((f"copying {head}", float(att.copying[layer, h]), value))
+                pairs.append((f"copying {head}", float(att.copying[at]), value))
     if "paper" in ctx.criteria:
         faith = ctx.criteria["paper"].faithfulness
         published = paper["faithfulness"]

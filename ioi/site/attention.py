@@ -10,6 +10,8 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.utilities import get_act_name
 
+from ioi.head import Head
+
 
 def dataset_patterns(
     model: HookedTransformer, toks: Int[Tensor, " pos"], heads: Sequence[tuple[int, int]]
@@ -42,6 +44,6 @@ def attention_html(
     rendered = cv.attention.attention_heads(
         attention=patterns.detach().float().cpu(),
         tokens=shown,
-        attention_head_names=[f"{layer}.{head}" for layer, head in heads],
+        attention_head_names=[str(Head(layer, head)) for layer, head in heads],
     )
     return rendered.local_src

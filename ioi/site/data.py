@@ -22,6 +22,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.utilities import get_act_name
 
+from ioi.head import Head
 from ioi.heads import known_tokens, per_head_logit_diffs
 from ioi.models import gpt2_small_available
 from ioi.templates import NAMES
@@ -290,7 +291,7 @@ class PromptResult:
     s_prob: float
     top_tokens: tuple[tuple[str, float], ...]
     per_head: Float[Tensor, "layer head"]
-    top_heads: tuple[tuple[int, int], ...]
+    top_heads: tuple[Head, ...]
     patterns: Float[Tensor, "top dest src"]  # attention of the top heads
 
 
@@ -308,7 +309,7 @@ def analyse_prompt(model: HookedTransformer, prompt: CheckedPrompt, k: int = 3) 
     per_head = per_head_logit_diffs(model, cache, answers, end).detach().cpu()
     flat = per_head.abs().flatten().argsort(descending=True)[:k]
     n_heads = model.cfg.n_heads
-    heads = tuple((int(i) // n_heads, int(i) % n_heads) for i in flat)
+    heads = tuple(Head(int(i) // n_heads, int(i) % n_heads) for i in flat)
     patterns = torch.stack(
         [cache[get_act_name("pattern", layer)][0, head].cpu() for layer, head in heads]
     )

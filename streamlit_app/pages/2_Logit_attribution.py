@@ -42,12 +42,9 @@ def live(choice: ioi_site.Choice) -> None:
     index = st.selectbox(
         "Prompt", range(min(ds.N, 20)), format_func=lambda i: ds.sentences[i], key="att_prompt"
     )
-    top = ioi_site.heads_table(att.per_head, "DLA", k=3)["head"].tolist()
-    heads = st.multiselect(
-        "Heads", [ioi_site.head_label(h) for h in ioi_site.all_heads(choice.model)], default=top
-    )
-    if heads:
-        chosen = [tuple(map(int, h.split("."))) for h in heads]
+    top = ioi_site.top_heads(att.per_head, k=3)
+    chosen = st.multiselect("Heads", ioi_site.all_heads(choice.model), default=top, format_func=str)
+    if chosen:
         toks = ds.toks[index, : int(ds.seq_lens[index])]
         patterns = site.dataset_patterns(ioi_site.get_model(choice.model), toks, chosen)
         tokens = [ds.tokenizer.decode([t]) for t in toks.tolist()]

@@ -22,16 +22,16 @@ def live(choice: ioi_site.Choice) -> None:
 
     st.subheader("Which earlier heads feed these heads?")
     candidates = [h for h in ioi_site.all_heads(choice.model) if h[0] > 0]
-    default = [ioi_site.head_label(h) for h in A.top_output_heads(to_logits, k=3)]
-    chosen = st.multiselect(
-        "Receiver heads", [ioi_site.head_label(h) for h in candidates], default=default
-    )
+    default = A.top_output_heads(to_logits, k=3)
+    chosen = st.multiselect("Receiver heads", candidates, default=default, format_func=str)
     inp = st.radio("Into their", ["q", "k", "v"], horizontal=True)
     if chosen:
-        receivers = tuple(sorted(tuple(map(int, h.split("."))) for h in chosen))
+        receivers = tuple(sorted(chosen))
         grid = ioi_site.get_to_receivers(choice.model, choice.n, choice.seed, receivers, inp)
         st.plotly_chart(
-            F.layer_head_heatmap(grid, f"Earlier heads -> {', '.join(chosen)} ({inp})", "effect")
+            F.layer_head_heatmap(
+                grid, f"Earlier heads -> {', '.join(map(str, receivers))} ({inp})", "effect"
+            )
         )
 
 

@@ -50,7 +50,7 @@ def live(choice: ioi_site.Choice) -> None:
                 {
                     "class": c,
                     "kept at": found.circuit.positions[c],
-                    "heads": " ".join(map(ioi_site.head_label, hs)),
+                    "heads": " ".join(map(str, hs)),
                 }
                 for c, hs in found.circuit.heads.items()
             ]
@@ -61,7 +61,7 @@ def live(choice: ioi_site.Choice) -> None:
         pd.DataFrame(
             [
                 {
-                    "head": ioi_site.head_label(f.head),
+                    "head": str(f.head),
                     "class": f.cls,
                     "via": f.role,
                     "effect": f.effect,

@@ -4,12 +4,13 @@ import ioi_site
 import streamlit as st
 
 from ioi.circuit import backup_name_mover_experiment, compare_groups
+from ioi.head import Head
 from ioi.report import analysis as A
 from ioi.report import figures as F
 
 
 @st.cache_data(show_spinner="Knocking the heads out...")
-def backup(name: str, n: int, seed: int, heads: tuple[tuple[int, int], ...]):
+def backup(name: str, n: int, seed: int, heads: tuple[Head, ...]):
     return backup_name_mover_experiment(ioi_site.get_ablation(name, n, seed), heads)
 
 
@@ -28,19 +29,17 @@ def live(choice: ioi_site.Choice) -> None:
         "heads' own attribution (the naive prediction)."
     )
     to_logits = ioi_site.get_to_logits(choice.model, choice.n, choice.seed)
-    default = [ioi_site.head_label(h) for h in A.top_output_heads(to_logits, k=2)]
+    default = A.top_output_heads(to_logits, k=2)
     chosen = st.multiselect(
-        "Heads to knock out",
-        [ioi_site.head_label(h) for h in ioi_site.all_heads(choice.model)],
-        default=default,
+        "Heads to knock out", ioi_site.all_heads(choice.model), default=default, format_func=str
     )
     if chosen:
-        knockout(choice, tuple(tuple(map(int, h.split("."))) for h in chosen))
+        knockout(choice, tuple(chosen))
     st.subheader("One circuit or several?")
     one_or_several(choice)
 
 
-def knockout(choice: ioi_site.Choice, heads: tuple[tuple[int, int], ...]) -> None:
+def knockout(choice: ioi_site.Choice, heads: tuple[Head, ...]) -> None:
     result = backup(choice.model, choice.n, choice.seed, heads)
     cols = st.columns(3)
     cols[0].metric("logit diff before", f"{result.logit_diff_before:.3f}")
@@ -71,7 +70,7 @@ def one_or_several(choice: ioi_site.Choice) -> None:
     cols[1].metric("permutation test p-value", f"{result.test.p_value:.3f}")
     st.dataframe(
         [
-            {"family": g, "heads": " ".join(ioi_site.head_label(h) for h in sorted(c.heads()))}
+            {"family": g, "heads": " ".join(map(str, sorted(c.heads())))}
             for g, c in zip(result.groups, result.circuits, strict=True)
         ],
         hide_index=True,

@@ -183,11 +183,7 @@ def _minimality(ablation, circuit, *, k_rule="rest", relative_to="circuit"):
         f_without = float(ablation.logit_diff(circuit.without(k)))
         gap = abs(f_with - f_without)
         base = f_c if relative_to == "circuit" else f_m
-        out.append(
-            KnockoutScore(
-                f"{v[0]}.{v[1]}", tuple(sorted(k)), f_with, f_without, gap, gap / abs(base)
-            )
-        )
+        out.append(KnockoutScore(str(v), tuple(sorted(k)), f_with, f_without, gap, gap / abs(base)))
     return out
 
 

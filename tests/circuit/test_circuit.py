@@ -27,6 +27,7 @@ from ioi.circuit import (
 )
 from ioi.circuit.ablation import keep_masks
 from ioi.dataset import IOIDataset
+from ioi.head import Head
 from ioi.heads import ioi_attention
 from ioi.metrics import logits_to_ave_logit_diff
 from ioi.testing import gpt2_vocab_model, hook_count
@@ -67,9 +68,11 @@ def test_gpt2_small_circuit_matches_the_reference():
     paper = json.loads(REFERENCE.read_text())["paper"]
     circuit = gpt2_small_circuit()
     for cls, heads in paper["circuit"].items():
-        assert [f"{lay}.{h}" for lay, h in circuit.heads[cls]] == heads
+        assert [str(h) for h in circuit.heads[cls]] == heads
         assert circuit.positions[cls] == paper["positions_kept_in_mean_ablation"][cls]
     assert len(circuit) == 26 and (9, 9) in circuit.all_heads()
+    assert all(type(h) is Head for h in circuit.all_heads())
+    assert "name_mover @end: 9.9 9.6 10.0" in circuit.describe()
     assert circuit.kept_positions()[(2, 2)] == ("S1+1",)
 
 
@@ -84,6 +87,10 @@ def test_circuit_validation():
         Circuit({"name_mover": ["9.9"]}, {})
     with pytest.raises(ValueError, match="layer.head"):
         Circuit({"name_mover": ["9-9"]}, {"name_mover": "end"})
+    with pytest.raises(TypeError, match="not bools"):
+        Circuit({"name_mover": [(True, 1)]}, {"name_mover": "end"})
+    with pytest.raises(ValueError, match=r"heads 9\.9 are not in this model"):
+        Circuit({"name_mover": [Head(9, 9), "1.1"]}, {"name_mover": "end"}).check(tiny_model())
     with pytest.raises(ValueError, match=r"layers 0\.\.2"):
         Circuit({"name_mover": ["9.9"]}, {"name_mover": "end"}).check(tiny_model())
     both = Circuit({"a": ["1.1"], "b": ["1.1", "0.0"]}, {"a": "end", "b": "S2"})
@@ -201,10 +208,12 @@ def test_faithfulness_completeness_minimality(setup, no_hooks_after):
 def test_backup_experiment(setup, no_hooks_after):
     model, ioi, abc, ablation = setup
     no_hooks_after(model)
-    result = backup_name_mover_experiment(ablation, [(2, 0), (2, 1)])
+    result = backup_name_mover_experiment(ablation, [(2, 0), "2.1"])
+    assert result.ablated == (Head(2, 0), Head(2, 1))
     lost = float(result.dla_before[2, 0] + result.dla_before[2, 1])
     assert result.naive_prediction == pytest.approx(result.logit_diff_before - lost)
     assert all(h not in result.ablated for h, _ in result.backup_heads(-1e9))
+    assert all(type(h) is Head for h, _ in result.backup_heads(-1e9))
     # The knockout by hand: both heads take their template mean at end only.
     _, cache = model.run_with_cache(abc.toks)
     z = cache["blocks.2.attn.hook_z"]
@@ -223,6 +232,10 @@ def test_backup_experiment(setup, no_hooks_after):
         backup_name_mover_experiment(ablation, [])
     with pytest.raises(ValueError, match="valid keys"):
         backup_name_mover_experiment(ablation, [(2, 0)], at="S9")
+    with pytest.raises(ValueError, match=r"heads 7\.0 are not in this model"):
+        backup_name_mover_experiment(ablation, ["7.0"])
+    with pytest.raises(TypeError):  # Head.coerce's, or first the test-time annotation check's
+        backup_name_mover_experiment(ablation, [(2.0, 1)])
 
 
 # ---- comparison --------------------------------------------------------------------------
@@ -267,6 +280,8 @@ def test_discovery_on_a_tiny_model_is_deterministic(setup, no_hooks_after):
     second = discover_circuit(PathPatchingOracle(model, ioi, abc), threshold=0.05)
     assert first.findings == second.findings and first.edges == second.edges
     assert (1, 3) not in first.heads(), "a head with W_O = 0 has no effect on anything"
+    assert all(type(e.sender) is Head for e in first.edges)
+    assert all(type(f.head) is Head for f in first.findings)
     with pytest.raises(ValueError, match="threshold must be > 0"):
         discover_circuit(PathPatchingOracle(model, ioi, abc), threshold=0.0)
 

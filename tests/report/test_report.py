@@ -20,6 +20,7 @@ from ioi.circuit import (
 )
 from ioi.dataset import IOIDataset
 from ioi.evaluate import evaluate_ioi
+from ioi.head import Head
 from ioi.heads import per_head_logit_diffs
 from ioi.metrics import logits_to_ave_logit_diff, make_ioi_metric
 from ioi.patching import get_act_patch_attn_head_out_all_pos
@@ -119,7 +120,9 @@ def test_attribution_matches_per_head_logit_diffs(report, toy_model):
     got = numbers(report, "attribution")["per_head"]
     for layer in range(toy_model.cfg.n_layers):
         for head in range(toy_model.cfg.n_heads):
-            assert got[f"{layer}.{head}"] == pytest.approx(float(expected[layer, head]), abs=1e-4)
+            assert got[str(Head(layer, head))] == pytest.approx(
+                float(expected[layer, head]), abs=1e-4
+            )
 
 
 def _patch_metric(model, n):
@@ -173,7 +176,7 @@ def test_path_patching_matches_get_path_patch_head_to_final_resid_post(report, t
     for layer in range(toy_model.cfg.n_layers):
         for head in range(toy_model.cfg.n_heads):
             # the report gives the change of the metric; the library gives the metric (1 = none)
-            assert got[f"{layer}.{head}"] == pytest.approx(
+            assert got[str(Head(layer, head))] == pytest.approx(
                 float(expected[layer, head]) - 1.0, abs=1e-4
             )
 
@@ -185,7 +188,7 @@ def test_circuit_and_faithfulness_match_discovery_and_mean_ablation(report, toy_
     assert threshold in THRESHOLDS
     found = discover_circuit(PathPatchingOracle(toy_model, ds, abc), threshold)
     reported = {h for heads in circuit_numbers["circuit"]["heads"].values() for h in heads}
-    assert reported == {f"{layer}.{head}" for layer, head in found.heads()}
+    assert reported == {str(h) for h in found.heads()}
     assert "circuit_graph" in report["html"]
 
     circuit = Circuit(circuit_numbers["circuit"]["heads"], circuit_numbers["circuit"]["positions"])
