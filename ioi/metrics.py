@@ -63,16 +63,15 @@ def logits_to_ave_logit_diff(
     return diff if per_prompt else diff.mean()
 
 
-def make_ioi_metric(
-    clean_logit_diff: float | Tensor,
-    corrupted_logit_diff: float | Tensor,
-    answer_tokens: Int[Tensor, "batch 2"],
-    positions: Int[Tensor, " batch"] | None = None,
-) -> Metric:
-    """The normalised IOI metric: 0 at the corrupted baseline, 1 at the clean one.
+def make_normaliser(
+    clean_logit_diff: float | Tensor, corrupted_logit_diff: float | Tensor
+) -> Callable[[Tensor], Tensor]:
+    """``diff -> (diff - corrupted) / (clean - corrupted)``: 0 at the corrupted baseline, 1 at the
+    clean one. The normalisation of every normalised IOI metric (`make_ioi_metric` and the
+    per-subset metric of `ioi.circuit.oracle`).
 
     Raises:
-        ValueError: if the two baselines are equal (the metric would divide by zero).
+        ValueError: a baseline is not finite, or the two are equal (it would divide by zero).
     """
     clean, corrupted = float(clean_logit_diff), float(corrupted_logit_diff)
     if not (torch.isfinite(torch.tensor(clean)) and torch.isfinite(torch.tensor(corrupted))):
@@ -84,9 +83,27 @@ def make_ioi_metric(
             "e.g. the ABC dataset, or use the raw logit difference."
         )
 
-    def ioi_metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
-        diff = logits_to_ave_logit_diff(logits, answer_tokens, positions=positions)
+    def normalise(diff: Tensor) -> Tensor:
         return (diff - corrupted) / (clean - corrupted)
+
+    return normalise
+
+
+def make_ioi_metric(
+    clean_logit_diff: float | Tensor,
+    corrupted_logit_diff: float | Tensor,
+    answer_tokens: Int[Tensor, "batch 2"],
+    positions: Int[Tensor, " batch"] | None = None,
+) -> Metric:
+    """The normalised IOI metric: 0 at the corrupted baseline, 1 at the clean one.
+
+    Raises:
+        ValueError: if the two baselines are equal (the metric would divide by zero).
+    """
+    normalise = make_normaliser(clean_logit_diff, corrupted_logit_diff)
+
+    def ioi_metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
+        return normalise(logits_to_ave_logit_diff(logits, answer_tokens, positions=positions))
 
     ioi_metric.logit_positions = _declared(positions)
     ioi_metric.logit_tokens = _declared_tokens(answer_tokens)

@@ -84,14 +84,6 @@ class _LearnerTimeout(BaseException):
     """Raised inside the learner's code by the alarm; a BaseException so ``except Exception`` cannot swallow it."""
 
 
-@dataclass(frozen=True)
-class Mistake:
-    """A known wrong answer: ``value()`` computes what that mistake returns on the same inputs."""
-
-    value: Callable[[], object]
-    explanation: str
-
-
 @dataclass
 class Exercise:
     """One graded exercise: its name, the default hint and the mistakes its checker recognises."""

@@ -17,7 +17,7 @@ from transformer_lens import ActivationCache, HookedTransformer
 from transformer_lens.utilities import get_act_name
 
 from ioi.dataset import IOIDataset
-from ioi.metrics import Metric, logits_to_ave_logit_diff
+from ioi.metrics import Metric, logits_to_ave_logit_diff, make_normaliser
 from ioi.path_patching import (
     Readout,
     Receiver,
@@ -38,13 +38,9 @@ def make_rows_ioi_metric(
 
     The metric takes logits of the whole batch and reads only ``rows`` (all if None), at each
     row's position, so one set of caches serves every subset (e.g. a template family).
+    The normalisation is `ioi.metrics.make_normaliser`'s, as in `ioi.metrics.make_ioi_metric`.
     """
-    clean, corrupted = float(clean_logit_diff), float(corrupted_logit_diff)
-    if abs(clean - corrupted) < 1e-6:
-        raise ValueError(
-            f"clean and corrupted logit differences are equal ({clean:.6g}) on these prompts; "
-            "the normalised metric would divide by zero"
-        )
+    normalise = make_normaliser(clean_logit_diff, corrupted_logit_diff)
     keep = torch.arange(len(answer_tokens)) if rows is None else rows.cpu()
     answers, pos = answer_tokens[keep], positions[keep]
 
@@ -52,8 +48,7 @@ def make_rows_ioi_metric(
         device = logits.device
         # [row, 2]: each row's (IO, S) logits at its position, without copying whole rows
         picked = logits[keep.to(device)[:, None], pos.to(device)[:, None], answers.to(device)]
-        diff = (picked[:, 0] - picked[:, 1]).mean()
-        return (diff - corrupted) / (clean - corrupted)
+        return normalise((picked[:, 0] - picked[:, 1]).mean())
 
     return rows_ioi_metric
 

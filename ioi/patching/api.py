@@ -64,7 +64,7 @@ def activation_patching(
     Example:
         >>> grid = sweep(model, "z", n_pos=tokens.shape[1])
         >>> result = activation_patching(model, clean, corrupt, metric, grid, mode="noise")
-        >>> result.heatmap().show()
+        >>> heatmap(result).show()  # ioi.patching.heatmap
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")

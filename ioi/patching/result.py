@@ -1,4 +1,7 @@
-"""`PatchResult`: a patching sweep's values with named axes, baselines and views for plotting."""
+"""`PatchResult`: a patching sweep's values with named axes, baselines and tables.
+
+It does not know how it is drawn: `ioi.patching.heatmap(result)` (in `ioi.patching.plot`) does.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import itertools
 from dataclasses import dataclass
 from typing import Literal
 
-import plotly.graph_objects as go
 from jaxtyping import Float
 from torch import Tensor
 
@@ -118,12 +120,6 @@ class PatchResult:
         import pandas as pd
 
         return pd.DataFrame(self.table())
-
-    def heatmap(self, value: Value | None = None, title: str | None = None) -> go.Figure:
-        """A plotly heatmap (bar chart for one axis, facets for three); see `ioi.patching.plot`."""
-        from ioi.patching.plot import heatmap
-
-        return heatmap(self, value=value, title=title)
 
 
 def _site_fields(site: Site) -> dict[str, object]:

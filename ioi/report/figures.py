@@ -1,8 +1,8 @@
 """Plotly figures for the report and the site, one function per kind of picture.
 
-Patching results draw themselves (`ioi.patching.PatchResult.heatmap`); this module draws the
-rest: [layer, head] grids, bar and line charts, the threshold sweep, the criteria, the
-circuit as a graph, and attention patterns.
+Patching results are drawn by `ioi.patching.heatmap`; this module draws the rest: [layer,
+head] grids, bar and line charts, the threshold sweep, the criteria, the circuit as a graph,
+and the name-mover scatter.
 """
 
 from __future__ import annotations
@@ -274,26 +274,6 @@ def circuit_graph(found: DiscoveredCircuit, n_layers: int, title: str = "") -> g
     )
     fig.update_yaxes(visible=False)
     fig.update_layout(title=title or f"Circuit found at threshold {found.threshold:g}")
-    return fig
-
-
-def attention_heatmap(
-    pattern: Float[Tensor, "dest src"], tokens: Sequence[str], title: str
-) -> go.Figure:
-    """One head's attention pattern over one prompt (rows attend to columns)."""
-    labels = [f"{i}:{t}" for i, t in enumerate(tokens)]
-    fig = go.Figure(
-        go.Heatmap(
-            z=pattern.detach().float().cpu().tolist(),
-            x=labels,
-            y=labels,
-            colorscale="Blues",
-            zmin=0.0,
-            zmax=1.0,
-        )
-    )
-    fig.update_layout(title=title, xaxis_title="source (key)", yaxis_title="destination (query)")
-    fig.update_yaxes(autorange="reversed")
     return fig
 
 

@@ -23,6 +23,7 @@ from ioi.circuit import (
 )
 from ioi.head import Head
 from ioi.models import GPT2_ALIASES
+from ioi.patching import heatmap
 from ioi.reference import reference_figures
 from ioi.report import analysis as A
 from ioi.report import figures as F
@@ -420,7 +421,7 @@ def section_activation_patching(ctx: ReportContext) -> Section:
 def _add_sweep(section: Section, numbers: dict, top_rows: list, component: str, result) -> None:
     title = A.SWEEP_TITLES[component]
     section.figures.append(
-        Figure(f"patch_{component}", result.heatmap("normalized", f"Patching {title}"))
+        Figure(f"patch_{component}", heatmap(result, "normalized", f"Patching {title}"))
     )
     numbers["sweeps"][component] = {
         "axes": list(result.axes),

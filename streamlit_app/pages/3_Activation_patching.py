@@ -4,6 +4,7 @@ import ioi_site
 import pandas as pd
 import streamlit as st
 
+from ioi.patching import heatmap
 from ioi.report import analysis as A
 from ioi.report import figures as F
 
@@ -24,7 +25,8 @@ def live(choice: ioi_site.Choice) -> None:
         progress.progress(i / len(sweeps), text=f"patching {A.SWEEP_TITLES[component]}")
         result = ioi_site.get_patching(choice.model, choice.n, choice.seed, component)
         left, right = st.columns([2, 1])
-        left.plotly_chart(result.heatmap("normalized", f"Patching {A.SWEEP_TITLES[component]}"))
+        title = f"Patching {A.SWEEP_TITLES[component]}"
+        left.plotly_chart(heatmap(result, "normalized", title))
         right.dataframe(pd.DataFrame(result.top_k(5))[["site", "normalized"]], hide_index=True)
     progress.progress(1.0, text="done")
     if st.checkbox("Compare attribution patching with exact patching (all heads)"):

@@ -22,6 +22,7 @@ from ioi.circuit import (
     gpt2_small_circuit,
     group_labels,
     jaccard,
+    make_rows_ioi_metric,
     minimality,
     permutation_test,
 )
@@ -29,7 +30,7 @@ from ioi.circuit.ablation import keep_masks
 from ioi.dataset import IOIDataset
 from ioi.head import Head
 from ioi.heads import ioi_attention
-from ioi.metrics import logits_to_ave_logit_diff
+from ioi.metrics import logits_to_ave_logit_diff, make_ioi_metric
 from ioi.testing import gpt2_vocab_model, hook_count
 
 ABC = "ABB->XYZ, BAB->XYZ"
@@ -236,6 +237,25 @@ def test_backup_experiment(setup, no_hooks_after):
         backup_name_mover_experiment(ablation, ["7.0"])
     with pytest.raises(TypeError):  # Head.coerce's, or first the test-time annotation check's
         backup_name_mover_experiment(ablation, [(2.0, 1)])
+
+
+# ---- the oracle's metric -------------------------------------------------------------------------
+def test_rows_metric_is_the_ioi_metric_on_its_rows():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 4, 11, generator=gen)
+    answers = torch.tensor([[1, 2], [3, 4], [5, 6], [7, 8], [9, 10]])
+    positions = torch.tensor([3, 2, 3, 1, 0])
+    rows = torch.tensor([1, 3, 4])
+    on_rows = make_rows_ioi_metric(2.0, -1.0, answers, positions, rows)
+    expected = make_ioi_metric(2.0, -1.0, answers[rows], positions[rows])(logits[rows])
+    assert float(on_rows(logits)) == pytest.approx(float(expected), abs=1e-6)
+    everything = make_rows_ioi_metric(2.0, -1.0, answers, positions)
+    assert float(everything(logits)) == pytest.approx(
+        float(make_ioi_metric(2.0, -1.0, answers, positions)(logits)), abs=1e-6
+    )
+    for bad in ((1.5, 1.5), (float("inf"), 0.0)):
+        with pytest.raises(ValueError, match="equal|finite"):
+            make_rows_ioi_metric(*bad, answers, positions)
 
 
 # ---- comparison --------------------------------------------------------------------------

@@ -406,9 +406,10 @@ def test_heatmaps_for_one_two_and_three_axes(base):
         (sweep(model, "pattern", N_POS, positions="each", src_positions="each"), 8),
     ]:
         result = ours.activation_patching(model, clean, corrupted, logit_diff, grid)
-        fig = result.heatmap()
+        fig = ours.heatmap(result)
         assert isinstance(fig, go.Figure) and len(fig.data) == n_traces
         assert isinstance(ours.heatmap(result, value="effect"), go.Figure)
+        assert not hasattr(result, "heatmap"), "a result does not know how it is drawn"
 
 
 def test_batch_shapes_are_checked(base):
