@@ -1,0 +1,61 @@
+"""The corpus registry: `wrong` and `correct` decorators that record learner answers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+FALLTHROUGH = frozenset({"wrong_values", "wrong_shape", "wrong_type"})
+"""Diagnoses that name no mistake: the checker only says the answer differs."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One learner answer: the exercise, the function, and (for wrong ones) its diagnosis."""
+
+    exercise: str
+    fn: Callable
+    diagnosis: str | None  # None: a correct alternative
+    note: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.exercise}-{self.fn.__name__}"
+
+
+WRONG: list[Answer] = []
+CORRECT: list[Answer] = []
+
+
+def wrong(exercise: str, diagnosis: str, note: str = "") -> Callable[[Callable], Callable]:
+    """Record ``fn`` as a wrong answer to ``exercise`` that the checker must call ``diagnosis``."""
+
+    def record(fn: Callable) -> Callable:
+        WRONG.append(Answer(exercise, fn, diagnosis, note or (fn.__doc__ or "").strip()))
+        return fn
+
+    return record
+
+
+def correct(exercise: str, note: str = "") -> Callable[[Callable], Callable]:
+    """Record ``fn`` as a correct alternative answer to ``exercise`` (the checker must pass it)."""
+
+    def record(fn: Callable) -> Callable:
+        CORRECT.append(Answer(exercise, fn, None, note or (fn.__doc__ or "").strip()))
+        return fn
+
+    return record
+
+
+def load_all() -> tuple[list[Answer], list[Answer]]:
+    """Import every corpus module (which fills the registry) and return (wrong, correct)."""
+    from tests.checks.adversarial import (  # noqa: F401
+        corpus_activation_patching,
+        corpus_further,
+        corpus_logit_attribution,
+        corpus_model_and_task,
+        corpus_path_patching,
+        corpus_replication,
+    )
+
+    return list(WRONG), list(CORRECT)

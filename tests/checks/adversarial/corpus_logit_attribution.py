@@ -1,0 +1,512 @@
+"""Section 2 answers: directions, the final layer norm, per-layer and per-head attribution, attention."""
+
+from __future__ import annotations
+
+import einops
+import torch
+
+from tests.checks.adversarial.corpus import correct, wrong
+
+
+def _rows(n):
+    return torch.arange(n)
+
+
+def _scale(cache, positions, hook="ln_final.hook_scale"):
+    scale = cache[hook]
+    if positions is None:
+        return scale[:, -1]
+    return scale[_rows(scale.shape[0]), positions]
+
+
+def _at(stack, positions):
+    if positions is None:
+        return stack[:, :, -1]
+    return stack[:, _rows(stack.shape[1]), positions]
+
+
+def _dirs(model, answer_tokens):
+    return model.W_U[:, answer_tokens[:, 0]].T - model.W_U[:, answer_tokens[:, 1]].T
+
+
+def _attribute(stack, cache, directions, positions, *, how="cached", reduce="mean"):
+    """The attribution, with the final layer norm applied in one of several (mostly wrong) ways."""
+    if how == "cached":
+        normed = (stack - stack.mean(-1, keepdim=True)) / _scale(cache, positions)
+    elif how == "ln_final":  # each component normalised by its own norm
+        normed = cache.model.ln_final(stack)
+    elif how == "none":
+        normed = stack
+    elif how == "times_scale":
+        normed = (stack - stack.mean(-1, keepdim=True)) * _scale(cache, positions)
+    per = einops.einsum(normed, directions, "... batch d, batch d -> ... batch")
+    return {"mean": per.mean(-1), "sum": per.sum(-1), "none": per}[reduce]
+
+
+# ---- logit_diff_directions ---------------------------------------------------------------------
+
+
+@wrong("logit_diff_directions", "wrong_sign")
+def dirs_s_minus_io(model, answer_tokens):
+    """S - IO."""
+    return -_dirs(model, answer_tokens)
+
+
+@wrong("logit_diff_directions", "embedding_not_unembedding")
+def dirs_embedding(model, answer_tokens):
+    """W_E rows."""
+    return model.W_E[answer_tokens[:, 0]] - model.W_E[answer_tokens[:, 1]]
+
+
+@wrong("logit_diff_directions", "not_subtracted")
+def dirs_both(model, answer_tokens):
+    """Both directions, stacked."""
+    return model.tokens_to_residual_directions(answer_tokens)
+
+
+@wrong("logit_diff_directions", "normalised_directions")
+def dirs_unit(model, answer_tokens):
+    """Unit vectors: the length of the direction is part of the logit difference."""
+    d = _dirs(model, answer_tokens)
+    return d / d.norm(dim=-1, keepdim=True)
+
+
+@wrong("logit_diff_directions", "io_direction_only")
+def dirs_io_only(model, answer_tokens):
+    """Only the IO's unembedding column."""
+    return model.W_U[:, answer_tokens[:, 0]].T
+
+
+@correct("logit_diff_directions", "index W_U's columns and transpose")
+def dirs_columns(model, answer_tokens):
+    return (model.W_U[:, answer_tokens[:, 0]] - model.W_U[:, answer_tokens[:, 1]]).T
+
+
+@correct("logit_diff_directions", "einsum with a +1/-1 matrix")
+def dirs_signed(model, answer_tokens):
+    both = model.tokens_to_residual_directions(answer_tokens)  # [batch, 2, d_model]
+    return einops.einsum(both, torch.tensor([1.0, -1.0]), "b two d, two -> b d")
+
+
+# ---- apply_final_ln ----------------------------------------------------------------------------
+
+
+@wrong("apply_final_ln", "ln_per_component")
+def ln_module_per_component(residual_stack, cache, positions=None):
+    """model.ln_final applied to each component: each gets its own norm, not the stream's."""
+    return cache.model.ln_final(residual_stack)
+
+
+@wrong("apply_final_ln", "no_ln_scale")
+def ln_centre_only(residual_stack, cache, positions=None):
+    """Centres but never divides."""
+    return residual_stack - residual_stack.mean(-1, keepdim=True)
+
+
+@wrong("apply_final_ln", "not_centred")
+def ln_scale_only(residual_stack, cache, positions=None):
+    """Divides but never centres."""
+    return residual_stack / _scale(cache, positions)
+
+
+@wrong("apply_final_ln", "scale_at_last_position")
+def ln_last_scale(residual_stack, cache, positions=None):
+    """Scale of the last column for every prompt."""
+    centred = residual_stack - residual_stack.mean(-1, keepdim=True)
+    return centred / cache["ln_final.hook_scale"][:, -1]
+
+
+@wrong("apply_final_ln", "scale_at_last_position")
+def ln_apply_ln_to_stack(residual_stack, cache, positions=None):
+    """TransformerLens's apply_ln_to_stack with pos_slice=-1, ignoring the padding."""
+    return cache.apply_ln_to_stack(residual_stack, layer=-1, pos_slice=-1)
+
+
+@wrong("apply_final_ln", "multiplied_by_scale")
+def ln_times_scale(residual_stack, cache, positions=None):
+    """Multiplies by the scale."""
+    centred = residual_stack - residual_stack.mean(-1, keepdim=True)
+    return centred * _scale(cache, positions)
+
+
+@wrong("apply_final_ln", "wrong_layer_norm_scale")
+def ln_block_scale(residual_stack, cache, positions=None):
+    """The scale of the last block's ln2, not ln_final."""
+    n = cache.model.cfg.n_layers - 1
+    centred = residual_stack - residual_stack.mean(-1, keepdim=True)
+    return centred / _scale(cache, positions, f"blocks.{n}.ln2.hook_scale")
+
+
+@correct("apply_final_ln", "torch.gather for the scale")
+def ln_gather(residual_stack, cache, positions=None):
+    scale = cache["ln_final.hook_scale"][..., 0]  # [batch, pos]
+    if positions is None:
+        positions = torch.full((scale.shape[0],), scale.shape[1] - 1)
+    picked = scale.gather(1, positions[:, None])  # [batch, 1]
+    return (residual_stack - residual_stack.mean(-1, keepdim=True)) / picked
+
+
+@correct("apply_final_ln", "TransformerLens's apply_ln_to_stack when positions is None")
+def ln_tl_when_possible(residual_stack, cache, positions=None):
+    if positions is None:
+        return cache.apply_ln_to_stack(residual_stack, layer=-1, pos_slice=-1)
+    centred = residual_stack - residual_stack.mean(-1, keepdim=True)
+    return centred / _scale(cache, positions)
+
+
+# ---- residual_stack_to_logit_diff --------------------------------------------------------------
+
+
+@wrong("residual_stack_to_logit_diff", "ln_per_component")
+def stack_ln_module(residual_stack, cache, logit_diff_directions, positions=None):
+    """ln_final per component."""
+    return _attribute(residual_stack, cache, logit_diff_directions, positions, how="ln_final")
+
+
+@wrong("residual_stack_to_logit_diff", "no_ln_scale")
+def stack_no_ln(residual_stack, cache, logit_diff_directions, positions=None):
+    """No layer norm at all."""
+    return _attribute(residual_stack, cache, logit_diff_directions, positions, how="none")
+
+
+@wrong("residual_stack_to_logit_diff", "sum_not_mean")
+def stack_sum(residual_stack, cache, logit_diff_directions, positions=None):
+    """Sums over the batch."""
+    return _attribute(residual_stack, cache, logit_diff_directions, positions, reduce="sum")
+
+
+@wrong("residual_stack_to_logit_diff", "returned_per_prompt")
+def stack_per_prompt(residual_stack, cache, logit_diff_directions, positions=None):
+    """No reduction."""
+    return _attribute(residual_stack, cache, logit_diff_directions, positions, reduce="none")
+
+
+@wrong("residual_stack_to_logit_diff", "scale_at_last_position")
+def stack_last_scale(residual_stack, cache, logit_diff_directions, positions=None):
+    """Scale of the last column."""
+    return _attribute(residual_stack, cache, logit_diff_directions, None)
+
+
+@wrong("residual_stack_to_logit_diff", "multiplied_by_scale")
+def stack_times_scale(residual_stack, cache, logit_diff_directions, positions=None):
+    """Multiplies by the scale."""
+    return _attribute(residual_stack, cache, logit_diff_directions, positions, how="times_scale")
+
+
+@correct("residual_stack_to_logit_diff", "elementwise product and sum instead of einsum")
+def stack_product(residual_stack, cache, logit_diff_directions, positions=None):
+    centred = residual_stack - residual_stack.mean(-1, keepdim=True)
+    return ((centred / _scale(cache, positions)) * logit_diff_directions).sum(-1).mean(-1)
+
+
+@correct("residual_stack_to_logit_diff", "the library's apply_final_ln, then a matmul")
+def stack_library_ln(residual_stack, cache, logit_diff_directions, positions=None):
+    from ioi.heads import apply_final_ln
+
+    scaled = apply_final_ln(residual_stack, cache, positions)
+    per = (scaled * logit_diff_directions).sum(-1)
+    return per.mean(-1)
+
+
+# ---- accumulated_resid_logit_diffs and per_layer_logit_diffs -----------------------------------
+
+
+def _resid(model, cache, answer_tokens, positions, kind, *, how="cached", **kwargs):
+    method = cache.accumulated_resid if kind == "accumulated" else cache.decompose_resid
+    stack, labels = method(layer=-1, return_labels=True, **kwargs)
+    values = _attribute(_at(stack, positions), cache, _dirs(model, answer_tokens), positions, how=how)
+    return values, labels
+
+
+@wrong("accumulated_resid_logit_diffs", "missing_mid")
+def acc_no_mid(model, cache, answer_tokens, positions=None):
+    """incl_mid=False."""
+    return _resid(model, cache, answer_tokens, positions, "accumulated", incl_mid=False)
+
+
+@wrong("accumulated_resid_logit_diffs", "decomposed_not_accumulated")
+def acc_decomposed(model, cache, answer_tokens, positions=None):
+    """decompose_resid instead of accumulated_resid."""
+    return _resid(model, cache, answer_tokens, positions, "decomposed")
+
+
+@wrong("accumulated_resid_logit_diffs", "ln_per_component")
+def acc_ln_module(model, cache, answer_tokens, positions=None):
+    """ln_final per component."""
+    return _resid(
+        model, cache, answer_tokens, positions, "accumulated", how="ln_final", incl_mid=True
+    )
+
+
+@wrong("accumulated_resid_logit_diffs", "ignored_positions")
+def acc_last(model, cache, answer_tokens, positions=None):
+    """Last column."""
+    return _resid(model, cache, answer_tokens, None, "accumulated", incl_mid=True)
+
+
+@wrong("accumulated_resid_logit_diffs", "wrong_type")
+def acc_values_only(model, cache, answer_tokens, positions=None):
+    """Forgets the labels."""
+    return _resid(model, cache, answer_tokens, positions, "accumulated", incl_mid=True)[0]
+
+
+@correct("accumulated_resid_logit_diffs", "TransformerLens's logit_attrs with the layer norm's own scale")
+def acc_logit_attrs(model, cache, answer_tokens, positions=None):
+    stack, labels = cache.accumulated_resid(layer=-1, incl_mid=True, return_labels=True)
+    stack = _at(stack, positions)
+    values = _attribute(stack, cache, _dirs(model, answer_tokens), positions)
+    return values, list(labels)
+
+
+@wrong("per_layer_logit_diffs", "accumulated_not_decomposed")
+def layer_accumulated(model, cache, answer_tokens, positions=None):
+    """accumulated_resid instead of decompose_resid."""
+    return _resid(model, cache, answer_tokens, positions, "accumulated", incl_mid=True)
+
+
+@wrong("per_layer_logit_diffs", "missing_embeds")
+def layer_no_embeds(model, cache, answer_tokens, positions=None):
+    """incl_embeds=False."""
+    return _resid(model, cache, answer_tokens, positions, "decomposed", incl_embeds=False)
+
+
+@wrong("per_layer_logit_diffs", "missing_mlps")
+def layer_attn_only(model, cache, answer_tokens, positions=None):
+    """mode='attn': the MLPs are gone."""
+    return _resid(model, cache, answer_tokens, positions, "decomposed", mode="attn")
+
+
+@wrong("per_layer_logit_diffs", "no_ln_scale")
+def layer_no_ln(model, cache, answer_tokens, positions=None):
+    """No layer norm."""
+    return _resid(model, cache, answer_tokens, positions, "decomposed", how="none")
+
+
+@wrong("per_layer_logit_diffs", "ln_per_component")
+def layer_ln_module(model, cache, answer_tokens, positions=None):
+    """ln_final per component."""
+    return _resid(model, cache, answer_tokens, positions, "decomposed", how="ln_final")
+
+
+@correct("per_layer_logit_diffs", "a loop over the components")
+def layer_loop(model, cache, answer_tokens, positions=None):
+    stack, labels = cache.decompose_resid(layer=-1, return_labels=True)
+    dirs = _dirs(model, answer_tokens)
+    values = torch.stack(
+        [_attribute(_at(c[None], positions), cache, dirs, positions)[0] for c in stack]
+    )
+    return values, labels
+
+
+# ---- head_results_at and per_head_logit_diffs --------------------------------------------------
+
+
+def _results(model, cache, positions, *, bias=False, layers=None, last=False):
+    out = []
+    for layer in range(model.cfg.n_layers if layers is None else layers):
+        z = cache["z", layer]
+        at = z[:, -1] if positions is None or last else z[_rows(z.shape[0]), positions]
+        res = einops.einsum(at, model.W_O[layer], "b h d, h d m -> h b m")
+        out.append(res + model.b_O[layer] if bias else res)
+    return torch.stack(out)
+
+
+@wrong("head_results_at", "added_b_O")
+def results_with_bias(model, cache, positions):
+    """Adds b_O to every head (it is the layer's, shared once, not per head)."""
+    return _results(model, cache, positions, bias=True)
+
+
+@wrong("head_results_at", "missed_last_layer")
+def results_range_minus_one(model, cache, positions):
+    """range(n_layers - 1)."""
+    return _results(model, cache, positions, layers=model.cfg.n_layers - 1)
+
+
+@wrong("head_results_at", "needs_use_attn_result")
+def results_from_hook_result(model, cache, positions):
+    """cache['result', layer]: only cached with use_attn_result."""
+    return torch.stack(
+        [cache["result", layer][_rows(len(positions)), positions] for layer in range(3)]
+    ).permute(0, 2, 1, 3)
+
+
+@wrong("head_results_at", "z_not_output")
+def results_z(model, cache, positions):
+    """z itself."""
+    return torch.stack(
+        [cache["z", layer][_rows(len(positions)), positions].transpose(0, 1) for layer in range(3)]
+    )
+
+
+@wrong("head_results_at", "wrong_layout")
+def results_batch_first(model, cache, positions):
+    """[layer, batch, head, d_model]."""
+    return _results(model, cache, positions).transpose(1, 2)
+
+
+@wrong("head_results_at", "summed_heads")
+def results_attn_out(model, cache, positions):
+    """The layer's output (summed heads)."""
+    return _results(model, cache, positions).sum(1)
+
+
+@wrong("head_results_at", "ignored_positions")
+def results_last(model, cache, positions):
+    """Last column."""
+    return _results(model, cache, positions, last=True)
+
+
+@correct("head_results_at", "a per-head matmul loop")
+def results_loop(model, cache, positions):
+    rows = _rows(len(positions))
+    return torch.stack(
+        [
+            torch.stack(
+                [
+                    cache["z", layer][rows, positions, head] @ model.W_O[layer, head]
+                    for head in range(model.cfg.n_heads)
+                ]
+            )
+            for layer in range(model.cfg.n_layers)
+        ]
+    )
+
+
+@correct("head_results_at", "the whole-sequence results, then indexed")
+def results_full_then_index(model, cache, positions):
+    full = torch.stack(
+        [
+            einops.einsum(cache["z", layer], model.W_O[layer], "b p h d, h d m -> h b p m")
+            for layer in range(model.cfg.n_layers)
+        ]
+    )
+    return full[:, :, _rows(len(positions)), positions]
+
+
+def _per_head(model, cache, answer_tokens, positions, **kwargs):
+    how = kwargs.pop("how", "cached")
+    reduce = kwargs.pop("reduce", "mean")
+    res = _results(model, cache, positions, **kwargs)
+    return _attribute(res, cache, _dirs(model, answer_tokens), positions, how=how, reduce=reduce)
+
+
+@wrong("per_head_logit_diffs", "added_b_O")
+def head_dla_with_bias(model, cache, answer_tokens, positions=None):
+    """b_O added per head."""
+    return _per_head(model, cache, answer_tokens, positions, bias=True)
+
+
+@wrong("per_head_logit_diffs", "ln_per_component")
+def head_dla_ln_module(model, cache, answer_tokens, positions=None):
+    """ln_final per head."""
+    return _per_head(model, cache, answer_tokens, positions, how="ln_final")
+
+
+@wrong("per_head_logit_diffs", "transposed")
+def head_dla_transposed(model, cache, answer_tokens, positions=None):
+    """[head, layer]."""
+    return _per_head(model, cache, answer_tokens, positions).T
+
+
+@wrong("per_head_logit_diffs", "sum_not_mean")
+def head_dla_sum(model, cache, answer_tokens, positions=None):
+    """Sum over prompts."""
+    return _per_head(model, cache, answer_tokens, positions, reduce="sum")
+
+
+@wrong("per_head_logit_diffs", "missed_last_layer")
+def head_dla_missing_last(model, cache, answer_tokens, positions=None):
+    """range(n_layers - 1) into a zero grid."""
+    grid = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    part = _per_head(model, cache, answer_tokens, positions, layers=model.cfg.n_layers - 1)
+    grid[:-1] = part
+    return grid
+
+
+@wrong("per_head_logit_diffs", "ignored_positions")
+def head_dla_last(model, cache, answer_tokens, positions=None):
+    """Last column."""
+    return _per_head(model, cache, answer_tokens, None)
+
+
+@correct("per_head_logit_diffs", "a double loop over heads")
+def head_dla_loop(model, cache, answer_tokens, positions=None):
+    dirs = _dirs(model, answer_tokens)
+    res = _results(model, cache, positions)
+    grid = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for layer in range(model.cfg.n_layers):
+        for head in range(model.cfg.n_heads):
+            grid[layer, head] = _attribute(res[layer, head][None], cache, dirs, positions)[0]
+    return grid
+
+
+# ---- ioi_attention -----------------------------------------------------------------------------
+
+
+def _attention(model, ds, dest, src, cache, *, swap=False, scores=False, reduce="mean", first=False, layers=None):
+    if cache is None:
+        _, cache = model.run_with_cache(ds.toks)
+    d, s = ds.word_idx[dest], ds.word_idx[src]
+    if swap:
+        d, s = s, d
+    if first:
+        d, s = d[:1].expand_as(d), s[:1].expand_as(s)
+    name = "attn_scores" if scores else "pattern"
+    out = []
+    for layer in range(model.cfg.n_layers if layers is None else layers):
+        values = cache[name, layer][_rows(ds.N), :, d, s]
+        out.append(values.mean(0) if reduce == "mean" else values.sum(0))
+    return torch.stack(out)
+
+
+@wrong("ioi_attention", "swapped_dest_src")
+def attn_swapped(model, ds, dest, src, cache=None):
+    """[..., src, dest]."""
+    return _attention(model, ds, dest, src, cache, swap=True)
+
+
+@wrong("ioi_attention", "scores_not_pattern")
+def attn_scores(model, ds, dest, src, cache=None):
+    """Pre-softmax scores."""
+    return _attention(model, ds, dest, src, cache, scores=True)
+
+
+@wrong("ioi_attention", "sum_not_mean")
+def attn_sum(model, ds, dest, src, cache=None):
+    """Sum over prompts."""
+    return _attention(model, ds, dest, src, cache, reduce="sum")
+
+
+@wrong("ioi_attention", "same_position_for_all_prompts")
+def attn_first_prompt(model, ds, dest, src, cache=None):
+    """Prompt 0's positions for all."""
+    return _attention(model, ds, dest, src, cache, first=True)
+
+
+@wrong("ioi_attention", "wrong_word")
+def attn_hard_coded_io(model, ds, dest, src, cache=None):
+    """src hard-coded to 'IO'."""
+    return _attention(model, ds, dest, "IO", cache)
+
+
+@wrong("ioi_attention", "missed_last_layer")
+def attn_missing_layer(model, ds, dest, src, cache=None):
+    """range(n_layers - 1)."""
+    return _attention(model, ds, dest, src, cache, layers=model.cfg.n_layers - 1)
+
+
+@correct("ioi_attention", "always recomputes, ignoring the cache")
+def attn_recompute(model, ds, dest, src, cache=None):
+    return _attention(model, ds, dest, src, None)
+
+
+@correct("ioi_attention", "a loop over prompts with stacked patterns")
+def attn_loop(model, ds, dest, src, cache=None):
+    if cache is None:
+        _, cache = model.run_with_cache(ds.toks)
+    patterns = torch.stack([cache["pattern", layer] for layer in range(model.cfg.n_layers)])
+    values = [
+        patterns[:, i, :, int(ds.word_idx[dest][i]), int(ds.word_idx[src][i])] for i in range(ds.N)
+    ]
+    return torch.stack(values).mean(0)

@@ -1,0 +1,331 @@
+"""Section 4 answers: the freezing hook, the receivers' hook, head -> logits, head -> heads."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from transformer_lens.utilities import get_act_name
+
+from tests.checks.adversarial.corpus import correct, wrong
+
+# ---- patch_or_freeze_head_vectors --------------------------------------------------------------
+
+
+@wrong("patch_or_freeze_head_vectors", "mutated_input")
+def freeze_into_orig_cache(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
+    """Patches the sender into orig_cache's own tensor and returns it."""
+    frozen = orig_cache[hook.name]
+    if hook.layer() == head_to_patch[0]:
+        frozen[:, :, head_to_patch[1]] = new_cache[hook.name][:, :, head_to_patch[1]]
+    return frozen
+
+
+@wrong("patch_or_freeze_head_vectors", "did_not_freeze")
+def freeze_forgot(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
+    """Only patches the sender."""
+    if hook.layer() == head_to_patch[0]:
+        orig_head_vector[:, :, head_to_patch[1]] = new_cache[hook.name][:, :, head_to_patch[1]]
+    return orig_head_vector
+
+
+@wrong("patch_or_freeze_head_vectors", "ignored_layer")
+def freeze_every_layer(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
+    """Patches head head_to_patch[1] in every layer."""
+    out = orig_cache[hook.name].clone()
+    out[:, :, head_to_patch[1]] = new_cache[hook.name][:, :, head_to_patch[1]]
+    return out
+
+
+@wrong("patch_or_freeze_head_vectors", "caches_swapped")
+def freeze_at_new(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
+    """Freezes at new, patches the sender from orig."""
+    out = new_cache[hook.name].clone()
+    if hook.layer() == head_to_patch[0]:
+        out[:, :, head_to_patch[1]] = orig_cache[hook.name][:, :, head_to_patch[1]]
+    return out
+
+
+@wrong("patch_or_freeze_head_vectors", "ignored_head_to_patch")
+def freeze_fixed_sender(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
+    """The sender hard-coded to 1.2 (the head the old checker used)."""
+    out = orig_cache[hook.name].clone()
+    if hook.layer() == 1:
+        out[:, :, 2] = new_cache[hook.name][:, :, 2]
+    return out
+
+
+@wrong("patch_or_freeze_head_vectors", "did_not_patch")
+def freeze_only(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
+    """Freezes, never patches."""
+    return orig_cache[hook.name].clone()
+
+
+@correct("patch_or_freeze_head_vectors", "torch.where over a head mask")
+def freeze_where(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
+    n_heads = orig_head_vector.shape[2]
+    is_sender = torch.zeros(n_heads, dtype=torch.bool)
+    if hook.layer() == head_to_patch[0]:
+        is_sender[head_to_patch[1]] = True
+    return torch.where(is_sender[:, None], new_cache[hook.name], orig_cache[hook.name])
+
+
+@correct("patch_or_freeze_head_vectors", "in place into the activation, returning None")
+def freeze_in_place(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
+    orig_head_vector.copy_(orig_cache[hook.name])
+    if hook.layer() == head_to_patch[0]:
+        orig_head_vector[:, :, head_to_patch[1]] = new_cache[hook.name][:, :, head_to_patch[1]]
+
+
+# ---- patch_head_input --------------------------------------------------------------------------
+
+
+@wrong("patch_head_input", "ignored_layer")
+def input_all_layers(orig_activation, hook, patched_cache, head_list):
+    """Patches every listed head index, whatever its layer."""
+    heads = [h for _, h in head_list]
+    orig_activation[:, :, heads] = patched_cache[hook.name][:, :, heads]
+    return orig_activation
+
+
+@wrong("patch_head_input", "patched_all_heads")
+def input_whole_layer(orig_activation, hook, patched_cache, head_list):
+    """The whole layer."""
+    return patched_cache[hook.name].clone()
+
+
+@wrong("patch_head_input", "no_effect")
+def input_patched_a_copy(orig_activation, hook, patched_cache, head_list):
+    """Patches a clone, returns the input."""
+    heads = [h for layer, h in head_list if layer == hook.layer()]
+    copy = orig_activation.clone()
+    copy[:, :, heads] = patched_cache[hook.name][:, :, heads]
+    return orig_activation
+
+
+@wrong("patch_head_input", "mutated_input")
+def input_into_patched_cache(orig_activation, hook, patched_cache, head_list):
+    """Writes the other heads into patched_cache's tensor."""
+    keep = [h for layer, h in head_list if layer == hook.layer()]
+    out = patched_cache[hook.name]
+    others = [h for h in range(out.shape[2]) if h not in keep]
+    out[:, :, others] = orig_activation[:, :, others]
+    return out
+
+
+@correct("patch_head_input", "one head at a time")
+def input_loop(orig_activation, hook, patched_cache, head_list):
+    for layer, head in head_list:
+        if layer == hook.layer():
+            orig_activation[:, :, head] = patched_cache[hook.name][:, :, head]
+    return orig_activation
+
+
+# ---- get_path_patch_head_to_final_resid_post ---------------------------------------------------
+
+
+def _freeze(z, hook, new_cache, orig_cache, sender, *, freeze=True, into_cache=False):
+    if into_cache:
+        out = orig_cache[hook.name]
+    elif freeze:
+        out = orig_cache[hook.name].clone()
+    else:
+        out = z
+    if hook.layer() == sender[0]:
+        out[:, :, sender[1]] = new_cache[hook.name][:, :, sender[1]]
+    return out
+
+
+def _is_z(name):
+    return name.endswith("hook_z")
+
+
+def _caches(model, new_dataset, orig_dataset, new_cache, orig_cache):
+    if new_cache is None:
+        _, new_cache = model.run_with_cache(new_dataset.toks)
+    if orig_cache is None:
+        _, orig_cache = model.run_with_cache(orig_dataset.toks)
+    return new_cache, orig_cache
+
+
+def _to_logits(model, metric, new_dataset, orig_dataset, new_cache, orig_cache, *, layers=None, swap=False, z_filter=_is_z, freeze_mlps=False, **how):
+    new_cache, orig_cache = _caches(model, new_dataset, orig_dataset, new_cache, orig_cache)
+    toks = orig_dataset.toks
+    if swap:
+        new_cache, orig_cache, toks = orig_cache, new_cache, new_dataset.toks
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    with torch.no_grad():
+        for layer in range(model.cfg.n_layers if layers is None else layers):
+            for head in range(model.cfg.n_heads):
+                hook = partial(_freeze, new_cache=new_cache, orig_cache=orig_cache, sender=(layer, head), **how)
+                hooks = [(z_filter, hook)]
+                if freeze_mlps:
+                    hooks.append((lambda n: n.endswith("mlp_out"), lambda a, hook: orig_cache[hook.name]))
+                out[layer, head] = metric(model.run_with_hooks(toks, fwd_hooks=hooks))
+    return out
+
+
+@wrong("get_path_patch_head_to_final_resid_post", "not_frozen")
+def to_logits_no_freeze(model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None):
+    """Activation patching: the other heads are not frozen."""
+    return _to_logits(model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache, freeze=False)
+
+
+@wrong("get_path_patch_head_to_final_resid_post", "mutated_input")
+def to_logits_freeze_into_cache(model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None):
+    """The freezing hook patches the sender into orig_cache's own tensors."""
+    return _to_logits(model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache, into_cache=True)
+
+
+@wrong("get_path_patch_head_to_final_resid_post", "no_effect")
+def to_logits_filter_never_matches(model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None):
+    """Filter on 'hook_result': the hooks never fire, every run is the orig run."""
+    return _to_logits(
+        model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache,
+        z_filter=lambda name: name.endswith("hook_result"),
+    )
+
+
+@wrong("get_path_patch_head_to_final_resid_post", "datasets_swapped")
+def to_logits_swapped(model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None):
+    """Runs the new prompts, patches orig in."""
+    return _to_logits(model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache, swap=True)
+
+
+@wrong("get_path_patch_head_to_final_resid_post", "froze_mlps")
+def to_logits_freezes_mlps(model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None):
+    """Freezes the MLPs too."""
+    return _to_logits(model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache, freeze_mlps=True)
+
+
+@wrong("get_path_patch_head_to_final_resid_post", "missed_last_layer")
+def to_logits_range_minus_one(model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None):
+    """range(n_layers - 1)."""
+    return _to_logits(model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache, layers=model.cfg.n_layers - 1)
+
+
+@wrong("get_path_patch_head_to_final_resid_post", "ignored_given_caches")
+def to_logits_caches_required(model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None):
+    """Uses the caches when given; when None, caches the *orig* run for both."""
+    if new_cache is None:
+        _, new_cache = model.run_with_cache(orig_dataset.toks)
+    return _to_logits(model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache)
+
+
+@correct("get_path_patch_head_to_final_resid_post", "the library's plain reference, one sender at a time")
+def to_logits_plain(model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None):
+    from ioi.path_patching import plain_path_patch_head_to_final_resid_post
+
+    return plain_path_patch_head_to_final_resid_post(model, patching_metric, new_dataset, orig_dataset)
+
+
+@correct("get_path_patch_head_to_final_resid_post", "one hook per layer, caches of z only")
+def to_logits_per_layer_hooks(model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None):
+    names = [get_act_name("z", layer) for layer in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        _, new = model.run_with_cache(new_dataset.toks, names_filter=names)
+        _, orig = model.run_with_cache(orig_dataset.toks, names_filter=names)
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for layer in range(model.cfg.n_layers):
+        for head in range(model.cfg.n_heads):
+            hooks = [
+                (name, partial(_freeze, new_cache=new, orig_cache=orig, sender=(layer, head)))
+                for name in names
+            ]
+            with torch.no_grad():
+                out[layer, head] = patching_metric(model.run_with_hooks(orig_dataset.toks, fwd_hooks=hooks))
+    return out
+
+
+# ---- get_path_patch_head_to_heads --------------------------------------------------------------
+
+
+def _to_heads(receiver_heads, receiver_input, model, metric, new_dataset, orig_dataset, new_cache, orig_cache, *, fill=float("nan"), keep_freeze=False, freeze=True, whole_layer=False, top=None, rows_only=False):
+    new_cache, orig_cache = _caches(model, new_dataset, orig_dataset, new_cache, orig_cache)
+    names = {get_act_name(receiver_input, layer) for layer, _ in receiver_heads}
+    top = max(layer for layer, _ in receiver_heads) if top is None else top
+    out = torch.full((model.cfg.n_layers, model.cfg.n_heads), fill)
+
+    def patch(act, hook, recorded):
+        heads = [h for layer, h in receiver_heads if layer == hook.layer()]
+        if whole_layer:
+            heads = list(range(act.shape[2]))
+        act[:, :, heads] = recorded[hook.name][:, :, heads]
+        return act
+
+    with torch.no_grad():
+        for layer in range(top):
+            for head in range(model.cfg.n_heads):
+                freezer = partial(_freeze, new_cache=new_cache, orig_cache=orig_cache, sender=(layer, head), freeze=freeze)
+                with model.hooks(fwd_hooks=[(_is_z, freezer)]):
+                    _, recorded = model.run_with_cache(orig_dataset.toks, names_filter=lambda n: n in names)
+                hooks = [(lambda n: n in names, partial(patch, recorded=recorded))]
+                if keep_freeze:
+                    hooks.append((_is_z, freezer))
+                out[layer, head] = metric(model.run_with_hooks(orig_dataset.toks, fwd_hooks=hooks))
+    return out[:top] if rows_only else out
+
+
+def _heads_wrong(diagnosis, doc, **how):
+    def fn(receiver_heads, receiver_input, model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None):
+        return _to_heads(receiver_heads, receiver_input, model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache, **how)
+
+    fn.__name__ = f"to_heads_{diagnosis}"
+    fn.__doc__ = doc
+    return wrong("get_path_patch_head_to_heads", diagnosis)(fn)
+
+
+_heads_wrong("kept_freeze_hooks", "Step 3 keeps the freezing hooks on: the result is head -> logits.", keep_freeze=True)
+_heads_wrong("unreachable_rows_zero", "Rows that cannot reach the receivers left at 0.", fill=0.0)
+_heads_wrong("not_frozen", "Step 2 without freezing.", freeze=False)
+_heads_wrong("patched_whole_layer", "Step 3 patches every head of the receivers' layer.", whole_layer=True)
+_heads_wrong("returned_top_rows_only", "Only the rows below the top receiver layer.", rows_only=True)
+@wrong("get_path_patch_head_to_heads", "wrong_top_layer")
+def to_heads_lowest_top(receiver_heads, receiver_input, model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None):
+    """Senders only below the lowest receiver layer (min instead of max)."""
+    low = min(layer for layer, _ in receiver_heads)
+    return _to_heads(receiver_heads, receiver_input, model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache, top=low)
+
+
+@wrong("get_path_patch_head_to_heads", "wrong_receiver_input")
+def to_heads_always_q(receiver_heads, receiver_input, model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None):
+    """receiver_input ignored: always 'q'."""
+    return _to_heads(receiver_heads, "q", model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache)
+
+
+@correct("get_path_patch_head_to_heads", "the library's engine")
+def to_heads_library(receiver_heads, receiver_input, model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None):
+    from ioi.path_patching import get_path_patch_head_to_heads
+
+    grid = get_path_patch_head_to_heads(receiver_heads, receiver_input, model, patching_metric, new_dataset, orig_dataset)
+    top = max(layer for layer, _ in receiver_heads)
+    grid[top:] = float("nan")
+    return grid
+
+
+@correct("get_path_patch_head_to_heads", "records with a saving hook instead of run_with_cache")
+def to_heads_saving_hook(receiver_heads, receiver_input, model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None):
+    new_cache, orig_cache = _caches(model, new_dataset, orig_dataset, new_cache, orig_cache)
+    top = max(layer for layer, _ in receiver_heads)
+    names = sorted({get_act_name(receiver_input, layer) for layer, _ in receiver_heads})
+    out = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
+    for layer in range(top):
+        for head in range(model.cfg.n_heads):
+            saved = {}
+
+            def save(act, hook):
+                saved[hook.name] = act.clone()
+
+            freezer = partial(_freeze, new_cache=new_cache, orig_cache=orig_cache, sender=(layer, head))
+            with torch.no_grad():
+                model.run_with_hooks(orig_dataset.toks, fwd_hooks=[(_is_z, freezer)] + [(n, save) for n in names])
+
+                def put(act, hook):
+                    for r_layer, r_head in receiver_heads:
+                        if r_layer == hook.layer():
+                            act[:, :, r_head] = saved[hook.name][:, :, r_head]
+                    return act
+
+                logits = model.run_with_hooks(orig_dataset.toks, fwd_hooks=[(n, put) for n in names])
+            out[layer, head] = patching_metric(logits)
+    return out

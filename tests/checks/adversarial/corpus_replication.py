@@ -1,0 +1,466 @@
+"""Section 5 answers: copying scores, attention detectors, mean ablation, the three criteria."""
+
+from __future__ import annotations
+
+import torch
+from transformer_lens.utilities import get_act_name
+
+from ioi.circuit import Faithfulness, KnockoutScore
+from ioi.heads import name_tokens, repeated_tokens
+from tests.checks.adversarial.corpus import correct, wrong
+
+# ---- get_copying_scores ------------------------------------------------------------------------
+
+
+def _copying(model, names=None, k=5, negative=False, *, mlp0=True, ln1=True, lnf=True, layers=None, bottom=False, own_names=False):
+    tokens = name_tokens(model) if own_names or names is None else (
+        names if isinstance(names, torch.Tensor) else name_tokens(model, names)
+    )
+    with torch.no_grad():
+        embed = model.embed(tokens[:, None])
+        resid = embed + model.blocks[0].apply_mlp(model.blocks[0].ln2(embed)) if mlp0 else embed
+        scores = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+        for layer in range(model.cfg.n_layers if layers is None else layers):
+            x = model.blocks[layer].ln1(resid) if ln1 else resid
+            for head in range(model.cfg.n_heads):
+                out = x @ model.W_V[layer, head] @ model.W_O[layer, head]
+                if negative and not bottom:
+                    out = -out
+                logits = model.unembed(model.ln_final(out) if lnf else out)[:, 0]
+                top = (-logits if (negative and bottom) else logits).topk(k, dim=-1).indices
+                scores[layer, head] = (top == tokens[:, None]).any(-1).float().mean()
+    return scores
+
+
+@wrong("get_copying_scores", "skipped_mlp0")
+def copy_no_mlp0(model, names=None, k=5, negative=False):
+    """The bare embedding."""
+    return _copying(model, names, k, negative, mlp0=False)
+
+
+@wrong("get_copying_scores", "ignored_k")
+def copy_k_five(model, names=None, k=5, negative=False):
+    """k hard-coded to 5."""
+    return _copying(model, names, 5, negative)
+
+
+@wrong("get_copying_scores", "ignored_names")
+def copy_all_names(model, names=None, k=5, negative=False):
+    """Always every known name."""
+    return _copying(model, names, k, negative, own_names=True)
+
+
+@wrong("get_copying_scores", "ignored_negative")
+def copy_never_negative(model, names=None, k=5, negative=False):
+    """negative ignored."""
+    return _copying(model, names, k, False)
+
+
+@wrong("get_copying_scores", "bottom_k_not_negated")
+def copy_bottom_k(model, names=None, k=5, negative=False):
+    """negative=True takes the bottom k logits instead of negating the head's output."""
+    return _copying(model, names, k, negative, bottom=True)
+
+
+@wrong("get_copying_scores", "skipped_layer_norms")
+def copy_no_layer_norms(model, names=None, k=5, negative=False):
+    """Neither ln1 nor ln_final."""
+    return _copying(model, names, k, negative, ln1=False, lnf=False)
+
+
+@wrong("get_copying_scores", "missed_last_layer")
+def copy_range_minus_one(model, names=None, k=5, negative=False):
+    """range(n_layers - 1)."""
+    return _copying(model, names, k, negative, layers=model.cfg.n_layers - 1)
+
+
+@correct("get_copying_scores", "without the head's LayerNormPre (differs by LayerNorm-eps effects)")
+def copy_without_ln1(model, names=None, k=5, negative=False):
+    return _copying(model, names, k, negative, ln1=False)
+
+
+@correct("get_copying_scores", "without the final LayerNormPre (differs by LayerNorm-eps effects)")
+def copy_without_ln_final(model, names=None, k=5, negative=False):
+    return _copying(model, names, k, negative, lnf=False)
+
+
+@correct("get_copying_scores", "all heads of a layer at once with einsum")
+def copy_einsum(model, names=None, k=5, negative=False):
+    tokens = names if isinstance(names, torch.Tensor) else name_tokens(model, names)
+    with torch.no_grad():
+        embed = model.embed(tokens[:, None])[:, 0]
+        resid = embed + model.blocks[0].apply_mlp(model.blocks[0].ln2(embed[:, None]))[:, 0]
+        scores = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+        for layer in range(model.cfg.n_layers):
+            x = model.blocks[layer].ln1(resid[:, None])[:, 0]
+            out = torch.einsum("nd,hde,hem->hnm", x, model.W_V[layer], model.W_O[layer])
+            out = -out if negative else out
+            logits = model.unembed(model.ln_final(out))  # [head, name, vocab]
+            top = logits.topk(k, dim=-1).indices
+            scores[layer] = (top == tokens[None, :, None]).any(-1).float().mean(-1)
+    return scores
+
+
+# ---- get_attn_scores ---------------------------------------------------------------------------
+
+
+def _detector(model, seq_len, batch, seed, kind, *, induction_offset=1, whole_diagonal=False, prev_second_only=False, layers=None):
+    toks = repeated_tokens(model, seq_len, batch, seed)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks)
+    out = []
+    for layer in range(model.cfg.n_layers if layers is None else layers):
+        pattern = cache["pattern", layer]
+        if kind == "previous_token":
+            diag = pattern.diagonal(offset=-1, dim1=-2, dim2=-1)
+            out.append((diag[..., seq_len:] if prev_second_only else diag).mean((0, -1)))
+            continue
+        offset = seq_len - (induction_offset if kind == "induction" else 0)
+        if whole_diagonal:
+            out.append(pattern.diagonal(offset=-offset, dim1=-2, dim2=-1).mean((0, -1)))
+            continue
+        dest = torch.arange(seq_len + 1, 2 * seq_len + 1)
+        out.append(pattern[:, :, dest, dest - offset].mean((0, -1)))
+    return torch.stack(out)
+
+
+@wrong("get_attn_scores", "wrong_kind")
+def detect_induction_as_duplicate(model, seq_len, batch, seed, kind):
+    """Induction at offset L (the duplicate's)."""
+    return _detector(model, seq_len, batch, seed, kind, induction_offset=0)
+
+
+@wrong("get_attn_scores", "diagonal_includes_first_copy")
+def detect_whole_diagonal(model, seq_len, batch, seed, kind):
+    """Averages the whole diagonal."""
+    return _detector(model, seq_len, batch, seed, kind, whole_diagonal=True)
+
+
+@wrong("get_attn_scores", "ignored_seed")
+def detect_seed_zero(model, seq_len, batch, seed, kind):
+    """seed hard-coded to 0."""
+    return _detector(model, seq_len, batch, 0, kind)
+
+
+@wrong("get_attn_scores", "ignored_seq_len")
+def detect_seq_len_ten(model, seq_len, batch, seed, kind):
+    """seq_len hard-coded to 10."""
+    return _detector(model, 10, batch, seed, kind)
+
+
+@wrong("get_attn_scores", "previous_token_second_copy_only")
+def detect_prev_second_copy(model, seq_len, batch, seed, kind):
+    """Previous-token score over the second copy only."""
+    return _detector(model, seq_len, batch, seed, kind, prev_second_only=True)
+
+
+@wrong("get_attn_scores", "missed_last_layer")
+def detect_range_minus_one(model, seq_len, batch, seed, kind):
+    """range(n_layers - 1)."""
+    return _detector(model, seq_len, batch, seed, kind, layers=model.cfg.n_layers - 1)
+
+
+@correct("get_attn_scores", "diagonals sliced to the second copy")
+def detect_diagonal_slices(model, seq_len, batch, seed, kind):
+    toks = repeated_tokens(model, seq_len, batch, seed)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks)
+    offset = {"previous_token": 1, "duplicate_token": seq_len, "induction": seq_len - 1}[kind]
+    out = []
+    for layer in range(model.cfg.n_layers):
+        diag = cache["pattern", layer].diagonal(offset=-offset, dim1=-2, dim2=-1)
+        if kind != "previous_token":
+            diag = diag[..., -seq_len:]  # destinations L+1 .. 2L
+        out.append(diag.mean((0, -1)))
+    return torch.stack(out)
+
+
+# ---- mean_ablation_hooks -----------------------------------------------------------------------
+
+
+def _ablation_hooks(model, ds, means, keep, *, values="template", ignore_keep=False, everywhere=False, first=False, nothing=False):
+    batch, n_pos = ds.toks.shape
+    rows = torch.tensor([means.row_of[int(t)] for t in ds.template_idx])
+    hooks = []
+    for layer in range(model.cfg.n_layers):
+        mask = torch.zeros(batch, n_pos, model.cfg.n_heads, dtype=torch.bool)
+        for (lay, head), keys in ({} if ignore_keep else keep).items():
+            if lay != layer:
+                continue
+            if keys is None or everywhere:
+                mask[:, :, head] = True
+                continue
+            for key in keys:
+                pos = ds.word_idx[key]
+                if first:
+                    pos = pos[:1].expand_as(pos)
+                mask[torch.arange(batch), pos, head] = True
+        z = means.z[layer]
+        if values == "template":
+            mean = z[rows]
+        elif values == "global":
+            mean = z.mean(0, keepdim=True).expand(batch, *z.shape[1:])
+        else:
+            mean = torch.zeros(batch, *z.shape[1:])
+        if mean.shape[1] < n_pos:
+            mean = torch.cat([mean, mean.new_zeros(batch, n_pos - mean.shape[1], *mean.shape[2:])], 1)
+        mean = mean[:, :n_pos]
+
+        def hook(act, hook, mask=mask, mean=mean):
+            return act if nothing else torch.where(mask[..., None], act, mean)
+
+        hooks.append((get_act_name("z", layer), hook))
+    return hooks
+
+
+@wrong("mean_ablation_hooks", "zero_ablation")
+def ablate_zero(model, ds, means, keep):
+    """Zeros instead of means."""
+    return _ablation_hooks(model, ds, means, keep, values="zero")
+
+
+@wrong("mean_ablation_hooks", "global_mean_ablation")
+def ablate_global_mean(model, ds, means, keep):
+    """One mean over every template."""
+    return _ablation_hooks(model, ds, means, keep, values="global")
+
+
+@wrong("mean_ablation_hooks", "global_mean_ablation")
+def ablate_batch_mean(model, ds, means, keep):
+    """The hook averages the current batch (the clean prompts) over prompts."""
+    masks = _ablation_hooks(model, ds, means, keep)
+
+    def wrap(fn):
+        def hook(act, hook):
+            mean = act.mean(0, keepdim=True).expand_as(act)
+            mask = fn(torch.zeros_like(act), hook) == 0  # kept where the original hook kept
+            return torch.where(mask, act, mean)
+
+        return hook
+
+    return [(name, wrap(fn)) for name, fn in masks]
+
+
+@wrong("mean_ablation_hooks", "ignored_keep")
+def ablate_everything(model, ds, means, keep):
+    """keep ignored."""
+    return _ablation_hooks(model, ds, means, keep, ignore_keep=True)
+
+
+@wrong("mean_ablation_hooks", "kept_every_position")
+def ablate_keep_everywhere(model, ds, means, keep):
+    """Kept heads kept at every position."""
+    return _ablation_hooks(model, ds, means, keep, everywhere=True)
+
+
+@wrong("mean_ablation_hooks", "same_position_for_all_prompts")
+def ablate_first_prompt_positions(model, ds, means, keep):
+    """Prompt 0's positions."""
+    return _ablation_hooks(model, ds, means, keep, first=True)
+
+
+@wrong("mean_ablation_hooks", "nothing_ablated")
+def ablate_nothing(model, ds, means, keep):
+    """Hooks that return z unchanged."""
+    return _ablation_hooks(model, ds, means, keep, nothing=True)
+
+
+@correct("mean_ablation_hooks", "the library's keep_masks and replace_where")
+def ablate_library_pieces(model, ds, means, keep):
+    from ioi.circuit.ablation import keep_masks, replace_where
+
+    rows = torch.tensor([means.row_of[int(t)] for t in ds.template_idx])
+    n_pos = ds.toks.shape[1]
+    out = []
+    for layer, mask in enumerate(keep_masks(model, ds, keep)):
+        mean = means.z[layer][rows][:, :n_pos]
+        out.append((get_act_name("z", layer), replace_where(~mask, mean)))
+    return out
+
+
+@correct("mean_ablation_hooks", "a per-prompt loop inside the hook")
+def ablate_loop(model, ds, means, keep):
+    hooks = []
+    for layer in range(model.cfg.n_layers):
+
+        def hook(z, hook, layer=layer):
+            out = z.clone()
+            for i in range(z.shape[0]):
+                mean = means.z[layer][means.row_of[int(ds.template_idx[i])]]
+                for head in range(z.shape[2]):
+                    keys = keep.get((layer, head), ())
+                    kept = set(range(z.shape[1])) if keys is None else {int(ds.word_idx[k][i]) for k in keys}
+                    for pos in range(z.shape[1]):
+                        if pos not in kept:
+                            out[i, pos, head] = mean[pos, head] if pos < mean.shape[0] else 0.0
+            return out
+
+        hooks.append((get_act_name("z", layer), hook))
+    return hooks
+
+
+# ---- faithfulness ------------------------------------------------------------------------------
+
+
+@wrong("faithfulness", "model_fully_ablated")
+def faith_all_ablated(ablation, circuit):
+    """F(M) with keep={}."""
+    return Faithfulness(float(ablation.logit_diff({})), float(ablation.logit_diff(circuit.kept_positions())))
+
+
+@wrong("faithfulness", "circuit_kept_everywhere")
+def faith_everywhere(ablation, circuit):
+    """Circuit heads kept at every position."""
+    keep = {h: None for h in circuit.all_heads()}
+    return Faithfulness(float(ablation.logit_diff(None)), float(ablation.logit_diff(keep)))
+
+
+@wrong("faithfulness", "swapped")
+def faith_swapped(ablation, circuit):
+    """Fields exchanged."""
+    return Faithfulness(float(ablation.logit_diff(circuit.kept_positions())), float(ablation.logit_diff(None)))
+
+
+@wrong("faithfulness", "complement_kept")
+def faith_complement(ablation, circuit):
+    """Keeps every head except the circuit's."""
+    return Faithfulness(
+        float(ablation.logit_diff(None)),
+        float(ablation.logit_diff(ablation.all_heads_except(circuit.all_heads()))),
+    )
+
+
+@wrong("faithfulness", "wrong_type")
+def faith_ratio(ablation, circuit):
+    """Returns the ratio."""
+    return float(ablation.logit_diff(circuit.kept_positions())) / float(ablation.logit_diff(None))
+
+
+@correct("faithfulness", "keep map built by hand from heads and positions")
+def faith_by_hand(ablation, circuit):
+    keep = {}
+    for cls, heads in circuit.heads.items():
+        for head in heads:
+            keep[head] = tuple(dict.fromkeys(keep.get(head, ()) + (circuit.positions[cls],)))
+    return Faithfulness(float(ablation.logit_diff(None)), float(ablation.logit_diff(keep)))
+
+
+# ---- completeness and minimality ---------------------------------------------------------------
+
+
+def _complete(ablation, circuit, *, how="right", label="class {}"):
+    f_m = float(ablation.logit_diff(None))
+    f_c = float(ablation.logit_diff(circuit.kept_positions()))
+    out = []
+    for name, members in circuit.heads.items():
+        k = list(members)
+        f_ck = f_c if how == "circuit_intact" else float(ablation.logit_diff(circuit.without(k)))
+        f_mk = f_m if how == "model_intact" else float(ablation.logit_diff(ablation.all_heads_except(k)))
+        gap = f_ck - f_mk if how == "signed" else abs(f_ck - f_mk)
+        rel = gap / abs(f_c if how == "relative_c" else f_m)
+        a, b = (f_mk, f_ck) if how == "swap" else (f_ck, f_mk)
+        out.append(KnockoutScore(label.format(name), tuple(sorted(k)), a, b, gap, rel))
+    return out
+
+
+@wrong("completeness", "model_not_knocked_out")
+def complete_model_intact(ablation, circuit, modes=("class",)):
+    """F(M \\ K) = F(M)."""
+    return _complete(ablation, circuit, how="model_intact")
+
+
+@wrong("completeness", "circuit_not_knocked_out")
+def complete_circuit_intact(ablation, circuit, modes=("class",)):
+    """F(C \\ K) = F(C)."""
+    return _complete(ablation, circuit, how="circuit_intact")
+
+
+@wrong("completeness", "swapped_fields")
+def complete_swapped(ablation, circuit, modes=("class",)):
+    """f_with and f_without exchanged."""
+    return _complete(ablation, circuit, how="swap")
+
+
+@wrong("completeness", "not_absolute")
+def complete_signed(ablation, circuit, modes=("class",)):
+    """No abs()."""
+    return _complete(ablation, circuit, how="signed")
+
+
+@wrong("completeness", "relative_to_circuit")
+def complete_over_fc(ablation, circuit, modes=("class",)):
+    """relative = score / F(C)."""
+    return _complete(ablation, circuit, how="relative_c")
+
+
+@wrong("completeness", "wrong_labels")
+def complete_bare_labels(ablation, circuit, modes=("class",)):
+    """Labels without 'class '."""
+    return _complete(ablation, circuit, label="{}")
+
+
+@correct("completeness", "ablation keep maps built by hand")
+def complete_by_hand(ablation, circuit, modes=("class",)):
+    cfg = ablation.model.cfg
+    f_m = float(ablation.logit_diff(None))
+    kept = circuit.kept_positions()
+    out = []
+    for name, members in circuit.heads.items():
+        c_k = {h: p for h, p in kept.items() if h not in members}
+        m_k = {(l, h): None for l in range(cfg.n_layers) for h in range(cfg.n_heads) if (l, h) not in members}
+        a, b = float(ablation.logit_diff(c_k)), float(ablation.logit_diff(m_k))
+        out.append(KnockoutScore(f"class {name}", tuple(sorted(members)), a, b, abs(a - b), abs(a - b) / abs(f_m)))
+    return out
+
+
+def _minimal(ablation, circuit, *, how="right"):
+    f_m = float(ablation.logit_diff(None))
+    f_c = float(ablation.logit_diff(circuit.kept_positions()))
+    out = []
+    for v in circuit.all_heads():
+        cls = circuit.classes_of(v)[0]
+        k = [] if how == "empty" else [h for h in circuit.heads[cls] if h != v or how == "with_v"]
+        f_with = float(ablation.logit_diff(circuit.without([*k, v])))
+        f_without = float(ablation.logit_diff(circuit.without(k)))
+        gap = f_with - f_without if how == "signed" else abs(f_with - f_without)
+        rel = gap / abs(f_m if how == "relative_m" else f_c)
+        a, b = (f_without, f_with) if how == "swap" else (f_with, f_without)
+        out.append(KnockoutScore(str(v), tuple(sorted(k)), a, b, gap, rel))
+    return out
+
+
+@wrong("minimality", "k_includes_v")
+def minimal_k_with_v(ablation, circuit, mode="class"):
+    """K contains v."""
+    return _minimal(ablation, circuit, how="with_v")
+
+
+@wrong("minimality", "empty_k")
+def minimal_empty(ablation, circuit, mode="class"):
+    """K empty."""
+    return _minimal(ablation, circuit, how="empty")
+
+
+@wrong("minimality", "relative_to_model")
+def minimal_over_fm(ablation, circuit, mode="class"):
+    """relative over F(M)."""
+    return _minimal(ablation, circuit, how="relative_m")
+
+
+@wrong("minimality", "swapped_fields")
+def minimal_swapped(ablation, circuit, mode="class"):
+    """f_with and f_without exchanged."""
+    return _minimal(ablation, circuit, how="swap")
+
+
+@wrong("minimality", "not_absolute")
+def minimal_signed(ablation, circuit, mode="class"):
+    """No abs()."""
+    return _minimal(ablation, circuit, how="signed")
+
+
+@correct("minimality", "the library's criterion")
+def minimal_library(ablation, circuit, mode="class"):
+    from ioi.circuit import minimality
+
+    return minimality(ablation, circuit, mode="class")
