@@ -8,7 +8,6 @@ them directly on a tensor, the way TransformerLens would.
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Callable
 
 import torch
@@ -16,7 +15,14 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ioi import patching
-from ioi.checks.core import Exercise, exercise, one_thread
+from ioi.checks.core import (
+    Exercise,
+    exercise,
+    missing_rows,
+    one_thread,
+    reorderings,
+    without_last_layer,
+)
 from ioi.checks.fixtures import IOIBatch, fresh_cache, ioi_batch
 from ioi.metrics import logits_to_ave_logit_diff, make_ioi_metric, make_logit_diff_metric
 from ioi.patching.attribution import receiver_gradients
@@ -49,18 +55,6 @@ def _patch_call(name: str, b: IOIBatch) -> str:
     )
 
 
-def _run_sweep(ex: Exercise, fn: Callable, b: IOIBatch, call: str):
-    return ex.call(
-        fn,
-        b.model,
-        b.abc.toks.clone(),
-        fresh_cache(b.clean_cache),
-        _metric(b),
-        call=call,
-        model=b.model,
-    )
-
-
 # ---- ioi_metric -------------------------------------------------------------------------------
 
 METRIC = exercise(
@@ -74,10 +68,13 @@ METRIC = exercise(
         "swapped",
         "forgot_corrupted_baseline": "you divided by the clean logit difference without "
         "subtracting the corrupted baseline first",
+        "wrong_denominator": "you subtracted the corrupted baseline but divided by the clean "
+        "logit difference alone; divide by the gap, clean - corrupted",
         "ignored_positions": "you read the logit difference at the last position, not `positions`",
         "returned_per_prompt": "you returned one value per prompt; the metric must be one number "
         "(patching functions compare scalars)",
     },
+    shared=("batch_by_batch_indexing", "sum_not_mean"),
 )
 
 
@@ -89,9 +86,9 @@ def test_ioi_metric(ioi_metric_fn: Callable) -> None:
     clean, corrupted = b.clean_logit_diff, b.corrupted_logit_diff
     halfway = (b.clean_logits + b.corrupted_logits) / 2
     for label, logits in (
+        ("halfway", halfway),
         ("clean", b.clean_logits),
         ("corrupted", b.corrupted_logits),
-        ("halfway", halfway),
     ):
         call = (
             f"ioi_metric({label}_logits, answer_tokens, corrupted_logit_diff={corrupted:.3f}, "
@@ -106,32 +103,94 @@ def test_ioi_metric(ioi_metric_fn: Callable) -> None:
             positions=end.clone(),
             call=call,
         )
-        diff = logits_to_ave_logit_diff(logits, answers, positions=end)
         per_prompt = logits_to_ave_logit_diff(logits, answers, per_prompt=True, positions=end)
+        diff = per_prompt.mean()
         last = logits_to_ave_logit_diff(logits, answers)
+        final = logits[torch.arange(len(end)), end]
+        grid = (final[:, answers[:, 0]] - final[:, answers[:, 1]]).mean()
+
+        def normalise(d):
+            return (d - corrupted) / (clean - corrupted)
+
         mistakes = {
             "not_normalised": lambda d=diff: d,
             "baselines_swapped": lambda d=diff: (d - clean) / (corrupted - clean),
             "forgot_corrupted_baseline": lambda d=diff: d / clean,
-            "ignored_positions": lambda d=last: (d - corrupted) / (clean - corrupted),
-            "returned_per_prompt": lambda d=per_prompt: (d - corrupted) / (clean - corrupted),
+            "wrong_denominator": lambda d=diff: (d - corrupted) / clean,
+            "ignored_positions": lambda d=last: normalise(d),
+            "returned_per_prompt": lambda d=per_prompt: normalise(d),
+            "sum_not_mean": lambda d=per_prompt: normalise(d.sum()),
+            "batch_by_batch_indexing": lambda g=grid: normalise(g),
         }
         expected = make_ioi_metric(clean, corrupted, answers, end)(logits)
-        ex.expect_tensor(
-            torch.as_tensor(got) if isinstance(got, float) else got,
-            expected,
-            call=call,
-            mistakes=mistakes,
-        )
+        ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
     ex.passed("clean -> 1, corrupted -> 0")
 
 
 # ---- hook functions ---------------------------------------------------------------------------
 
+HOOK_DIAGNOSES = {
+    "ignored_hook_name": "you read the clean values of a fixed hook point; read "
+    "clean_cache[hook.name], the hook point this hook is attached to (it is called for "
+    "every layer)",
+}
 
-def _hook_result(returned: object, mutated: Tensor) -> object:
-    """What TransformerLens would use: the returned tensor, or the input if the hook returned None."""
-    return mutated if returned is None else returned
+
+def _check_patch_hook(
+    ex: Exercise,
+    fn: Callable,
+    name: str,
+    cases: list[tuple[str, int]],
+    patch: Callable[[Tensor, Tensor, int], Tensor],
+    index_name: str,
+    index_key: str,
+    mistakes_of: Callable[[Tensor, Tensor, int], dict],
+) -> None:
+    """The body every patching hook's checker shares.
+
+    For each (hook name, index): call the hook on the corrupted activation with the clean
+    cache (read only), expect ``patch(corrupted, clean, index)``, and name the mistakes of
+    ``mistakes_of`` plus the shared ones: the index ignored (the right patch at another
+    index), the hook name ignored (the right patch from another hook point's clean values).
+    """
+    b = ioi_batch()
+    for hook_name, index in cases:
+        hook = b.model.hook_dict[hook_name]
+        clean, corrupted = b.clean_cache[hook_name], b.corrupted_cache[hook_name]
+        call = (
+            f"{name}(corrupted [{', '.join(map(str, corrupted.shape))}], hook (name "
+            f"{hook_name!r}), {index_name}={index}, clean_cache)  [{b.describe()}]"
+        )
+        n_index = corrupted.shape[2 if index_key == "head_z" else 1]
+        others = [name_ for name_, _ in cases if name_ != hook_name]
+        mistakes = {
+            **mistakes_of(corrupted, clean, index),
+            f"ignored_{index_name}": lambda c=corrupted, k=clean, i=index, n=n_index: [
+                patch(c, k, j) for j in range(n) if j != i
+            ],
+            "ignored_hook_name": lambda c=corrupted, i=index, o=others: [
+                patch(c, b.clean_cache[other], i) for other in o
+            ],
+        }
+        given_cache = fresh_cache(b.clean_cache)
+        ex.expect_hook(
+            fn,
+            corrupted,
+            hook,
+            index,
+            given_cache,
+            call=call,
+            expected=patch(corrupted, clean, index),
+            mistakes=mistakes,
+            read_only={"clean_cache": given_cache},
+        )
+    ex.passed(f"{len(cases)} hook points")
+
+
+def _patched(activation: Tensor, clean: Tensor, where: tuple) -> Tensor:
+    out = activation.clone()
+    out[where] = clean[where]
+    return out
 
 
 RESID_HOOK = exercise(
@@ -139,11 +198,14 @@ RESID_HOOK = exercise(
     hint="copy clean_cache[hook.name][:, pos, :] into corrupted_residual_component[:, pos, :] "
     "and return it.",
     diagnoses={
+        **HOOK_DIAGNOSES,
         "patched_all_positions": "every position was replaced; patch only position `pos`",
         "indexed_batch_axis": "you replaced prompt number `pos` ([pos]) instead of position `pos` "
         "of every prompt ([:, pos])",
         "returned_clean_slice": "you returned only the clean slice [batch, d_model]; return the "
         "whole (patched) activation, [batch, pos, d_model]",
+        "ignored_pos": "you patched a fixed position, not the `pos` you were given",
+        "position_off_by_one": "you patched the position next to `pos`",
     },
 )
 
@@ -151,33 +213,29 @@ RESID_HOOK = exercise(
 @one_thread()
 def test_patch_residual_component(patch_residual_component_fn: Callable) -> None:
     """Check the hook ``patch_residual_component(corrupted_residual_component, hook, pos, clean_cache)``."""
-    ex, b = RESID_HOOK, ioi_batch()
-    hook = b.model.blocks[1].hook_resid_pre
-    clean = b.clean_cache[hook.name]
-    corrupted = b.corrupted_cache[hook.name]
-    pos = 3
-    call = (
-        f"patch_residual_component(corrupted_resid [{', '.join(map(str, corrupted.shape))}], hook "
-        f"(name {hook.name!r}), pos={pos}, clean_cache)  [{b.describe()}]"
+
+    def patch(act, clean, pos):
+        return _patched(act, clean, (slice(None), pos))
+
+    def mistakes(act, clean, pos):
+        return {
+            "patched_all_positions": lambda: clean,
+            "indexed_batch_axis": lambda: _patched(act, clean, (pos,)),
+            "returned_clean_slice": lambda: clean[:, pos],
+            "position_off_by_one": lambda: [patch(act, clean, pos + 1), patch(act, clean, pos - 1)],
+        }
+
+    cases = [("blocks.1.hook_resid_pre", 5), ("blocks.2.hook_resid_pre", 2)]
+    _check_patch_hook(
+        RESID_HOOK,
+        patch_residual_component_fn,
+        "patch_residual_component",
+        cases,
+        patch,
+        "pos",
+        "pos",
+        mistakes,
     )
-    given = corrupted.clone()
-    got = _hook_result(
-        ex.call(
-            patch_residual_component_fn, given, hook, pos, fresh_cache(b.clean_cache), call=call
-        ),
-        given,
-    )
-    expected = corrupted.clone()
-    expected[:, pos] = clean[:, pos]
-    batch_axis = corrupted.clone()
-    batch_axis[pos] = clean[pos]
-    mistakes = {
-        "patched_all_positions": lambda: clean,
-        "indexed_batch_axis": lambda: batch_axis,
-        "returned_clean_slice": lambda: clean[:, pos],
-    }
-    ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
-    ex.passed()
 
 
 HEAD_HOOK = exercise(
@@ -185,9 +243,11 @@ HEAD_HOOK = exercise(
     hint="the activation is [batch, pos, head, d_head]: copy clean_cache[hook.name][:, :, "
     "head_index] into it and return it.",
     diagnoses={
+        **HOOK_DIAGNOSES,
         "indexed_position_axis": "you replaced position `head_index` ([:, head_index]); heads are "
         "the third axis of z/q/k/v: [:, :, head_index]",
         "patched_all_heads": "every head was replaced; patch only head `head_index`",
+        "ignored_head_index": "you patched a fixed head, not the `head_index` you were given",
     },
 )
 
@@ -195,26 +255,27 @@ HEAD_HOOK = exercise(
 @one_thread()
 def test_patch_head_vector(patch_head_vector_fn: Callable) -> None:
     """Check the hook ``patch_head_vector(corrupted_head_vector, hook, head_index, clean_cache)``."""
-    ex, b = HEAD_HOOK, ioi_batch()
-    hook = b.model.blocks[1].attn.hook_z
-    clean, corrupted = b.clean_cache[hook.name], b.corrupted_cache[hook.name]
-    head = 2
-    call = (
-        f"patch_head_vector(corrupted_z [{', '.join(map(str, corrupted.shape))}], hook (name "
-        f"{hook.name!r}), head_index={head}, clean_cache)  [{b.describe()}]"
+
+    def patch(act, clean, head):
+        return _patched(act, clean, (slice(None), slice(None), head))
+
+    def mistakes(act, clean, head):
+        return {
+            "indexed_position_axis": lambda: _patched(act, clean, (slice(None), head)),
+            "patched_all_heads": lambda: clean,
+        }
+
+    cases = [("blocks.1.attn.hook_z", 3), ("blocks.2.attn.hook_z", 1), ("blocks.0.attn.hook_v", 2)]
+    _check_patch_hook(
+        HEAD_HOOK,
+        patch_head_vector_fn,
+        "patch_head_vector",
+        cases,
+        patch,
+        "head_index",
+        "head_z",
+        mistakes,
     )
-    given = corrupted.clone()
-    got = _hook_result(
-        ex.call(patch_head_vector_fn, given, hook, head, fresh_cache(b.clean_cache), call=call),
-        given,
-    )
-    expected = corrupted.clone()
-    expected[:, :, head] = clean[:, :, head]
-    wrong_axis = corrupted.clone()
-    wrong_axis[:, head] = clean[:, head]
-    mistakes = {"indexed_position_axis": lambda: wrong_axis, "patched_all_heads": lambda: clean}
-    ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
-    ex.passed()
 
 
 PATTERN_HOOK = exercise(
@@ -222,9 +283,11 @@ PATTERN_HOOK = exercise(
     hint="a pattern is [batch, head, query_pos, key_pos]: copy clean_cache[hook.name][:, "
     "head_index] into it and return it.",
     diagnoses={
+        **HOOK_DIAGNOSES,
         "indexed_wrong_axis": "you indexed the pattern like z ([:, :, head_index]); in a "
         "pattern the head is the second axis: [:, head_index]",
         "patched_all_heads": "every head's pattern was replaced; patch only head `head_index`",
+        "ignored_head_index": "you patched a fixed head, not the `head_index` you were given",
     },
 )
 
@@ -232,29 +295,65 @@ PATTERN_HOOK = exercise(
 @one_thread()
 def test_patch_attn_patterns(patch_attn_patterns_fn: Callable) -> None:
     """Check the hook ``patch_attn_patterns(corrupted_head_vector, hook, head_index, clean_cache)``."""
-    ex, b = PATTERN_HOOK, ioi_batch()
-    hook = b.model.blocks[2].attn.hook_pattern
-    clean, corrupted = b.clean_cache[hook.name], b.corrupted_cache[hook.name]
-    head = 1
-    call = (
-        f"patch_attn_patterns(corrupted_pattern [{', '.join(map(str, corrupted.shape))}], hook "
-        f"(name {hook.name!r}), head_index={head}, clean_cache)  [{b.describe()}]"
+
+    def patch(act, clean, head):
+        return _patched(act, clean, (slice(None), head))
+
+    def mistakes(act, clean, head):
+        return {
+            "indexed_wrong_axis": lambda: _patched(act, clean, (slice(None), slice(None), head)),
+            "patched_all_heads": lambda: clean,
+        }
+
+    cases = [("blocks.2.attn.hook_pattern", 3), ("blocks.1.attn.hook_pattern", 0)]
+    _check_patch_hook(
+        PATTERN_HOOK,
+        patch_attn_patterns_fn,
+        "patch_attn_patterns",
+        cases,
+        patch,
+        "head_index",
+        "head_pattern",
+        mistakes,
     )
-    given = corrupted.clone()
-    got = _hook_result(
-        ex.call(patch_attn_patterns_fn, given, hook, head, fresh_cache(b.clean_cache), call=call),
-        given,
-    )
-    expected = corrupted.clone()
-    expected[:, head] = clean[:, head]
-    wrong_axis = corrupted.clone()
-    wrong_axis[:, :, head] = clean[:, :, head]
-    mistakes = {"indexed_wrong_axis": lambda: wrong_axis, "patched_all_heads": lambda: clean}
-    ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
-    ex.passed()
 
 
 # ---- sweeps -----------------------------------------------------------------------------------
+
+
+def _check_sweep(
+    ex: Exercise,
+    fn: Callable,
+    name: str,
+    expected: Tensor,
+    mistakes: dict,
+    atol: float = 1e-3,
+    holder: dict | None = None,
+) -> None:
+    """The body every sweep's checker shares: run it on the patching batch and compare.
+
+    The clean cache is read only; a grid equal to the corrupted run's metric (0) everywhere
+    is ``no_effect``. ``holder``, if given, receives the learner's result under ``"got"``
+    before the comparison (for mistakes that look at it).
+    """
+    b = _patching_batch()
+    call = _patch_call(name, b)
+    given = fresh_cache(b.clean_cache)
+    got = ex.call(
+        fn,
+        b.model,
+        b.abc.toks.clone(),
+        given,
+        _metric(b),
+        call=call,
+        model=b.model,
+        read_only={"clean_cache": given},
+    )
+    if holder is not None:
+        holder["got"] = got
+    ex.expect_tensor(got, expected, call=call, mistakes=mistakes, atol=atol, unchanged=0.0)
+    ex.passed()
+
 
 RESID_PRE = exercise(
     "get_act_patch_resid_pre",
@@ -268,26 +367,27 @@ RESID_PRE = exercise(
         "patched_all_positions": "every row is constant along pos: you patched all positions "
         "at once instead of one position per column",
     },
+    shared=("missed_last_layer",),
 )
 
 
 @one_thread()
 def test_get_act_patch_resid_pre(get_act_patch_resid_pre_fn: Callable) -> None:
     """Check ``get_act_patch_resid_pre(model, corrupted_tokens, clean_cache, patching_metric) -> [layer, pos]``."""
-    ex, b = RESID_PRE, _patching_batch()
-    call = _patch_call("get_act_patch_resid_pre", b)
-    got = _run_sweep(ex, get_act_patch_resid_pre_fn, b, call)
+    b = _patching_batch()
     expected = patching.get_act_patch_resid_pre(
         b.model, b.abc.toks, b.clean_cache, _metric(b)
     ).cpu()
     n_pos = expected.shape[1]
     mistakes = {
         "transposed": lambda: expected.T,
+        "missed_last_layer": lambda: without_last_layer(expected),
         "off_by_one_layer": lambda: _sweep_effect(b, "resid_post", positions="each"),
         "patched_all_positions": lambda: _sweep_effect(b, "resid_pre")[:, None].expand(-1, n_pos),
     }
-    ex.expect_tensor(got, expected, call=call, mistakes=mistakes, atol=1e-3)
-    ex.passed()
+    _check_sweep(
+        RESID_PRE, get_act_patch_resid_pre_fn, "get_act_patch_resid_pre", expected, mistakes
+    )
 
 
 HEAD_OUT = exercise(
@@ -299,9 +399,10 @@ HEAD_OUT = exercise(
         "transposed": "the result is [head, layer]; return [layer, head]",
         "patched_all_heads": "every row is constant along head: you patched the whole layer's z "
         "for each head",
-        "patched_last_position_only": "you patched each head at the last position only; patch "
-        "it at every position",
+        "patched_other_component": "these are the effects of patching another input of the "
+        "heads (q, k or v); a head's output is its z (hook_z)",
     },
+    shared=("missed_last_layer",),
 )
 
 
@@ -310,22 +411,113 @@ def test_get_act_patch_attn_head_out_all_pos(
     get_act_patch_attn_head_out_all_pos_fn: Callable,
 ) -> None:
     """Check ``get_act_patch_attn_head_out_all_pos(model, corrupted_tokens, clean_cache, patching_metric) -> [layer, head]``."""
-    ex, b = HEAD_OUT, _patching_batch()
-    call = _patch_call("get_act_patch_attn_head_out_all_pos", b)
-    got = _run_sweep(ex, get_act_patch_attn_head_out_all_pos_fn, b, call)
+    b = _patching_batch()
     expected = patching.get_act_patch_attn_head_out_all_pos(
         b.model, b.abc.toks, b.clean_cache, _metric(b)
     ).cpu()
     n_heads = expected.shape[1]
     mistakes = {
         "transposed": lambda: expected.T,
+        "missed_last_layer": lambda: without_last_layer(expected),
         "patched_all_heads": lambda: _sweep_effect(b, "z", heads="all")[:, None].expand(
             -1, n_heads
         ),
-        "patched_last_position_only": lambda: _sweep_effect(b, "z", positions="last"),
+        "patched_other_component": lambda: [_sweep_effect(b, c) for c in ("q", "k", "v")],
     }
-    ex.expect_tensor(got, expected, call=call, mistakes=mistakes, atol=1e-3)
-    ex.passed()
+    _check_sweep(
+        HEAD_OUT,
+        get_act_patch_attn_head_out_all_pos_fn,
+        "get_act_patch_attn_head_out_all_pos",
+        expected,
+        mistakes,
+    )
+
+
+BY_POS = exercise(
+    "get_act_patch_attn_head_out_by_pos",
+    hint="three loops (layer, position, head); the hook replaces z[:, pos, head] only; store "
+    "patching_metric(logits) in a [layer, pos, head] tensor.",
+    diagnoses={
+        "wrong_layout": "the right numbers in the wrong axis order; return [layer, pos, head], "
+        "the layout of TransformerLens's get_act_patch_attn_head_out_by_pos",
+        "patched_all_positions": "every position gives the same value: you patched the head at "
+        "every position for each column, not at that position only",
+        "patched_all_heads": "every head gives the same value: you patched the whole layer's z "
+        "at that position",
+    },
+    shared=("missed_last_layer",),
+)
+
+
+@one_thread()
+def test_get_act_patch_attn_head_out_by_pos(
+    get_act_patch_attn_head_out_by_pos_fn: Callable,
+) -> None:
+    """Check ``get_act_patch_attn_head_out_by_pos(model, corrupted_tokens, clean_cache, patching_metric) -> [layer, pos, head]``."""
+    b = _patching_batch()
+    expected = patching.get_act_patch_attn_head_out_by_pos(
+        b.model, b.abc.toks, b.clean_cache, _metric(b)
+    ).cpu()
+    n_layers, n_pos, n_heads = expected.shape
+
+    def other_layouts():
+        return [expected.permute(*o) for o in ((0, 2, 1), (1, 0, 2), (2, 0, 1), (1, 2, 0))]
+
+    mistakes = {
+        "wrong_layout": other_layouts,
+        "missed_last_layer": lambda: without_last_layer(expected),
+        "patched_all_positions": lambda: _sweep_effect(b, "z")[:, None, :].expand(-1, n_pos, -1),
+        "patched_all_heads": lambda: _sweep_effect(b, "z", positions="each", heads="all")[
+            :, :, None
+        ].expand(-1, -1, n_heads),
+    }
+    _check_sweep(
+        BY_POS,
+        get_act_patch_attn_head_out_by_pos_fn,
+        "get_act_patch_attn_head_out_by_pos",
+        expected,
+        mistakes,
+    )
+
+
+BLOCK_EVERY = exercise(
+    "get_act_patch_block_every",
+    hint="three [layer, pos] sweeps, one per hook point: resid_pre, attn_out, mlp_out; stack "
+    "them in that order.",
+    diagnoses={
+        "wrong_component_order": "the rows are right but in the wrong order; stack resid_pre, "
+        "attn_out, mlp_out",
+        "missing_component": "one of the three components is missing",
+        "resid_post_not_pre": "your first row patches resid_post (the stream leaving each "
+        "block); the first row is resid_pre, the stream entering it",
+    },
+    shared=("missed_last_layer",),
+)
+
+BLOCK_ORDER = ("resid_pre", "attn_out", "mlp_out")
+
+
+@one_thread()
+def test_get_act_patch_block_every(get_act_patch_block_every_fn: Callable) -> None:
+    """Check ``get_act_patch_block_every(model, corrupted_tokens, clean_cache, patching_metric) -> [3, layer, pos]``."""
+    b = _patching_batch()
+    expected = patching.get_act_patch_block_every(
+        b.model, b.abc.toks, b.clean_cache, _metric(b)
+    ).cpu()
+    mistakes = {
+        "wrong_component_order": lambda: reorderings(expected),
+        "missing_component": lambda: missing_rows(expected),
+        "resid_post_not_pre": lambda: torch.cat(
+            [_sweep_effect(b, "resid_post", positions="each")[None], expected[1:]]
+        ),
+        "missed_last_layer": lambda: [
+            torch.stack(rows)
+            for rows in zip(*(without_last_layer(e) for e in expected), strict=True)
+        ],
+    }
+    _check_sweep(
+        BLOCK_EVERY, get_act_patch_block_every_fn, "get_act_patch_block_every", expected, mistakes
+    )
 
 
 EVERY = exercise(
@@ -336,6 +528,8 @@ EVERY = exercise(
         "wrong_component_order": "the rows are right but in the wrong order; stack output (z), "
         "q, k, v, pattern",
         "missing_component": "one of the five components is missing",
+        "component_row_wrong": "four of the five rows are right and one is not: check the hook "
+        "function and the hook name of that component (a pattern's head is its second axis)",
     },
 )
 
@@ -347,35 +541,35 @@ def test_get_act_patch_attn_head_all_pos_every(
     get_act_patch_attn_head_all_pos_every_fn: Callable,
 ) -> None:
     """Check ``get_act_patch_attn_head_all_pos_every(...) -> [5, layer, head]`` (z, q, k, v, pattern)."""
-    ex, b = EVERY, _patching_batch()
-    call = _patch_call("get_act_patch_attn_head_all_pos_every", b)
-    got = _run_sweep(ex, get_act_patch_attn_head_all_pos_every_fn, b, call)
+    b = _patching_batch()
     expected = patching.get_act_patch_attn_head_all_pos_every(
         b.model, b.abc.toks, b.clean_cache, _metric(b)
     ).cpu()
+    holder: dict = {}
 
-    def reordered():
+    def one_row_wrong():
+        got = holder.get("got")
         if not isinstance(got, Tensor) or got.shape != expected.shape:
             return None
-        for order in itertools.permutations(range(len(EVERY_ORDER))):
-            if torch.allclose(got.detach().float().cpu(), expected[list(order)], atol=1e-3):
-                return expected[list(order)]
-        return None
+        right = [
+            torch.allclose(g.float(), e, atol=1e-3)
+            for g, e in zip(got.cpu(), expected, strict=True)
+        ]
+        return got if sum(right) == len(right) - 1 else None
 
-    def missing_one():
-        if not isinstance(got, Tensor) or got.shape[0] != expected.shape[0] - 1:
-            return None
-        for drop in range(len(EVERY_ORDER)):
-            kept = torch.cat([expected[:drop], expected[drop + 1 :]])
-            if kept.shape == got.shape and torch.allclose(
-                got.detach().float().cpu(), kept, atol=1e-3
-            ):
-                return kept
-        return None
-
-    mistakes = {"wrong_component_order": reordered, "missing_component": missing_one}
-    ex.expect_tensor(got, expected, call=call, mistakes=mistakes, atol=1e-3)
-    ex.passed()
+    mistakes = {
+        "wrong_component_order": lambda: reorderings(expected),
+        "missing_component": lambda: missing_rows(expected),
+        "component_row_wrong": one_row_wrong,
+    }
+    _check_sweep(
+        EVERY,
+        get_act_patch_attn_head_all_pos_every_fn,
+        "get_act_patch_attn_head_all_pos_every",
+        expected,
+        mistakes,
+        holder=holder,
+    )
 
 
 # ---- attribution patching ---------------------------------------------------------------------

@@ -15,11 +15,24 @@ Generic diagnoses, which any checker can give:
 - ``wrong_shape``: a tensor of the wrong shape, matching no known mistake.
 - ``wrong_values``: the right shape, wrong values, matching no known mistake.
 - ``hooks_left``: hooks it added are still on the model after it returned.
+- ``mutated_input``: it wrote into an input it should only read (a cache, a given tensor).
+- ``no_effect``: a patching result equal to the unpatched run everywhere (the hook never
+  changed anything: a name that never fires, a patched copy never returned, ...).
+- ``needs_use_attn_result``: it read ``hook_result``, which is only computed with
+  ``use_attn_result``.
+
+Shared diagnoses, which an exercise opts into with ``exercise(..., shared=(...))`` because
+they name mistakes many exercises invite (`SHARED_DIAGNOSES`): ``swapped_fields``,
+``sum_not_mean``, ``batch_by_batch_indexing``,
+``missed_last_layer``, ``same_position_for_all_prompts``, ``zero_ablation`` and
+``global_mean_ablation``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import os
 import signal
 import threading
@@ -42,6 +55,37 @@ GENERIC_DIAGNOSES: dict[str, str] = {
     "wrong_shape": "the result has the wrong shape",
     "wrong_values": "the result has the right shape but wrong values",
     "hooks_left": "hooks added by the function are still attached to the model",
+    "no_effect": "every value equals the run without any patch: the patch never changed the "
+    "run. A hook on a name that never fires (hook_result only runs after "
+    "model.set_use_attn_result(True)), a hook that patches a copy and returns the original, "
+    "values patched in from the very run being patched, or a patch placed only after every "
+    "prompt's `end` (the last column holds an answer or padding, which no prediction reads) "
+    "all look like this",
+    "mutated_input": "the function wrote into an input it should only read (a cache, or a "
+    "tensor it was given). Indexing a cache gives its own tensor, not a copy: "
+    "`x = cache[name]; x[...] = ...` changes the cache, and every later run that reads it",
+    "needs_use_attn_result": "the code reads the heads' `result` (hook_result), which "
+    "TransformerLens only computes and caches after model.set_use_attn_result(True); compute "
+    "a head's output from z instead: z[:, :, head] @ W_O[layer, head]",
+}
+
+SHARED_DIAGNOSES: dict[str, str] = {
+    "swapped_fields": "two fields of the result hold each other's values",
+    "sum_not_mean": "the result is the expected one times the number of prompts: you summed "
+    "over the batch where the mean is asked",
+    "batch_by_batch_indexing": "`logits[:, answer_ids]` picks *every* prompt's answer id for "
+    "*every* prompt (a [batch, batch] grid); to pick prompt i's own answer, index rows and "
+    "columns together: logits[torch.arange(batch), answer_ids], or .gather(1, answer_tokens)",
+    "missed_last_layer": "the last layer is missing (or left at 0): a loop over "
+    "range(n_layers - 1) stops one layer early; range(model.cfg.n_layers) covers them all",
+    "same_position_for_all_prompts": "you used the first prompt's position for every prompt; "
+    "prompts of different templates put their words at different positions, so read "
+    "word_idx[key][i] for prompt i",
+    "zero_ablation": "you replaced the outputs by zeros; the paper replaces them by their mean "
+    "over the ABC prompts of the same template",
+    "global_mean_ablation": "you replaced the outputs by one mean over all prompts; the paper "
+    "replaces each prompt's output by the mean over the ABC prompts of *its own template*, so "
+    "positions line up",
 }
 
 
@@ -95,12 +139,23 @@ class Exercise:
 
     # ---- running the learner's code -----------------------------------------------------
 
-    def call(self, fn: Callable, *args, call: str, model=None, **kwargs):
+    def call(
+        self,
+        fn: Callable,
+        *args,
+        call: str,
+        model=None,
+        read_only: Mapping[str, object] | None = None,
+        **kwargs,
+    ):
         """Run ``fn(*args, **kwargs)`` under the time limit; turn any failure into `CheckFailed`.
 
         If ``model`` is given, also fail (``hooks_left``) when the call leaves hooks on it, and
-        remove them so the next check starts clean.
+        remove them so the next check starts clean. ``read_only`` maps a name to an input the
+        function may read but not change (a cache, a tensor, a dataset): if any of it changed,
+        fail with ``mutated_input``.
         """
+        snapshots = {label: _snapshot(value) for label, value in (read_only or {}).items()}
         before = _hook_count(model) if model is not None else 0
         try:
             with one_thread():
@@ -127,6 +182,17 @@ class Exercise:
         except CheckFailed:
             raise
         except Exception as err:  # the learner's bug: report it, do not crash the run
+            if _reads_attn_result(err):
+                self.fail(
+                    "needs_use_attn_result",
+                    call=call,
+                    expected="a result",
+                    got=f"{type(err).__name__}: {err}",
+                    explanation=GENERIC_DIAGNOSES["needs_use_attn_result"]
+                    + ":\n"
+                    + _learner_frames(err),
+                    hint=self.hint,
+                )
             self.fail(
                 "raised",
                 call=call,
@@ -151,6 +217,18 @@ class Exercise:
                 hint="add hooks with `model.run_with_hooks(..., fwd_hooks=[...])` or the "
                 "`with model.hooks(fwd_hooks=[...]):` context, both of which remove them.",
             )
+        for label, snapshot in snapshots.items():
+            where = _changed(snapshot, read_only[label])
+            if where is not None:
+                self.fail(
+                    "mutated_input",
+                    call=call,
+                    expected=f"{label} unchanged by the call",
+                    got=f"{label} changed: {where}",
+                    explanation=GENERIC_DIAGNOSES["mutated_input"],
+                    hint="clone before you write (`cache[name].clone()`), or write into the "
+                    "activation the hook was given, never into the cache you read from.",
+                )
         return result
 
     # ---- reporting ----------------------------------------------------------------------
@@ -181,18 +259,26 @@ class Exercise:
         hint: str | None = None,
         atol: float = 1e-4,
         rtol: float = 1e-3,
+        unchanged: Tensor | float | None = None,
     ) -> None:
         """Pass if ``got`` is close to ``expected``; else name the first mistake it matches.
+
+        NaN in ``expected`` (rows a sweep cannot reach) must be NaN in ``got`` too.
 
         Args:
             got: what the learner returned.
             expected: the library's answer.
             call: how the learner's function was called, for the message.
-            mistakes: diagnosis key -> function computing what that mistake would return.
+            mistakes: diagnosis key -> function computing what that mistake would return: a
+                tensor, a list of tensors (any may match), or None (not applicable).
             hint: the hint for a generic failure (default: the exercise's).
             atol, rtol: tolerance for "close", also used to match mistakes.
+            unchanged: the value of the unpatched run (a tensor, or a number every entry
+                would equal): a result equal to it everywhere is diagnosed ``no_effect``.
         """
         hint = hint or self.hint
+        if isinstance(got, float | int) and not isinstance(got, bool) and expected.ndim == 0:
+            got = torch.tensor(float(got))
         if not isinstance(got, Tensor):
             self.fail(
                 "wrong_type",
@@ -204,46 +290,167 @@ class Exercise:
             )
         got = got.detach().float().cpu()
         expected = expected.detach().float().cpu()
-        if got.shape == expected.shape and _close(got, expected, atol, rtol):
+        if matches(got, expected, atol, rtol):
             return
-        for key, compute in (mistakes or {}).items():
-            if key not in self.diagnoses:
-                raise AssertionError(f"checker bug: {self.name} has undeclared mistake {key}")
-            candidate = compute()
-            if isinstance(candidate, Tensor):
-                candidate = candidate.detach().float().cpu()
-                if candidate.shape == got.shape and _close(got, candidate, atol, rtol):
-                    self.fail(
-                        key,
-                        call=call,
-                        expected=describe(expected),
-                        got=describe(got),
-                        explanation=self.diagnoses[key],
-                        hint=hint,
-                    )
-        if got.shape != expected.shape:
+
+        def diagnose(key: str, explanation: str) -> None:
             self.fail(
-                "wrong_shape",
+                key,
                 call=call,
                 expected=describe(expected),
                 got=describe(got),
-                explanation=f"expected shape {list(expected.shape)}, got {list(got.shape)}",
+                explanation=explanation,
                 hint=hint,
             )
-        error = (got - expected).abs()
-        where = tuple(
-            int(i)
-            for i in torch.unravel_index(error.nan_to_num(float("inf")).argmax(), error.shape)
-        )
-        self.fail(
+
+        if unchanged is not None:
+            baseline = torch.as_tensor(unchanged).detach().float().cpu()
+            if baseline.numel() == 1 or baseline.shape == got.shape:
+                baseline = baseline.expand_as(got)
+                known = ~torch.isnan(got)  # unreachable (NaN) entries say nothing either way
+                # A hook that never fires gives the baseline to rounding, not to tolerance:
+                # a real but tiny effect (a query that hardly matters) is not "no effect".
+                if known.any() and matches(got[known], baseline[known], 1e-5, 0.0):
+                    diagnose("no_effect", GENERIC_DIAGNOSES["no_effect"])
+        for key, compute in (mistakes or {}).items():
+            if key not in self.diagnoses:
+                raise AssertionError(f"checker bug: {self.name} has undeclared mistake {key}")
+            candidates = compute()
+            if not isinstance(candidates, list | tuple):
+                candidates = [candidates]
+            for candidate in candidates:
+                if isinstance(candidate, Tensor) and matches(
+                    got, candidate.detach().float().cpu(), atol, rtol
+                ):
+                    diagnose(key, self.diagnoses[key])
+        if got.shape != expected.shape:
+            diagnose("wrong_shape", f"expected shape {list(expected.shape)}, got {list(got.shape)}")
+        nan_where = torch.isnan(expected) != torch.isnan(got)
+        if nan_where.any():
+            first = [int(i) for i in nan_where.nonzero()[0]]
+            want = "NaN" if torch.isnan(expected[tuple(first)]) else "a number"
+            diagnose("wrong_values", f"at index {first} the expected value is {want}")
+        error = (got - expected).abs().nan_to_num(0.0)
+        where = [int(i) for i in torch.unravel_index(error.argmax(), error.shape)]
+        diagnose(
             "wrong_values",
-            call=call,
-            expected=describe(expected),
-            got=describe(got),
-            explanation=f"largest difference {error.nan_to_num(float('inf')).max().item():.4g} "
-            f"at index {list(where)} (tolerance atol={atol:g}, rtol={rtol:g})",
-            hint=hint,
+            f"largest difference {error.max().item():.4g} at index {where} "
+            f"(tolerance atol={atol:g}, rtol={rtol:g})",
         )
+
+    def expect_hook(
+        self,
+        fn: Callable,
+        activation: Tensor,
+        *args,
+        call: str,
+        expected: Tensor,
+        mistakes: Mapping[str, Callable[[], object]] | None = None,
+        read_only: Mapping[str, object] | None = None,
+        unchanged: bool = True,
+        **kwargs,
+    ) -> None:
+        """Call a hook function the way TransformerLens does, and check what it leaves.
+
+        The hook gets a copy of ``activation`` (which it may change in place) and ``args``;
+        TransformerLens uses its return value, or the changed copy when it returns None. A
+        result equal to ``activation`` is ``no_effect`` (unless ``unchanged=False``); a change
+        to anything in ``read_only`` (the caches it reads from) is ``mutated_input``.
+        """
+        given = activation.clone()
+        returned = self.call(fn, given, *args, call=call, read_only=read_only, **kwargs)
+        got = given if returned is None else returned
+        baseline = activation if unchanged else None
+        self.expect_tensor(got, expected, call=call, mistakes=mistakes, unchanged=baseline)
+
+    def expect_record(
+        self,
+        got: object,
+        expected: object,
+        fields: tuple[str, ...],
+        *,
+        call: str,
+        mistakes: Mapping[str, Callable[[], object]] | None = None,
+        hint: str | None = None,
+        atol: float = 1e-4,
+        rtol: float = 1e-3,
+        fields_atol: Mapping[str, float] | None = None,
+    ) -> None:
+        """Check a result with named fields (a dataclass, or a list of them), field by field.
+
+        Mistakes are matched on all the fields at once (each mistake computes a whole record);
+        then two fields holding each other's values are ``swapped_fields``; otherwise the
+        first differing field is reported.
+
+        Args:
+            got, expected: objects with the attributes ``fields`` (or lists of such objects,
+                compared item by item).
+            fields: the attributes to compare.
+            mistakes: diagnosis key -> function returning the record that mistake gives (or
+                an `AnyOf` of records, any of which may match).
+            fields_atol: a tolerance per field where it differs from ``atol``.
+        """
+        hint = hint or self.hint
+        want = record_tensors(expected, fields)
+        if want is None:
+            raise AssertionError(f"checker bug: {self.name}'s expected value lacks {fields}")
+        have = record_tensors(got, fields)
+        if have is None:
+            missing = (
+                [f for f in fields if not hasattr(got, f)]
+                if not isinstance(got, list | tuple)
+                else list(fields)
+            )
+            self.fail(
+                "wrong_type",
+                call=call,
+                expected=f"{_kind(expected)} with fields {', '.join(fields)}",
+                got=describe(got),
+                explanation=f"the result lacks {', '.join(missing) or 'some fields'}",
+                hint=hint,
+            )
+        tol = {f: (fields_atol or {}).get(f, atol) for f in fields}
+
+        def same(a: dict, b: dict) -> bool:
+            return all(matches(a[f], b[f], tol[f], rtol) for f in fields)
+
+        if same(have, want):
+            return
+        shown = ", ".join(f"{f}={describe(want[f])}" for f in fields)
+        shown_got = ", ".join(f"{f}={describe(have[f])}" for f in fields)
+
+        def diagnose(key: str, explanation: str) -> None:
+            self.fail(
+                key, call=call, expected=shown, got=shown_got, explanation=explanation, hint=hint
+            )
+
+        for key, compute in (mistakes or {}).items():
+            if key not in self.diagnoses:
+                raise AssertionError(f"checker bug: {self.name} has undeclared mistake {key}")
+            result = compute()
+            for candidate in result if isinstance(result, AnyOf) else (result,):
+                packed = None if candidate is None else record_tensors(candidate, fields)
+                if packed is not None and same(have, packed):
+                    diagnose(key, self.diagnoses[key])
+        if "swapped_fields" in self.diagnoses:
+            for i, f in enumerate(fields):
+                for g in fields[i + 1 :]:
+                    if (
+                        matches(have[f], want[g], tol[g], rtol)
+                        and matches(have[g], want[f], tol[f], rtol)
+                        and not matches(want[f], want[g], tol[f], rtol)
+                    ):
+                        diagnose(
+                            "swapped_fields",
+                            f"{self.diagnoses['swapped_fields']}: your {f} is the expected {g} "
+                            f"and your {g} the expected {f}",
+                        )
+        for f in fields:
+            if not matches(have[f], want[f], tol[f], rtol):
+                diagnose(
+                    "wrong_values",
+                    f"field {f} differs: expected {describe(want[f])}, got {describe(have[f])}",
+                )
 
     def passed(self, detail: str = "") -> None:
         """Tell the learner the check passed (printed, so notebooks show it)."""
@@ -265,8 +472,116 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _close(a: Tensor, b: Tensor, atol: float, rtol: float) -> bool:
-    return bool(torch.allclose(a, b, atol=atol, rtol=rtol, equal_nan=False))
+def without_last_layer(expected: Tensor) -> list[Tensor]:
+    """What a loop over range(n_layers - 1) gives: the last row cut, or left at 0 or NaN."""
+    zero, nan = expected.clone(), expected.clone()
+    zero[-1], nan[-1] = 0.0, float("nan")
+    return [expected[:-1], zero, nan]
+
+
+def reorderings(expected: Tensor) -> list[Tensor]:
+    """Every other order of ``expected``'s rows (its first axis)."""
+    n = expected.shape[0]
+    return [
+        expected[list(order)]
+        for order in itertools.permutations(range(n))
+        if list(order) != list(range(n))
+    ]
+
+
+def missing_rows(expected: Tensor) -> list[Tensor]:
+    """``expected`` with one row (first axis) left out, for each row."""
+    return [torch.cat([expected[:i], expected[i + 1 :]]) for i in range(expected.shape[0])]
+
+
+class AnyOf(tuple):
+    """Several records a mistake may give (for `Exercise.expect_record`'s mistakes)."""
+
+
+def matches(got: Tensor, expected: Tensor, atol: float, rtol: float) -> bool:
+    """Same shape and close; NaN counts as equal only to NaN (unreachable entries)."""
+    if got.shape != expected.shape:
+        return False
+    return bool(torch.allclose(got, expected, atol=atol, rtol=rtol, equal_nan=True))
+
+
+def as_tensor(value: object) -> Tensor | None:
+    """A float CPU tensor of ``value`` (a tensor, a number, a list of numbers), else None."""
+    if isinstance(value, Tensor):
+        return value.detach().float().cpu()
+    if isinstance(value, bool):
+        return torch.tensor(float(value))
+    try:
+        return torch.as_tensor(value, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def record_tensors(value: object, fields: tuple[str, ...]) -> dict[str, Tensor] | None:
+    """``{field: tensor}`` of a record (or a list of records, stacked), or None if not one."""
+    items = list(value) if isinstance(value, list | tuple) else [value]
+    if not items or not all(all(hasattr(item, f) for f in fields) for item in items):
+        return None
+    out = {}
+    for f in fields:
+        parts = [as_tensor(getattr(item, f)) for item in items]
+        if any(p is None for p in parts) or len({p.shape for p in parts}) != 1:
+            return None
+        out[f] = parts[0] if not isinstance(value, list | tuple) else torch.stack(parts)
+    return out
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, list | tuple):
+        return f"a list of {len(value)} {type(value[0]).__name__}" if value else "a list"
+    return f"a {type(value).__name__}"
+
+
+def _snapshot(value: object) -> object:
+    """A deep copy of the tensors in ``value`` (a cache, a tensor, a mapping, a dataset)."""
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if hasattr(value, "cache_dict"):  # an ActivationCache
+        return {k: v.detach().clone() for k, v in value.cache_dict.items()}
+    if isinstance(value, Mapping):
+        return {k: _snapshot(v) for k, v in value.items()}
+    if hasattr(value, "toks") and hasattr(value, "word_idx"):  # an IOIDataset
+        return {"toks": value.toks.clone(), "word_idx": _snapshot(value.word_idx)}
+    if isinstance(value, list | tuple):
+        return {i: _snapshot(v) for i, v in enumerate(value)}
+    if dataclasses.is_dataclass(value):  # e.g. TemplateMeans: its tensors, field by field
+        return {f.name: _snapshot(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return None
+
+
+def _changed(snapshot: object, value: object) -> str | None:
+    """Where ``value`` no longer equals its ``snapshot`` (None if it does)."""
+    if snapshot is None:
+        return None
+    if isinstance(snapshot, Tensor):
+        if not isinstance(value, Tensor) or value.shape != snapshot.shape:
+            return "replaced by a different tensor"
+        return None if torch.equal(value.detach(), snapshot) else "its values were overwritten"
+    if hasattr(value, "cache_dict"):
+        value = value.cache_dict
+    elif hasattr(value, "toks") and hasattr(value, "word_idx"):
+        value = {"toks": value.toks, "word_idx": value.word_idx}
+    elif isinstance(value, list | tuple):
+        value = dict(enumerate(value))
+    elif dataclasses.is_dataclass(value):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    for key, part in snapshot.items():
+        if key not in value:
+            return f"entry {key!r} was removed"
+        inner = _changed(part, value[key])
+        if inner is not None:
+            return f"entry {key!r}: {inner}"
+    return None
+
+
+def _reads_attn_result(err: BaseException) -> bool:
+    """Did ``err`` come from reading ``hook_result``, which needs use_attn_result?"""
+    return isinstance(err, KeyError) and "result" in str(err)
 
 
 def describe(value: object, max_items: int = 6) -> str:
@@ -353,10 +668,17 @@ def _run_in_thread(fn: Callable[[], object], seconds: float):
 _REGISTRY: dict[str, Exercise] = {}
 
 
-def exercise(name: str, hint: str, diagnoses: Mapping[str, str] | None = None, **options):
+def exercise(
+    name: str,
+    hint: str,
+    diagnoses: Mapping[str, str] | None = None,
+    shared: tuple[str, ...] = (),
+    **options,
+):
     """Declare an exercise: returns the `Exercise` its checker uses, and registers it.
 
-    Every key of ``diagnoses`` must be given by the checker on some planted mistake; the
+    ``shared`` names diagnoses of `SHARED_DIAGNOSES` the checker gives too (their text is
+    shared). Every declared diagnosis must be given by the checker on some planted mistake; the
     course's tests read this registry to prove it.
     """
     if name in _REGISTRY:
@@ -364,7 +686,12 @@ def exercise(name: str, hint: str, diagnoses: Mapping[str, str] | None = None, *
     clash = set(diagnoses or {}) & set(GENERIC_DIAGNOSES)
     if clash:
         raise ValueError(f"diagnoses {sorted(clash)} are generic; pick other names")
-    ex = Exercise(name, hint, dict(diagnoses or {}), **options)
+    unknown = sorted(set(shared) - set(SHARED_DIAGNOSES))
+    if unknown:
+        raise ValueError(f"unknown shared diagnoses {unknown}; known: {sorted(SHARED_DIAGNOSES)}")
+    merged = {key: SHARED_DIAGNOSES[key] for key in shared}
+    merged.update(diagnoses or {})
+    ex = Exercise(name, hint, merged, **options)
     _REGISTRY[name] = ex
     return ex
 

@@ -7,18 +7,17 @@ Expected values come from `ioi.circuit.backup_name_mover_experiment` and
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
-from ioi.checks.core import exercise, one_thread
+from ioi.checks.core import AnyOf, exercise, one_thread
 from ioi.checks.replication import _ablation
-from ioi.circuit import backup_name_mover_experiment, permutation_test
+from ioi.circuit import BackupResult, backup_name_mover_experiment, permutation_test
 from ioi.circuit.ablation import keep_masks, logit_diff_with_hooks, replace_where
 from ioi.heads import per_head_logit_diffs
-
-MOVERS = [(1, 0), (1, 1)]
 
 BACKUP = exercise(
     "backup_name_mover_experiment",
@@ -29,86 +28,101 @@ BACKUP = exercise(
     diagnoses={
         "knocked_out_everywhere": "the name movers were replaced at every position; knock them "
         "out only at `at` (the paper: at end)",
-        "zero_ablation": "you replaced the name movers' output by zeros; the paper uses the "
-        "mean over the ABC prompts of the same template",
         "after_equals_before": "dla_after equals dla_before: the run you read the second "
         "attribution from did not have the knockout hooks on",
+        "ignored_positions": "the attributions are read at the last column of the padded "
+        "batch; read them at each prompt's word_idx['end']",
+        "ignored_name_movers": "you knocked out other heads than the `name_movers` you were given",
     },
+    shared=("zero_ablation", "global_mean_ablation", "swapped_fields"),
 )
 
-
-def _pack(result: object) -> Tensor | object:
-    """[dla_before, dla_after, logit_diff_before, logit_diff_after] as one flat tensor."""
-    fields = ("dla_before", "dla_after", "logit_diff_before", "logit_diff_after")
-    if not all(hasattr(result, f) for f in fields):
-        return result
-    return torch.cat(
-        [
-            torch.as_tensor(result.dla_before).detach().float().cpu().flatten(),
-            torch.as_tensor(result.dla_after).detach().float().cpu().flatten(),
-            torch.tensor([float(result.logit_diff_before), float(result.logit_diff_after)]),
-        ]
-    )
+BACKUP_FIELDS = ("dla_before", "dla_after", "logit_diff_before", "logit_diff_after")
 
 
-def _zero_knockout(ablation, heads, at: str) -> Tensor:
-    """What zero-ablating ``heads`` at ``at`` gives, packed like `_pack`."""
-    model, ds = ablation.model, ablation.ds
-    masks = keep_masks(model, ds, {h: (at,) for h in heads})
+def knockout_variant(
+    ablation, heads, at: str | None, *, values: str = "template", dla_at: str = "end"
+) -> SimpleNamespace:
+    """The experiment's four fields, with switches for the mistakes: ``values`` ``"zero"`` or
+    ``"global"`` (one mean over all templates), ``dla_at="last"`` (the last column)."""
+    model, ds, means = ablation.model, ablation.ds, ablation.means
+    n_pos = ds.toks.shape[1]
+    rows = torch.tensor([means.row_of[int(t)] for t in ds.template_idx])
+    masks = keep_masks(model, ds, {h: None if at is None else (at,) for h in heads})
+
+    def replacement(layer: int) -> Tensor:
+        z = means.z[layer]
+        if values == "zero":
+            return torch.zeros(1)
+        if values == "global":
+            return z.mean(0, keepdim=True)[:, :n_pos]
+        return z[rows][:, :n_pos]
+
     hooks = [
-        (get_act_name("z", layer), replace_where(mask, torch.zeros(1)))
+        (get_act_name("z", layer), replace_where(mask, replacement(layer)))
         for layer, mask in enumerate(masks)
         if mask.any()
     ]
-    names = [get_act_name("z", layer) for layer in range(model.cfg.n_layers)]
+    end = ds.word_idx["end"] if dla_at == "end" else torch.full((ds.N,), n_pos - 1)
+    names = [get_act_name("z", lay) for lay in range(model.cfg.n_layers)]
     names.append("ln_final.hook_scale")
 
     def dla(hook_list):
         with torch.no_grad(), model.hooks(fwd_hooks=hook_list):
             _, cache = model.run_with_cache(ds.toks, names_filter=names)
-        return per_head_logit_diffs(model, cache, ds.answer_tokens, ds.word_idx["end"]).flatten()
+        return per_head_logit_diffs(model, cache, ds.answer_tokens, end).cpu()
 
-    before, after = dla([]), dla(hooks)
-    lds = [float(logit_diff_with_hooks(model, ds, h).mean()) for h in ([], hooks)]
-    return torch.cat([before, after, torch.tensor(lds)]).cpu()
+    return SimpleNamespace(
+        dla_before=dla([]),
+        dla_after=dla(hooks),
+        logit_diff_before=float(logit_diff_with_hooks(model, ds).mean()),
+        logit_diff_after=float(logit_diff_with_hooks(model, ds, hooks).mean()),
+    )
 
 
 @one_thread()
 def test_backup_name_mover_experiment(backup_name_mover_experiment_fn: Callable) -> None:
     """Check ``backup_name_mover_experiment(ablation, name_movers, at="end") -> BackupResult``."""
     ex, (b, ablation) = BACKUP, _ablation()
-    call = (
-        f"backup_name_mover_experiment(ablation, name_movers={MOVERS}, at='end')  [{b.describe()}]"
-    )
-    raw = ex.call(
-        backup_name_mover_experiment_fn, ablation, MOVERS, "end", call=call, model=b.model
-    )
-    expected_result = backup_name_mover_experiment(ablation, MOVERS, "end")
-    expected = _pack(expected_result)
-    n = expected_result.dla_before.numel()
+    cases = (([(1, 0), (1, 1)], "end"), ([(2, 1), (1, 3)], "end"), ([(0, 1), (0, 3)], "S2"))
+    for movers, at in cases:
+        call = (
+            f"backup_name_mover_experiment(ablation, name_movers={movers}, at={at!r})  "
+            f"[{b.describe()}]"
+        )
+        raw = ex.call(
+            backup_name_mover_experiment_fn, ablation, movers, at, call=call, model=b.model
+        )
+        expected: BackupResult = backup_name_mover_experiment(ablation, movers, at)
+        others = [m for m, _ in cases if m != movers]
 
-    def unchanged():
-        out = expected.clone()
-        out[n : 2 * n] = out[:n]
-        return out
+        def unchanged(e=expected):
+            return SimpleNamespace(
+                dla_before=e.dla_before,
+                dla_after=e.dla_before,
+                logit_diff_before=e.logit_diff_before,
+                logit_diff_after=e.logit_diff_after,
+            )
 
-    mistakes = {
-        "knocked_out_everywhere": lambda: _pack(
-            backup_name_mover_experiment(ablation, MOVERS, None)
-        ),
-        "zero_ablation": lambda: _zero_knockout(ablation, MOVERS, "end"),
-        "after_equals_before": unchanged,
-    }
-    ex.expect_tensor(
-        _pack(raw),
-        expected,
-        call=call + "  as [dla_before, dla_after, logit_diff_before, logit_diff_after]",
-        mistakes=mistakes,
-        atol=1e-3,
-    )
+        mistakes = {
+            "knocked_out_everywhere": lambda m=movers: knockout_variant(ablation, m, None),
+            "zero_ablation": lambda m=movers, a=at: knockout_variant(ablation, m, a, values="zero"),
+            "global_mean_ablation": lambda m=movers, a=at: knockout_variant(
+                ablation, m, a, values="global"
+            ),
+            "after_equals_before": unchanged,
+            "ignored_positions": lambda m=movers, a=at: knockout_variant(
+                ablation, m, a, dla_at="last"
+            ),
+            "ignored_name_movers": lambda a=at, o=others: AnyOf(
+                knockout_variant(ablation, m, a) for m in o
+            ),
+        }
+        ex.expect_record(raw, expected, BACKUP_FIELDS, call=call, mistakes=mistakes, atol=1e-3)
+    result = backup_name_mover_experiment(ablation, cases[0][0], "end")
     ex.passed(
-        f"logit diff {expected_result.logit_diff_before:.2f} -> {expected_result.logit_diff_after:.2f}, "
-        f"naive prediction {expected_result.naive_prediction:.2f}"
+        f"logit diff {result.logit_diff_before:.2f} -> {result.logit_diff_after:.2f}, "
+        f"naive prediction {result.naive_prediction:.2f}"
     )
 
 
@@ -125,8 +139,16 @@ PERMUTATION = exercise(
         "different_shuffles": "the statistic and group means are right but the null "
         "distribution differs: draw the permutations exactly as the docstring says, so "
         "results are reproducible from the seed",
+        "ignored_seed": "your null distribution is that of another seed: pass `seed` to the "
+        "generator",
+        "labels_not_renumbered": "the labels were used as group indices as they are; labels "
+        "like [0, 3, 7] leave empty groups (NaN means). Renumber them 0 .. G-1 first "
+        "(labels.unique(return_inverse=True))",
+        "group_sums_not_means": "group_means holds the groups' sums; divide by each group's size",
     },
 )
+
+PERM_FIELDS = ("statistic", "p_value", "group_means", "null")
 
 
 def _stat(values: Tensor, labels: Tensor, n_groups: int, weighted: bool = True) -> Tensor:
@@ -138,16 +160,39 @@ def _stat(values: Tensor, labels: Tensor, n_groups: int, weighted: bool = True) 
     return (weights * (means - flat.mean(0)) ** 2).sum()
 
 
-def _pack_test(result: object) -> Tensor | object:
-    fields = ("statistic", "p_value", "group_means", "null")
-    if not all(hasattr(result, f) for f in fields):
-        return result
-    return torch.cat(
+def permutation_variant(
+    importance: Tensor,
+    labels: Tensor,
+    n_perm: int,
+    seed: int,
+    *,
+    weighted: bool = True,
+    plus_one: bool = True,
+    renumber: bool = True,
+    sums: bool = False,
+) -> SimpleNamespace:
+    """The permutation test with switches for the mistakes."""
+    if renumber:
+        _, labels = labels.unique(return_inverse=True)
+    n_groups = int(labels.max()) + 1
+    observed = _stat(importance, labels, n_groups, weighted)
+    gen = torch.Generator().manual_seed(seed)
+    null = torch.stack(
         [
-            torch.tensor([float(result.statistic), float(result.p_value)]),
-            torch.as_tensor(result.group_means).float().flatten(),
-            torch.as_tensor(result.null).float().flatten(),
+            _stat(
+                importance, labels[torch.randperm(len(labels), generator=gen)], n_groups, weighted
+            )
+            for _ in range(n_perm)
         ]
+    )
+    onehot = torch.nn.functional.one_hot(labels, n_groups).float()
+    total = torch.einsum("bg,blh->glh", onehot, importance)
+    hits = int((null >= observed).sum())
+    return SimpleNamespace(
+        statistic=float(observed),
+        p_value=(1 + hits) / (1 + n_perm) if plus_one else hits / n_perm,
+        group_means=total if sums else total / onehot.sum(0)[:, None, None],
+        null=null,
     )
 
 
@@ -156,56 +201,46 @@ def test_permutation_test(permutation_test_fn: Callable) -> None:
     """Check ``permutation_test(importance, labels, n_permutations=1000, seed=0) -> PermutationTest``."""
     ex = PERMUTATION
     gen = torch.Generator().manual_seed(3)
-    labels = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2])  # unequal group sizes
-    importance = torch.randn(12, 3, 4, generator=gen) + 0.8 * labels[:, None, None].float()
-    n_perm, seed = 200, 5
-    call = (
-        f"permutation_test(importance [12, 3, 4], labels {labels.tolist()}, "
-        f"n_permutations={n_perm}, seed={seed})"
-    )
-    raw = ex.call(permutation_test_fn, importance.clone(), labels.clone(), n_perm, seed, call=call)
-    expected_result = permutation_test(importance, labels, n_perm, seed)
-    expected = _pack_test(expected_result)
-    got = _pack_test(raw)
-
-    def unweighted():
-        observed = _stat(importance, labels, 3, weighted=False)
-        shuffle = torch.Generator().manual_seed(seed)
-        null = torch.stack(
-            [
-                _stat(importance, labels[torch.randperm(12, generator=shuffle)], 3, weighted=False)
-                for _ in range(n_perm)
-            ]
+    groups = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2])  # unequal group sizes
+    importance = torch.randn(12, 3, 4, generator=gen) + 0.8 * groups[:, None, None].float()
+    cases = ((groups, 200, 5), (torch.tensor([0, 0, 0, 0, 0, 3, 3, 3, 7, 7, 7, 7]), 150, 11))
+    for labels, n_perm, seed in cases:
+        call = (
+            f"permutation_test(importance [12, 3, 4], labels {labels.tolist()}, "
+            f"n_permutations={n_perm}, seed={seed})"
         )
-        p = (1 + int((null >= observed).sum())) / (1 + n_perm)
-        return torch.cat(
-            [torch.tensor([float(observed), p]), expected_result.group_means.flatten(), null]
+        raw = ex.call(
+            permutation_test_fn, importance.clone(), labels.clone(), n_perm, seed, call=call
         )
+        expected = permutation_test(importance, labels, n_perm, seed)
+        have = SimpleNamespace(**{f: getattr(raw, f, None) for f in PERM_FIELDS})
 
-    def without_plus_one():
-        out = expected.clone()
-        out[1] = int((expected_result.null >= expected_result.statistic).sum()) / n_perm
-        return out
+        def other_shuffles(e=expected, have=have, raw=raw):
+            try:  # right statistic and group means, another null: a different generator
+                same = abs(float(have.statistic) - e.statistic) < 1e-4 and torch.allclose(
+                    torch.as_tensor(have.group_means).float(), e.group_means, atol=1e-4
+                )
+            except (TypeError, ValueError, RuntimeError):
+                return None
+            return raw if same else None
 
-    def other_shuffles():
-        if not isinstance(got, Tensor) or got.shape != expected.shape:
-            return None
-        head = 2 + expected_result.group_means.numel()
-        same_start = torch.allclose(got[[0]], expected[[0]], atol=1e-4) and torch.allclose(
-            got[2:head], expected[2:head], atol=1e-4
-        )
-        return got if same_start else None
+        def variant(lab=labels, n=n_perm, s=seed, **how):
+            return permutation_variant(importance, lab, n, s, **how)
 
-    mistakes = {
-        "unweighted_statistic": unweighted,
-        "p_value_without_plus_one": without_plus_one,
-        "different_shuffles": other_shuffles,
-    }
-    ex.expect_tensor(
-        got,
-        expected,
-        call=call + "  as [statistic, p_value, group_means..., null...]",
-        mistakes=mistakes,
-        atol=1e-4,
-    )
-    ex.passed(f"statistic {expected_result.statistic:.2f}, p = {expected_result.p_value:.3f}")
+        mistakes = {
+            "unweighted_statistic": lambda v=variant: v(weighted=False),
+            "p_value_without_plus_one": lambda v=variant: v(plus_one=False),
+            "ignored_seed": lambda v=variant, s=seed: AnyOf(
+                v(s=other) for other in (0, 1, 42) if other != s
+            ),
+            "labels_not_renumbered": lambda v=variant, lab=labels: (
+                None
+                if bool((lab.unique() == torch.arange(len(lab.unique()))).all())
+                else v(renumber=False)
+            ),
+            "group_sums_not_means": lambda v=variant: v(sums=True),
+            "different_shuffles": other_shuffles,
+        }
+        ex.expect_record(raw, expected, PERM_FIELDS, call=call, mistakes=mistakes, atol=1e-4)
+    result = permutation_test(importance, groups, 200, 5)
+    ex.passed(f"statistic {result.statistic:.2f}, p = {result.p_value:.3f}")

@@ -15,7 +15,7 @@ from torch import Tensor
 from transformer_lens import ActivationCache
 
 from ioi import heads
-from ioi.checks.core import Exercise, exercise
+from ioi.checks.core import Exercise, exercise, without_last_layer
 from ioi.checks.fixtures import IOIBatch, fresh_cache, ioi_batch
 
 
@@ -35,6 +35,29 @@ def final_ln_scale(
     return at_positions(cache["ln_final.hook_scale"], positions)
 
 
+def final_ln_variant(
+    stack: Float[Tensor, "*comp batch d_model"],
+    cache: ActivationCache,
+    positions: Int[Tensor, " batch"] | None,
+    how: str = "cached",
+) -> Float[Tensor, "*comp batch d_model"]:
+    """The final layer norm applied to each component, right (``"cached"``) or as a mistake.
+
+    ``"no_scale"``: centred only; ``"not_centred"``: divided only; ``"times_scale"``:
+    multiplied by the scale; ``"per_component"``: ``model.ln_final`` on each component (its
+    own norm, not the stream's); ``"last_scale"``: the scale of the padded batch's last column.
+    """
+    centred = stack - stack.mean(-1, keepdim=True)
+    if how == "per_component":
+        return cache.model.ln_final(stack)
+    if how == "no_scale":
+        return centred
+    scale = final_ln_scale(cache, None if how == "last_scale" else positions)
+    if how == "not_centred":
+        return stack / scale
+    return centred * scale if how == "times_scale" else centred / scale
+
+
 def to_logit_diff(
     stack: Float[Tensor, "*comp batch d_model"],
     cache: ActivationCache,
@@ -43,12 +66,38 @@ def to_logit_diff(
     *,
     scale: bool = True,
     reduce: str = "mean",
+    how: str = "cached",
 ) -> Float[Tensor, "..."]:
-    """Attribution with switches for the mistakes: ``scale=False``, ``reduce="none"/"sum"``."""
-    centred = stack - stack.mean(-1, keepdim=True)
-    scaled = centred / final_ln_scale(cache, positions) if scale else centred
+    """Attribution with switches for the mistakes: the layer norm ``how`` (see
+    `final_ln_variant`; ``scale=False`` is ``how="no_scale"``), ``reduce="none"/"sum"``."""
+    scaled = final_ln_variant(stack, cache, positions, how if scale else "no_scale")
     per = einops.einsum(scaled, directions, "... batch d_model, batch d_model -> ... batch")
     return {"mean": per.mean(-1), "sum": per.sum(-1), "none": per}[reduce]
+
+
+LN_DIAGNOSES = {
+    "no_ln_scale": "you did not divide by the final layer norm's scale; the logits see the "
+    "residual stream only after ln_final",
+    "ln_per_component": "you applied model.ln_final to each component: that divides each one "
+    "by its *own* norm. The layer norm divides the whole stream by one scale, so every "
+    "component must be divided by the stream's cached scale, cache['ln_final.hook_scale']",
+    "multiplied_by_scale": "you multiplied by the layer norm's scale; the layer norm divides by it",
+}
+"""The layer-norm mistakes every attribution exercise can make (declared by each)."""
+
+
+def ln_mistakes(
+    stack: Tensor, cache: ActivationCache, positions: Tensor | None, attribute: Callable
+) -> dict[str, Callable[[], Tensor]]:
+    """``LN_DIAGNOSES`` mistakes: ``attribute(normed)`` turns the normed stack into the result."""
+    return {
+        key: (lambda how=how: attribute(final_ln_variant(stack, cache, positions, how)))
+        for key, how in (
+            ("no_ln_scale", "no_scale"),
+            ("ln_per_component", "per_component"),
+            ("multiplied_by_scale", "times_scale"),
+        )
+    }
 
 
 def _directions(b: IOIBatch) -> Float[Tensor, "batch d_model"]:
@@ -92,6 +141,10 @@ DIRECTIONS = exercise(
         "embedding_not_unembedding": "you used the embedding W_E; the direction that moves a "
         "logit is the token's unembedding column W_U[:, token]",
         "not_subtracted": "you returned both directions ([batch, 2, d_model]); subtract them",
+        "normalised_directions": "you scaled the directions to unit length; the logit "
+        "difference is the dot product with the unnormalised difference W_U[:, IO] - W_U[:, S]",
+        "io_direction_only": "you returned the IO's direction alone; subtract the S's, or the "
+        "attribution measures the IO logit instead of the IO - S difference",
     },
 )
 
@@ -107,6 +160,8 @@ def test_logit_diff_directions(logit_diff_directions_fn: Callable) -> None:
         "wrong_sign": lambda: -expected,
         "embedding_not_unembedding": lambda: model.W_E[answers[:, 0]] - model.W_E[answers[:, 1]],
         "not_subtracted": lambda: model.tokens_to_residual_directions(answers),
+        "normalised_directions": lambda: expected / expected.norm(dim=-1, keepdim=True),
+        "io_direction_only": lambda: model.W_U[:, answers[:, 0]].T,
     }
     ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
     ex.passed()
@@ -119,11 +174,14 @@ FINAL_LN = exercise(
     hint="subtract each vector's mean over d_model, then divide by cache['ln_final.hook_scale'] "
     "([batch, pos, 1]) read at each prompt's position.",
     diagnoses={
-        "no_ln_scale": "you did not divide by the final layer norm's scale",
+        **LN_DIAGNOSES,
         "not_centred": "you did not subtract the mean over d_model first (the layer norm centres "
         "before it scales)",
         "scale_at_last_position": "you took the scale at the last position of the padded batch, "
         "not at each prompt's `positions`",
+        "wrong_layer_norm_scale": "you divided by the scale of another layer norm "
+        "(a block's ln1 or ln2); the logits are computed after the *final* one, "
+        "cache['ln_final.hook_scale']",
     },
 )
 
@@ -137,7 +195,8 @@ def test_apply_final_ln(apply_final_ln_fn: Callable) -> None:
     # random component that is not, or forgetting to centre would go unnoticed.
     extra = torch.randn(1, *full.shape[1:], generator=torch.Generator().manual_seed(0)) + 1.0
     full = torch.cat([full, extra])
-    for positions in (None, b.end):
+    other_scales = [n for n in cache.keys() if n.endswith("hook_scale") and "ln_final" not in n]
+    for positions in (b.end, None):
         stack = at_positions(full, positions)
         where = "None" if positions is None else "end"
         call = (
@@ -145,17 +204,28 @@ def test_apply_final_ln(apply_final_ln_fn: Callable) -> None:
             f"residual stream at {where} plus one random uncentred component, shape "
             f"{list(stack.shape)}  [{b.describe()}]"
         )
+        given = fresh_cache(cache)
         got = ex.call(
             apply_final_ln_fn,
             stack.clone(),
-            fresh_cache(cache),
+            given,
             None if positions is None else positions.clone(),
             call=call,
+            read_only={"cache": given},
         )
         centred = stack - stack.mean(-1, keepdim=True)
+        rows = torch.arange(stack.shape[-2])
+
+        def other_scale(centred=centred, positions=positions, rows=rows):
+            return [
+                centred / (cache[n][:, -1] if positions is None else cache[n][rows, positions])
+                for n in other_scales
+            ]
+
         mistakes = {
-            "no_ln_scale": lambda c=centred: c,
+            **ln_mistakes(stack, cache, positions, lambda normed: normed),
             "not_centred": lambda s=stack, p=positions: s / final_ln_scale(cache, p),
+            "wrong_layer_norm_scale": other_scale,
         }
         if positions is not None:
             mistakes["scale_at_last_position"] = lambda c=centred: c / final_ln_scale(cache, None)
@@ -171,13 +241,12 @@ STACK = exercise(
     hint="apply_final_ln(residual_stack, cache, positions), dot with the directions over "
     "d_model (einops.einsum), and average over the batch.",
     diagnoses={
-        "no_ln_scale": "you did not apply the final layer norm's scale; the logits see the "
-        "residual stream only after ln_final",
+        **LN_DIAGNOSES,
         "scale_at_last_position": "you took the layer-norm scale at the last position of the "
         "padded batch, not at each prompt's `positions`",
         "returned_per_prompt": "you returned one value per prompt; average over the batch",
-        "sum_not_mean": "you summed over the batch; the attribution is the batch mean",
     },
+    shared=("sum_not_mean",),
 )
 
 
@@ -186,7 +255,7 @@ def test_residual_stack_to_logit_diff(residual_stack_to_logit_diff_fn: Callable)
     ex, b = STACK, ioi_batch()
     dirs, cache = _directions(b), b.clean_cache
     full = cache.accumulated_resid(layer=-1, incl_mid=True)  # [component, batch, pos, d_model]
-    for positions in (None, b.end):
+    for positions in (b.end, None):
         stack = at_positions(full, positions)
         where = "None" if positions is None else "end"
         call = (
@@ -194,20 +263,25 @@ def test_residual_stack_to_logit_diff(residual_stack_to_logit_diff_fn: Callable)
             f"  where stack = the accumulated residual stream at {where}, shape "
             f"{list(stack.shape)}  [{b.describe()}]"
         )
+        given = fresh_cache(cache)
         got = ex.call(
             residual_stack_to_logit_diff_fn,
             stack.clone(),
-            fresh_cache(cache),
+            given,
             dirs.clone(),
             positions=None if positions is None else positions.clone(),
             call=call,
+            read_only={"cache": given},
         )
 
         def wrong(s=stack, p=positions, **how):
             return lambda: to_logit_diff(s, cache, dirs, p, **how)
 
+        def dot(normed):
+            return einops.einsum(normed, dirs, "... batch d, batch d -> ... batch").mean(-1)
+
         mistakes = {
-            "no_ln_scale": wrong(scale=False),
+            **ln_mistakes(stack, cache, positions, dot),
             "returned_per_prompt": wrong(reduce="none"),
             "sum_not_mean": wrong(reduce="sum"),
         }
@@ -228,15 +302,61 @@ def test_residual_stack_to_logit_diff(residual_stack_to_logit_diff_fn: Callable)
 
 # ---- accumulated_resid_logit_diffs and per_layer_logit_diffs --------------------------------
 
+
+def _check_resid_attribution(
+    ex: Exercise, fn: Callable, name: str, expected: tuple, stacks: dict[str, Tensor]
+) -> None:
+    """The body both residual-stream exercises share: call, then check values and labels.
+
+    ``stacks`` maps a mistake to the [component, batch, pos, d_model] stack it reads (the
+    right one under ``"right"``); layer-norm and position mistakes are added here.
+    """
+    b = ioi_batch()
+    dirs, cache, end = _directions(b), b.clean_cache, b.end
+    call = f"{name}(model, cache, answer_tokens, positions=end)  [{b.describe()}]"
+    given = fresh_cache(cache)
+    got = ex.call(
+        fn,
+        b.model,
+        given,
+        b.answer_tokens.clone(),
+        end.clone(),
+        call=call,
+        model=b.model,
+        read_only={"cache": given},
+    )
+    right = at_positions(stacks.pop("right"), end)
+
+    def dot(normed):
+        return einops.einsum(normed, dirs, "... batch d, batch d -> ... batch").mean(-1)
+
+    mistakes = {
+        key: (lambda stack=stack: to_logit_diff(at_positions(stack, end), cache, dirs, end))
+        for key, stack in stacks.items()
+    }
+    mistakes.update(ln_mistakes(right, cache, end, dot))
+    mistakes["ignored_positions"] = lambda: to_logit_diff(
+        at_positions(cache.accumulated_resid(layer=-1, incl_mid=True), None)
+        if name.startswith("accumulated")
+        else at_positions(cache.decompose_resid(layer=-1), None),
+        cache,
+        dirs,
+        None,
+    )
+    _expect_values_and_labels(ex, got, expected, call, mistakes)
+
+
 ACCUMULATED = exercise(
     "accumulated_resid_logit_diffs",
     hint="cache.accumulated_resid(layer=-1, incl_mid=True, return_labels=True) gives "
     "[component, batch, pos, d_model] and labels; take each prompt's position, then use "
     "residual_stack_to_logit_diff with logit_diff_directions.",
     diagnoses={
+        **LN_DIAGNOSES,
         "missing_mid": "you have one entry per layer: include the residual stream between "
         "attention and MLP too (incl_mid=True), giving 2 * n_layers + 1 entries",
-        "no_ln_scale": "no final layer-norm scale was applied",
+        "decomposed_not_accumulated": "these are the decomposed values (what each part added); "
+        "this exercise wants the running total before each sub-layer (accumulated_resid)",
         "ignored_positions": "you read the last position of the padded batch, not `positions`",
     },
 )
@@ -244,30 +364,22 @@ ACCUMULATED = exercise(
 
 def test_accumulated_resid_logit_diffs(accumulated_resid_logit_diffs_fn: Callable) -> None:
     """Check ``accumulated_resid_logit_diffs(model, cache, answer_tokens, positions=None) -> (values, labels)``."""
-    ex, b = ACCUMULATED, ioi_batch()
-    dirs, cache, end = _directions(b), b.clean_cache, b.end
-    call = f"accumulated_resid_logit_diffs(model, cache, answer_tokens, positions=end)  [{b.describe()}]"
-    got = ex.call(
-        accumulated_resid_logit_diffs_fn,
-        b.model,
-        fresh_cache(cache),
-        b.answer_tokens.clone(),
-        end.clone(),
-        call=call,
-        model=b.model,
-    )
-    full = cache.accumulated_resid(layer=-1, incl_mid=True)
-    no_mid = cache.accumulated_resid(layer=-1, incl_mid=False)
-    mistakes = {
-        "missing_mid": lambda: to_logit_diff(at_positions(no_mid, end), cache, dirs, end),
-        "no_ln_scale": lambda: to_logit_diff(
-            at_positions(full, end), cache, dirs, end, scale=False
-        ),
-        "ignored_positions": lambda: to_logit_diff(at_positions(full, None), cache, dirs, None),
+    b = ioi_batch()
+    cache = b.clean_cache
+    expected = heads.accumulated_resid_logit_diffs(b.model, cache, b.answer_tokens, b.end)
+    stacks = {
+        "right": cache.accumulated_resid(layer=-1, incl_mid=True),
+        "missing_mid": cache.accumulated_resid(layer=-1, incl_mid=False),
+        "decomposed_not_accumulated": cache.decompose_resid(layer=-1),
     }
-    expected = heads.accumulated_resid_logit_diffs(b.model, cache, b.answer_tokens, end)
-    _expect_values_and_labels(ex, got, expected, call, mistakes)
-    ex.passed()
+    _check_resid_attribution(
+        ACCUMULATED,
+        accumulated_resid_logit_diffs_fn,
+        "accumulated_resid_logit_diffs",
+        expected,
+        stacks,
+    )
+    ACCUMULATED.passed()
 
 
 PER_LAYER = exercise(
@@ -276,10 +388,12 @@ PER_LAYER = exercise(
     "into what each part wrote (embeddings, each attention and MLP output); take each prompt's "
     "position, then use residual_stack_to_logit_diff.",
     diagnoses={
+        **LN_DIAGNOSES,
         "accumulated_not_decomposed": "these are the accumulated (running-total) values; this "
         "exercise wants what each layer's attention and MLP *added* (decompose_resid)",
         "missing_embeds": "the token and position embeddings are missing (incl_embeds=True)",
-        "no_ln_scale": "no final layer-norm scale was applied",
+        "missing_mlps": "the MLPs are missing (mode='attn'); decompose into embeddings, "
+        "attention and MLP outputs (mode='all')",
         "ignored_positions": "you read the last position of the padded batch, not `positions`",
     },
 )
@@ -287,37 +401,27 @@ PER_LAYER = exercise(
 
 def test_per_layer_logit_diffs(per_layer_logit_diffs_fn: Callable) -> None:
     """Check ``per_layer_logit_diffs(model, cache, answer_tokens, positions=None) -> (values, labels)``."""
-    ex, b = PER_LAYER, ioi_batch()
-    dirs, cache, end = _directions(b), b.clean_cache, b.end
-    call = f"per_layer_logit_diffs(model, cache, answer_tokens, positions=end)  [{b.describe()}]"
-    got = ex.call(
-        per_layer_logit_diffs_fn,
-        b.model,
-        fresh_cache(cache),
-        b.answer_tokens.clone(),
-        end.clone(),
-        call=call,
-        model=b.model,
-    )
-    parts = cache.decompose_resid(layer=-1, mode="all", incl_embeds=True)
-
-    def ref(stack, positions=end, scale=True):
-        return lambda: to_logit_diff(
-            at_positions(stack, positions), cache, dirs, positions, scale=scale
-        )
-
-    mistakes = {
-        "accumulated_not_decomposed": ref(cache.accumulated_resid(layer=-1, incl_mid=True)),
-        "missing_embeds": ref(cache.decompose_resid(layer=-1, mode="all", incl_embeds=False)),
-        "no_ln_scale": ref(parts, scale=False),
-        "ignored_positions": ref(parts, None),
+    b = ioi_batch()
+    cache = b.clean_cache
+    expected = heads.per_layer_logit_diffs(b.model, cache, b.answer_tokens, b.end)
+    stacks = {
+        "right": cache.decompose_resid(layer=-1, mode="all", incl_embeds=True),
+        "accumulated_not_decomposed": cache.accumulated_resid(layer=-1, incl_mid=True),
+        "missing_embeds": cache.decompose_resid(layer=-1, mode="all", incl_embeds=False),
+        "missing_mlps": cache.decompose_resid(layer=-1, mode="attn"),
     }
-    expected = heads.per_layer_logit_diffs(b.model, cache, b.answer_tokens, end)
-    _expect_values_and_labels(ex, got, expected, call, mistakes)
-    ex.passed()
+    _check_resid_attribution(
+        PER_LAYER, per_layer_logit_diffs_fn, "per_layer_logit_diffs", expected, stacks
+    )
+    PER_LAYER.passed()
 
 
 # ---- head_results_at and per_head_logit_diffs -----------------------------------------------
+
+B_O_DIAGNOSIS = (
+    "you added b_O to every head's output: b_O belongs to the attention layer and is added "
+    "once to the sum of its heads, so it is no head's own contribution"
+)
 
 HEAD_RESULTS = exercise(
     "head_results_at",
@@ -331,7 +435,9 @@ HEAD_RESULTS = exercise(
         "ignored_positions": "you read the last position of the padded batch, not `positions`",
         "summed_heads": "you summed over heads (that is the attention layer's output, minus its "
         "bias); keep one vector per head",
+        "added_b_O": B_O_DIAGNOSIS,
     },
+    shared=("missed_last_layer",),
 )
 
 
@@ -343,8 +449,15 @@ def test_head_results_at(head_results_at_fn: Callable) -> None:
     ex, b = HEAD_RESULTS, ioi_batch()
     cache, end, model = b.clean_cache, b.end, b.model
     call = f"head_results_at(model, cache, positions=end)  [{b.describe()}]"
+    given = fresh_cache(cache)
     got = ex.call(
-        head_results_at_fn, model, fresh_cache(cache), end.clone(), call=call, model=model
+        head_results_at_fn,
+        model,
+        given,
+        end.clone(),
+        call=call,
+        model=model,
+        read_only={"cache": given},
     )
     expected = heads.head_results_at(model, cache, end).detach()
     rows = torch.arange(len(end))
@@ -352,13 +465,13 @@ def test_head_results_at(head_results_at_fn: Callable) -> None:
 
     def same_numbers_other_layout():
         shape = tuple(getattr(got, "shape", ()))
-        return next(
-            (expected.permute(*o) for o in LAYOUTS if expected.permute(*o).shape == shape), None
-        )
+        return [expected.permute(*o) for o in LAYOUTS if expected.permute(*o).shape == shape]
 
     mistakes = {
         "z_not_output": lambda: z.permute(0, 2, 1, 3),  # [layer, head, batch, d_head]
         "summed_heads": lambda: expected.sum(1),
+        "added_b_O": lambda: expected + model.b_O.detach()[:, None, None, :],
+        "missed_last_layer": lambda: without_last_layer(expected),
         "ignored_positions": lambda: heads.head_results_at(model, cache, None),
         "wrong_layout": same_numbers_other_layout,
     }
@@ -371,10 +484,12 @@ PER_HEAD = exercise(
     hint="head_results_at(model, cache, positions) gives [layer, head, batch, d_model]; pass it "
     "to residual_stack_to_logit_diff with logit_diff_directions(model, answer_tokens).",
     diagnoses={
+        **LN_DIAGNOSES,
         "transposed": "the result is [head, layer]; the exercise asks for [layer, head]",
-        "no_ln_scale": "no final layer-norm scale was applied",
         "ignored_positions": "you read the last position of the padded batch, not `positions`",
+        "added_b_O": B_O_DIAGNOSIS,
     },
+    shared=("missed_last_layer", "sum_not_mean"),
 )
 
 
@@ -383,21 +498,31 @@ def test_per_head_logit_diffs(per_head_logit_diffs_fn: Callable) -> None:
     ex, b = PER_HEAD, ioi_batch()
     dirs, cache, end, model = _directions(b), b.clean_cache, b.end, b.model
     call = f"per_head_logit_diffs(model, cache, answer_tokens, positions=end)  [{b.describe()}]"
+    given = fresh_cache(cache)
     got = ex.call(
         per_head_logit_diffs_fn,
         model,
-        fresh_cache(cache),
+        given,
         b.answer_tokens.clone(),
         end.clone(),
         call=call,
         model=model,
+        read_only={"cache": given},
     )
     expected = heads.per_head_logit_diffs(model, cache, b.answer_tokens, end).detach()
+    results = heads.head_results_at(model, cache, end).detach()
+
+    def dot(normed):
+        return einops.einsum(normed, dirs, "... batch d, batch d -> ... batch").mean(-1)
+
     mistakes = {
+        **ln_mistakes(results, cache, end, dot),
         "transposed": lambda: expected.T,
-        "no_ln_scale": lambda: to_logit_diff(
-            heads.head_results_at(model, cache, end), cache, dirs, end, scale=False
+        "added_b_O": lambda: to_logit_diff(
+            results + model.b_O.detach()[:, None, None, :], cache, dirs, end
         ),
+        "sum_not_mean": lambda: to_logit_diff(results, cache, dirs, end, reduce="sum"),
+        "missed_last_layer": lambda: without_last_layer(expected),
         "ignored_positions": lambda: heads.per_head_logit_diffs(
             model, cache, b.answer_tokens, None
         ),
@@ -420,7 +545,10 @@ ATTENTION = exercise(
         "(hook_attn_scores); read the probabilities, cache['pattern', layer]",
         "ignored_positions": "you used the last position of the padded batch as the query "
         "instead of word_idx[dest]",
+        "wrong_word": "the values are the attention between other words than `dest` and "
+        "`src` asked for: a word hard-coded, or the keys mixed up",
     },
+    shared=("sum_not_mean", "same_position_for_all_prompts", "missed_last_layer"),
 )
 
 
@@ -429,11 +557,16 @@ def attention_between(
     dest_pos: Int[Tensor, " batch"],
     src_pos: Int[Tensor, " batch"],
     name: str = "pattern",
+    reduce: str = "mean",
 ) -> Float[Tensor, "layer head"]:
-    """Mean over prompts of attention (or scores) from ``dest_pos`` to ``src_pos``."""
+    """Mean (or sum) over prompts of attention (or scores) from ``dest_pos`` to ``src_pos``."""
     rows = torch.arange(dest_pos.shape[0])
     layers = range(cache.model.cfg.n_layers)
-    return torch.stack([cache[name, layer][rows, :, dest_pos, src_pos].mean(0) for layer in layers])
+    values = torch.stack([cache[name, layer][rows, :, dest_pos, src_pos] for layer in layers])
+    return values.mean(1) if reduce == "mean" else values.sum(1)
+
+
+WORDS = ("IO", "S1", "S2", "end", "S1+1")
 
 
 def test_ioi_attention(ioi_attention_fn: Callable) -> None:
@@ -441,23 +574,38 @@ def test_ioi_attention(ioi_attention_fn: Callable) -> None:
     ex, b = ATTENTION, ioi_batch()
     cache, idx = b.clean_cache, b.ds.word_idx
     last = torch.full_like(idx["end"], cache["pattern", 0].shape[-1] - 1)
-    for dest, src, with_cache in (("end", "S2", True), ("S2", "IO", False)):
+    for dest, src, with_cache in (("end", "S2", True), ("S2", "IO", False), ("end", "IO", True)):
         given = "cache" if with_cache else "None"
         call = f"ioi_attention(model, ds, {dest!r}, {src!r}, cache={given})  [{b.describe()}]"
+        passed = fresh_cache(cache) if with_cache else None
         got = ex.call(
             ioi_attention_fn,
             b.model,
             b.ds,
             dest,
             src,
-            cache=fresh_cache(cache) if with_cache else None,
+            cache=passed,
             call=call,
             model=b.model,
+            read_only={"ds": b.ds} | ({"cache": passed} if with_cache else {}),
         )
         d, s = idx[dest], idx[src]
         mistakes = {
             "swapped_dest_src": lambda d=d, s=s: attention_between(cache, s, d),
             "scores_not_pattern": lambda d=d, s=s: attention_between(cache, d, s, "attn_scores"),
+            "sum_not_mean": lambda d=d, s=s: attention_between(cache, d, s, reduce="sum"),
+            "same_position_for_all_prompts": lambda d=d, s=s: attention_between(
+                cache, d[:1].expand_as(d), s[:1].expand_as(s)
+            ),
+            "missed_last_layer": lambda d=d, s=s: without_last_layer(
+                attention_between(cache, d, s)
+            ),
+            "wrong_word": lambda dest=dest, src=src: [
+                attention_between(cache, idx[x], idx[y])
+                for x in WORDS
+                for y in WORDS
+                if (x, y) != (dest, src) and (x, y) != (src, dest)
+            ],
         }
         if dest == "end":
             mistakes["ignored_positions"] = lambda s=s: attention_between(cache, last, s)

@@ -4,16 +4,42 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
-from ioi.checks.core import exercise
+from ioi.checks.core import AnyOf, exercise
 from ioi.checks.fixtures import ioi_batch
 from ioi.dataset import IOIDataset
 from ioi.evaluate import prompt_scores
-from ioi.metrics import final_logits, io_probability, logits_to_ave_logit_diff
+from ioi.metrics import final_logits, io_probability
+
+
+def reading_mistakes(
+    logits: Float[Tensor, "batch pos d_vocab"],
+    positions: Int[Tensor, " batch"] | None,
+    score: Callable[[Tensor], Tensor],
+) -> dict[str, Callable[[], list[Tensor]]]:
+    """What reading the predicting logits at the wrong place gives, for any per-prompt score.
+
+    ``score`` maps [batch, d_vocab] predicting logits to the exercise's result. Shared by every
+    checker whose exercise reads each prompt's logits at ``positions``.
+    """
+    n_pos = logits.shape[1]
+    if positions is None:  # the last column is asked for; the one before is off by one
+        return {"position_off_by_one": lambda: [score(logits[:, -2])]}
+    return {
+        "same_position_for_all_prompts": lambda: [score(logits[:, int(positions[0])])],
+        "ignored_positions": lambda: [score(logits[:, c]) for c in range(n_pos)],
+        "position_off_by_one": lambda: [
+            score(final_logits(logits, (positions + d).clamp(0, n_pos - 1))) for d in (1, -1)
+        ],
+    }
+
+
+# ---- logits_to_ave_logit_diff ------------------------------------------------------------------
 
 LOGIT_DIFF = exercise(
     "logits_to_ave_logit_diff",
@@ -23,10 +49,10 @@ LOGIT_DIFF = exercise(
     diagnoses={
         "wrong_sign": "your answer is the expected one times -1: you computed S - IO. "
         "answer_tokens[:, 0] is the correct (IO) token and answer_tokens[:, 1] the incorrect (S) one",
-        "ignored_positions": "your answer is the logit difference at the last position of the "
-        "padded batch: you ignored `positions`. Prompts are right-padded, so for shorter prompts "
-        "the last position is padding; each prompt predicts at its own positions[i]",
-        "position_off_by_one": "your answer is the logit difference one position later: "
+        "ignored_positions": "your answer is the logit difference at one fixed column for every "
+        "prompt: you ignored `positions`. Prompts are right-padded, so each prompt predicts at "
+        "its own positions[i]",
+        "position_off_by_one": "your answer is the logit difference one position away: "
         "positions[i] (word_idx['end']) is already the token *before* the answer, the one "
         "that predicts it",
         "returned_per_prompt": "you returned one value per prompt, but per_prompt=False asks "
@@ -36,6 +62,7 @@ LOGIT_DIFF = exercise(
         "probabilities": "your answer is a difference of probabilities; the metric is a "
         "difference of logits (no softmax)",
     },
+    shared=("batch_by_batch_indexing", "sum_not_mean", "same_position_for_all_prompts"),
 )
 
 
@@ -44,45 +71,48 @@ def test_logits_to_ave_logit_diff(logits_to_ave_logit_diff_fn: Callable) -> None
     ex, b = LOGIT_DIFF, ioi_batch()
     answers, end = b.answer_tokens, b.end
 
-    def ref(per_prompt=False, positions=None):
-        return logits_to_ave_logit_diff(
-            b.clean_logits, answers, per_prompt=per_prompt, positions=positions
-        )
-
-    def prob_diff(per_prompt, positions):
-        probs = final_logits(b.clean_logits, positions).softmax(-1).gather(1, answers)
-        diff = probs[:, 0] - probs[:, 1]
+    def diff_of(final: Tensor, per_prompt: bool) -> Tensor:
+        picked = final.gather(1, answers)
+        diff = picked[:, 0] - picked[:, 1]
         return diff if per_prompt else diff.mean()
 
     cases = [
-        ("logits_to_ave_logit_diff(logits, answer_tokens)", {}),
         ("logits_to_ave_logit_diff(logits, answer_tokens, positions=end)", {"positions": end}),
         (
             "logits_to_ave_logit_diff(logits, answer_tokens, per_prompt=True, positions=end)",
             {"per_prompt": True, "positions": end},
         ),
+        ("logits_to_ave_logit_diff(logits, answer_tokens)", {}),
+        ("logits_to_ave_logit_diff(logits, answer_tokens, per_prompt=True)", {"per_prompt": True}),
     ]
     for call, kwargs in cases:
         per_prompt, positions = kwargs.get("per_prompt", False), kwargs.get("positions")
+        logits = b.clean_logits.clone()
         got = ex.call(
             logits_to_ave_logit_diff_fn,
-            b.clean_logits.clone(),
+            logits,
             answers.clone(),
             call=f"{call}  [{b.describe()}]",
+            read_only={"logits": logits},
             **{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()},
         )
+        final = final_logits(b.clean_logits, positions)
+        expected = diff_of(final, per_prompt)
+        grid = final[:, answers[:, 0]] - final[:, answers[:, 1]]  # [batch, batch]
         mistakes = {
-            "wrong_sign": lambda pp=per_prompt, pos=positions: -ref(pp, pos),
-            "returned_per_prompt": lambda pos=positions: ref(True, pos),
-            "ignored_per_prompt": lambda pos=positions: ref(False, pos),
-            "probabilities": lambda pp=per_prompt, pos=positions: prob_diff(pp, pos),
+            "wrong_sign": lambda e=expected: -e,
+            "returned_per_prompt": lambda f=final: diff_of(f, True),
+            "ignored_per_prompt": lambda f=final: diff_of(f, False),
+            "sum_not_mean": lambda f=final: diff_of(f, True).sum(),
+            "probabilities": lambda f=final, pp=per_prompt: diff_of(f.softmax(-1), pp),
+            "batch_by_batch_indexing": lambda g=grid: [g, g.mean(), g.mean(0), g.mean(1)],
+            **reading_mistakes(b.clean_logits, positions, lambda f, pp=per_prompt: diff_of(f, pp)),
         }
-        if positions is not None:
-            mistakes["ignored_positions"] = lambda pp=per_prompt: ref(pp, None)
-            mistakes["position_off_by_one"] = lambda pp=per_prompt, pos=positions: ref(pp, pos + 1)
-        ex.expect_tensor(got, ref(per_prompt, positions), call=call, mistakes=mistakes)
+        ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
     ex.passed(f"{len(cases)} calls, clean logit diff {b.clean_logit_diff:.3f}")
 
+
+# ---- io_probability ----------------------------------------------------------------------------
 
 IO_PROB = exercise(
     "io_probability",
@@ -94,8 +124,11 @@ IO_PROB = exercise(
         "log_probability": "you returned the log-probability (log_softmax); exponentiate, or use softmax",
         "softmax_wrong_dim": "the values sum to one across prompts: the softmax ran over the "
         "batch dimension instead of the vocabulary (dim=-1)",
-        "ignored_positions": "you read the last position of the padded batch, not positions[i]",
+        "softmax_over_answers": "you normalised over the two answers only (IO vs S); the "
+        "probability the model gives the IO is a softmax over the whole vocabulary",
+        "ignored_positions": "you read one fixed column for every prompt, not positions[i]",
     },
+    shared=("batch_by_batch_indexing",),
 )
 
 
@@ -107,7 +140,7 @@ def test_io_probability(io_probability_fn: Callable) -> None:
     def pick(values, column=0):
         return values.gather(1, answers[:, column : column + 1]).squeeze(1)
 
-    for positions in (None, end):
+    for positions in (end, None):
         call = "io_probability(logits, answer_tokens" + (
             ", positions=end)" if positions is not None else ")"
         )
@@ -119,14 +152,17 @@ def test_io_probability(io_probability_fn: Callable) -> None:
             call=f"{call}  [{b.describe()}]",
         )
         final = final_logits(b.clean_logits, positions)
+        grid = final.softmax(-1)[:, answers[:, 0]]  # [batch, batch]
+        reading = reading_mistakes(b.clean_logits, positions, lambda f: pick(f.softmax(-1)))
         mistakes = {
             "s_probability": lambda f=final: pick(f.softmax(-1), 1),
             "no_softmax": lambda f=final: pick(f),
             "log_probability": lambda f=final: pick(f.log_softmax(-1)),
             "softmax_wrong_dim": lambda f=final: pick(f.softmax(0)),
+            "softmax_over_answers": lambda f=final: f.gather(1, answers).softmax(-1)[:, 0],
+            "batch_by_batch_indexing": lambda g=grid: [g, g.mean(0), g.mean(1)],
+            "ignored_positions": reading.get("ignored_positions", list),
         }
-        if positions is not None:
-            mistakes["ignored_positions"] = lambda: io_probability(b.clean_logits, answers)
         expected = io_probability(b.clean_logits, answers, positions=positions)
         ex.expect_tensor(got, expected, call=call, mistakes=mistakes, atol=1e-5)
     ex.passed(
@@ -134,17 +170,21 @@ def test_io_probability(io_probability_fn: Callable) -> None:
     )
 
 
+# ---- prompt_scores -----------------------------------------------------------------------------
+
 PROMPT_SCORES = exercise(
     "prompt_scores",
     hint="run the model on ds.toks, read each prompt's logits at ds.word_idx['end'], and "
     "build the four [N] tensors from them.",
     diagnoses={
         "missing_keys": "the dict lacks some of the keys logit_diff, io_over_s, io_top1, io_prob",
-        "ignored_positions": "the logit differences are read at the last position of the padded "
-        "batch; read each prompt at ds.word_idx['end']",
+        "ignored_positions": "some scores are read at the last column of the padded batch; "
+        "read each prompt at ds.word_idx['end']",
         "top1_over_answers": "io_top1 equals io_over_s: you compared the IO only with the S. "
         "io_top1 asks whether the IO beats *every* token in the vocabulary (argmax over d_vocab)",
+        "s_probability": "io_prob is the probability of the S; the IO is answer_tokens[:, 0]",
     },
+    shared=("swapped_fields", "same_position_for_all_prompts"),
 )
 
 SCORE_KEYS = ("logit_diff", "io_over_s", "io_top1", "io_prob")
@@ -167,6 +207,25 @@ def _decoy(ds: IOIDataset, logits: Float[Tensor, "batch pos d_vocab"]) -> IOIDat
     return decoy
 
 
+def _scores_at(logits: Tensor, ds: IOIDataset, positions: Tensor) -> SimpleNamespace:
+    """The four scores read at ``positions`` (right or wrong ones)."""
+    final = final_logits(logits, positions)
+    picked = final.gather(1, ds.answer_tokens)
+    diff = picked[:, 0] - picked[:, 1]
+    probs = final.softmax(-1)
+    return SimpleNamespace(
+        logit_diff=diff,
+        io_over_s=(diff > 0).float(),
+        io_top1=(final.argmax(-1) == ds.answer_tokens[:, 0]).float(),
+        io_prob=probs.gather(1, ds.answer_tokens[:, :1])[:, 0],
+        s_prob=probs.gather(1, ds.answer_tokens[:, 1:])[:, 0],
+    )
+
+
+def _with(record: SimpleNamespace, **fields) -> SimpleNamespace:
+    return SimpleNamespace(**{**vars(record), **fields})
+
+
 def test_prompt_scores(prompt_scores_fn: Callable) -> None:
     """Check the learner's ``prompt_scores(model, ds) -> dict[str, Tensor]`` (four [N] tensors)."""
     ex, b = PROMPT_SCORES, ioi_batch()
@@ -181,7 +240,6 @@ def test_prompt_scores(prompt_scores_fn: Callable) -> None:
     for name, ds, logits in cases:
         call = f"prompt_scores(model, {name})  [{b.describe()}]"
         got = ex.call(prompt_scores_fn, b.model, ds, call=call, model=b.model)
-        expected = prompt_scores(b.model, ds)
         if not isinstance(got, dict):
             ex.fail(
                 "wrong_type",
@@ -201,14 +259,28 @@ def test_prompt_scores(prompt_scores_fn: Callable) -> None:
                 explanation=f"{ex.diagnoses['missing_keys']} (missing: {missing})",
                 hint=ex.hint,
             )
-        last = logits_to_ave_logit_diff(logits, ds.answer_tokens, per_prompt=True)
-        mistakes = {
-            "logit_diff": {"ignored_positions": lambda last=last: last},
-            "io_top1": {"top1_over_answers": lambda e=expected: e["io_over_s"]},
-        }
-        for key in SCORE_KEYS:
-            ex.expect_tensor(
-                got[key], expected[key], call=f"{call}[{key!r}]", mistakes=mistakes.get(key)
+        end = ds.word_idx["end"]
+        right = _scores_at(logits, ds, end)
+        expected = SimpleNamespace(**prompt_scores(b.model, ds))
+
+        def one_field_from(wrong: SimpleNamespace, right=right) -> AnyOf:
+            """The record with one or all of its fields read the wrong way."""
+            return AnyOf(
+                [_with(right, **{k: getattr(wrong, k) for k in SCORE_KEYS})]
+                + [_with(right, **{k: getattr(wrong, k)}) for k in SCORE_KEYS]
             )
+
+        last = torch.full_like(end, ds.toks.shape[1] - 1)
+        mistakes = {
+            "top1_over_answers": lambda r=right: _with(r, io_top1=r.io_over_s),
+            "s_probability": lambda r=right: _with(r, io_prob=r.s_prob),
+            "same_position_for_all_prompts": lambda e=end, lg=logits, d=ds: one_field_from(
+                _scores_at(lg, d, e[:1].expand_as(e))
+            ),
+            "ignored_positions": lambda lg=logits, d=ds, e=last: one_field_from(
+                _scores_at(lg, d, e)
+            ),
+        }
+        ex.expect_record(SimpleNamespace(**got), expected, SCORE_KEYS, call=call, mistakes=mistakes)
     accuracy = float(prompt_scores(b.model, b.ds)["io_top1"].mean())
     ex.passed(f"accuracy {accuracy:.2f} on {b.ds.N} prompts")

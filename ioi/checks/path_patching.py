@@ -16,7 +16,7 @@ from transformer_lens import ActivationCache, HookedTransformer
 from transformer_lens.utilities import get_act_name
 
 from ioi import patching, path_patching
-from ioi.checks.core import exercise, one_thread
+from ioi.checks.core import exercise, one_thread, without_last_layer
 from ioi.checks.fixtures import IOIBatch, fresh_cache, ioi_batch
 from ioi.metrics import make_ioi_metric
 
@@ -121,8 +121,20 @@ FREEZE_HOOK = exercise(
         "sender's; patch only when hook.layer() == head_to_patch[0]",
         "did_not_patch": "the sender head was not patched: in its layer it must take its value "
         "from the new run (new_cache)",
+        "caches_swapped": "you froze the heads at the new run and patched the sender from the "
+        "original one: freeze at orig_cache, patch from new_cache",
+        "ignored_head_to_patch": "you patched a fixed sender, not the `head_to_patch` you were "
+        "given",
     },
 )
+
+
+def _frozen(base: Tensor, other: Tensor, layer: int, sender: tuple[int, int]) -> Tensor:
+    """``base`` with the sender's head taken from ``other`` when ``layer`` is its layer."""
+    out = base.clone()
+    if layer == sender[0]:
+        out[:, :, sender[1]] = other[:, :, sender[1]]
+    return out
 
 
 @one_thread()
@@ -130,8 +142,9 @@ def test_patch_or_freeze_head_vectors(patch_or_freeze_head_vectors_fn: Callable)
     """Check the hook ``patch_or_freeze_head_vectors(orig_head_vector, hook, new_cache, orig_cache, head_to_patch)``."""
     ex, b = FREEZE_HOOK, _batch()
     orig_cache, new_cache = b.clean_cache, b.corrupted_cache
-    sender = (1, 2)
-    for layer in (1, 2):
+    n_layers, n_heads = b.model.cfg.n_layers, b.model.cfg.n_heads
+    cases = [((1, 3), 1), ((1, 3), 2), ((2, 0), 2), ((0, 1), 0), ((0, 1), 1)]
+    for sender, layer in cases:
         hook = b.model.blocks[layer].attn.hook_z
         orig, new = orig_cache[hook.name], new_cache[hook.name]
         # The activation mid-run differs from both caches (earlier layers were patched).
@@ -143,29 +156,32 @@ def test_patch_or_freeze_head_vectors(patch_or_freeze_head_vectors_fn: Callable)
             f"head_to_patch={sender})  where z is the current activation, different from both "
             f"caches  [{b.describe()}]"
         )
-        given = current.clone()
-        returned = ex.call(
+        given_new, given_orig = fresh_cache(new_cache), fresh_cache(orig_cache)
+        other_senders = [
+            (lay, h) for lay in range(n_layers) for h in range(n_heads) if (lay, h) != sender
+        ]
+        mistakes = {
+            "did_not_freeze": lambda c=current, n=new, lay=layer, s=sender: _frozen(c, n, lay, s),
+            "ignored_layer": lambda o=orig, n=new, s=sender: _frozen(o, n, s[0], s),
+            "did_not_patch": lambda o=orig: o,
+            "caches_swapped": lambda o=orig, n=new, lay=layer, s=sender: _frozen(n, o, lay, s),
+            "ignored_head_to_patch": lambda o=orig, n=new, lay=layer, others=other_senders: [
+                _frozen(o, n, lay, other) for other in others if other[0] == lay
+            ],
+        }
+        ex.expect_hook(
             patch_or_freeze_head_vectors_fn,
-            given,
+            current,
             hook,
-            fresh_cache(new_cache),
-            fresh_cache(orig_cache),
+            given_new,
+            given_orig,
             sender,
             call=call,
+            expected=_frozen(orig, new, layer, sender),
+            mistakes=mistakes,
+            read_only={"new_cache": given_new, "orig_cache": given_orig},
         )
-        got = given if returned is None else returned
-        expected = orig.clone()
-        unfrozen = current.clone()
-        if layer == sender[0]:
-            expected[:, :, sender[1]] = new[:, :, sender[1]]
-            unfrozen[:, :, sender[1]] = new[:, :, sender[1]]
-            mistakes = {"did_not_freeze": lambda u=unfrozen: u, "did_not_patch": lambda o=orig: o}
-        else:
-            wrong = orig.clone()
-            wrong[:, :, sender[1]] = new[:, :, sender[1]]
-            mistakes = {"did_not_freeze": lambda c=current: c, "ignored_layer": lambda w=wrong: w}
-        ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
-    ex.passed()
+    ex.passed(f"{len(cases)} (sender, layer) pairs")
 
 
 # ---- patch_head_input -------------------------------------------------------------------------
@@ -186,29 +202,36 @@ INPUT_HOOK = exercise(
 def test_patch_head_input(patch_head_input_fn: Callable) -> None:
     """Check the hook ``patch_head_input(orig_activation, hook, patched_cache, head_list)``."""
     ex, b = INPUT_HOOK, _batch()
-    hook = b.model.blocks[2].attn.hook_v
     head_list = [(2, 1), (2, 3), (1, 0)]
-    orig, patched = b.clean_cache[hook.name], b.corrupted_cache[hook.name]
-    call = (
-        f"patch_head_input(v, hook (name {hook.name!r}), patched_cache, head_list={head_list})"
-        f"  [{b.describe()}]"
-    )
-    given = orig.clone()
-    returned = ex.call(
-        patch_head_input_fn, given, hook, fresh_cache(b.corrupted_cache), head_list, call=call
-    )
-    got = given if returned is None else returned
+    for name in ("blocks.2.attn.hook_v", "blocks.1.attn.hook_q"):
+        hook = b.model.hook_dict[name]
+        orig, patched = b.clean_cache[name], b.corrupted_cache[name]
+        call = (
+            f"patch_head_input({name.split('_')[-1]}, hook (name {name!r}), patched_cache, "
+            f"head_list={head_list})  [{b.describe()}]"
+        )
 
-    def with_heads(heads):
-        out = orig.clone()
-        out[:, :, heads] = patched[:, :, heads]
-        return out
+        def with_heads(heads, orig=orig, patched=patched):
+            out = orig.clone()
+            out[:, :, heads] = patched[:, :, heads]
+            return out
 
-    mistakes = {
-        "ignored_layer": lambda: with_heads([1, 3, 0]),
-        "patched_all_heads": lambda: patched,
-    }
-    ex.expect_tensor(got, with_heads([1, 3]), call=call, mistakes=mistakes)
+        layer = hook.layer()
+        given = fresh_cache(b.corrupted_cache)
+        ex.expect_hook(
+            patch_head_input_fn,
+            orig,
+            hook,
+            given,
+            head_list,
+            call=call,
+            expected=with_heads([h for lay, h in head_list if lay == layer]),
+            mistakes={
+                "ignored_layer": lambda w=with_heads: w([h for _, h in head_list]),
+                "patched_all_heads": lambda p=patched: p,
+            },
+            read_only={"patched_cache": given},
+        )
     ex.passed()
 
 
@@ -229,14 +252,24 @@ TO_LOGITS = exercise(
         "the orig prompts and patch the sender's new value in",
         "transposed": "the result is [head, layer]; return [layer, head]",
     },
+    shared=("missed_last_layer",),
 )
 
 
-def _call_text(name: str, b: IOIBatch, extra: str = "") -> str:
+def _call_text(name: str, b: IOIBatch, extra: str = "", caches: bool = True) -> str:
+    given = "new_cache, orig_cache" if caches else "new_cache=None, orig_cache=None"
     return (
-        f"{name}({extra}model, patching_metric, new_dataset=abc, orig_dataset=ioi, new_cache, "
-        f"orig_cache)  where patching_metric is the normalised IOI metric  [{b.describe()}]"
+        f"{name}({extra}model, patching_metric, new_dataset=abc, orig_dataset=ioi, {given})  "
+        f"where patching_metric is the normalised IOI metric  [{b.describe()}]"
     )
+
+
+def _cache_args(b: IOIBatch, with_caches: bool) -> tuple[tuple, dict]:
+    """The (new_cache, orig_cache) arguments, fresh copies or None, and their read-only map."""
+    if not with_caches:
+        return (None, None), {}
+    new, orig = fresh_cache(b.corrupted_cache), fresh_cache(b.clean_cache)
+    return (new, orig), {"new_cache": new, "orig_cache": orig}
 
 
 @one_thread()
@@ -244,24 +277,13 @@ def test_get_path_patch_head_to_final_resid_post(fn: Callable) -> None:
     """Check ``get_path_patch_head_to_final_resid_post(model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache)``."""
     ex, b = TO_LOGITS, _batch()
     metric, model = _metric(b), b.model
-    call = _call_text("get_path_patch_head_to_final_resid_post", b)
-    got = ex.call(
-        fn,
-        model,
-        metric,
-        b.abc,
-        b.ds,
-        fresh_cache(b.corrupted_cache),
-        fresh_cache(b.clean_cache),
-        call=call,
-        model=model,
-    )
     expected = path_patching.get_path_patch_head_to_final_resid_post(
         model, metric, b.abc, b.ds, b.corrupted_cache, b.clean_cache
     )
     z_sweep = patching.sweep(model, "z", b.ds.toks.shape[1])
     mistakes = {
         "transposed": lambda: expected.T,
+        "missed_last_layer": lambda: without_last_layer(expected),
         "not_frozen": lambda: (
             patching.activation_patching(
                 model, b.ds.toks, b.abc.toks, metric, z_sweep, mode="noise"
@@ -274,27 +296,126 @@ def test_get_path_patch_head_to_final_resid_post(fn: Callable) -> None:
             model, metric, b.abc.toks, b.corrupted_cache, b.clean_cache
         ),
     }
-    ex.expect_tensor(got, expected, call=call, mistakes=mistakes, atol=1e-4, rtol=1e-4)
+    for with_caches in (True, False):
+        call = _call_text("get_path_patch_head_to_final_resid_post", b, caches=with_caches)
+        caches, read_only = _cache_args(b, with_caches)
+        got = ex.call(
+            fn, model, metric, b.abc, b.ds, *caches, call=call, model=model, read_only=read_only
+        )
+        ex.expect_tensor(
+            got, expected, call=call, mistakes=mistakes, atol=1e-4, rtol=1e-4, unchanged=1.0
+        )
     ex.passed()
 
 
 # ---- get_path_patch_head_to_heads -------------------------------------------------------------
 
+UNREACHABLE = (
+    "rows of senders at or above the highest receiver layer must be NaN: nothing there can "
+    "reach the receivers, and 0.0 would read as a measured value (for the normalised metric a "
+    "very large one: no effect is 1.0)"
+)
+
+TO_HEADS_DIAGNOSES = {
+    "returned_top_rows_only": "you returned only the rows of senders below the top receiver "
+    "layer; return the full [n_layers, n_heads] grid with NaN in the other rows",
+    "unreachable_rows_zero": "the reachable rows are right, but the unreachable ones are 0: "
+    + UNREACHABLE,
+    "not_frozen": "in the first patched run the other heads were not frozen, so the receivers "
+    "also saw the sender's effect through intermediate heads",
+    "kept_freeze_hooks": "the result equals the sender -> logits grid: in the last run (step 3) "
+    "the freezing hooks were still on, so every head sat frozen and the receivers' patched "
+    "inputs changed nothing. Step 3 runs the orig prompts with *only* the receivers' inputs "
+    "patched",
+    "patched_whole_layer": "in step 3 you patched every head of the receivers' layers, not only "
+    "the receivers",
+    "wrong_top_layer": "rows below the highest receiver layer are missing: the senders are every "
+    "head below the *highest* receiver layer (max, not min)",
+}
+
+
+def _with_unreachable(grid: Tensor, top: int, fill: float = float("nan")) -> Tensor:
+    out = grid.clone().float().cpu()
+    out[top:] = fill
+    return out
+
+
 TO_HEADS = exercise(
     "get_path_patch_head_to_heads",
     hint="for each sender below the top receiver layer: (1) run the orig tokens with every head "
     "frozen at orig except the sender at new (MLPs recompute) and cache the receivers' "
-    "`receiver_input`; (2) run the orig tokens again with the receivers' input replaced by "
-    "those values and store the metric. Leave the rows at and above the top receiver layer 0.",
+    "`receiver_input`; (2) run the orig tokens again with only the receivers' input replaced by "
+    "those values and store the metric. Rows at and above the top receiver layer are NaN.",
     diagnoses={
-        "returned_top_rows_only": "you returned only the rows of senders below the top receiver "
-        "layer; return the full [n_layers, n_heads] grid with zeros in the other rows",
-        "not_frozen": "in step 1 the other heads were not frozen, so the receivers also saw the "
-        "sender's effect through intermediate heads",
+        **TO_HEADS_DIAGNOSES,
         "wrong_receiver_input": "you patched a different input of the receivers than "
         "`receiver_input` asks for",
     },
 )
+
+
+def _to_heads_mistakes(b, metric, receivers, receiver_input, expected, top, **positions):
+    """Mistakes shared by the two head -> heads exercises (``positions``: the library's)."""
+    model = b.model
+    low = min(layer for layer, _ in receivers)
+    layers = sorted({layer for layer, _ in receivers})
+    whole = [(lay, h) for lay in layers for h in range(model.cfg.n_heads)]
+
+    def library(r=receivers, inp=receiver_input, **changes):
+        grid = path_patching.get_path_patch_head_to_heads(
+            r,
+            inp,
+            model,
+            metric,
+            b.abc,
+            b.ds,
+            b.corrupted_cache,
+            b.clean_cache,
+            **{**positions, **changes},
+        )
+        return _with_unreachable(grid, max(layer for layer, _ in r))
+
+    return {
+        "returned_top_rows_only": lambda: expected[:top],
+        "unreachable_rows_zero": lambda: _with_unreachable(expected, top, 0.0),
+        "wrong_top_layer": lambda: [
+            _with_unreachable(expected, low),
+            _with_unreachable(expected, low, 0.0),
+        ],
+        "kept_freeze_hooks": lambda: _with_unreachable(
+            path_patching.get_path_patch_head_to_final_resid_post(
+                model,
+                metric,
+                b.abc,
+                b.ds,
+                b.corrupted_cache,
+                b.clean_cache,
+                sender_positions=positions.get("sender_positions"),
+            ),
+            top,
+        ),
+        "patched_whole_layer": lambda: library(r=whole),
+        "not_frozen": lambda: (
+            None
+            if positions
+            else _with_unreachable(
+                naive_path_patch(
+                    model,
+                    metric,
+                    b.ds.toks,
+                    b.clean_cache,
+                    b.corrupted_cache,
+                    receivers,
+                    receiver_input,
+                    freeze=False,
+                ),
+                top,
+            )
+        ),
+        "wrong_receiver_input": lambda: [
+            library(inp=other) for other in ("q", "k", "v") if other != receiver_input
+        ],
+    }
 
 
 @one_thread()
@@ -303,10 +424,18 @@ def test_get_path_patch_head_to_heads(fn: Callable) -> None:
     ex, b = TO_HEADS, _batch()
     metric, model = _metric(b), b.model
     # Layer 2's values: a sender in layer 0 also reaches them through layer 1, so freezing
-    # matters there; layer 1's values are where the toy's layer-0 heads have their effect.
-    cases = (([(1, 0), (1, 1), (1, 2), (1, 3)], "v"), ([(2, 0), (2, 1), (2, 2), (2, 3)], "v"))
-    for receivers, receiver_input in cases:
-        call = _call_text("get_path_patch_head_to_heads", b, f"{receivers}, {receiver_input!r}, ")
+    # matters there; layer 1's values are where the toy's layer-0 heads have their effect;
+    # receivers in two layers tell the highest layer from the lowest.
+    cases = (
+        ([(2, 0), (2, 1), (2, 2), (2, 3)], "v", True),
+        ([(1, 0), (1, 1), (1, 2), (1, 3)], "v", False),
+        ([(1, 2), (2, 1)], "k", True),
+    )
+    for receivers, receiver_input, with_caches in cases:
+        call = _call_text(
+            "get_path_patch_head_to_heads", b, f"{receivers}, {receiver_input!r}, ", with_caches
+        )
+        caches, read_only = _cache_args(b, with_caches)
         got = ex.call(
             fn,
             receivers,
@@ -315,36 +444,123 @@ def test_get_path_patch_head_to_heads(fn: Callable) -> None:
             metric,
             b.abc,
             b.ds,
-            fresh_cache(b.corrupted_cache),
-            fresh_cache(b.clean_cache),
+            *caches,
             call=call,
             model=model,
-        )
-        expected = path_patching.get_path_patch_head_to_heads(
-            receivers, receiver_input, model, metric, b.abc, b.ds, b.corrupted_cache, b.clean_cache
+            read_only=read_only,
         )
         top = max(layer for layer, _ in receivers)
-
-        def other_input(r=receivers, inp=receiver_input, got=got):
-            shape = tuple(getattr(got, "shape", ()))
-            for other in ("q", "k", "v"):
-                if other == inp:
-                    continue
-                value = path_patching.get_path_patch_head_to_heads(
-                    r, other, model, metric, b.abc, b.ds, b.corrupted_cache, b.clean_cache
-                )
-                if value.shape == shape and torch.allclose(
-                    got.detach().float().cpu(), value, atol=1e-3
-                ):
-                    return value
-            return None
-
-        mistakes = {
-            "returned_top_rows_only": lambda e=expected, t=top: e[:t],
-            "not_frozen": lambda r=receivers, inp=receiver_input: naive_path_patch(
-                model, metric, b.ds.toks, b.clean_cache, b.corrupted_cache, r, inp, freeze=False
+        expected = _with_unreachable(
+            path_patching.get_path_patch_head_to_heads(
+                receivers,
+                receiver_input,
+                model,
+                metric,
+                b.abc,
+                b.ds,
+                b.corrupted_cache,
+                b.clean_cache,
             ),
-            "wrong_receiver_input": other_input,
+            top,
+        )
+        mistakes = _to_heads_mistakes(b, metric, receivers, receiver_input, expected, top)
+        ex.expect_tensor(
+            got, expected, call=call, mistakes=mistakes, atol=1e-4, rtol=1e-4, unchanged=1.0
+        )
+    ex.passed(UNREACHABLE.split(":")[0])
+
+
+# ---- path patching at positions ---------------------------------------------------------------
+
+AT_POSITIONS = exercise(
+    "path_patch_head_to_heads_at",
+    hint="the same two runs as get_path_patch_head_to_heads, with two masks: the sender takes "
+    "its new value only at word_idx[sender_position][i] of each prompt i, and the receivers' "
+    "input is replaced only at word_idx[receiver_position][i] (None: every position).",
+    diagnoses={
+        **{k: v for k, v in TO_HEADS_DIAGNOSES.items() if k != "not_frozen"},
+        "wrong_receiver_input": "you patched a different input of the receivers than "
+        "`receiver_input` asks for",
+        "sender_positions_ignored": "the sender was patched at every position; patch it only "
+        "at word_idx[sender_position]",
+        "receiver_positions_ignored": "the receivers' input was replaced at every position; "
+        "replace it only at word_idx[receiver_position]",
+    },
+    shared=("same_position_for_all_prompts",),
+)
+
+
+@one_thread()
+def test_path_patch_head_to_heads_at(fn: Callable) -> None:
+    """Check ``path_patch_head_to_heads_at(receiver_heads, receiver_input, model, patching_metric, new_dataset, orig_dataset, sender_position, receiver_position)``."""
+    ex, b = AT_POSITIONS, _batch()
+    metric, model = _metric(b), b.model
+    # On the toy the layer-0 heads' effect travels through the receivers' values at S2, so
+    # these cases tell each position mistake from the right answer by a clear margin.
+    layer1 = [(1, 0), (1, 1), (1, 2), (1, 3)]
+    # Cases whose right answer is close to "no effect" (senders at end, receivers at end)
+    # come last: there they tell only the position mistakes from the right answer.
+    cases = (
+        ([(1, 1), (2, 2)], "v", None, "S2"),
+        (layer1, "v", "S2", "S2"),
+        (layer1, "k", None, "S2"),
+        (layer1, "v", "end", None),
+        (layer1, "v", "S2", "end"),
+    )
+    for receivers, receiver_input, sender_key, receiver_key in cases:
+        call = (
+            f"path_patch_head_to_heads_at({receivers}, {receiver_input!r}, model, "
+            f"patching_metric, new_dataset=abc, orig_dataset=ioi, sender_position="
+            f"{sender_key!r}, receiver_position={receiver_key!r})  [{b.describe()}]"
+        )
+        got = ex.call(
+            fn,
+            receivers,
+            receiver_input,
+            model,
+            metric,
+            b.abc,
+            b.ds,
+            sender_key,
+            receiver_key,
+            call=call,
+            model=model,
+            read_only={"orig_dataset": b.ds, "new_dataset": b.abc},
+        )
+        top = max(layer for layer, _ in receivers)
+        where = {"sender_positions": sender_key, "receiver_positions": receiver_key}
+
+        def library(r=receivers, inp=receiver_input, where=where, top=top, **changes):
+            grid = path_patching.get_path_patch_head_to_heads(
+                r,
+                inp,
+                model,
+                metric,
+                b.abc,
+                b.ds,
+                b.corrupted_cache,
+                b.clean_cache,
+                **{**where, **changes},
+            )
+            return _with_unreachable(grid, top)
+
+        def first_prompts(key):
+            return None if key is None else b.ds.word_idx[key][:1].expand(b.ds.N).clone()
+
+        expected = library()
+        shared = _to_heads_mistakes(b, metric, receivers, receiver_input, expected, top, **where)
+        mistakes = {
+            **{k: v for k, v in shared.items() if k in ex.diagnoses},
+            "sender_positions_ignored": lambda lib=library: lib(sender_positions=None),
+            "receiver_positions_ignored": lambda lib=library, k=receiver_key: (
+                None if k is None else lib(receiver_positions=None)
+            ),
+            "same_position_for_all_prompts": lambda lib=library, s=sender_key, r=receiver_key: [
+                lib(sender_positions=first_prompts(s)),
+                lib(sender_positions=first_prompts(s), receiver_positions=first_prompts(r)),
+            ],
         }
-        ex.expect_tensor(got, expected, call=call, mistakes=mistakes, atol=1e-4, rtol=1e-4)
+        ex.expect_tensor(
+            got, expected, call=call, mistakes=mistakes, atol=1e-4, rtol=1e-4, unchanged=1.0
+        )
     ex.passed()

@@ -1,11 +1,14 @@
-"""Planted mistakes for section 3: one wrong implementation per diagnosis its checkers make."""
+"""Section 3 answers: the metric, hook functions, sweeps and attribution patching."""
 
 from __future__ import annotations
 
 from functools import partial
 
 import torch
+import transformer_lens.patching as tl_patching
 from transformer_lens.utilities import get_act_name
+
+from tests.checks.corpus import correct, wrong
 
 
 def _final(logits, positions):
@@ -14,228 +17,536 @@ def _final(logits, positions):
     return logits[torch.arange(logits.shape[0]), positions]
 
 
-def _diff(logits, answer_tokens, positions, mean=True):
+def _diff(logits, answer_tokens, positions, reduce="mean"):
     picked = _final(logits, positions).gather(1, answer_tokens)
     diff = picked[:, 0] - picked[:, 1]
-    return diff.mean() if mean else diff
+    return {"mean": diff.mean(), "sum": diff.sum(), "none": diff}[reduce]
 
 
-# ---- ioi_metric -------------------------------------------------------------------------------
+# ---- ioi_metric --------------------------------------------------------------------------------
 
 
+@wrong("ioi_metric", "not_normalised")
 def metric_raw(logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None):
+    """The raw logit difference."""
     return _diff(logits, answer_tokens, positions)
 
 
+@wrong("ioi_metric", "baselines_swapped")
 def metric_swapped(logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None):
-    diff = _diff(logits, answer_tokens, positions)
-    return (diff - clean_logit_diff) / (corrupted_logit_diff - clean_logit_diff)
+    """The two baselines exchanged."""
+    d = _diff(logits, answer_tokens, positions)
+    return (d - clean_logit_diff) / (corrupted_logit_diff - clean_logit_diff)
 
 
+@wrong("ioi_metric", "forgot_corrupted_baseline")
 def metric_over_clean(
     logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None
 ):
+    """d / clean."""
     return _diff(logits, answer_tokens, positions) / clean_logit_diff
 
 
+@wrong("ioi_metric", "wrong_denominator")
+def metric_bad_denominator(
+    logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None
+):
+    """(d - corrupted) / clean."""
+    d = _diff(logits, answer_tokens, positions)
+    return (d - corrupted_logit_diff) / clean_logit_diff
+
+
+@wrong("ioi_metric", "ignored_positions")
 def metric_last(logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None):
-    diff = _diff(logits, answer_tokens, None)
-    return (diff - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
+    """Last column."""
+    d = _diff(logits, answer_tokens, None)
+    return (d - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
 
 
+@wrong("ioi_metric", "returned_per_prompt")
 def metric_per_prompt(
     logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None
 ):
-    diff = _diff(logits, answer_tokens, positions, mean=False)
-    return (diff - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
+    """No mean."""
+    d = _diff(logits, answer_tokens, positions, "none")
+    return (d - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
 
 
-# ---- hook functions ---------------------------------------------------------------------------
+@wrong("ioi_metric", "sum_not_mean")
+def metric_sum(logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None):
+    """Sum of the differences, then normalised."""
+    d = _diff(logits, answer_tokens, positions, "sum")
+    return (d - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
 
 
-def resid_all_positions(corrupted_residual_component, hook, pos, clean_cache):
-    return clean_cache[hook.name].clone()
+@wrong("ioi_metric", "batch_by_batch_indexing")
+def metric_batch_by_batch(
+    logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None
+):
+    """final[:, answer_tokens[:, 0]]: every prompt's answers for every prompt."""
+    final = _final(logits, positions)
+    d = (final[:, answer_tokens[:, 0]] - final[:, answer_tokens[:, 1]]).mean()
+    return (d - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
 
 
+@correct("ioi_metric", "returns a python float")
+def metric_float(logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None):
+    d = float(_diff(logits, answer_tokens, positions))
+    return (d - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
+
+
+@correct("ioi_metric", "the library's logit difference, in float64")
+def metric_library(logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None):
+    from ioi.metrics import logits_to_ave_logit_diff
+
+    d = logits_to_ave_logit_diff(logits.double(), answer_tokens, positions=positions)
+    return ((d - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)).float()
+
+
+# ---- hook functions ----------------------------------------------------------------------------
+
+
+@wrong("patch_residual_component", "mutated_input")
+def resid_writes_into_cache(corrupted_residual_component, hook, pos, clean_cache):
+    """Builds the answer inside the clean cache's own tensor."""
+    clean = clean_cache[hook.name]
+    keep = torch.ones(clean.shape[1], dtype=torch.bool)
+    keep[pos] = False
+    clean[:, keep] = corrupted_residual_component[:, keep]
+    return clean
+
+
+@wrong("patch_residual_component", "ignored_pos")
+def resid_pos_three(corrupted_residual_component, hook, pos, clean_cache):
+    """Position 3 hard-coded."""
+    corrupted_residual_component[:, 3] = clean_cache[hook.name][:, 3]
+    return corrupted_residual_component
+
+
+@wrong("patch_residual_component", "ignored_hook_name")
+def resid_layer_one(corrupted_residual_component, hook, pos, clean_cache):
+    """Reads blocks.1.hook_resid_pre whatever the hook."""
+    corrupted_residual_component[:, pos] = clean_cache["blocks.1.hook_resid_pre"][:, pos]
+    return corrupted_residual_component
+
+
+@wrong("patch_residual_component", "no_effect")
+def resid_clone_not_returned(corrupted_residual_component, hook, pos, clean_cache):
+    """Patches a clone and forgets to return it."""
+    patched = corrupted_residual_component.clone()
+    patched[:, pos] = clean_cache[hook.name][:, pos]
+
+
+@wrong("patch_residual_component", "position_off_by_one")
+def resid_pos_plus_one(corrupted_residual_component, hook, pos, clean_cache):
+    """pos + 1."""
+    corrupted_residual_component[:, pos + 1] = clean_cache[hook.name][:, pos + 1]
+    return corrupted_residual_component
+
+
+@wrong("patch_residual_component", "indexed_batch_axis")
 def resid_batch_axis(corrupted_residual_component, hook, pos, clean_cache):
+    """[pos] instead of [:, pos]."""
     corrupted_residual_component[pos] = clean_cache[hook.name][pos]
     return corrupted_residual_component
 
 
+@wrong("patch_residual_component", "returned_clean_slice")
 def resid_clean_slice(corrupted_residual_component, hook, pos, clean_cache):
-    return clean_cache[hook.name][:, pos]
+    """Returns only the clean slice."""
+    return clean_cache[hook.name][:, pos].clone()
 
 
+@wrong("patch_residual_component", "patched_all_positions")
+def resid_all(corrupted_residual_component, hook, pos, clean_cache):
+    """Every position."""
+    return clean_cache[hook.name].clone()
+
+
+@correct("patch_residual_component", "in place, returning None")
+def resid_in_place(corrupted_residual_component, hook, pos, clean_cache):
+    corrupted_residual_component[:, pos, :] = clean_cache[hook.name][:, pos, :]
+
+
+@correct("patch_residual_component", "torch.where with a position mask, new tensor")
+def resid_where(corrupted_residual_component, hook, pos, clean_cache):
+    mask = torch.zeros(corrupted_residual_component.shape[1], dtype=torch.bool)
+    mask[pos] = True
+    return torch.where(mask[None, :, None], clean_cache[hook.name], corrupted_residual_component)
+
+
+@wrong("patch_head_vector", "mutated_input")
+def head_writes_into_cache(corrupted_head_vector, hook, head_index, clean_cache):
+    """Copies the other heads into the clean cache's tensor and returns it."""
+    clean = clean_cache[hook.name]
+    others = [h for h in range(clean.shape[2]) if h != head_index]
+    clean[:, :, others] = corrupted_head_vector[:, :, others]
+    return clean
+
+
+@wrong("patch_head_vector", "ignored_head_index")
+def head_two(corrupted_head_vector, hook, head_index, clean_cache):
+    """Head 2 hard-coded."""
+    corrupted_head_vector[:, :, 2] = clean_cache[hook.name][:, :, 2]
+    return corrupted_head_vector
+
+
+@wrong("patch_head_vector", "indexed_position_axis")
 def head_position_axis(corrupted_head_vector, hook, head_index, clean_cache):
+    """[:, head_index]."""
     corrupted_head_vector[:, head_index] = clean_cache[hook.name][:, head_index]
     return corrupted_head_vector
 
 
-def head_all_heads(corrupted_head_vector, hook, head_index, clean_cache):
-    corrupted_head_vector[:] = clean_cache[hook.name]  # in place, returns None
+@wrong("patch_head_vector", "patched_all_heads")
+def head_all(corrupted_head_vector, hook, head_index, clean_cache):
+    """Every head, in place."""
+    corrupted_head_vector[:] = clean_cache[hook.name]
 
 
+@wrong("patch_head_vector", "no_effect")
+def head_reads_own_input(corrupted_head_vector, hook, head_index, clean_cache):
+    """Copies the activation onto itself (the corrupted value)."""
+    corrupted_head_vector[:, :, head_index] = corrupted_head_vector[:, :, head_index].clone()
+    return corrupted_head_vector
+
+
+@wrong("patch_head_vector", "ignored_hook_name")
+def head_layer_one(corrupted_head_vector, hook, head_index, clean_cache):
+    """Reads blocks.1.attn.hook_z whatever the hook."""
+    corrupted_head_vector[:, :, head_index] = clean_cache["blocks.1.attn.hook_z"][:, :, head_index]
+    return corrupted_head_vector
+
+
+@correct("patch_head_vector", "index_copy into a clone")
+def head_index_copy(corrupted_head_vector, hook, head_index, clean_cache):
+    index = torch.tensor([head_index])
+    return corrupted_head_vector.index_copy(2, index, clean_cache[hook.name][:, :, index])
+
+
+@wrong("patch_attn_patterns", "indexed_wrong_axis")
 def pattern_z_axis(corrupted_head_vector, hook, head_index, clean_cache):
+    """[:, :, head_index] like z."""
     corrupted_head_vector[:, :, head_index] = clean_cache[hook.name][:, :, head_index]
     return corrupted_head_vector
 
 
-def pattern_all_heads(corrupted_head_vector, hook, head_index, clean_cache):
-    return clean_cache[hook.name]
+@wrong("patch_attn_patterns", "patched_all_heads")
+def pattern_all(corrupted_head_vector, hook, head_index, clean_cache):
+    """Every head."""
+    return clean_cache[hook.name].clone()
 
 
-# ---- sweeps -----------------------------------------------------------------------------------
+@wrong("patch_attn_patterns", "ignored_head_index")
+def pattern_head_one(corrupted_head_vector, hook, head_index, clean_cache):
+    """Head 1 hard-coded."""
+    corrupted_head_vector[:, 1] = clean_cache[hook.name][:, 1]
+    return corrupted_head_vector
 
 
-def _patch_pos(act, hook, pos, clean_cache):
-    act[:, pos] = clean_cache[hook.name][:, pos]
-    return act
+@wrong("patch_attn_patterns", "mutated_input")
+def pattern_into_cache(corrupted_head_vector, hook, head_index, clean_cache):
+    """Writes the other heads into the clean cache's pattern."""
+    clean = clean_cache[hook.name]
+    others = [h for h in range(clean.shape[1]) if h != head_index]
+    clean[:, others] = corrupted_head_vector[:, others]
+    return clean
 
 
-def _patch_head(act, hook, head, clean_cache, axis=2, pos=None):
-    index = [slice(None)] * act.ndim
-    index[axis] = head
-    if pos is not None:
-        index[1] = pos
-    act[tuple(index)] = clean_cache[hook.name][tuple(index)]
-    return act
-
-
-@torch.inference_mode()
-def _grid(model, tokens, metric, rows, cols, make_hook):
-    """[rows, cols] metric values; make_hook(row, col) -> (hook name, hook fn)."""
-    out = torch.zeros(rows, cols)
-    for r in range(rows):
-        for c in range(cols):
-            out[r, c] = metric(model.run_with_hooks(tokens, fwd_hooks=[make_hook(r, c)]))
+@correct("patch_attn_patterns", "a clone patched and returned")
+def pattern_clone(corrupted_head_vector, hook, head_index, clean_cache):
+    out = corrupted_head_vector.clone()
+    out[:, head_index] = clean_cache[hook.name][:, head_index]
     return out
 
 
+# ---- sweeps ------------------------------------------------------------------------------------
+
+
+def _resid_hook(act, hook, pos, cache):
+    act[:, pos] = cache[hook.name][:, pos]
+    return act
+
+
+def _head_hook(act, hook, head, cache, last_only=False):
+    if last_only:
+        act[:, -1, head] = cache[hook.name][:, -1, head]
+    else:
+        act[:, :, head] = cache[hook.name][:, :, head]
+    return act
+
+
+def _pattern_hook(act, hook, head, cache):
+    act[:, head] = cache[hook.name][:, head]
+    return act
+
+
+def _resid_sweep(model, tokens, cache, metric, *, name="resid_pre", layers=None, all_pos=False):
+    n_layers = model.cfg.n_layers
+    out = torch.zeros(n_layers, tokens.shape[1])
+    with torch.inference_mode():
+        for layer in range(n_layers if layers is None else layers):
+            for pos in range(tokens.shape[1]):
+                where = slice(None) if all_pos else pos
+                hook = partial(_resid_hook, pos=where, cache=cache)
+                logits = model.run_with_hooks(tokens, fwd_hooks=[(get_act_name(name, layer), hook)])
+                out[layer, pos] = metric(logits)
+    return out
+
+
+@wrong("get_act_patch_resid_pre", "missed_last_layer")
+def resid_pre_range_minus_one(model, corrupted_tokens, clean_cache, patching_metric):
+    """range(n_layers - 1)."""
+    return _resid_sweep(
+        model, corrupted_tokens, clean_cache, patching_metric, layers=model.cfg.n_layers - 1
+    )
+
+
+@wrong("get_act_patch_resid_pre", "off_by_one_layer")
+def resid_pre_patches_post(model, corrupted_tokens, clean_cache, patching_metric):
+    """resid_post."""
+    return _resid_sweep(model, corrupted_tokens, clean_cache, patching_metric, name="resid_post")
+
+
+@wrong("get_act_patch_resid_pre", "no_effect")
+def resid_pre_from_corrupted(model, corrupted_tokens, clean_cache, patching_metric):
+    """Patches from a cache of the corrupted run itself."""
+    _, own = model.run_with_cache(corrupted_tokens)
+    return _resid_sweep(model, corrupted_tokens, own, patching_metric)
+
+
+@wrong("get_act_patch_resid_pre", "transposed")
 def resid_pre_transposed(model, corrupted_tokens, clean_cache, patching_metric):
-    n_pos = corrupted_tokens.shape[1]
-    return _grid(
-        model,
-        corrupted_tokens,
-        patching_metric,
-        n_pos,
-        model.cfg.n_layers,
-        lambda p, layer: (
-            get_act_name("resid_pre", layer),
-            partial(_patch_pos, pos=p, clean_cache=clean_cache),
-        ),
-    )
+    """[pos, layer]."""
+    return _resid_sweep(model, corrupted_tokens, clean_cache, patching_metric).T
 
 
-def resid_pre_uses_resid_post(model, corrupted_tokens, clean_cache, patching_metric):
-    return _grid(
-        model,
-        corrupted_tokens,
-        patching_metric,
-        model.cfg.n_layers,
-        corrupted_tokens.shape[1],
-        lambda layer, p: (
-            get_act_name("resid_post", layer),
-            partial(_patch_pos, pos=p, clean_cache=clean_cache),
-        ),
-    )
+@wrong("get_act_patch_resid_pre", "patched_all_positions")
+def resid_pre_all_positions(model, corrupted_tokens, clean_cache, patching_metric):
+    """Every position at once."""
+    return _resid_sweep(model, corrupted_tokens, clean_cache, patching_metric, all_pos=True)
 
 
-def resid_pre_every_position(model, corrupted_tokens, clean_cache, patching_metric):
-    def patch_all(act, hook):
-        return clean_cache[hook.name].clone()
+@wrong("get_act_patch_resid_pre", "mutated_input")
+def resid_pre_patches_cache(model, corrupted_tokens, clean_cache, patching_metric):
+    """The hook writes the corrupted run into the clean cache and returns that tensor."""
 
-    return _grid(
-        model,
-        corrupted_tokens,
-        patching_metric,
-        model.cfg.n_layers,
-        corrupted_tokens.shape[1],
-        lambda layer, p: (get_act_name("resid_pre", layer), patch_all),
-    )
+    def hook(act, hook, pos):
+        clean = clean_cache[hook.name]
+        others = [p for p in range(act.shape[1]) if p != pos]
+        clean[:, others] = act[:, others]
+        return clean
 
-
-def head_out_transposed(model, corrupted_tokens, clean_cache, patching_metric):
-    return _grid(
-        model,
-        corrupted_tokens,
-        patching_metric,
-        model.cfg.n_heads,
-        model.cfg.n_layers,
-        lambda h, layer: (
-            get_act_name("z", layer),
-            partial(_patch_head, head=h, clean_cache=clean_cache),
-        ),
-    )
-
-
-def head_out_whole_layer(model, corrupted_tokens, clean_cache, patching_metric):
-    def patch_all(act, hook):
-        return clean_cache[hook.name].clone()
-
-    return _grid(
-        model,
-        corrupted_tokens,
-        patching_metric,
-        model.cfg.n_layers,
-        model.cfg.n_heads,
-        lambda layer, h: (get_act_name("z", layer), patch_all),
-    )
-
-
-def head_out_last_position(model, corrupted_tokens, clean_cache, patching_metric):
-    last = corrupted_tokens.shape[1] - 1
-    return _grid(
-        model,
-        corrupted_tokens,
-        patching_metric,
-        model.cfg.n_layers,
-        model.cfg.n_heads,
-        lambda layer, h: (
-            get_act_name("z", layer),
-            partial(_patch_head, head=h, clean_cache=clean_cache, pos=last),
-        ),
-    )
-
-
-def _every(model, corrupted_tokens, clean_cache, patching_metric, components):
-    grids = []
-    for component in components:
-        axis = 1 if component == "pattern" else 2
-        grids.append(
-            _grid(
-                model,
+    out = torch.zeros(model.cfg.n_layers, corrupted_tokens.shape[1])
+    for layer in range(model.cfg.n_layers):
+        for pos in range(corrupted_tokens.shape[1]):
+            logits = model.run_with_hooks(
                 corrupted_tokens,
-                patching_metric,
-                model.cfg.n_layers,
-                model.cfg.n_heads,
-                lambda layer, h, c=component, a=axis: (
-                    get_act_name(c, layer),
-                    partial(_patch_head, head=h, clean_cache=clean_cache, axis=a),
-                ),
+                fwd_hooks=[(get_act_name("resid_pre", layer), partial(hook, pos=pos))],
             )
-        )
-    return torch.stack(grids)
+            out[layer, pos] = patching_metric(logits)
+    return out
 
 
-def every_qkv_order(model, corrupted_tokens, clean_cache, patching_metric):
-    return _every(
-        model, corrupted_tokens, clean_cache, patching_metric, ("q", "k", "v", "z", "pattern")
+@wrong("get_act_patch_resid_pre", "hooks_left")
+def resid_pre_permanent_hooks(model, corrupted_tokens, clean_cache, patching_metric):
+    """add_hook without removing the hook."""
+    out = torch.zeros(model.cfg.n_layers, corrupted_tokens.shape[1])
+    for layer in range(model.cfg.n_layers):
+        for pos in range(corrupted_tokens.shape[1]):
+            model.add_hook(
+                get_act_name("resid_pre", layer), partial(_resid_hook, pos=pos, cache=clean_cache)
+            )
+            out[layer, pos] = patching_metric(model(corrupted_tokens))
+    return out
+
+
+@correct("get_act_patch_resid_pre", "TransformerLens's own function")
+def resid_pre_tl(model, corrupted_tokens, clean_cache, patching_metric):
+    return tl_patching.get_act_patch_resid_pre(
+        model, corrupted_tokens, clean_cache, patching_metric
     )
 
 
-def every_without_pattern(model, corrupted_tokens, clean_cache, patching_metric):
-    return _every(model, corrupted_tokens, clean_cache, patching_metric, ("z", "q", "k", "v"))
+@correct("get_act_patch_resid_pre", "hooks attached with the model.hooks context")
+def resid_pre_context(model, corrupted_tokens, clean_cache, patching_metric):
+    out = torch.empty(model.cfg.n_layers, corrupted_tokens.shape[1])
+    for layer in range(model.cfg.n_layers):
+        for pos in range(corrupted_tokens.shape[1]):
+            hook = partial(_resid_hook, pos=pos, cache=clean_cache)
+            with torch.no_grad(), model.hooks(fwd_hooks=[(get_act_name("resid_pre", layer), hook)]):
+                out[layer, pos] = patching_metric(model(corrupted_tokens))
+    return out
 
 
-# ---- attribution patching ---------------------------------------------------------------------
+def _head_sweep(
+    model, tokens, cache, metric, *, name="z", layers=None, all_heads=False, last_only=False
+):
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    with torch.inference_mode():
+        for layer in range(model.cfg.n_layers if layers is None else layers):
+            for head in range(model.cfg.n_heads):
+                where = slice(None) if all_heads else head
+                hook = partial(_head_hook, head=where, cache=cache, last_only=last_only)
+                if name == "result":
+                    hook_name = f"blocks.{layer}.attn.hook_result"
+                else:
+                    hook_name = get_act_name(name, layer)
+                out[layer, head] = metric(
+                    model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook)])
+                )
+    return out
+
+
+@wrong("get_act_patch_attn_head_out_all_pos", "no_effect")
+def head_out_hook_result(model, corrupted_tokens, clean_cache, patching_metric):
+    """Hooks hook_result, which never fires without use_attn_result (and is not in the cache)."""
+    return _head_sweep(model, corrupted_tokens, clean_cache, patching_metric, name="result")
+
+
+@wrong("get_act_patch_attn_head_out_all_pos", "missed_last_layer")
+def head_out_range_minus_one(model, corrupted_tokens, clean_cache, patching_metric):
+    """range(n_layers - 1)."""
+    return _head_sweep(
+        model, corrupted_tokens, clean_cache, patching_metric, layers=model.cfg.n_layers - 1
+    )
+
+
+@wrong("get_act_patch_attn_head_out_all_pos", "patched_other_component")
+def head_out_patches_q(model, corrupted_tokens, clean_cache, patching_metric):
+    """Patches q instead of z."""
+    return _head_sweep(model, corrupted_tokens, clean_cache, patching_metric, name="q")
+
+
+@wrong("get_act_patch_attn_head_out_all_pos", "patched_all_heads")
+def head_out_whole_layer(model, corrupted_tokens, clean_cache, patching_metric):
+    """The whole layer for each head."""
+    return _head_sweep(model, corrupted_tokens, clean_cache, patching_metric, all_heads=True)
+
+
+@wrong("get_act_patch_attn_head_out_all_pos", "no_effect")
+def head_out_last(model, corrupted_tokens, clean_cache, patching_metric):
+    """Last position only: the last column is after every prompt's end, so nothing changes."""
+    return _head_sweep(model, corrupted_tokens, clean_cache, patching_metric, last_only=True)
+
+
+@wrong("get_act_patch_attn_head_out_all_pos", "transposed")
+def head_out_transposed(model, corrupted_tokens, clean_cache, patching_metric):
+    """[head, layer]."""
+    return _head_sweep(model, corrupted_tokens, clean_cache, patching_metric).T
+
+
+@correct("get_act_patch_attn_head_out_all_pos", "TransformerLens's own function")
+def head_out_tl(model, corrupted_tokens, clean_cache, patching_metric):
+    return tl_patching.get_act_patch_attn_head_out_all_pos(
+        model, corrupted_tokens, clean_cache, patching_metric
+    )
+
+
+@correct("get_act_patch_attn_head_out_all_pos", "patches the heads' result with use_attn_result on")
+def head_out_result_switched_on(model, corrupted_tokens, clean_cache, patching_metric):
+    model.set_use_attn_result(True)
+    try:
+        out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+        # clean results from the clean z: z @ W_O, computed once per layer
+        for layer in range(model.cfg.n_layers):
+            result = torch.einsum("bphd,hdm->bphm", clean_cache["z", layer], model.W_O[layer])
+            for head in range(model.cfg.n_heads):
+
+                def hook(act, hook, head=head, result=result):
+                    act[:, :, head] = result[:, :, head]
+                    return act
+
+                with torch.no_grad():
+                    logits = model.run_with_hooks(
+                        corrupted_tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_result", hook)]
+                    )
+                out[layer, head] = patching_metric(logits)
+        return out
+    finally:
+        model.set_use_attn_result(False)
+
+
+def _every(
+    model, tokens, cache, metric, *, order=("z", "q", "k", "v", "pattern"), pattern_hook=None
+):
+    rows = []
+    for component in order:
+        grid = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+        for layer in range(model.cfg.n_layers):
+            for head in range(model.cfg.n_heads):
+                if component == "pattern":
+                    fn = pattern_hook or _pattern_hook
+                    hook = partial(fn, head=head, cache=cache)
+                else:
+                    hook = partial(_head_hook, head=head, cache=cache)
+                with torch.no_grad():
+                    logits = model.run_with_hooks(
+                        tokens, fwd_hooks=[(get_act_name(component, layer), hook)]
+                    )
+                grid[layer, head] = metric(logits)
+        rows.append(grid)
+    return torch.stack(rows)
+
+
+@wrong("get_act_patch_attn_head_all_pos_every", "wrong_component_order")
+def every_qkv_first(model, corrupted_tokens, clean_cache, patching_metric):
+    """q, k, v, z, pattern."""
+    return _every(
+        model, corrupted_tokens, clean_cache, patching_metric, order=("q", "k", "v", "z", "pattern")
+    )
+
+
+@wrong("get_act_patch_attn_head_all_pos_every", "missing_component")
+def every_no_pattern(model, corrupted_tokens, clean_cache, patching_metric):
+    """Forgets the pattern."""
+    return _every(model, corrupted_tokens, clean_cache, patching_metric, order=("z", "q", "k", "v"))
+
+
+@wrong("get_act_patch_attn_head_all_pos_every", "component_row_wrong")
+def every_pattern_like_z(model, corrupted_tokens, clean_cache, patching_metric):
+    """Patches the pattern with the z hook (head on the third axis)."""
+    return _every(
+        model, corrupted_tokens, clean_cache, patching_metric, pattern_hook=_head_hook_for_pattern
+    )
+
+
+def _head_hook_for_pattern(act, hook, head, cache):
+    act[:, :, head] = cache[hook.name][:, :, head]
+    return act
+
+
+@correct("get_act_patch_attn_head_all_pos_every", "TransformerLens's own function")
+def every_tl(model, corrupted_tokens, clean_cache, patching_metric):
+    return tl_patching.get_act_patch_attn_head_all_pos_every(
+        model, corrupted_tokens, clean_cache, patching_metric
+    )
+
+
+# ---- attribution patching ----------------------------------------------------------------------
 
 
 def _attribution(
-    model, receiver_tokens, donor_tokens, metric, flip=False, add_value=True, value_from=None
+    model,
+    clean_tokens,
+    corrupted_tokens,
+    metric,
+    *,
+    base="corrupted",
+    sign=1.0,
+    add_value=True,
+    reduce=(0, 1, 3),
 ):
     names = [get_act_name("z", layer) for layer in range(model.cfg.n_layers)]
-    with torch.inference_mode():
-        _, donor = model.run_with_cache(donor_tokens, names_filter=lambda n: n in names)
+    run, other = (
+        (corrupted_tokens, clean_tokens)
+        if base == "corrupted"
+        else (clean_tokens, corrupted_tokens)
+    )
+    with torch.no_grad():
+        _, other_cache = model.run_with_cache(
+            clean_tokens if base == "corrupted" else corrupted_tokens
+        )
     saved = {}
 
     def save(act, hook):
@@ -243,66 +554,217 @@ def _attribution(
 
     with torch.enable_grad():
         with model.hooks(fwd_hooks=[(n, save) for n in names]):
-            value = metric(model(receiver_tokens))
+            value = metric(model(run))
         grads = torch.autograd.grad(value, [saved[n] for n in names])
-    steps = [donor[n] - saved[n].detach() for n in names]
-    if flip:
-        steps = [-s for s in steps]
-    change = torch.stack([(s * g).sum((0, 1, 3)) for s, g in zip(steps, grads, strict=True)])
-    base = value.detach() if value_from is None else value_from
-    return base + change if add_value else change
+    if base == "corrupted":
+        deltas = [other_cache[n] - saved[n].detach() for n in names]
+    else:  # gradient in the clean run, step from corrupted to clean
+        deltas = [saved[n].detach() - other_cache[n] for n in names]
+    est = torch.stack(
+        [(sign * d * g).sum(reduce) if reduce else (sign * d * g) for d, g in zip(deltas, grads, strict=True)]
+    )
+    if base != "corrupted":
+        with torch.no_grad():
+            corrupted_value = metric(model(corrupted_tokens))
+        return corrupted_value + est
+    return value.detach() + est if add_value else est
 
 
-def attribution_change_only(model, clean_tokens, corrupted_tokens, patching_metric):
-    return _attribution(model, corrupted_tokens, clean_tokens, patching_metric, add_value=False)
+@wrong("attribution_patch_attn_head_out_all_pos", "change_not_value")
+def attribution_change(model, clean_tokens, corrupted_tokens, patching_metric):
+    """Only the change."""
+    return _attribution(model, clean_tokens, corrupted_tokens, patching_metric, add_value=False)
 
 
-def attribution_corrupted_minus_clean(model, clean_tokens, corrupted_tokens, patching_metric):
-    return _attribution(model, corrupted_tokens, clean_tokens, patching_metric, flip=True)
+@wrong("attribution_patch_attn_head_out_all_pos", "wrong_delta_sign")
+def attribution_sign(model, clean_tokens, corrupted_tokens, patching_metric):
+    """corrupted - clean."""
+    return _attribution(model, clean_tokens, corrupted_tokens, patching_metric, sign=-1.0)
 
 
-def attribution_grad_in_clean_run(model, clean_tokens, corrupted_tokens, patching_metric):
-    with torch.inference_mode():
-        corrupted_value = patching_metric(model(corrupted_tokens))
-    # Gradient and activations of the clean run, stepping by clean - corrupted.
-    return _attribution(
-        model,
-        clean_tokens,
-        corrupted_tokens,
-        patching_metric,
-        flip=True,
-        value_from=corrupted_value,
+@wrong("attribution_patch_attn_head_out_all_pos", "gradient_in_clean_run")
+def attribution_clean_gradient(model, clean_tokens, corrupted_tokens, patching_metric):
+    """Gradient of the clean run."""
+    return _attribution(model, clean_tokens, corrupted_tokens, patching_metric, base="clean")
+
+
+@correct(
+    "attribution_patch_attn_head_out_all_pos", "gradients read from tensor hooks (.register_hook)"
+)
+def attribution_tensor_hooks(model, clean_tokens, corrupted_tokens, patching_metric):
+    names = [get_act_name("z", layer) for layer in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        _, clean = model.run_with_cache(clean_tokens)
+    acts, grads = {}, {}
+
+    def save(act, hook):
+        acts[hook.name] = act.detach()
+        act.register_hook(lambda g, name=hook.name: grads.__setitem__(name, g))
+
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(n, save) for n in names]):
+        value = patching_metric(model(corrupted_tokens))
+        value.backward()
+    model.zero_grad(set_to_none=True)
+    return value.detach() + torch.stack(
+        [((clean[n] - acts[n]) * grads[n]).sum((0, 1, 3)) for n in names]
     )
 
 
-PLANTED = {
-    ("ioi_metric", "not_normalised"): metric_raw,
-    ("ioi_metric", "baselines_swapped"): metric_swapped,
-    ("ioi_metric", "forgot_corrupted_baseline"): metric_over_clean,
-    ("ioi_metric", "ignored_positions"): metric_last,
-    ("ioi_metric", "returned_per_prompt"): metric_per_prompt,
-    ("patch_residual_component", "patched_all_positions"): resid_all_positions,
-    ("patch_residual_component", "indexed_batch_axis"): resid_batch_axis,
-    ("patch_residual_component", "returned_clean_slice"): resid_clean_slice,
-    ("patch_head_vector", "indexed_position_axis"): head_position_axis,
-    ("patch_head_vector", "patched_all_heads"): head_all_heads,
-    ("patch_attn_patterns", "indexed_wrong_axis"): pattern_z_axis,
-    ("patch_attn_patterns", "patched_all_heads"): pattern_all_heads,
-    ("get_act_patch_resid_pre", "transposed"): resid_pre_transposed,
-    ("get_act_patch_resid_pre", "off_by_one_layer"): resid_pre_uses_resid_post,
-    ("get_act_patch_resid_pre", "patched_all_positions"): resid_pre_every_position,
-    ("get_act_patch_attn_head_out_all_pos", "transposed"): head_out_transposed,
-    ("get_act_patch_attn_head_out_all_pos", "patched_all_heads"): head_out_whole_layer,
-    ("get_act_patch_attn_head_out_all_pos", "patched_last_position_only"): head_out_last_position,
-    ("get_act_patch_attn_head_all_pos_every", "wrong_component_order"): every_qkv_order,
-    ("get_act_patch_attn_head_all_pos_every", "missing_component"): every_without_pattern,
-    ("attribution_patch_attn_head_out_all_pos", "change_not_value"): attribution_change_only,
-    (
-        "attribution_patch_attn_head_out_all_pos",
-        "wrong_delta_sign",
-    ): attribution_corrupted_minus_clean,
-    (
-        "attribution_patch_attn_head_out_all_pos",
-        "gradient_in_clean_run",
-    ): attribution_grad_in_clean_run,
-}
+# ---- by position and block_every ---------------------------------------------------------------
+
+
+def _by_pos(
+    model,
+    tokens,
+    cache,
+    metric,
+    *,
+    layers=None,
+    all_pos=False,
+    all_heads=False,
+    layout="lph",
+    name="z",
+):
+    n_layers, n_pos, n_heads = model.cfg.n_layers, tokens.shape[1], model.cfg.n_heads
+    out = torch.zeros(n_layers, n_pos, n_heads)
+    for layer in range(n_layers if layers is None else layers):
+        for pos in range(n_pos):
+            for head in range(n_heads):
+
+                def hook(act, hook, pos=pos, head=head):
+                    p = slice(None) if all_pos else pos
+                    h = slice(None) if all_heads else head
+                    act[:, p, h] = cache[hook.name][:, p, h]
+                    return act
+
+                with torch.no_grad():
+                    hook_name = (
+                        f"blocks.{layer}.attn.hook_result"
+                        if name == "result"
+                        else get_act_name(name, layer)
+                    )
+                    logits = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook)])
+                out[layer, pos, head] = metric(logits)
+    return out.permute(0, 2, 1) if layout == "lhp" else out
+
+
+@wrong("get_act_patch_attn_head_out_by_pos", "wrong_layout")
+def by_pos_layer_head_pos(model, corrupted_tokens, clean_cache, patching_metric):
+    """[layer, head, pos]."""
+    return _by_pos(model, corrupted_tokens, clean_cache, patching_metric, layout="lhp")
+
+
+@wrong("get_act_patch_attn_head_out_by_pos", "patched_all_positions")
+def by_pos_every_position(model, corrupted_tokens, clean_cache, patching_metric):
+    """The head at every position, for each column."""
+    return _by_pos(model, corrupted_tokens, clean_cache, patching_metric, all_pos=True)
+
+
+@wrong("get_act_patch_attn_head_out_by_pos", "patched_all_heads")
+def by_pos_whole_layer(model, corrupted_tokens, clean_cache, patching_metric):
+    """The whole layer at the position."""
+    return _by_pos(model, corrupted_tokens, clean_cache, patching_metric, all_heads=True)
+
+
+@wrong("get_act_patch_attn_head_out_by_pos", "missed_last_layer")
+def by_pos_range_minus_one(model, corrupted_tokens, clean_cache, patching_metric):
+    """range(n_layers - 1)."""
+    return _by_pos(
+        model, corrupted_tokens, clean_cache, patching_metric, layers=model.cfg.n_layers - 1
+    )
+
+
+@wrong("get_act_patch_attn_head_out_by_pos", "no_effect")
+def by_pos_hook_result(model, corrupted_tokens, clean_cache, patching_metric):
+    """Hooks hook_result (never fires)."""
+    return _by_pos(model, corrupted_tokens, clean_cache, patching_metric, name="result")
+
+
+@correct("get_act_patch_attn_head_out_by_pos", "TransformerLens's own function")
+def by_pos_tl(model, corrupted_tokens, clean_cache, patching_metric):
+    return tl_patching.get_act_patch_attn_head_out_by_pos(
+        model, corrupted_tokens, clean_cache, patching_metric
+    )
+
+
+def _block(model, tokens, cache, metric, order=("resid_pre", "attn_out", "mlp_out"), layers=None):
+    rows = []
+    for name in order:
+        grid = torch.zeros(model.cfg.n_layers, tokens.shape[1])
+        for layer in range(model.cfg.n_layers if layers is None else layers):
+            for pos in range(tokens.shape[1]):
+                hook = partial(_resid_hook, pos=pos, cache=cache)
+                with torch.no_grad():
+                    logits = model.run_with_hooks(
+                        tokens, fwd_hooks=[(get_act_name(name, layer), hook)]
+                    )
+                grid[layer, pos] = metric(logits)
+        rows.append(grid)
+    return torch.stack(rows)
+
+
+@wrong("get_act_patch_block_every", "wrong_component_order")
+def block_attn_first(model, corrupted_tokens, clean_cache, patching_metric):
+    """attn_out, mlp_out, resid_pre."""
+    return _block(
+        model, corrupted_tokens, clean_cache, patching_metric, ("attn_out", "mlp_out", "resid_pre")
+    )
+
+
+@wrong("get_act_patch_block_every", "missing_component")
+def block_no_mlp(model, corrupted_tokens, clean_cache, patching_metric):
+    """No mlp_out row."""
+    return _block(model, corrupted_tokens, clean_cache, patching_metric, ("resid_pre", "attn_out"))
+
+
+@wrong("get_act_patch_block_every", "resid_post_not_pre")
+def block_resid_post(model, corrupted_tokens, clean_cache, patching_metric):
+    """resid_post as the first row."""
+    return _block(
+        model, corrupted_tokens, clean_cache, patching_metric, ("resid_post", "attn_out", "mlp_out")
+    )
+
+
+@wrong("get_act_patch_block_every", "missed_last_layer")
+def block_range_minus_one(model, corrupted_tokens, clean_cache, patching_metric):
+    """range(n_layers - 1)."""
+    return _block(
+        model, corrupted_tokens, clean_cache, patching_metric, layers=model.cfg.n_layers - 1
+    )
+
+
+@wrong("get_act_patch_block_every", "mutated_input")
+def block_writes_cache(model, corrupted_tokens, clean_cache, patching_metric):
+    """The hook returns the clean cache's tensor after writing the corrupted run into it."""
+
+    def hook(act, hook, pos):
+        clean = clean_cache[hook.name]
+        others = [p for p in range(act.shape[1]) if p != pos]
+        clean[:, others] = act[:, others]
+        return clean
+
+    rows = []
+    for name in ("resid_pre", "attn_out", "mlp_out"):
+        grid = torch.zeros(model.cfg.n_layers, corrupted_tokens.shape[1])
+        for layer in range(model.cfg.n_layers):
+            for pos in range(corrupted_tokens.shape[1]):
+                with torch.no_grad():
+                    logits = model.run_with_hooks(
+                        corrupted_tokens,
+                        fwd_hooks=[(get_act_name(name, layer), partial(hook, pos=pos))],
+                    )
+                grid[layer, pos] = patching_metric(logits)
+        rows.append(grid)
+    return torch.stack(rows)
+
+
+@correct("get_act_patch_block_every", "TransformerLens's own function")
+def block_tl(model, corrupted_tokens, clean_cache, patching_metric):
+    return tl_patching.get_act_patch_block_every(
+        model, corrupted_tokens, clean_cache, patching_metric
+    )
+
+
+@correct("get_act_patch_block_every", "one resid_pre-style sweep per hook point, stacked")
+def block_stacked(model, corrupted_tokens, clean_cache, patching_metric):
+    return _block(model, corrupted_tokens, clean_cache, patching_metric)

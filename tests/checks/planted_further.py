@@ -1,103 +1,235 @@
-"""Planted mistakes for section 6: one wrong implementation per diagnosis its checkers make."""
+"""Section 6 answers: backup name movers and the permutation test."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from transformer_lens.utilities import get_act_name
 
 from ioi.circuit import BackupResult, PermutationTest
 from ioi.circuit.ablation import keep_masks, logit_diff_with_hooks, replace_where
 from ioi.heads import per_head_logit_diffs
+from tests.checks.corpus import correct, wrong
 
-# ---- backup_name_mover_experiment -------------------------------------------------------------
+# ---- backup_name_mover_experiment --------------------------------------------------------------
 
 
-def _backup(ablation, name_movers, at, *, everywhere=False, zeros=False, hooks_after=True):
+def _backup(
+    ablation,
+    name_movers,
+    at="end",
+    *,
+    values="template",
+    everywhere=False,
+    after_from_before=False,
+    swap=False,
+    last_column=False,
+    movers=None,
+):
     model, ds, means = ablation.model, ablation.ds, ablation.means
-    heads = tuple((int(layer), int(head)) for layer, head in name_movers)
+    heads = tuple((int(a), int(b)) for a, b in (movers or name_movers))
+    n_pos = ds.toks.shape[1]
     rows = torch.tensor([means.row_of[int(t)] for t in ds.template_idx])
-    masks = keep_masks(model, ds, {h: None if everywhere else (at,) for h in heads})
+    where = None if (at is None or everywhere) else (at,)
+    masks = keep_masks(model, ds, {h: where for h in heads})
     hooks = []
     for layer, mask in enumerate(masks):
-        if mask.any():
-            values = torch.zeros(1) if zeros else means.z[layer][rows][:, : ds.toks.shape[1]]
-            hooks.append((get_act_name("z", layer), replace_where(mask, values)))
-
-    def dla(hook_list):
-        with model.hooks(fwd_hooks=hook_list):
-            _, cache = model.run_with_cache(ds.toks)
-        return per_head_logit_diffs(model, cache, ds.answer_tokens, ds.word_idx["end"]).detach()
-
-    return BackupResult(
-        heads,
-        dla([]),
-        dla(hooks if hooks_after else []),
-        float(logit_diff_with_hooks(model, ds).mean()),
-        float(logit_diff_with_hooks(model, ds, hooks).mean()),
+        if not mask.any():
+            continue
+        z = means.z[layer]
+        if values == "template":
+            v = z[rows][:, :n_pos]
+        elif values == "global":
+            v = z.mean(0, keepdim=True)[:, :n_pos].expand(ds.N, -1, -1, -1)
+        else:
+            v = torch.zeros(1)
+        hooks.append((get_act_name("z", layer), replace_where(mask, v)))
+    positions = (
+        torch.full_like(ds.word_idx["end"], n_pos - 1) if last_column else ds.word_idx["end"]
     )
 
+    def dla(hook_list):
+        with torch.no_grad(), model.hooks(fwd_hooks=hook_list):
+            _, cache = model.run_with_cache(ds.toks)
+        return per_head_logit_diffs(model, cache, ds.answer_tokens, positions).cpu()
 
+    before = dla([])
+    after = before.clone() if after_from_before else dla(hooks)
+    ld_before = float(logit_diff_with_hooks(model, ds).mean())
+    ld_after = float(logit_diff_with_hooks(model, ds, hooks).mean())
+    if swap:
+        before, after, ld_before, ld_after = after, before, ld_after, ld_before
+    return BackupResult(heads, before, after, ld_before, ld_after)
+
+
+@wrong("backup_name_mover_experiment", "knocked_out_everywhere")
 def backup_everywhere(ablation, name_movers, at="end"):
+    """Ignores `at`."""
     return _backup(ablation, name_movers, at, everywhere=True)
 
 
-def backup_with_zeros(ablation, name_movers, at="end"):
-    return _backup(ablation, name_movers, at, zeros=True)
+@wrong("backup_name_mover_experiment", "zero_ablation")
+def backup_zero(ablation, name_movers, at="end"):
+    """Zeros."""
+    return _backup(ablation, name_movers, at, values="zero")
 
 
-def backup_forgets_hooks_for_dla(ablation, name_movers, at="end"):
-    return _backup(ablation, name_movers, at, hooks_after=False)
+@wrong("backup_name_mover_experiment", "global_mean_ablation")
+def backup_global(ablation, name_movers, at="end"):
+    """One mean over all templates."""
+    return _backup(ablation, name_movers, at, values="global")
 
 
-# ---- permutation_test -------------------------------------------------------------------------
+@wrong("backup_name_mover_experiment", "after_equals_before")
+def backup_no_second_run(ablation, name_movers, at="end"):
+    """dla_after read without the hooks."""
+    return _backup(ablation, name_movers, at, after_from_before=True)
 
 
-def _permutation(
-    importance, labels, n_permutations, seed, *, weighted=True, plus_one=True, seed_shift=0
+@wrong("backup_name_mover_experiment", "swapped_fields")
+def backup_swapped(ablation, name_movers, at="end"):
+    """before and after exchanged."""
+    return _backup(ablation, name_movers, at, swap=True)
+
+
+@wrong("backup_name_mover_experiment", "ignored_positions")
+def backup_dla_last_column(ablation, name_movers, at="end"):
+    """DLA read at the last column."""
+    return _backup(ablation, name_movers, at, last_column=True)
+
+
+@wrong("backup_name_mover_experiment", "ignored_name_movers")
+def backup_fixed_movers(ablation, name_movers, at="end"):
+    """name_movers hard-coded to 1.0 and 1.1."""
+    return _backup(ablation, name_movers, at, movers=[(1, 0), (1, 1)])
+
+
+@correct("backup_name_mover_experiment", "the logit difference read from the cached run")
+def backup_from_cache(ablation, name_movers, at="end"):
+    model, ds, means = ablation.model, ablation.ds, ablation.means
+    heads = [(int(a), int(b)) for a, b in name_movers]
+    rows = [means.row_of[int(t)] for t in ds.template_idx]
+    n_pos = ds.toks.shape[1]
+    masks = keep_masks(model, ds, {h: None if at is None else (at,) for h in heads})
+    hooks = [
+        (get_act_name("z", layer), replace_where(mask, means.z[layer][rows][:, :n_pos]))
+        for layer, mask in enumerate(masks)
+        if mask.any()
+    ]
+    end, r = ds.word_idx["end"], torch.arange(ds.N)
+
+    def run(hook_list):
+        with torch.no_grad(), model.hooks(fwd_hooks=hook_list):
+            logits, cache = model.run_with_cache(ds.toks)
+        final = logits[r, end]
+        ld = (final[r, ds.answer_tokens[:, 0]] - final[r, ds.answer_tokens[:, 1]]).mean()
+        return per_head_logit_diffs(model, cache, ds.answer_tokens, end), float(ld)
+
+    (before, ld_b), (after, ld_a) = run([]), run(hooks)
+    return BackupResult(tuple(heads), before, after, ld_b, ld_a)
+
+
+# ---- permutation_test --------------------------------------------------------------------------
+
+
+def _stat(flat, labels, n_groups, weighted=True):
+    onehot = torch.nn.functional.one_hot(labels, n_groups).float()
+    counts = onehot.sum(0)
+    means = (onehot.T @ flat) / counts[:, None]
+    w = counts[:, None] if weighted else 1.0
+    return (w * (means - flat.mean(0)) ** 2).sum()
+
+
+def _perm(
+    importance,
+    labels,
+    n_permutations=1000,
+    seed=0,
+    *,
+    weighted=True,
+    plus_one=True,
+    renumber=True,
+    group_sums=False,
+    shuffler="torch",
 ):
-    _, labels = labels.long().unique(return_inverse=True)
+    labels = labels.long()
+    if renumber:
+        _, labels = labels.unique(return_inverse=True)
     n_groups = int(labels.max()) + 1
     flat = importance.reshape(importance.shape[0], -1)
-
-    def statistic(group_of):
-        onehot = torch.nn.functional.one_hot(group_of, n_groups).float()
-        counts = onehot.sum(0)
-        means = (onehot.T @ flat) / counts[:, None]
-        weights = counts[:, None] if weighted else 1.0
-        return (weights * (means - flat.mean(0)) ** 2).sum()
-
-    observed = statistic(labels)
-    gen = torch.Generator().manual_seed(seed + seed_shift)
-    null = torch.stack(
-        [
-            statistic(labels[torch.randperm(len(labels), generator=gen)])
-            for _ in range(n_permutations)
-        ]
-    )
-    count = int((null >= observed).sum())
-    p = (1 + count) / (1 + n_permutations) if plus_one else count / n_permutations
+    observed = _stat(flat, labels, n_groups, weighted)
+    if shuffler == "torch":
+        gen = torch.Generator().manual_seed(seed)
+        perms = [torch.randperm(len(labels), generator=gen) for _ in range(n_permutations)]
+    else:
+        rng = np.random.default_rng(seed)
+        perms = [torch.from_numpy(rng.permutation(len(labels))) for _ in range(n_permutations)]
+    null = torch.stack([_stat(flat, labels[p], n_groups, weighted) for p in perms])
     onehot = torch.nn.functional.one_hot(labels, n_groups).float()
-    means = torch.einsum("bg,blh->glh", onehot, importance) / onehot.sum(0)[:, None, None]
+    sums = torch.einsum("bg,blh->glh", onehot, importance)
+    means = sums if group_sums else sums / onehot.sum(0)[:, None, None]
+    hits = int((null >= observed).sum())
+    p = (1 + hits) / (1 + n_permutations) if plus_one else hits / n_permutations
     return PermutationTest(float(observed), p, n_permutations, means, null)
 
 
-def permutation_unweighted(importance, labels, n_permutations=1000, seed=0):
-    return _permutation(importance, labels, n_permutations, seed, weighted=False)
+@wrong("permutation_test", "unweighted_statistic")
+def perm_unweighted(importance, labels, n_permutations=1000, seed=0):
+    """No n_g weights."""
+    return _perm(importance, labels, n_permutations, seed, weighted=False)
 
 
-def permutation_no_plus_one(importance, labels, n_permutations=1000, seed=0):
-    return _permutation(importance, labels, n_permutations, seed, plus_one=False)
+@wrong("permutation_test", "p_value_without_plus_one")
+def perm_no_plus_one(importance, labels, n_permutations=1000, seed=0):
+    """#/n."""
+    return _perm(importance, labels, n_permutations, seed, plus_one=False)
 
 
-def permutation_other_generator(importance, labels, n_permutations=1000, seed=0):
-    return _permutation(importance, labels, n_permutations, seed, seed_shift=1)
+@wrong("permutation_test", "different_shuffles")
+def perm_numpy(importance, labels, n_permutations=1000, seed=0):
+    """numpy's generator."""
+    return _perm(importance, labels, n_permutations, seed, shuffler="numpy")
 
 
-PLANTED = {
-    ("backup_name_mover_experiment", "knocked_out_everywhere"): backup_everywhere,
-    ("backup_name_mover_experiment", "zero_ablation"): backup_with_zeros,
-    ("backup_name_mover_experiment", "after_equals_before"): backup_forgets_hooks_for_dla,
-    ("permutation_test", "unweighted_statistic"): permutation_unweighted,
-    ("permutation_test", "p_value_without_plus_one"): permutation_no_plus_one,
-    ("permutation_test", "different_shuffles"): permutation_other_generator,
-}
+@wrong("permutation_test", "ignored_seed")
+def perm_seed_zero(importance, labels, n_permutations=1000, seed=0):
+    """seed hard-coded to 0."""
+    return _perm(importance, labels, n_permutations, 0)
+
+
+@wrong("permutation_test", "labels_not_renumbered")
+def perm_no_renumbering(importance, labels, n_permutations=1000, seed=0):
+    """Labels used as group indices without renumbering: empty groups."""
+    return _perm(importance, labels, n_permutations, seed, renumber=False)
+
+
+@wrong("permutation_test", "group_sums_not_means")
+def perm_group_sums(importance, labels, n_permutations=1000, seed=0):
+    """group_means holds sums."""
+    return _perm(importance, labels, n_permutations, seed, group_sums=True)
+
+
+@correct("permutation_test", "a python loop over groups for the statistic")
+def perm_loop(importance, labels, n_permutations=1000, seed=0):
+    groups = sorted(set(labels.tolist()))
+    index = torch.tensor([groups.index(x) for x in labels.tolist()])
+    flat = importance.reshape(importance.shape[0], -1)
+
+    def stat(lab):
+        total = flat.mean(0)
+        return sum(
+            (lab == g).sum() * ((flat[lab == g].mean(0) - total) ** 2).sum()
+            for g in range(len(groups))
+        )
+
+    observed = stat(index)
+    gen = torch.Generator().manual_seed(seed)
+    null = torch.stack(
+        [
+            torch.as_tensor(stat(index[torch.randperm(len(index), generator=gen)]))
+            for _ in range(n_permutations)
+        ]
+    ).float()
+    means = torch.stack([importance[index == g].mean(0) for g in range(len(groups))])
+    p = (1 + int((null >= observed).sum())) / (1 + n_permutations)
+    return PermutationTest(float(observed), p, n_permutations, means, null)

@@ -1,234 +1,560 @@
-"""Planted mistakes for section 2: one wrong implementation per diagnosis its checkers make."""
+"""Section 2 answers: directions, the final layer norm, per-layer and per-head attribution, attention."""
 
 from __future__ import annotations
 
 import einops
 import torch
 
+from tests.checks.corpus import correct, wrong
+
+
+def _rows(n):
+    return torch.arange(n)
+
+
+def _scale(cache, positions, hook="ln_final.hook_scale"):
+    scale = cache[hook]
+    if positions is None:
+        return scale[:, -1]
+    return scale[_rows(scale.shape[0]), positions]
+
 
 def _at(stack, positions):
-    """[*comp, batch, pos, d] -> [*comp, batch, d] at each prompt's position."""
     if positions is None:
-        return stack[..., -1, :]
-    return stack[..., torch.arange(stack.shape[-3]), positions, :]
-
-
-def _scale(cache, positions):
-    return _at(cache["ln_final.hook_scale"], positions)  # [batch, 1]
+        return stack[:, :, -1]
+    return stack[:, _rows(stack.shape[1]), positions]
 
 
 def _dirs(model, answer_tokens):
-    return (model.W_U[:, answer_tokens[:, 0]] - model.W_U[:, answer_tokens[:, 1]]).T
+    return model.W_U[:, answer_tokens[:, 0]].T - model.W_U[:, answer_tokens[:, 1]].T
 
 
-def _to_logit_diff(stack, cache, dirs, positions, scale=True, reduce="mean"):
-    """A correct residual_stack_to_logit_diff, with switches that plant mistakes."""
-    centred = stack - stack.mean(-1, keepdim=True)
-    scaled = centred / _scale(cache, positions) if scale else centred
-    per = einops.einsum(scaled, dirs, "... b d, b d -> ... b")
+def _attribute(stack, cache, directions, positions, *, how="cached", reduce="mean"):
+    """The attribution, with the final layer norm applied in one of several (mostly wrong) ways."""
+    if how == "cached":
+        normed = (stack - stack.mean(-1, keepdim=True)) / _scale(cache, positions)
+    elif how == "ln_final":  # each component normalised by its own norm
+        normed = cache.model.ln_final(stack)
+    elif how == "none":
+        normed = stack
+    elif how == "times_scale":
+        normed = (stack - stack.mean(-1, keepdim=True)) * _scale(cache, positions)
+    per = einops.einsum(normed, directions, "... batch d, batch d -> ... batch")
     return {"mean": per.mean(-1), "sum": per.sum(-1), "none": per}[reduce]
 
 
-# ---- logit_diff_directions ------------------------------------------------------------------
+# ---- logit_diff_directions ---------------------------------------------------------------------
 
 
-def directions_s_minus_io(model, answer_tokens):
+@wrong("logit_diff_directions", "wrong_sign")
+def dirs_s_minus_io(model, answer_tokens):
+    """S - IO."""
     return -_dirs(model, answer_tokens)
 
 
-def directions_from_embedding(model, answer_tokens):
+@wrong("logit_diff_directions", "embedding_not_unembedding")
+def dirs_embedding(model, answer_tokens):
+    """W_E rows."""
     return model.W_E[answer_tokens[:, 0]] - model.W_E[answer_tokens[:, 1]]
 
 
-def directions_not_subtracted(model, answer_tokens):
+@wrong("logit_diff_directions", "not_subtracted")
+def dirs_both(model, answer_tokens):
+    """Both directions, stacked."""
     return model.tokens_to_residual_directions(answer_tokens)
 
 
-# ---- apply_final_ln -------------------------------------------------------------------------
+@wrong("logit_diff_directions", "normalised_directions")
+def dirs_unit(model, answer_tokens):
+    """Unit vectors: the length of the direction is part of the logit difference."""
+    d = _dirs(model, answer_tokens)
+    return d / d.norm(dim=-1, keepdim=True)
 
 
-def ln_without_scale(residual_stack, cache, positions=None):
+@wrong("logit_diff_directions", "io_direction_only")
+def dirs_io_only(model, answer_tokens):
+    """Only the IO's unembedding column."""
+    return model.W_U[:, answer_tokens[:, 0]].T
+
+
+@correct("logit_diff_directions", "index W_U's columns and transpose")
+def dirs_columns(model, answer_tokens):
+    return (model.W_U[:, answer_tokens[:, 0]] - model.W_U[:, answer_tokens[:, 1]]).T
+
+
+@correct("logit_diff_directions", "einsum with a +1/-1 matrix")
+def dirs_signed(model, answer_tokens):
+    both = model.tokens_to_residual_directions(answer_tokens)  # [batch, 2, d_model]
+    return einops.einsum(both, torch.tensor([1.0, -1.0]), "b two d, two -> b d")
+
+
+# ---- apply_final_ln ----------------------------------------------------------------------------
+
+
+@wrong("apply_final_ln", "ln_per_component")
+def ln_module_per_component(residual_stack, cache, positions=None):
+    """model.ln_final applied to each component: each gets its own norm, not the stream's."""
+    return cache.model.ln_final(residual_stack)
+
+
+@wrong("apply_final_ln", "no_ln_scale")
+def ln_centre_only(residual_stack, cache, positions=None):
+    """Centres but never divides."""
     return residual_stack - residual_stack.mean(-1, keepdim=True)
 
 
-def ln_without_centring(residual_stack, cache, positions=None):
+@wrong("apply_final_ln", "not_centred")
+def ln_scale_only(residual_stack, cache, positions=None):
+    """Divides but never centres."""
     return residual_stack / _scale(cache, positions)
 
 
-def ln_scale_from_last(residual_stack, cache, positions=None):
-    return (residual_stack - residual_stack.mean(-1, keepdim=True)) / _scale(cache, None)
+@wrong("apply_final_ln", "scale_at_last_position")
+def ln_last_scale(residual_stack, cache, positions=None):
+    """Scale of the last column for every prompt."""
+    centred = residual_stack - residual_stack.mean(-1, keepdim=True)
+    return centred / cache["ln_final.hook_scale"][:, -1]
 
 
-# ---- residual_stack_to_logit_diff -----------------------------------------------------------
+@wrong("apply_final_ln", "scale_at_last_position")
+def ln_apply_ln_to_stack(residual_stack, cache, positions=None):
+    """TransformerLens's apply_ln_to_stack with pos_slice=-1, ignoring the padding."""
+    return cache.apply_ln_to_stack(residual_stack, layer=-1, pos_slice=-1)
 
 
-def stack_no_scale(residual_stack, cache, logit_diff_directions, positions=None):
-    return _to_logit_diff(residual_stack, cache, logit_diff_directions, positions, scale=False)
+@wrong("apply_final_ln", "multiplied_by_scale")
+def ln_times_scale(residual_stack, cache, positions=None):
+    """Multiplies by the scale."""
+    centred = residual_stack - residual_stack.mean(-1, keepdim=True)
+    return centred * _scale(cache, positions)
 
 
-def stack_scale_at_last(residual_stack, cache, logit_diff_directions, positions=None):
-    return _to_logit_diff(residual_stack, cache, logit_diff_directions, None)
+@wrong("apply_final_ln", "wrong_layer_norm_scale")
+def ln_block_scale(residual_stack, cache, positions=None):
+    """The scale of the last block's ln2, not ln_final."""
+    n = cache.model.cfg.n_layers - 1
+    centred = residual_stack - residual_stack.mean(-1, keepdim=True)
+    return centred / _scale(cache, positions, f"blocks.{n}.ln2.hook_scale")
 
 
-def stack_per_prompt(residual_stack, cache, logit_diff_directions, positions=None):
-    return _to_logit_diff(residual_stack, cache, logit_diff_directions, positions, reduce="none")
+@correct("apply_final_ln", "torch.gather for the scale")
+def ln_gather(residual_stack, cache, positions=None):
+    scale = cache["ln_final.hook_scale"][..., 0]  # [batch, pos]
+    if positions is None:
+        positions = torch.full((scale.shape[0],), scale.shape[1] - 1)
+    picked = scale.gather(1, positions[:, None])  # [batch, 1]
+    return (residual_stack - residual_stack.mean(-1, keepdim=True)) / picked
 
 
+@correct("apply_final_ln", "TransformerLens's apply_ln_to_stack when positions is None")
+def ln_tl_when_possible(residual_stack, cache, positions=None):
+    if positions is None:
+        return cache.apply_ln_to_stack(residual_stack, layer=-1, pos_slice=-1)
+    centred = residual_stack - residual_stack.mean(-1, keepdim=True)
+    return centred / _scale(cache, positions)
+
+
+# ---- residual_stack_to_logit_diff --------------------------------------------------------------
+
+
+@wrong("residual_stack_to_logit_diff", "ln_per_component")
+def stack_ln_module(residual_stack, cache, logit_diff_directions, positions=None):
+    """ln_final per component."""
+    return _attribute(residual_stack, cache, logit_diff_directions, positions, how="ln_final")
+
+
+@wrong("residual_stack_to_logit_diff", "no_ln_scale")
+def stack_no_ln(residual_stack, cache, logit_diff_directions, positions=None):
+    """No layer norm at all."""
+    return _attribute(residual_stack, cache, logit_diff_directions, positions, how="none")
+
+
+@wrong("residual_stack_to_logit_diff", "sum_not_mean")
 def stack_sum(residual_stack, cache, logit_diff_directions, positions=None):
-    return _to_logit_diff(residual_stack, cache, logit_diff_directions, positions, reduce="sum")
+    """Sums over the batch."""
+    return _attribute(residual_stack, cache, logit_diff_directions, positions, reduce="sum")
 
 
-# ---- accumulated_resid_logit_diffs ----------------------------------------------------------
+@wrong("residual_stack_to_logit_diff", "returned_per_prompt")
+def stack_per_prompt(residual_stack, cache, logit_diff_directions, positions=None):
+    """No reduction."""
+    return _attribute(residual_stack, cache, logit_diff_directions, positions, reduce="none")
 
 
-def _accumulated(model, cache, answer_tokens, positions, incl_mid=True, scale=True, read_at="same"):
-    stack, labels = cache.accumulated_resid(layer=-1, incl_mid=incl_mid, return_labels=True)
-    where = positions if read_at == "same" else None
-    values = _to_logit_diff(_at(stack, where), cache, _dirs(model, answer_tokens), where, scale)
+@wrong("residual_stack_to_logit_diff", "scale_at_last_position")
+def stack_last_scale(residual_stack, cache, logit_diff_directions, positions=None):
+    """Scale of the last column."""
+    return _attribute(residual_stack, cache, logit_diff_directions, None)
+
+
+@wrong("residual_stack_to_logit_diff", "multiplied_by_scale")
+def stack_times_scale(residual_stack, cache, logit_diff_directions, positions=None):
+    """Multiplies by the scale."""
+    return _attribute(residual_stack, cache, logit_diff_directions, positions, how="times_scale")
+
+
+@correct("residual_stack_to_logit_diff", "elementwise product and sum instead of einsum")
+def stack_product(residual_stack, cache, logit_diff_directions, positions=None):
+    centred = residual_stack - residual_stack.mean(-1, keepdim=True)
+    return ((centred / _scale(cache, positions)) * logit_diff_directions).sum(-1).mean(-1)
+
+
+@correct("residual_stack_to_logit_diff", "the library's apply_final_ln, then a matmul")
+def stack_library_ln(residual_stack, cache, logit_diff_directions, positions=None):
+    from ioi.heads import apply_final_ln
+
+    scaled = apply_final_ln(residual_stack, cache, positions)
+    per = (scaled * logit_diff_directions).sum(-1)
+    return per.mean(-1)
+
+
+# ---- accumulated_resid_logit_diffs and per_layer_logit_diffs -----------------------------------
+
+
+def _resid(model, cache, answer_tokens, positions, kind, *, how="cached", **kwargs):
+    method = cache.accumulated_resid if kind == "accumulated" else cache.decompose_resid
+    stack, labels = method(layer=-1, return_labels=True, **kwargs)
+    values = _attribute(
+        _at(stack, positions), cache, _dirs(model, answer_tokens), positions, how=how
+    )
     return values, labels
 
 
-def accumulated_without_mid(model, cache, answer_tokens, positions=None):
-    return _accumulated(model, cache, answer_tokens, positions, incl_mid=False)
+@wrong("accumulated_resid_logit_diffs", "missing_mid")
+def acc_no_mid(model, cache, answer_tokens, positions=None):
+    """incl_mid=False."""
+    return _resid(model, cache, answer_tokens, positions, "accumulated", incl_mid=False)
 
 
-def accumulated_no_scale(model, cache, answer_tokens, positions=None):
-    return _accumulated(model, cache, answer_tokens, positions, scale=False)
+@wrong("accumulated_resid_logit_diffs", "decomposed_not_accumulated")
+def acc_decomposed(model, cache, answer_tokens, positions=None):
+    """decompose_resid instead of accumulated_resid."""
+    return _resid(model, cache, answer_tokens, positions, "decomposed")
 
 
-def accumulated_at_last(model, cache, answer_tokens, positions=None):
-    return _accumulated(model, cache, answer_tokens, positions, read_at="last")
+@wrong("accumulated_resid_logit_diffs", "ln_per_component")
+def acc_ln_module(model, cache, answer_tokens, positions=None):
+    """ln_final per component."""
+    return _resid(
+        model, cache, answer_tokens, positions, "accumulated", how="ln_final", incl_mid=True
+    )
 
 
-# ---- per_layer_logit_diffs ------------------------------------------------------------------
+@wrong("accumulated_resid_logit_diffs", "no_ln_scale")
+def acc_no_ln(model, cache, answer_tokens, positions=None):
+    """No layer norm."""
+    return _resid(model, cache, answer_tokens, positions, "accumulated", how="none", incl_mid=True)
 
 
-def _layers(model, cache, answer_tokens, positions, incl_embeds=True, scale=True, read_at="same"):
-    stack, labels = cache.decompose_resid(layer=-1, incl_embeds=incl_embeds, return_labels=True)
-    where = positions if read_at == "same" else None
-    values = _to_logit_diff(_at(stack, where), cache, _dirs(model, answer_tokens), where, scale)
-    return values, labels
+@wrong("accumulated_resid_logit_diffs", "ignored_positions")
+def acc_last(model, cache, answer_tokens, positions=None):
+    """Last column."""
+    return _resid(model, cache, answer_tokens, None, "accumulated", incl_mid=True)
 
 
-def layers_accumulated(model, cache, answer_tokens, positions=None):
+@wrong("accumulated_resid_logit_diffs", "wrong_type")
+def acc_values_only(model, cache, answer_tokens, positions=None):
+    """Forgets the labels."""
+    return _resid(model, cache, answer_tokens, positions, "accumulated", incl_mid=True)[0]
+
+
+@correct(
+    "accumulated_resid_logit_diffs", "TransformerLens's logit_attrs with the layer norm's own scale"
+)
+def acc_logit_attrs(model, cache, answer_tokens, positions=None):
+    stack, labels = cache.accumulated_resid(layer=-1, incl_mid=True, return_labels=True)
+    stack = _at(stack, positions)
+    values = _attribute(stack, cache, _dirs(model, answer_tokens), positions)
+    return values, list(labels)
+
+
+@wrong("per_layer_logit_diffs", "accumulated_not_decomposed")
+def layer_accumulated(model, cache, answer_tokens, positions=None):
+    """accumulated_resid instead of decompose_resid."""
+    return _resid(model, cache, answer_tokens, positions, "accumulated", incl_mid=True)
+
+
+@wrong("per_layer_logit_diffs", "missing_embeds")
+def layer_no_embeds(model, cache, answer_tokens, positions=None):
+    """incl_embeds=False."""
+    return _resid(model, cache, answer_tokens, positions, "decomposed", incl_embeds=False)
+
+
+@wrong("per_layer_logit_diffs", "missing_mlps")
+def layer_attn_only(model, cache, answer_tokens, positions=None):
+    """mode='attn': the MLPs are gone."""
+    return _resid(model, cache, answer_tokens, positions, "decomposed", mode="attn")
+
+
+@wrong("per_layer_logit_diffs", "ignored_positions")
+def layer_last(model, cache, answer_tokens, positions=None):
+    """Last column."""
+    return _resid(model, cache, answer_tokens, None, "decomposed")
+
+
+@wrong("per_layer_logit_diffs", "no_ln_scale")
+def layer_no_ln(model, cache, answer_tokens, positions=None):
+    """No layer norm."""
+    return _resid(model, cache, answer_tokens, positions, "decomposed", how="none")
+
+
+@wrong("per_layer_logit_diffs", "ln_per_component")
+def layer_ln_module(model, cache, answer_tokens, positions=None):
+    """ln_final per component."""
+    return _resid(model, cache, answer_tokens, positions, "decomposed", how="ln_final")
+
+
+@correct("per_layer_logit_diffs", "a loop over the components")
+def layer_loop(model, cache, answer_tokens, positions=None):
     stack, labels = cache.decompose_resid(layer=-1, return_labels=True)
-    values, _ = _accumulated(model, cache, answer_tokens, positions)
+    dirs = _dirs(model, answer_tokens)
+    values = torch.stack(
+        [_attribute(_at(c[None], positions), cache, dirs, positions)[0] for c in stack]
+    )
     return values, labels
 
 
-def layers_without_embeds(model, cache, answer_tokens, positions=None):
-    return _layers(model, cache, answer_tokens, positions, incl_embeds=False)
+# ---- head_results_at and per_head_logit_diffs --------------------------------------------------
 
 
-def layers_no_scale(model, cache, answer_tokens, positions=None):
-    return _layers(model, cache, answer_tokens, positions, scale=False)
-
-
-def layers_at_last(model, cache, answer_tokens, positions=None):
-    return _layers(model, cache, answer_tokens, positions, read_at="last")
-
-
-# ---- head_results_at ------------------------------------------------------------------------
-
-
-def _results(model, cache, positions, layout="layer head batch d_model", sum_heads=False):
+def _results(model, cache, positions, *, bias=False, layers=None, last=False):
     out = []
-    for layer in range(model.cfg.n_layers):
-        z = cache["z", layer]  # [batch, pos, head, d_head]
-        at = z[:, -1] if positions is None else z[torch.arange(z.shape[0]), positions]
-        out.append(einops.einsum(at, model.W_O[layer], "b h e, h e d -> b h d"))
-    stacked = torch.stack(out)  # [layer, batch, head, d_model]
-    if sum_heads:
-        return stacked.sum(2)  # [layer, batch, d_model]
-    return einops.rearrange(stacked, f"layer batch head d_model -> {layout}")
+    for layer in range(model.cfg.n_layers if layers is None else layers):
+        z = cache["z", layer]
+        at = z[:, -1] if positions is None or last else z[_rows(z.shape[0]), positions]
+        res = einops.einsum(at, model.W_O[layer], "b h d, h d m -> h b m")
+        out.append(res + model.b_O[layer] if bias else res)
+    return torch.stack(out)
 
 
-def results_are_z(model, cache, positions):
-    rows = torch.arange(len(positions))
-    z = torch.stack([cache["z", layer][rows, positions] for layer in range(model.cfg.n_layers)])
-    return z.permute(0, 2, 1, 3)  # [layer, head, batch, d_head]
+@wrong("head_results_at", "added_b_O")
+def results_with_bias(model, cache, positions):
+    """Adds b_O to every head (it is the layer's, shared once, not per head)."""
+    return _results(model, cache, positions, bias=True)
 
 
+@wrong("head_results_at", "missed_last_layer")
+def results_range_minus_one(model, cache, positions):
+    """range(n_layers - 1)."""
+    return _results(model, cache, positions, layers=model.cfg.n_layers - 1)
+
+
+@wrong("head_results_at", "needs_use_attn_result")
+def results_from_hook_result(model, cache, positions):
+    """cache['result', layer]: only cached with use_attn_result."""
+    return torch.stack(
+        [cache["result", layer][_rows(len(positions)), positions] for layer in range(3)]
+    ).permute(0, 2, 1, 3)
+
+
+@wrong("head_results_at", "z_not_output")
+def results_z(model, cache, positions):
+    """z itself."""
+    return torch.stack(
+        [cache["z", layer][_rows(len(positions)), positions].transpose(0, 1) for layer in range(3)]
+    )
+
+
+@wrong("head_results_at", "wrong_layout")
 def results_batch_first(model, cache, positions):
-    return _results(model, cache, positions, layout="batch layer head d_model")
+    """[layer, batch, head, d_model]."""
+    return _results(model, cache, positions).transpose(1, 2)
 
 
-def results_at_last(model, cache, positions):
-    return _results(model, cache, None)
+@wrong("head_results_at", "summed_heads")
+def results_attn_out(model, cache, positions):
+    """The layer's output (summed heads)."""
+    return _results(model, cache, positions).sum(1)
 
 
-def results_summed_over_heads(model, cache, positions):
-    return _results(model, cache, positions, sum_heads=True)
+@wrong("head_results_at", "ignored_positions")
+def results_last(model, cache, positions):
+    """Last column."""
+    return _results(model, cache, positions, last=True)
 
 
-# ---- per_head_logit_diffs -------------------------------------------------------------------
+@correct("head_results_at", "a per-head matmul loop")
+def results_loop(model, cache, positions):
+    rows = _rows(len(positions))
+    return torch.stack(
+        [
+            torch.stack(
+                [
+                    cache["z", layer][rows, positions, head] @ model.W_O[layer, head]
+                    for head in range(model.cfg.n_heads)
+                ]
+            )
+            for layer in range(model.cfg.n_layers)
+        ]
+    )
 
 
-def heads_transposed(model, cache, answer_tokens, positions=None):
-    results = _results(model, cache, positions, layout="head layer batch d_model")
-    return _to_logit_diff(results, cache, _dirs(model, answer_tokens), positions)
+@correct("head_results_at", "the whole-sequence results, then indexed")
+def results_full_then_index(model, cache, positions):
+    full = torch.stack(
+        [
+            einops.einsum(cache["z", layer], model.W_O[layer], "b p h d, h d m -> h b p m")
+            for layer in range(model.cfg.n_layers)
+        ]
+    )
+    return full[:, :, _rows(len(positions)), positions]
 
 
-def heads_no_scale(model, cache, answer_tokens, positions=None):
-    results = _results(model, cache, positions)
-    return _to_logit_diff(results, cache, _dirs(model, answer_tokens), positions, scale=False)
+def _per_head(model, cache, answer_tokens, positions, **kwargs):
+    how = kwargs.pop("how", "cached")
+    reduce = kwargs.pop("reduce", "mean")
+    res = _results(model, cache, positions, **kwargs)
+    return _attribute(res, cache, _dirs(model, answer_tokens), positions, how=how, reduce=reduce)
 
 
-def heads_at_last(model, cache, answer_tokens, positions=None):
-    results = _results(model, cache, None)
-    return _to_logit_diff(results, cache, _dirs(model, answer_tokens), None)
+@wrong("per_head_logit_diffs", "added_b_O")
+def head_dla_with_bias(model, cache, answer_tokens, positions=None):
+    """b_O added per head."""
+    return _per_head(model, cache, answer_tokens, positions, bias=True)
 
 
-# ---- ioi_attention --------------------------------------------------------------------------
+@wrong("per_head_logit_diffs", "ln_per_component")
+def head_dla_ln_module(model, cache, answer_tokens, positions=None):
+    """ln_final per head."""
+    return _per_head(model, cache, answer_tokens, positions, how="ln_final")
 
 
-def _attention(model, ds, cache, dest_pos, src_pos, name="pattern"):
+@wrong("per_head_logit_diffs", "transposed")
+def head_dla_transposed(model, cache, answer_tokens, positions=None):
+    """[head, layer]."""
+    return _per_head(model, cache, answer_tokens, positions).T
+
+
+@wrong("per_head_logit_diffs", "sum_not_mean")
+def head_dla_sum(model, cache, answer_tokens, positions=None):
+    """Sum over prompts."""
+    return _per_head(model, cache, answer_tokens, positions, reduce="sum")
+
+
+@wrong("per_head_logit_diffs", "missed_last_layer")
+def head_dla_missing_last(model, cache, answer_tokens, positions=None):
+    """range(n_layers - 1) into a zero grid."""
+    grid = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    part = _per_head(model, cache, answer_tokens, positions, layers=model.cfg.n_layers - 1)
+    grid[:-1] = part
+    return grid
+
+
+@wrong("per_head_logit_diffs", "no_ln_scale")
+def head_dla_no_ln(model, cache, answer_tokens, positions=None):
+    """No layer norm."""
+    return _per_head(model, cache, answer_tokens, positions, how="none")
+
+
+@wrong("per_head_logit_diffs", "ignored_positions")
+def head_dla_last(model, cache, answer_tokens, positions=None):
+    """Last column."""
+    return _per_head(model, cache, answer_tokens, None)
+
+
+@correct("per_head_logit_diffs", "a double loop over heads")
+def head_dla_loop(model, cache, answer_tokens, positions=None):
+    dirs = _dirs(model, answer_tokens)
+    res = _results(model, cache, positions)
+    grid = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for layer in range(model.cfg.n_layers):
+        for head in range(model.cfg.n_heads):
+            grid[layer, head] = _attribute(res[layer, head][None], cache, dirs, positions)[0]
+    return grid
+
+
+# ---- ioi_attention -----------------------------------------------------------------------------
+
+
+def _attention(
+    model,
+    ds,
+    dest,
+    src,
+    cache,
+    *,
+    swap=False,
+    scores=False,
+    reduce="mean",
+    first=False,
+    layers=None,
+):
     if cache is None:
         _, cache = model.run_with_cache(ds.toks)
-    rows = torch.arange(ds.N)
-    layers = range(model.cfg.n_layers)
-    return torch.stack([cache[name, layer][rows, :, dest_pos, src_pos].mean(0) for layer in layers])
+    d, s = ds.word_idx[dest], ds.word_idx[src]
+    if swap:
+        d, s = s, d
+    if first:
+        d, s = d[:1].expand_as(d), s[:1].expand_as(s)
+    name = "attn_scores" if scores else "pattern"
+    out = []
+    for layer in range(model.cfg.n_layers if layers is None else layers):
+        values = cache[name, layer][_rows(ds.N), :, d, s]
+        out.append(values.mean(0) if reduce == "mean" else values.sum(0))
+    return torch.stack(out)
 
 
-def attention_swapped(model, ds, dest, src, cache=None):
-    return _attention(model, ds, cache, ds.word_idx[src], ds.word_idx[dest])
+@wrong("ioi_attention", "swapped_dest_src")
+def attn_swapped(model, ds, dest, src, cache=None):
+    """[..., src, dest]."""
+    return _attention(model, ds, dest, src, cache, swap=True)
 
 
-def attention_scores(model, ds, dest, src, cache=None):
-    return _attention(model, ds, cache, ds.word_idx[dest], ds.word_idx[src], "attn_scores")
+@wrong("ioi_attention", "scores_not_pattern")
+def attn_scores(model, ds, dest, src, cache=None):
+    """Pre-softmax scores."""
+    return _attention(model, ds, dest, src, cache, scores=True)
 
 
-def attention_from_last(model, ds, dest, src, cache=None):
-    last = torch.full_like(ds.word_idx[dest], ds.toks.shape[1] - 1)
-    return _attention(model, ds, cache, last, ds.word_idx[src])
+@wrong("ioi_attention", "sum_not_mean")
+def attn_sum(model, ds, dest, src, cache=None):
+    """Sum over prompts."""
+    return _attention(model, ds, dest, src, cache, reduce="sum")
 
 
-PLANTED = {
-    ("logit_diff_directions", "wrong_sign"): directions_s_minus_io,
-    ("logit_diff_directions", "embedding_not_unembedding"): directions_from_embedding,
-    ("logit_diff_directions", "not_subtracted"): directions_not_subtracted,
-    ("apply_final_ln", "no_ln_scale"): ln_without_scale,
-    ("apply_final_ln", "not_centred"): ln_without_centring,
-    ("apply_final_ln", "scale_at_last_position"): ln_scale_from_last,
-    ("residual_stack_to_logit_diff", "no_ln_scale"): stack_no_scale,
-    ("residual_stack_to_logit_diff", "scale_at_last_position"): stack_scale_at_last,
-    ("residual_stack_to_logit_diff", "returned_per_prompt"): stack_per_prompt,
-    ("residual_stack_to_logit_diff", "sum_not_mean"): stack_sum,
-    ("accumulated_resid_logit_diffs", "missing_mid"): accumulated_without_mid,
-    ("accumulated_resid_logit_diffs", "no_ln_scale"): accumulated_no_scale,
-    ("accumulated_resid_logit_diffs", "ignored_positions"): accumulated_at_last,
-    ("per_layer_logit_diffs", "accumulated_not_decomposed"): layers_accumulated,
-    ("per_layer_logit_diffs", "missing_embeds"): layers_without_embeds,
-    ("per_layer_logit_diffs", "no_ln_scale"): layers_no_scale,
-    ("per_layer_logit_diffs", "ignored_positions"): layers_at_last,
-    ("head_results_at", "z_not_output"): results_are_z,
-    ("head_results_at", "wrong_layout"): results_batch_first,
-    ("head_results_at", "ignored_positions"): results_at_last,
-    ("head_results_at", "summed_heads"): results_summed_over_heads,
-    ("per_head_logit_diffs", "transposed"): heads_transposed,
-    ("per_head_logit_diffs", "no_ln_scale"): heads_no_scale,
-    ("per_head_logit_diffs", "ignored_positions"): heads_at_last,
-    ("ioi_attention", "swapped_dest_src"): attention_swapped,
-    ("ioi_attention", "scores_not_pattern"): attention_scores,
-    ("ioi_attention", "ignored_positions"): attention_from_last,
-}
+@wrong("ioi_attention", "same_position_for_all_prompts")
+def attn_first_prompt(model, ds, dest, src, cache=None):
+    """Prompt 0's positions for all."""
+    return _attention(model, ds, dest, src, cache, first=True)
+
+
+@wrong("ioi_attention", "wrong_word")
+def attn_hard_coded_io(model, ds, dest, src, cache=None):
+    """src hard-coded to 'IO'."""
+    return _attention(model, ds, dest, "IO", cache)
+
+
+@wrong("ioi_attention", "ignored_positions")
+def attn_last_query(model, ds, dest, src, cache=None):
+    """The last column as the query."""
+    if cache is None:
+        _, cache = model.run_with_cache(ds.toks)
+    s = ds.word_idx[src]
+    return torch.stack(
+        [
+            cache["pattern", layer][_rows(ds.N), :, -1, s].mean(0)
+            for layer in range(model.cfg.n_layers)
+        ]
+    )
+
+
+@wrong("ioi_attention", "missed_last_layer")
+def attn_missing_layer(model, ds, dest, src, cache=None):
+    """range(n_layers - 1)."""
+    return _attention(model, ds, dest, src, cache, layers=model.cfg.n_layers - 1)
+
+
+@correct("ioi_attention", "always recomputes, ignoring the cache")
+def attn_recompute(model, ds, dest, src, cache=None):
+    return _attention(model, ds, dest, src, None)
+
+
+@correct("ioi_attention", "a loop over prompts with stacked patterns")
+def attn_loop(model, ds, dest, src, cache=None):
+    if cache is None:
+        _, cache = model.run_with_cache(ds.toks)
+    patterns = torch.stack([cache["pattern", layer] for layer in range(model.cfg.n_layers)])
+    values = [
+        patterns[:, i, :, int(ds.word_idx[dest][i]), int(ds.word_idx[src][i])] for i in range(ds.N)
+    ]
+    return torch.stack(values).mean(0)

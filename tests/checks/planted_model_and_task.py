@@ -1,8 +1,10 @@
-"""Planted mistakes for section 1: one wrong implementation per diagnosis its checkers make."""
+"""Section 1 answers: logit difference, IO probability, per-prompt scores."""
 
 from __future__ import annotations
 
 import torch
+
+from tests.checks.corpus import correct, wrong
 
 
 def _final(logits, positions):
@@ -11,113 +13,275 @@ def _final(logits, positions):
     return logits[torch.arange(logits.shape[0]), positions]
 
 
-# ---- logits_to_ave_logit_diff ---------------------------------------------------------------
+# ---- logits_to_ave_logit_diff ------------------------------------------------------------------
 
 
-def diff_s_minus_io(logits, answer_tokens, per_prompt=False, positions=None):
+@wrong("logits_to_ave_logit_diff", "batch_by_batch_indexing")
+def ld_batch_by_batch(logits, answer_tokens, per_prompt=False, positions=None):
+    """logits[:, answer_ids] picks every prompt's answer for every prompt: a [batch, batch] grid."""
+    final = _final(logits, positions)
+    diff = final[:, answer_tokens[:, 0]] - final[:, answer_tokens[:, 1]]
+    return diff if per_prompt else diff.mean()
+
+
+@wrong("logits_to_ave_logit_diff", "batch_by_batch_indexing")
+def ld_batch_by_batch_diagonal_forgotten(logits, answer_tokens, per_prompt=False, positions=None):
+    """The [batch, batch] grid, averaged over its second axis when per_prompt."""
+    final = _final(logits, positions)
+    diff = final[:, answer_tokens[:, 0]] - final[:, answer_tokens[:, 1]]
+    return diff.mean(1) if per_prompt else diff.mean()
+
+
+@wrong("logits_to_ave_logit_diff", "wrong_sign")
+def ld_s_minus_io(logits, answer_tokens, per_prompt=False, positions=None):
+    """S - IO."""
     picked = _final(logits, positions).gather(1, answer_tokens)
     diff = picked[:, 1] - picked[:, 0]
     return diff if per_prompt else diff.mean()
 
 
-def diff_always_last(logits, answer_tokens, per_prompt=False, positions=None):
+@wrong("logits_to_ave_logit_diff", "ignored_positions")
+def ld_always_last(logits, answer_tokens, per_prompt=False, positions=None):
+    """Always the last column."""
     picked = logits[:, -1].gather(1, answer_tokens)
     diff = picked[:, 0] - picked[:, 1]
     return diff if per_prompt else diff.mean()
 
 
-def diff_at_answer_token(logits, answer_tokens, per_prompt=False, positions=None):
-    positions = None if positions is None else positions + 1  # "the answer's own position"
-    picked = _final(logits, positions).gather(1, answer_tokens)
+@wrong("logits_to_ave_logit_diff", "ignored_positions")
+def ld_second_to_last(logits, answer_tokens, per_prompt=False, positions=None):
+    """Column -2, 'because the last token is the answer'."""
+    picked = logits[:, -2].gather(1, answer_tokens)
     diff = picked[:, 0] - picked[:, 1]
     return diff if per_prompt else diff.mean()
 
 
-def diff_never_mean(logits, answer_tokens, per_prompt=False, positions=None):
+@wrong("logits_to_ave_logit_diff", "position_off_by_one")
+def ld_position_plus_one(logits, answer_tokens, per_prompt=False, positions=None):
+    """positions + 1, thinking end is the answer's own position."""
+    pos = None if positions is None else positions + 1
+    picked = _final(logits, pos).gather(1, answer_tokens)
+    diff = picked[:, 0] - picked[:, 1]
+    return diff if per_prompt else diff.mean()
+
+
+@wrong("logits_to_ave_logit_diff", "position_off_by_one")
+def ld_position_minus_one(logits, answer_tokens, per_prompt=False, positions=None):
+    """positions - 1."""
+    pos = None if positions is None else positions - 1
+    picked = _final(logits, pos).gather(1, answer_tokens)
+    diff = picked[:, 0] - picked[:, 1]
+    return diff if per_prompt else diff.mean()
+
+
+@wrong("logits_to_ave_logit_diff", "returned_per_prompt")
+def ld_always_per_prompt(logits, answer_tokens, per_prompt=False, positions=None):
+    """Ignores per_prompt=False."""
     picked = _final(logits, positions).gather(1, answer_tokens)
     return picked[:, 0] - picked[:, 1]
 
 
-def diff_always_mean(logits, answer_tokens, per_prompt=False, positions=None):
+@wrong("logits_to_ave_logit_diff", "ignored_per_prompt")
+def ld_always_mean(logits, answer_tokens, per_prompt=False, positions=None):
+    """Ignores per_prompt=True."""
     picked = _final(logits, positions).gather(1, answer_tokens)
     return (picked[:, 0] - picked[:, 1]).mean()
 
 
-def diff_of_probs(logits, answer_tokens, per_prompt=False, positions=None):
+@wrong("logits_to_ave_logit_diff", "probabilities")
+def ld_probabilities(logits, answer_tokens, per_prompt=False, positions=None):
+    """A difference of probabilities."""
     picked = _final(logits, positions).softmax(-1).gather(1, answer_tokens)
     diff = picked[:, 0] - picked[:, 1]
     return diff if per_prompt else diff.mean()
 
 
-# ---- io_probability -------------------------------------------------------------------------
+@wrong("logits_to_ave_logit_diff", "sum_not_mean")
+def ld_sum(logits, answer_tokens, per_prompt=False, positions=None):
+    """Sums over the batch."""
+    picked = _final(logits, positions).gather(1, answer_tokens)
+    diff = picked[:, 0] - picked[:, 1]
+    return diff if per_prompt else diff.sum()
 
 
+@wrong("logits_to_ave_logit_diff", "same_position_for_all_prompts")
+def ld_first_prompts_position(logits, answer_tokens, per_prompt=False, positions=None):
+    """positions[0] for every prompt."""
+    final = logits[:, -1] if positions is None else logits[:, int(positions[0])]
+    picked = final.gather(1, answer_tokens)
+    diff = picked[:, 0] - picked[:, 1]
+    return diff if per_prompt else diff.mean()
+
+
+@correct("logits_to_ave_logit_diff", "log-softmax differences equal logit differences")
+def ld_log_softmax(logits, answer_tokens, per_prompt=False, positions=None):
+    picked = _final(logits, positions).log_softmax(-1).gather(1, answer_tokens)
+    diff = picked[:, 0] - picked[:, 1]
+    return diff if per_prompt else diff.mean()
+
+
+@correct("logits_to_ave_logit_diff", "a loop over prompts, python indexing")
+def ld_loop(logits, answer_tokens, per_prompt=False, positions=None):
+    out = []
+    for i in range(logits.shape[0]):
+        pos = -1 if positions is None else int(positions[i])
+        io, s = answer_tokens[i].tolist()
+        out.append(logits[i, pos, io] - logits[i, pos, s])
+    diff = torch.stack(out)
+    return diff if per_prompt else diff.mean()
+
+
+@correct("logits_to_ave_logit_diff", "torch.gather along the position axis")
+def ld_gather_positions(logits, answer_tokens, per_prompt=False, positions=None):
+    if positions is None:
+        positions = torch.full((logits.shape[0],), logits.shape[1] - 1)
+    index = positions[:, None, None].expand(-1, 1, logits.shape[-1])
+    final = logits.gather(1, index).squeeze(1)
+    rows = torch.arange(logits.shape[0])
+    diff = final[rows, answer_tokens[:, 0]] - final[rows, answer_tokens[:, 1]]
+    return diff if per_prompt else diff.mean()
+
+
+# ---- io_probability ----------------------------------------------------------------------------
+
+
+@wrong("io_probability", "batch_by_batch_indexing")
+def prob_batch_by_batch(logits, answer_tokens, positions=None):
+    """probs[:, answer_tokens[:, 0]]: [batch, batch]."""
+    return _final(logits, positions).softmax(-1)[:, answer_tokens[:, 0]]
+
+
+@wrong("io_probability", "batch_by_batch_indexing")
+def prob_batch_by_batch_mean(logits, answer_tokens, positions=None):
+    """The [batch, batch] grid averaged to [batch]."""
+    return _final(logits, positions).softmax(-1)[:, answer_tokens[:, 0]].mean(0)
+
+
+@wrong("io_probability", "s_probability")
 def prob_of_s(logits, answer_tokens, positions=None):
+    """Column 1."""
     return _final(logits, positions).softmax(-1).gather(1, answer_tokens[:, 1:]).squeeze(1)
 
 
-def prob_no_softmax(logits, answer_tokens, positions=None):
+@wrong("io_probability", "no_softmax")
+def prob_raw_logit(logits, answer_tokens, positions=None):
+    """The raw logit."""
     return _final(logits, positions).gather(1, answer_tokens[:, :1]).squeeze(1)
 
 
-def prob_log_softmax(logits, answer_tokens, positions=None):
+@wrong("io_probability", "log_probability")
+def prob_log(logits, answer_tokens, positions=None):
+    """log_softmax."""
     return _final(logits, positions).log_softmax(-1).gather(1, answer_tokens[:, :1]).squeeze(1)
 
 
-def prob_softmax_over_batch(logits, answer_tokens, positions=None):
+@wrong("io_probability", "softmax_wrong_dim")
+def prob_softmax_batch(logits, answer_tokens, positions=None):
+    """softmax over dim 0."""
     return _final(logits, positions).softmax(0).gather(1, answer_tokens[:, :1]).squeeze(1)
 
 
-def prob_always_last(logits, answer_tokens, positions=None):
+@wrong("io_probability", "softmax_over_answers")
+def prob_two_way(logits, answer_tokens, positions=None):
+    """Softmax over the two answers only."""
+    return _final(logits, positions).gather(1, answer_tokens).softmax(-1)[:, 0]
+
+
+@wrong("io_probability", "ignored_positions")
+def prob_last(logits, answer_tokens, positions=None):
+    """Last column always."""
     return logits[:, -1].softmax(-1).gather(1, answer_tokens[:, :1]).squeeze(1)
 
 
-# ---- prompt_scores --------------------------------------------------------------------------
+@correct("io_probability", "log_softmax then exp, in float64")
+def prob_exp_log_softmax(logits, answer_tokens, positions=None):
+    final = _final(logits, positions).double()
+    return final.log_softmax(-1).exp().gather(1, answer_tokens[:, :1]).squeeze(1).float()
 
 
-def _scores(model, ds, read_last=False, top1_from_pair=False, drop=None):
+@correct("io_probability", "a loop over prompts")
+def prob_loop(logits, answer_tokens, positions=None):
+    out = []
+    for i in range(logits.shape[0]):
+        pos = -1 if positions is None else int(positions[i])
+        out.append(torch.softmax(logits[i, pos], dim=0)[answer_tokens[i, 0]])
+    return torch.stack(out)
+
+
+# ---- prompt_scores -----------------------------------------------------------------------------
+
+
+def _scores(model, ds, *, pos=None, top_vs_s=False, swap=None, first_pos=False, prob_col=0):
     logits = model(ds.toks)
-    end = None if read_last else ds.word_idx["end"]
-    final = _final(logits, end)
+    end = ds.word_idx["end"] if pos is None else pos
+    if first_pos:
+        end = end[:1].expand_as(end)
+    rows = torch.arange(len(end))
+    final = logits[rows, end]
     picked = final.gather(1, ds.answer_tokens)
     diff = picked[:, 0] - picked[:, 1]
-    top1 = (diff > 0) if top1_from_pair else (final.argmax(-1) == ds.io_tokenIDs)
+    top1 = (final.argmax(-1) == ds.answer_tokens[:, 0]).float()
     out = {
         "logit_diff": diff,
         "io_over_s": (diff > 0).float(),
-        "io_top1": top1.float(),
-        "io_prob": final.softmax(-1).gather(1, ds.answer_tokens[:, :1]).squeeze(1),
+        "io_top1": (diff > 0).float() if top_vs_s else top1,
+        "io_prob": final.softmax(-1).gather(1, ds.answer_tokens[:, prob_col : prob_col + 1])[:, 0],
     }
-    if drop:
-        del out[drop]
+    if swap:
+        a, b = swap
+        out[a], out[b] = out[b], out[a]
     return out
 
 
+@wrong("prompt_scores", "top1_over_answers")
+def scores_top1_is_io_over_s(model, ds):
+    """io_top1 compares IO with S only."""
+    return _scores(model, ds, top_vs_s=True)
+
+
+@wrong("prompt_scores", "ignored_positions")
+def scores_last_column(model, ds):
+    """Every score read at the last column."""
+    return _scores(model, ds, pos=torch.full((ds.N,), ds.toks.shape[1] - 1))
+
+
+@wrong("prompt_scores", "swapped_fields")
+def scores_swapped_keys(model, ds):
+    """io_top1 and io_over_s swapped."""
+    return _scores(model, ds, swap=("io_top1", "io_over_s"))
+
+
+@wrong("prompt_scores", "missing_keys")
 def scores_missing_prob(model, ds):
-    return _scores(model, ds, drop="io_prob")
+    """No io_prob."""
+    out = _scores(model, ds)
+    del out["io_prob"]
+    return out
 
 
-def scores_at_last(model, ds):
-    return _scores(model, ds, read_last=True)
+@wrong("prompt_scores", "same_position_for_all_prompts")
+def scores_first_end(model, ds):
+    """word_idx['end'][0] for every prompt."""
+    return _scores(model, ds, first_pos=True)
 
 
-def scores_top1_from_pair(model, ds):
-    return _scores(model, ds, top1_from_pair=True)
+@wrong("prompt_scores", "s_probability")
+def scores_prob_of_s(model, ds):
+    """io_prob reads column 1 (the S)."""
+    return _scores(model, ds, prob_col=1)
 
 
-PLANTED = {
-    ("logits_to_ave_logit_diff", "wrong_sign"): diff_s_minus_io,
-    ("logits_to_ave_logit_diff", "ignored_positions"): diff_always_last,
-    ("logits_to_ave_logit_diff", "position_off_by_one"): diff_at_answer_token,
-    ("logits_to_ave_logit_diff", "returned_per_prompt"): diff_never_mean,
-    ("logits_to_ave_logit_diff", "ignored_per_prompt"): diff_always_mean,
-    ("logits_to_ave_logit_diff", "probabilities"): diff_of_probs,
-    ("io_probability", "s_probability"): prob_of_s,
-    ("io_probability", "no_softmax"): prob_no_softmax,
-    ("io_probability", "log_probability"): prob_log_softmax,
-    ("io_probability", "softmax_wrong_dim"): prob_softmax_over_batch,
-    ("io_probability", "ignored_positions"): prob_always_last,
-    ("prompt_scores", "missing_keys"): scores_missing_prob,
-    ("prompt_scores", "ignored_positions"): scores_at_last,
-    ("prompt_scores", "top1_over_answers"): scores_top1_from_pair,
-}
+@correct("prompt_scores", "bool tensors, two forward passes")
+def scores_bools(model, ds):
+    end = ds.word_idx["end"]
+    rows = torch.arange(ds.N)
+    final = model(ds.toks)[rows, end]
+    io, s = ds.answer_tokens[:, 0], ds.answer_tokens[:, 1]
+    diff = final[rows, io] - final[rows, s]
+    probs = model(ds.toks)[rows, end].softmax(-1)
+    return {
+        "logit_diff": diff,
+        "io_over_s": diff > 0,
+        "io_top1": final.argmax(-1) == io,
+        "io_prob": probs[rows, io],
+    }

@@ -1,4 +1,4 @@
-"""Planted mistakes for section 4: one wrong implementation per diagnosis its checkers make."""
+"""Section 4 answers: the freezing hook, the receivers' hook, head -> logits, head -> heads."""
 
 from __future__ import annotations
 
@@ -7,40 +7,137 @@ from functools import partial
 import torch
 from transformer_lens.utilities import get_act_name
 
-# ---- patch_or_freeze_head_vectors -------------------------------------------------------------
+from tests.checks.corpus import correct, wrong
+
+# ---- patch_or_freeze_head_vectors --------------------------------------------------------------
 
 
-def freeze_forgotten(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
-    layer, head = head_to_patch
-    if hook.layer() == layer:
-        orig_head_vector[:, :, head] = new_cache[hook.name][:, :, head]
+@wrong("patch_or_freeze_head_vectors", "mutated_input")
+def freeze_into_orig_cache(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
+    """Patches the sender into orig_cache's own tensor and returns it."""
+    frozen = orig_cache[hook.name]
+    if hook.layer() == head_to_patch[0]:
+        frozen[:, :, head_to_patch[1]] = new_cache[hook.name][:, :, head_to_patch[1]]
+    return frozen
+
+
+@wrong("patch_or_freeze_head_vectors", "did_not_freeze")
+def freeze_forgot(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
+    """Only patches the sender."""
+    if hook.layer() == head_to_patch[0]:
+        orig_head_vector[:, :, head_to_patch[1]] = new_cache[hook.name][:, :, head_to_patch[1]]
     return orig_head_vector
 
 
+@wrong("patch_or_freeze_head_vectors", "ignored_layer")
 def freeze_every_layer(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
-    orig_head_vector[...] = orig_cache[hook.name]
-    orig_head_vector[:, :, head_to_patch[1]] = new_cache[hook.name][:, :, head_to_patch[1]]
-    return orig_head_vector
+    """Patches head head_to_patch[1] in every layer."""
+    out = orig_cache[hook.name].clone()
+    out[:, :, head_to_patch[1]] = new_cache[hook.name][:, :, head_to_patch[1]]
+    return out
 
 
+@wrong("patch_or_freeze_head_vectors", "caches_swapped")
+def freeze_at_new(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
+    """Freezes at new, patches the sender from orig."""
+    out = new_cache[hook.name].clone()
+    if hook.layer() == head_to_patch[0]:
+        out[:, :, head_to_patch[1]] = orig_cache[hook.name][:, :, head_to_patch[1]]
+    return out
+
+
+@wrong("patch_or_freeze_head_vectors", "ignored_head_to_patch")
+def freeze_fixed_sender(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
+    """The sender hard-coded to 1.2 (the head the old checker used)."""
+    out = orig_cache[hook.name].clone()
+    if hook.layer() == 1:
+        out[:, :, 2] = new_cache[hook.name][:, :, 2]
+    return out
+
+
+@wrong("patch_or_freeze_head_vectors", "did_not_patch")
 def freeze_only(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
+    """Freezes, never patches."""
     return orig_cache[hook.name].clone()
 
 
-# ---- patch_head_input -------------------------------------------------------------------------
+@correct("patch_or_freeze_head_vectors", "torch.where over a head mask")
+def freeze_where(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
+    n_heads = orig_head_vector.shape[2]
+    is_sender = torch.zeros(n_heads, dtype=torch.bool)
+    if hook.layer() == head_to_patch[0]:
+        is_sender[head_to_patch[1]] = True
+    return torch.where(is_sender[:, None], new_cache[hook.name], orig_cache[hook.name])
 
 
+@correct("patch_or_freeze_head_vectors", "in place into the activation, returning None")
+def freeze_in_place(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
+    orig_head_vector.copy_(orig_cache[hook.name])
+    if hook.layer() == head_to_patch[0]:
+        orig_head_vector[:, :, head_to_patch[1]] = new_cache[hook.name][:, :, head_to_patch[1]]
+
+
+# ---- patch_head_input --------------------------------------------------------------------------
+
+
+@wrong("patch_head_input", "ignored_layer")
 def input_all_layers(orig_activation, hook, patched_cache, head_list):
-    heads = [head for _, head in head_list]
+    """Patches every listed head index, whatever its layer."""
+    heads = [h for _, h in head_list]
     orig_activation[:, :, heads] = patched_cache[hook.name][:, :, heads]
     return orig_activation
 
 
-def input_all_heads(orig_activation, hook, patched_cache, head_list):
+@wrong("patch_head_input", "patched_all_heads")
+def input_whole_layer(orig_activation, hook, patched_cache, head_list):
+    """The whole layer."""
     return patched_cache[hook.name].clone()
 
 
-# ---- shared pieces ----------------------------------------------------------------------------
+@wrong("patch_head_input", "no_effect")
+def input_patched_a_copy(orig_activation, hook, patched_cache, head_list):
+    """Patches a clone, returns the input."""
+    heads = [h for layer, h in head_list if layer == hook.layer()]
+    copy = orig_activation.clone()
+    copy[:, :, heads] = patched_cache[hook.name][:, :, heads]
+    return orig_activation
+
+
+@wrong("patch_head_input", "mutated_input")
+def input_into_patched_cache(orig_activation, hook, patched_cache, head_list):
+    """Writes the other heads into patched_cache's tensor."""
+    keep = [h for layer, h in head_list if layer == hook.layer()]
+    out = patched_cache[hook.name]
+    others = [h for h in range(out.shape[2]) if h not in keep]
+    out[:, :, others] = orig_activation[:, :, others]
+    return out
+
+
+@correct("patch_head_input", "one head at a time")
+def input_loop(orig_activation, hook, patched_cache, head_list):
+    for layer, head in head_list:
+        if layer == hook.layer():
+            orig_activation[:, :, head] = patched_cache[hook.name][:, :, head]
+    return orig_activation
+
+
+# ---- get_path_patch_head_to_final_resid_post ---------------------------------------------------
+
+
+def _freeze(z, hook, new_cache, orig_cache, sender, *, freeze=True, into_cache=False):
+    if into_cache:
+        out = orig_cache[hook.name]
+    elif freeze:
+        out = orig_cache[hook.name].clone()
+    else:
+        out = z
+    if hook.layer() == sender[0]:
+        out[:, :, sender[1]] = new_cache[hook.name][:, :, sender[1]]
+    return out
+
+
+def _is_z(name):
+    return name.endswith("hook_z")
 
 
 def _caches(model, new_dataset, orig_dataset, new_cache, orig_cache):
@@ -51,78 +148,168 @@ def _caches(model, new_dataset, orig_dataset, new_cache, orig_cache):
     return new_cache, orig_cache
 
 
-def _freeze(z, hook, new_cache, orig_cache, sender, freeze=True):
-    if freeze:
-        z[...] = orig_cache[hook.name]
-    if hook.layer() == sender[0]:
-        z[:, :, sender[1]] = new_cache[hook.name][:, :, sender[1]]
-    return z
-
-
-def _is_z(name):
-    return name.endswith("z")
-
-
-# ---- get_path_patch_head_to_final_resid_post --------------------------------------------------
-
-
-@torch.inference_mode()
-def _to_logits(model, metric, run_toks, source_cache, frozen_cache, freeze=True, freeze_mlps=False):
+def _to_logits(
+    model,
+    metric,
+    new_dataset,
+    orig_dataset,
+    new_cache,
+    orig_cache,
+    *,
+    layers=None,
+    swap=False,
+    z_filter=_is_z,
+    freeze_mlps=False,
+    **how,
+):
+    new_cache, orig_cache = _caches(model, new_dataset, orig_dataset, new_cache, orig_cache)
+    toks = orig_dataset.toks
+    if swap:
+        new_cache, orig_cache, toks = orig_cache, new_cache, new_dataset.toks
     out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-    extra = []
-    if freeze_mlps:
-        extra = [(lambda n: n.endswith("mlp_out"), lambda act, hook: frozen_cache[hook.name])]
-    for layer in range(model.cfg.n_layers):
-        for head in range(model.cfg.n_heads):
-            hook = partial(
-                _freeze,
-                new_cache=source_cache,
-                orig_cache=frozen_cache,
-                sender=(layer, head),
-                freeze=freeze,
-            )
-            out[layer, head] = metric(
-                model.run_with_hooks(run_toks, fwd_hooks=[(_is_z, hook), *extra])
-            )
+    with torch.no_grad():
+        for layer in range(model.cfg.n_layers if layers is None else layers):
+            for head in range(model.cfg.n_heads):
+                hook = partial(
+                    _freeze, new_cache=new_cache, orig_cache=orig_cache, sender=(layer, head), **how
+                )
+                hooks = [(z_filter, hook)]
+                if freeze_mlps:
+                    hooks.append(
+                        (lambda n: n.endswith("mlp_out"), lambda a, hook: orig_cache[hook.name])
+                    )
+                out[layer, head] = metric(model.run_with_hooks(toks, fwd_hooks=hooks))
     return out
 
 
-def to_logits_not_frozen(
+@wrong("get_path_patch_head_to_final_resid_post", "not_frozen")
+def to_logits_no_freeze(
     model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None
 ):
-    new_cache, orig_cache = _caches(model, new_dataset, orig_dataset, new_cache, orig_cache)
+    """Activation patching: the other heads are not frozen."""
     return _to_logits(
-        model, patching_metric, orig_dataset.toks, new_cache, orig_cache, freeze=False
+        model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache, freeze=False
     )
 
 
-def to_logits_mlps_frozen(
+@wrong("get_path_patch_head_to_final_resid_post", "mutated_input")
+def to_logits_freeze_into_cache(
     model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None
 ):
-    new_cache, orig_cache = _caches(model, new_dataset, orig_dataset, new_cache, orig_cache)
+    """The freezing hook patches the sender into orig_cache's own tensors."""
     return _to_logits(
-        model, patching_metric, orig_dataset.toks, new_cache, orig_cache, freeze_mlps=True
+        model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache, into_cache=True
     )
 
 
+@wrong("get_path_patch_head_to_final_resid_post", "no_effect")
+def to_logits_filter_never_matches(
+    model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None
+):
+    """Filter on 'hook_result': the hooks never fire, every run is the orig run."""
+    return _to_logits(
+        model,
+        patching_metric,
+        new_dataset,
+        orig_dataset,
+        new_cache,
+        orig_cache,
+        z_filter=lambda name: name.endswith("hook_result"),
+    )
+
+
+@wrong("get_path_patch_head_to_final_resid_post", "datasets_swapped")
 def to_logits_swapped(
     model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None
 ):
-    new_cache, orig_cache = _caches(model, new_dataset, orig_dataset, new_cache, orig_cache)
-    return _to_logits(model, patching_metric, new_dataset.toks, orig_cache, new_cache)
+    """Runs the new prompts, patches orig in."""
+    return _to_logits(
+        model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache, swap=True
+    )
 
 
+@wrong("get_path_patch_head_to_final_resid_post", "transposed")
 def to_logits_transposed(
     model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None
 ):
-    new_cache, orig_cache = _caches(model, new_dataset, orig_dataset, new_cache, orig_cache)
-    return _to_logits(model, patching_metric, orig_dataset.toks, new_cache, orig_cache).T
+    """[head, layer]."""
+    return _to_logits(model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache).T
 
 
-# ---- get_path_patch_head_to_heads -------------------------------------------------------------
+@wrong("get_path_patch_head_to_final_resid_post", "froze_mlps")
+def to_logits_freezes_mlps(
+    model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None
+):
+    """Freezes the MLPs too."""
+    return _to_logits(
+        model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache, freeze_mlps=True
+    )
 
 
-@torch.inference_mode()
+@wrong("get_path_patch_head_to_final_resid_post", "missed_last_layer")
+def to_logits_range_minus_one(
+    model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None
+):
+    """range(n_layers - 1)."""
+    return _to_logits(
+        model,
+        patching_metric,
+        new_dataset,
+        orig_dataset,
+        new_cache,
+        orig_cache,
+        layers=model.cfg.n_layers - 1,
+    )
+
+
+@wrong("get_path_patch_head_to_final_resid_post", "no_effect")
+def to_logits_caches_required(
+    model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None
+):
+    """Uses the caches when given; when None, caches the *orig* run for both (nothing changes)."""
+    if new_cache is None:
+        _, new_cache = model.run_with_cache(orig_dataset.toks)
+    return _to_logits(model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache)
+
+
+@correct(
+    "get_path_patch_head_to_final_resid_post", "the library's plain reference, one sender at a time"
+)
+def to_logits_plain(
+    model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None
+):
+    from ioi.path_patching import plain_path_patch_head_to_final_resid_post
+
+    return plain_path_patch_head_to_final_resid_post(
+        model, patching_metric, new_dataset, orig_dataset
+    )
+
+
+@correct("get_path_patch_head_to_final_resid_post", "one hook per layer, caches of z only")
+def to_logits_per_layer_hooks(
+    model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None
+):
+    names = [get_act_name("z", layer) for layer in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        _, new = model.run_with_cache(new_dataset.toks, names_filter=names)
+        _, orig = model.run_with_cache(orig_dataset.toks, names_filter=names)
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for layer in range(model.cfg.n_layers):
+        for head in range(model.cfg.n_heads):
+            hooks = [
+                (name, partial(_freeze, new_cache=new, orig_cache=orig, sender=(layer, head)))
+                for name in names
+            ]
+            with torch.no_grad():
+                out[layer, head] = patching_metric(
+                    model.run_with_hooks(orig_dataset.toks, fwd_hooks=hooks)
+                )
+    return out
+
+
+# ---- get_path_patch_head_to_heads --------------------------------------------------------------
+
+
 def _to_heads(
     receiver_heads,
     receiver_input,
@@ -133,120 +320,469 @@ def _to_heads(
     new_cache,
     orig_cache,
     *,
+    fill=float("nan"),
+    keep_freeze=False,
     freeze=True,
-    full_grid=True,
-    patch_input=None,
+    whole_layer=False,
+    top=None,
+    rows_only=False,
 ):
     new_cache, orig_cache = _caches(model, new_dataset, orig_dataset, new_cache, orig_cache)
-    part = patch_input or receiver_input
-    names = {get_act_name(part, layer) for layer, _ in receiver_heads}
-    top = max(layer for layer, _ in receiver_heads)
-    out = torch.zeros(model.cfg.n_layers if full_grid else top, model.cfg.n_heads)
-    toks = orig_dataset.toks
+    names = {get_act_name(receiver_input, layer) for layer, _ in receiver_heads}
+    top = max(layer for layer, _ in receiver_heads) if top is None else top
+    out = torch.full((model.cfg.n_layers, model.cfg.n_heads), fill)
 
-    def patch(act, hook, cache):
+    def patch(act, hook, recorded):
         heads = [h for layer, h in receiver_heads if layer == hook.layer()]
-        act[:, :, heads] = cache[hook.name][:, :, heads]
+        if whole_layer:
+            heads = list(range(act.shape[2]))
+        act[:, :, heads] = recorded[hook.name][:, :, heads]
         return act
 
+    with torch.no_grad():
+        for layer in range(top):
+            for head in range(model.cfg.n_heads):
+                freezer = partial(
+                    _freeze,
+                    new_cache=new_cache,
+                    orig_cache=orig_cache,
+                    sender=(layer, head),
+                    freeze=freeze,
+                )
+                with model.hooks(fwd_hooks=[(_is_z, freezer)]):
+                    _, recorded = model.run_with_cache(
+                        orig_dataset.toks, names_filter=lambda n: n in names
+                    )
+                hooks = [(lambda n: n in names, partial(patch, recorded=recorded))]
+                if keep_freeze:
+                    hooks.append((_is_z, freezer))
+                out[layer, head] = metric(model.run_with_hooks(orig_dataset.toks, fwd_hooks=hooks))
+    return out[:top] if rows_only else out
+
+
+def _heads_wrong(diagnosis, doc, **how):
+    def fn(
+        receiver_heads,
+        receiver_input,
+        model,
+        patching_metric,
+        new_dataset,
+        orig_dataset,
+        new_cache=None,
+        orig_cache=None,
+    ):
+        return _to_heads(
+            receiver_heads,
+            receiver_input,
+            model,
+            patching_metric,
+            new_dataset,
+            orig_dataset,
+            new_cache,
+            orig_cache,
+            **how,
+        )
+
+    fn.__name__ = f"to_heads_{diagnosis}"
+    fn.__doc__ = doc
+    return wrong("get_path_patch_head_to_heads", diagnosis)(fn)
+
+
+_heads_wrong(
+    "kept_freeze_hooks",
+    "Step 3 keeps the freezing hooks on: the result is head -> logits.",
+    keep_freeze=True,
+)
+_heads_wrong("unreachable_rows_zero", "Rows that cannot reach the receivers left at 0.", fill=0.0)
+_heads_wrong("not_frozen", "Step 2 without freezing.", freeze=False)
+_heads_wrong(
+    "patched_whole_layer", "Step 3 patches every head of the receivers' layer.", whole_layer=True
+)
+_heads_wrong(
+    "returned_top_rows_only", "Only the rows below the top receiver layer.", rows_only=True
+)
+
+
+@wrong("get_path_patch_head_to_heads", "wrong_top_layer")
+def to_heads_lowest_top(
+    receiver_heads,
+    receiver_input,
+    model,
+    patching_metric,
+    new_dataset,
+    orig_dataset,
+    new_cache=None,
+    orig_cache=None,
+):
+    """Senders only below the lowest receiver layer (min instead of max)."""
+    low = min(layer for layer, _ in receiver_heads)
+    return _to_heads(
+        receiver_heads,
+        receiver_input,
+        model,
+        patching_metric,
+        new_dataset,
+        orig_dataset,
+        new_cache,
+        orig_cache,
+        top=low,
+    )
+
+
+@wrong("get_path_patch_head_to_heads", "wrong_receiver_input")
+def to_heads_always_q(
+    receiver_heads,
+    receiver_input,
+    model,
+    patching_metric,
+    new_dataset,
+    orig_dataset,
+    new_cache=None,
+    orig_cache=None,
+):
+    """receiver_input ignored: always 'q'."""
+    return _to_heads(
+        receiver_heads,
+        "q",
+        model,
+        patching_metric,
+        new_dataset,
+        orig_dataset,
+        new_cache,
+        orig_cache,
+    )
+
+
+@correct("get_path_patch_head_to_heads", "the library's engine")
+def to_heads_library(
+    receiver_heads,
+    receiver_input,
+    model,
+    patching_metric,
+    new_dataset,
+    orig_dataset,
+    new_cache=None,
+    orig_cache=None,
+):
+    from ioi.path_patching import get_path_patch_head_to_heads
+
+    grid = get_path_patch_head_to_heads(
+        receiver_heads, receiver_input, model, patching_metric, new_dataset, orig_dataset
+    )
+    top = max(layer for layer, _ in receiver_heads)
+    grid[top:] = float("nan")
+    return grid
+
+
+@correct("get_path_patch_head_to_heads", "records with a saving hook instead of run_with_cache")
+def to_heads_saving_hook(
+    receiver_heads,
+    receiver_input,
+    model,
+    patching_metric,
+    new_dataset,
+    orig_dataset,
+    new_cache=None,
+    orig_cache=None,
+):
+    new_cache, orig_cache = _caches(model, new_dataset, orig_dataset, new_cache, orig_cache)
+    top = max(layer for layer, _ in receiver_heads)
+    names = sorted({get_act_name(receiver_input, layer) for layer, _ in receiver_heads})
+    out = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
     for layer in range(top):
         for head in range(model.cfg.n_heads):
-            hook = partial(
-                _freeze,
-                new_cache=new_cache,
-                orig_cache=orig_cache,
-                sender=(layer, head),
-                freeze=freeze,
+            saved = {}
+
+            def save(act, hook, saved=saved):
+                saved[hook.name] = act.clone()
+
+            freezer = partial(
+                _freeze, new_cache=new_cache, orig_cache=orig_cache, sender=(layer, head)
             )
-            with model.hooks(fwd_hooks=[(_is_z, hook)]):
-                _, patched = model.run_with_cache(toks, names_filter=lambda n: n in names)
-            logits = model.run_with_hooks(
-                toks, fwd_hooks=[(lambda n: n in names, partial(patch, cache=patched))]
-            )
-            out[layer, head] = metric(logits)
+            with torch.no_grad():
+                model.run_with_hooks(
+                    orig_dataset.toks, fwd_hooks=[(_is_z, freezer)] + [(n, save) for n in names]
+                )
+
+                def put(act, hook, saved=saved):
+                    for r_layer, r_head in receiver_heads:
+                        if r_layer == hook.layer():
+                            act[:, :, r_head] = saved[hook.name][:, :, r_head]
+                    return act
+
+                logits = model.run_with_hooks(
+                    orig_dataset.toks, fwd_hooks=[(n, put) for n in names]
+                )
+            out[layer, head] = patching_metric(logits)
     return out
 
 
-def to_heads_top_rows(
+# ---- path_patch_head_to_heads_at ---------------------------------------------------------------
+
+
+def _mask(ds, key, like):
+    """[batch, pos] True at word_idx[key][i] of each prompt (everywhere for None)."""
+    batch, n_pos = like.shape[:2]
+    if key is None:
+        return torch.ones(batch, n_pos, dtype=torch.bool)
+    mask = torch.zeros(batch, n_pos, dtype=torch.bool)
+    mask[torch.arange(batch), ds.word_idx[key]] = True
+    return mask
+
+
+def _at(
     receiver_heads,
     receiver_input,
     model,
-    patching_metric,
+    metric,
     new_dataset,
     orig_dataset,
-    new_cache=None,
-    orig_cache=None,
+    sender_position,
+    receiver_position,
+    *,
+    fill=float("nan"),
+    swap=False,
+    first=False,
+    keep_freeze=False,
+    top=None,
 ):
-    return _to_heads(
+    if swap:
+        sender_position, receiver_position = receiver_position, sender_position
+    ds = orig_dataset
+    if first:
+        import copy
+
+        ds = copy.copy(orig_dataset)
+        ds.word_idx = {k: v[:1].expand_as(v) for k, v in orig_dataset.word_idx.items()}
+    _, new_cache = model.run_with_cache(new_dataset.toks)
+    _, orig_cache = model.run_with_cache(orig_dataset.toks)
+    names = {get_act_name(receiver_input, layer) for layer, _ in receiver_heads}
+    top = max(layer for layer, _ in receiver_heads) if top is None else top
+    out = torch.full((model.cfg.n_layers, model.cfg.n_heads), fill)
+    toks = orig_dataset.toks
+    send_mask = _mask(ds, sender_position, toks)
+    recv_mask = _mask(ds, receiver_position, toks)
+    with torch.no_grad():
+        for layer in range(top):
+            for head in range(model.cfg.n_heads):
+
+                def freeze(z, hook, sender=(layer, head)):
+                    out_z = orig_cache[hook.name].clone()
+                    if hook.layer() == sender[0]:
+                        new = new_cache[hook.name][:, :, sender[1]]
+                        out_z[:, :, sender[1]] = torch.where(
+                            send_mask[..., None], new, out_z[:, :, sender[1]]
+                        )
+                    return out_z
+
+                with model.hooks(fwd_hooks=[(_is_z, freeze)]):
+                    _, recorded = model.run_with_cache(toks, names_filter=lambda n: n in names)
+
+                def patch(act, hook, recorded=recorded):
+                    for r_layer, r_head in receiver_heads:
+                        if r_layer == hook.layer():
+                            rec = recorded[hook.name][:, :, r_head]
+                            act[:, :, r_head] = torch.where(
+                                recv_mask[..., None], rec, act[:, :, r_head]
+                            )
+                    return act
+
+                hooks = [(lambda n: n in names, patch)]
+                if keep_freeze:
+                    hooks.append((_is_z, freeze))
+                out[layer, head] = metric(model.run_with_hooks(toks, fwd_hooks=hooks))
+    return out
+
+
+def _at_wrong(diagnosis, doc, **how):
+    def fn(
         receiver_heads,
         receiver_input,
         model,
         patching_metric,
         new_dataset,
         orig_dataset,
-        new_cache,
-        orig_cache,
-        full_grid=False,
-    )
+        sender_position,
+        receiver_position,
+    ):
+        if how.get("sender_all"):
+            sender_position = None
+        if how.get("receiver_all"):
+            receiver_position = None
+        rest = {k: v for k, v in how.items() if k not in ("sender_all", "receiver_all")}
+        return _at(
+            receiver_heads,
+            receiver_input,
+            model,
+            patching_metric,
+            new_dataset,
+            orig_dataset,
+            sender_position,
+            receiver_position,
+            **rest,
+        )
+
+    fn.__name__ = f"at_{diagnosis}"
+    fn.__doc__ = doc
+    return wrong("path_patch_head_to_heads_at", diagnosis)(fn)
 
 
-def to_heads_not_frozen(
+_at_wrong("sender_positions_ignored", "The sender patched at every position.", sender_all=True)
+_at_wrong(
+    "receiver_positions_ignored", "The receivers patched at every position.", receiver_all=True
+)
+_at_wrong("same_position_for_all_prompts", "Prompt 0's positions for every prompt.", first=True)
+_at_wrong("unreachable_rows_zero", "Unreachable rows left at 0.", fill=0.0)
+_at_wrong("kept_freeze_hooks", "The freezing hooks kept on in the last run.", keep_freeze=True)
+
+
+@wrong("path_patch_head_to_heads_at", "wrong_top_layer")
+def at_lowest_top(
     receiver_heads,
     receiver_input,
     model,
     patching_metric,
     new_dataset,
     orig_dataset,
-    new_cache=None,
-    orig_cache=None,
+    sender_position,
+    receiver_position,
 ):
-    return _to_heads(
+    """Senders below the lowest receiver layer only."""
+    low = min(layer for layer, _ in receiver_heads)
+    return _at(
         receiver_heads,
         receiver_input,
         model,
         patching_metric,
         new_dataset,
         orig_dataset,
-        new_cache,
-        orig_cache,
-        freeze=False,
+        sender_position,
+        receiver_position,
+        top=low,
     )
 
 
-def to_heads_always_queries(
+@wrong("path_patch_head_to_heads_at", "returned_top_rows_only")
+def at_rows_only(
     receiver_heads,
     receiver_input,
     model,
     patching_metric,
     new_dataset,
     orig_dataset,
-    new_cache=None,
-    orig_cache=None,
+    sender_position,
+    receiver_position,
 ):
-    return _to_heads(
+    """Only the reachable rows."""
+    top = max(layer for layer, _ in receiver_heads)
+    return _at(
         receiver_heads,
         receiver_input,
         model,
         patching_metric,
         new_dataset,
         orig_dataset,
-        new_cache,
-        orig_cache,
-        patch_input="q",
+        sender_position,
+        receiver_position,
+    )[:top]
+
+
+@wrong("path_patch_head_to_heads_at", "patched_whole_layer")
+def at_whole_layer(
+    receiver_heads,
+    receiver_input,
+    model,
+    patching_metric,
+    new_dataset,
+    orig_dataset,
+    sender_position,
+    receiver_position,
+):
+    """Every head of the receivers' layers."""
+    layers = sorted({layer for layer, _ in receiver_heads})
+    whole = [(layer, h) for layer in layers for h in range(model.cfg.n_heads)]
+    out = _at(
+        whole,
+        receiver_input,
+        model,
+        patching_metric,
+        new_dataset,
+        orig_dataset,
+        sender_position,
+        receiver_position,
+    )
+    return out
+
+
+@wrong("path_patch_head_to_heads_at", "wrong_receiver_input")
+def at_always_v(
+    receiver_heads,
+    receiver_input,
+    model,
+    patching_metric,
+    new_dataset,
+    orig_dataset,
+    sender_position,
+    receiver_position,
+):
+    """receiver_input ignored: always 'v'."""
+    return _at(
+        receiver_heads,
+        "v",
+        model,
+        patching_metric,
+        new_dataset,
+        orig_dataset,
+        sender_position,
+        receiver_position,
     )
 
 
-PLANTED = {
-    ("patch_or_freeze_head_vectors", "did_not_freeze"): freeze_forgotten,
-    ("patch_or_freeze_head_vectors", "ignored_layer"): freeze_every_layer,
-    ("patch_or_freeze_head_vectors", "did_not_patch"): freeze_only,
-    ("patch_head_input", "ignored_layer"): input_all_layers,
-    ("patch_head_input", "patched_all_heads"): input_all_heads,
-    ("get_path_patch_head_to_final_resid_post", "not_frozen"): to_logits_not_frozen,
-    ("get_path_patch_head_to_final_resid_post", "froze_mlps"): to_logits_mlps_frozen,
-    ("get_path_patch_head_to_final_resid_post", "datasets_swapped"): to_logits_swapped,
-    ("get_path_patch_head_to_final_resid_post", "transposed"): to_logits_transposed,
-    ("get_path_patch_head_to_heads", "returned_top_rows_only"): to_heads_top_rows,
-    ("get_path_patch_head_to_heads", "not_frozen"): to_heads_not_frozen,
-    ("get_path_patch_head_to_heads", "wrong_receiver_input"): to_heads_always_queries,
-}
+@correct("path_patch_head_to_heads_at", "masks built from word_idx, hooks by filter")
+def at_masks(
+    receiver_heads,
+    receiver_input,
+    model,
+    patching_metric,
+    new_dataset,
+    orig_dataset,
+    sender_position,
+    receiver_position,
+):
+    return _at(
+        receiver_heads,
+        receiver_input,
+        model,
+        patching_metric,
+        new_dataset,
+        orig_dataset,
+        sender_position,
+        receiver_position,
+    )
+
+
+@correct("path_patch_head_to_heads_at", "the library's engine with the positions")
+def at_library(
+    receiver_heads,
+    receiver_input,
+    model,
+    patching_metric,
+    new_dataset,
+    orig_dataset,
+    sender_position,
+    receiver_position,
+):
+    from ioi.path_patching import get_path_patch_head_to_heads
+
+    grid = get_path_patch_head_to_heads(
+        receiver_heads,
+        receiver_input,
+        model,
+        patching_metric,
+        new_dataset,
+        orig_dataset,
+        sender_positions=sender_position,
+        receiver_positions=receiver_position,
+    )
+    grid[max(layer for layer, _ in receiver_heads) :] = float("nan")
+    return grid

@@ -1,4 +1,4 @@
-"""Planted mistakes for section 5: one wrong implementation per diagnosis its checkers make."""
+"""Section 5 answers: copying scores, attention detectors, mean ablation, the three criteria."""
 
 from __future__ import annotations
 
@@ -7,214 +7,703 @@ from transformer_lens.utilities import get_act_name
 
 from ioi.circuit import Faithfulness, KnockoutScore
 from ioi.heads import name_tokens, repeated_tokens
+from tests.checks.corpus import correct, wrong
 
-# ---- get_copying_scores -----------------------------------------------------------------------
+# ---- get_copying_scores ------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def _copying(model, names, k, negative, mlp0=True, final_ln=True, honour_negative=True):
-    tokens = name_tokens(model, names)
-    embed = model.embed(tokens[:, None])
-    resid = embed + model.blocks[0].apply_mlp(model.blocks[0].ln2(embed)) if mlp0 else embed
-    scores = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-    for layer in range(model.cfg.n_layers):
-        normed = model.blocks[layer].ln1(resid)
-        for head in range(model.cfg.n_heads):
-            out = normed @ model.W_V[layer, head] @ model.W_O[layer, head]
-            if negative and honour_negative:
-                out = -out
-            logits = model.unembed(model.ln_final(out) if final_ln else out)[:, 0]
-            scores[layer, head] = (
-                (logits.topk(k, -1).indices == tokens[:, None]).any(-1).float().mean()
-            )
+def _copying(
+    model,
+    names=None,
+    k=5,
+    negative=False,
+    *,
+    mlp0=True,
+    ln1=True,
+    lnf=True,
+    layers=None,
+    bottom=False,
+    own_names=False,
+):
+    tokens = (
+        name_tokens(model)
+        if own_names or names is None
+        else (names if isinstance(names, torch.Tensor) else name_tokens(model, names))
+    )
+    with torch.no_grad():
+        embed = model.embed(tokens[:, None])
+        resid = embed + model.blocks[0].apply_mlp(model.blocks[0].ln2(embed)) if mlp0 else embed
+        scores = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+        for layer in range(model.cfg.n_layers if layers is None else layers):
+            x = model.blocks[layer].ln1(resid) if ln1 else resid
+            for head in range(model.cfg.n_heads):
+                out = x @ model.W_V[layer, head] @ model.W_O[layer, head]
+                if negative and not bottom:
+                    out = -out
+                logits = model.unembed(model.ln_final(out) if lnf else out)[:, 0]
+                top = (-logits if (negative and bottom) else logits).topk(k, dim=-1).indices
+                scores[layer, head] = (top == tokens[:, None]).any(-1).float().mean()
     return scores
 
 
-def copying_without_mlp0(model, names=None, k=5, negative=False):
+@wrong("get_copying_scores", "skipped_mlp0")
+def copy_no_mlp0(model, names=None, k=5, negative=False):
+    """The bare embedding."""
     return _copying(model, names, k, negative, mlp0=False)
 
 
-def copying_without_final_ln(model, names=None, k=5, negative=False):
-    return _copying(model, names, k, negative, final_ln=False)
+@wrong("get_copying_scores", "ignored_k")
+def copy_k_five(model, names=None, k=5, negative=False):
+    """k hard-coded to 5."""
+    return _copying(model, names, 5, negative)
 
 
-def copying_ignores_negative(model, names=None, k=5, negative=False):
-    return _copying(model, names, k, negative, honour_negative=False)
+@wrong("get_copying_scores", "ignored_names")
+def copy_all_names(model, names=None, k=5, negative=False):
+    """Always every known name."""
+    return _copying(model, names, k, negative, own_names=True)
 
 
-# ---- get_attn_scores --------------------------------------------------------------------------
+@wrong("get_copying_scores", "ignored_negative")
+def copy_never_negative(model, names=None, k=5, negative=False):
+    """negative ignored."""
+    return _copying(model, names, k, False)
 
 
-@torch.no_grad()
-def _patterns(model, seq_len, batch, seed):
-    _, cache = model.run_with_cache(repeated_tokens(model, seq_len, batch, seed))
-    return [cache["pattern", layer] for layer in range(model.cfg.n_layers)]
+@wrong("get_copying_scores", "bottom_k_not_negated")
+def copy_bottom_k(model, names=None, k=5, negative=False):
+    """negative=True takes the bottom k logits instead of negating the head's output."""
+    return _copying(model, names, k, negative, bottom=True)
 
 
-def attn_scores_induction_offset_for_duplicates(model, seq_len, batch, seed, kind):
-    """Swaps the duplicate and induction offsets."""
-    dest = torch.arange(seq_len + 1, 2 * seq_len + 1)
-    offset = {"duplicate_token": 1, "induction": 0, "previous_token": None}[kind]
+@wrong("get_copying_scores", "skipped_layer_norms")
+def copy_no_layer_norms(model, names=None, k=5, negative=False):
+    """Neither ln1 nor ln_final."""
+    return _copying(model, names, k, negative, ln1=False, lnf=False)
+
+
+@wrong("get_copying_scores", "missed_last_layer")
+def copy_range_minus_one(model, names=None, k=5, negative=False):
+    """range(n_layers - 1)."""
+    return _copying(model, names, k, negative, layers=model.cfg.n_layers - 1)
+
+
+@correct("get_copying_scores", "without the head's LayerNormPre (differs by LayerNorm-eps effects)")
+def copy_without_ln1(model, names=None, k=5, negative=False):
+    return _copying(model, names, k, negative, ln1=False)
+
+
+@wrong("get_copying_scores", "skipped_final_ln")
+def copy_without_ln_final(model, names=None, k=5, negative=False):
+    """No ln_final before the unembedding (close on most calls: only the toy's b_U tells)."""
+    return _copying(model, names, k, negative, lnf=False)
+
+
+@correct("get_copying_scores", "the library's MLP0 embedding, in float64")
+def copy_float64(model, names=None, k=5, negative=False):
+    from ioi.heads import name_embeddings_after_mlp0
+
+    tokens = names if isinstance(names, torch.Tensor) else name_tokens(model, names)
+    with torch.no_grad():
+        resid = name_embeddings_after_mlp0(model, tokens)
+        scores = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+        for layer in range(model.cfg.n_layers):
+            x = model.blocks[layer].ln1(resid).double()
+            for head in range(model.cfg.n_heads):
+                out = x @ model.W_V[layer, head].double() @ model.W_O[layer, head].double()
+                out = -out if negative else out
+                normed = (out - out.mean(-1, keepdim=True)) / (
+                    (out - out.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True) + 1e-5
+                ).sqrt()
+                logits = normed @ model.W_U.double() + model.b_U.double()
+                top = logits[:, 0].topk(k, dim=-1).indices
+                scores[layer, head] = (top == tokens[:, None]).any(-1).float().mean()
+    return scores
+
+
+@correct("get_copying_scores", "all heads of a layer at once with einsum")
+def copy_einsum(model, names=None, k=5, negative=False):
+    tokens = names if isinstance(names, torch.Tensor) else name_tokens(model, names)
+    with torch.no_grad():
+        embed = model.embed(tokens[:, None])[:, 0]
+        resid = embed + model.blocks[0].apply_mlp(model.blocks[0].ln2(embed[:, None]))[:, 0]
+        scores = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+        for layer in range(model.cfg.n_layers):
+            x = model.blocks[layer].ln1(resid[:, None])[:, 0]
+            out = torch.einsum("nd,hde,hem->hnm", x, model.W_V[layer], model.W_O[layer])
+            out = -out if negative else out
+            logits = model.unembed(model.ln_final(out))  # [head, name, vocab]
+            top = logits.topk(k, dim=-1).indices
+            scores[layer] = (top == tokens[None, :, None]).any(-1).float().mean(-1)
+    return scores
+
+
+# ---- get_attn_scores ---------------------------------------------------------------------------
+
+
+def _detector(
+    model,
+    seq_len,
+    batch,
+    seed,
+    kind,
+    *,
+    induction_offset=1,
+    whole_diagonal=False,
+    prev_second_only=False,
+    layers=None,
+):
+    toks = repeated_tokens(model, seq_len, batch, seed)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks)
     out = []
-    for pattern in _patterns(model, seq_len, batch, seed):
-        if offset is None:
-            out.append(pattern.diagonal(offset=-1, dim1=-2, dim2=-1).mean((0, -1)))
-        else:
-            out.append(pattern[:, :, dest, dest - seq_len + offset].mean((0, -1)))
+    for layer in range(model.cfg.n_layers if layers is None else layers):
+        pattern = cache["pattern", layer]
+        if kind == "previous_token":
+            diag = pattern.diagonal(offset=-1, dim1=-2, dim2=-1)
+            out.append((diag[..., seq_len:] if prev_second_only else diag).mean((0, -1)))
+            continue
+        offset = seq_len - (induction_offset if kind == "induction" else 0)
+        if whole_diagonal:
+            out.append(pattern.diagonal(offset=-offset, dim1=-2, dim2=-1).mean((0, -1)))
+            continue
+        dest = torch.arange(seq_len + 1, 2 * seq_len + 1)
+        out.append(pattern[:, :, dest, dest - offset].mean((0, -1)))
     return torch.stack(out)
 
 
-def attn_scores_whole_diagonal(model, seq_len, batch, seed, kind):
+@wrong("get_attn_scores", "wrong_kind")
+def detect_induction_as_duplicate(model, seq_len, batch, seed, kind):
+    """Induction at offset L (the duplicate's)."""
+    return _detector(model, seq_len, batch, seed, kind, induction_offset=0)
+
+
+@wrong("get_attn_scores", "diagonal_includes_first_copy")
+def detect_whole_diagonal(model, seq_len, batch, seed, kind):
+    """Averages the whole diagonal."""
+    return _detector(model, seq_len, batch, seed, kind, whole_diagonal=True)
+
+
+@wrong("get_attn_scores", "ignored_seed")
+def detect_seed_zero(model, seq_len, batch, seed, kind):
+    """seed hard-coded to 0."""
+    return _detector(model, seq_len, batch, 0, kind)
+
+
+@wrong("get_attn_scores", "ignored_seq_len")
+def detect_seq_len_ten(model, seq_len, batch, seed, kind):
+    """seq_len hard-coded to 10."""
+    return _detector(model, 10, batch, seed, kind)
+
+
+@wrong("get_attn_scores", "previous_token_second_copy_only")
+def detect_prev_second_copy(model, seq_len, batch, seed, kind):
+    """Previous-token score over the second copy only."""
+    return _detector(model, seq_len, batch, seed, kind, prev_second_only=True)
+
+
+@wrong("get_attn_scores", "missed_last_layer")
+def detect_range_minus_one(model, seq_len, batch, seed, kind):
+    """range(n_layers - 1)."""
+    return _detector(model, seq_len, batch, seed, kind, layers=model.cfg.n_layers - 1)
+
+
+@correct("get_attn_scores", "diagonals sliced to the second copy")
+def detect_diagonal_slices(model, seq_len, batch, seed, kind):
+    toks = repeated_tokens(model, seq_len, batch, seed)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks)
     offset = {"previous_token": 1, "duplicate_token": seq_len, "induction": seq_len - 1}[kind]
-    return torch.stack(
-        [
-            p.diagonal(offset=-offset, dim1=-2, dim2=-1).mean((0, -1))
-            for p in _patterns(model, seq_len, batch, seed)
-        ]
-    )
+    out = []
+    for layer in range(model.cfg.n_layers):
+        diag = cache["pattern", layer].diagonal(offset=-offset, dim1=-2, dim2=-1)
+        if kind != "previous_token":
+            diag = diag[..., -seq_len:]  # destinations L+1 .. 2L
+        out.append(diag.mean((0, -1)))
+    return torch.stack(out)
 
 
-# ---- mean_ablation_hooks ----------------------------------------------------------------------
+# ---- mean_ablation_hooks -----------------------------------------------------------------------
 
 
-def _hooks(model, ds, means, keep, *, mode="right"):
+def _ablation_hooks(
+    model,
+    ds,
+    means,
+    keep,
+    *,
+    values="template",
+    ignore_keep=False,
+    everywhere=False,
+    first=False,
+    nothing=False,
+):
     batch, n_pos = ds.toks.shape
-    rows = torch.arange(batch)
-    template_rows = torch.tensor([means.row_of[int(t)] for t in ds.template_idx])
+    rows = torch.tensor([means.row_of[int(t)] for t in ds.template_idx])
     hooks = []
     for layer in range(model.cfg.n_layers):
         mask = torch.zeros(batch, n_pos, model.cfg.n_heads, dtype=torch.bool)
-        for (head_layer, head), keys in keep.items():
-            if head_layer != layer or mode == "ignore_keep":
+        for (lay, head), keys in ({} if ignore_keep else keep).items():
+            if lay != layer:
                 continue
-            if keys is None or mode == "every_position":
+            if keys is None or everywhere:
                 mask[:, :, head] = True
                 continue
             for key in keys:
-                positions = ds.word_idx[key]
-                if mode == "first_prompt":
-                    positions = positions[:1].expand_as(positions)
-                mask[rows, positions, head] = True
-        if mode == "nothing":
-            mask[:] = True
-        mean = means.z[layer][template_rows][:, :n_pos]
+                pos = ds.word_idx[key]
+                if first:
+                    pos = pos[:1].expand_as(pos)
+                mask[torch.arange(batch), pos, head] = True
+        z = means.z[layer]
+        if values == "template":
+            mean = z[rows]
+        elif values == "global":
+            mean = z.mean(0, keepdim=True).expand(batch, *z.shape[1:])
+        else:
+            mean = torch.zeros(batch, *z.shape[1:])
+        if mean.shape[1] < n_pos:
+            mean = torch.cat(
+                [mean, mean.new_zeros(batch, n_pos - mean.shape[1], *mean.shape[2:])], 1
+            )
+        mean = mean[:, :n_pos]
 
-        def hook_fn(z, hook, mask=mask, mean=mean):
-            return torch.where(mask[..., None], z, mean)
+        def hook(act, hook, mask=mask, mean=mean):
+            return act if nothing else torch.where(mask[..., None], act, mean)
 
-        hooks.append((get_act_name("z", layer), hook_fn))
+        hooks.append((get_act_name("z", layer), hook))
     return hooks
 
 
-def ablation_ignores_keep(model, ds, means, keep):
-    return _hooks(model, ds, means, keep, mode="ignore_keep")
+@wrong("mean_ablation_hooks", "zero_ablation")
+def ablate_zero(model, ds, means, keep):
+    """Zeros instead of means."""
+    return _ablation_hooks(model, ds, means, keep, values="zero")
 
 
-def ablation_keeps_everywhere(model, ds, means, keep):
-    return _hooks(model, ds, means, keep, mode="every_position")
+@wrong("mean_ablation_hooks", "global_mean_ablation")
+def ablate_global_mean(model, ds, means, keep):
+    """One mean over every template."""
+    return _ablation_hooks(model, ds, means, keep, values="global")
 
 
-def ablation_first_prompt_positions(model, ds, means, keep):
-    return _hooks(model, ds, means, keep, mode="first_prompt")
+@wrong("mean_ablation_hooks", "global_mean_ablation")
+def ablate_batch_mean(model, ds, means, keep):
+    """The hook averages the current batch (the clean prompts) over prompts."""
+    masks = _ablation_hooks(model, ds, means, keep)
+
+    def wrap(fn):
+        def hook(act, hook):
+            mean = act.mean(0, keepdim=True).expand_as(act)
+            mask = fn(torch.zeros_like(act), hook) == 0  # kept where the original hook kept
+            return torch.where(mask, act, mean)
+
+        return hook
+
+    return [(name, wrap(fn)) for name, fn in masks]
 
 
-def ablation_does_nothing(model, ds, means, keep):
-    return _hooks(model, ds, means, keep, mode="nothing")
+@wrong("mean_ablation_hooks", "ignored_keep")
+def ablate_everything(model, ds, means, keep):
+    """keep ignored."""
+    return _ablation_hooks(model, ds, means, keep, ignore_keep=True)
 
 
-# ---- faithfulness -----------------------------------------------------------------------------
+@wrong("mean_ablation_hooks", "kept_every_position")
+def ablate_keep_everywhere(model, ds, means, keep):
+    """Kept heads kept at every position."""
+    return _ablation_hooks(model, ds, means, keep, everywhere=True)
 
 
-def faithfulness_model_ablated(ablation, circuit):
+@wrong("mean_ablation_hooks", "same_position_for_all_prompts")
+def ablate_first_prompt_positions(model, ds, means, keep):
+    """Prompt 0's positions."""
+    return _ablation_hooks(model, ds, means, keep, first=True)
+
+
+@wrong("mean_ablation_hooks", "nothing_ablated")
+def ablate_nothing(model, ds, means, keep):
+    """Hooks that return z unchanged."""
+    return _ablation_hooks(model, ds, means, keep, nothing=True)
+
+
+@correct("mean_ablation_hooks", "the library's keep_masks and replace_where")
+def ablate_library_pieces(model, ds, means, keep):
+    from ioi.circuit.ablation import keep_masks, replace_where
+
+    rows = torch.tensor([means.row_of[int(t)] for t in ds.template_idx])
+    n_pos = ds.toks.shape[1]
+    out = []
+    for layer, mask in enumerate(keep_masks(model, ds, keep)):
+        mean = means.z[layer][rows][:, :n_pos]
+        out.append((get_act_name("z", layer), replace_where(~mask, mean)))
+    return out
+
+
+@correct("mean_ablation_hooks", "a per-prompt loop inside the hook")
+def ablate_loop(model, ds, means, keep):
+    hooks = []
+    for layer in range(model.cfg.n_layers):
+
+        def hook(z, hook, layer=layer):
+            out = z.clone()
+            for i in range(z.shape[0]):
+                mean = means.z[layer][means.row_of[int(ds.template_idx[i])]]
+                for head in range(z.shape[2]):
+                    keys = keep.get((layer, head), ())
+                    kept = (
+                        set(range(z.shape[1]))
+                        if keys is None
+                        else {int(ds.word_idx[k][i]) for k in keys}
+                    )
+                    for pos in range(z.shape[1]):
+                        if pos not in kept:
+                            out[i, pos, head] = mean[pos, head] if pos < mean.shape[0] else 0.0
+            return out
+
+        hooks.append((get_act_name("z", layer), hook))
+    return hooks
+
+
+# ---- faithfulness ------------------------------------------------------------------------------
+
+
+@wrong("faithfulness", "model_fully_ablated")
+def faith_all_ablated(ablation, circuit):
+    """F(M) with keep={}."""
     return Faithfulness(
         float(ablation.logit_diff({})), float(ablation.logit_diff(circuit.kept_positions()))
     )
 
 
-def faithfulness_circuit_everywhere(ablation, circuit):
-    everywhere = {head: None for head in circuit.all_heads()}
-    return Faithfulness(float(ablation.logit_diff(None)), float(ablation.logit_diff(everywhere)))
+@wrong("faithfulness", "circuit_kept_everywhere")
+def faith_everywhere(ablation, circuit):
+    """Circuit heads kept at every position."""
+    keep = {h: None for h in circuit.all_heads()}
+    return Faithfulness(float(ablation.logit_diff(None)), float(ablation.logit_diff(keep)))
 
 
-def faithfulness_swapped(ablation, circuit):
+@wrong("faithfulness", "swapped_fields")
+def faith_swapped(ablation, circuit):
+    """Fields exchanged."""
     return Faithfulness(
         float(ablation.logit_diff(circuit.kept_positions())), float(ablation.logit_diff(None))
     )
 
 
-# ---- completeness -----------------------------------------------------------------------------
+@wrong("faithfulness", "complement_kept")
+def faith_complement(ablation, circuit):
+    """Keeps every head except the circuit's."""
+    return Faithfulness(
+        float(ablation.logit_diff(None)),
+        float(ablation.logit_diff(ablation.all_heads_except(circuit.all_heads()))),
+    )
 
 
-def _completeness(ablation, circuit, *, knock_model=True, knock_circuit=True):
+@wrong("faithfulness", "wrong_type")
+def faith_ratio(ablation, circuit):
+    """Returns the ratio."""
+    return float(ablation.logit_diff(circuit.kept_positions())) / float(ablation.logit_diff(None))
+
+
+@correct("faithfulness", "keep map built by hand from heads and positions")
+def faith_by_hand(ablation, circuit):
+    keep = {}
+    for cls, heads in circuit.heads.items():
+        for head in heads:
+            keep[head] = tuple(dict.fromkeys(keep.get(head, ()) + (circuit.positions[cls],)))
+    return Faithfulness(float(ablation.logit_diff(None)), float(ablation.logit_diff(keep)))
+
+
+# ---- completeness and minimality ---------------------------------------------------------------
+
+
+def _complete(ablation, circuit, *, how="right", label="class {}"):
     f_m = float(ablation.logit_diff(None))
+    f_c = float(ablation.logit_diff(circuit.kept_positions()))
     out = []
     for name, members in circuit.heads.items():
         k = list(members)
-        f_c_k = float(
-            ablation.logit_diff(circuit.without(k) if knock_circuit else circuit.kept_positions())
+        f_ck = f_c if how == "circuit_intact" else float(ablation.logit_diff(circuit.without(k)))
+        f_mk = (
+            f_m
+            if how == "model_intact"
+            else float(ablation.logit_diff(ablation.all_heads_except(k)))
         )
-        f_m_k = float(ablation.logit_diff(ablation.all_heads_except(k))) if knock_model else f_m
-        gap = abs(f_c_k - f_m_k)
+        gap = f_ck - f_mk if how == "signed" else abs(f_ck - f_mk)
+        rel = gap / abs(f_c if how == "relative_c" else f_m)
+        a, b = (f_mk, f_ck) if how == "swap" else (f_ck, f_mk)
+        out.append(KnockoutScore(label.format(name), tuple(sorted(k)), a, b, gap, rel))
+    return out
+
+
+@wrong("completeness", "model_not_knocked_out")
+def complete_model_intact(ablation, circuit, modes=("class",)):
+    """F(M \\ K) = F(M)."""
+    return _complete(ablation, circuit, how="model_intact")
+
+
+@wrong("completeness", "circuit_not_knocked_out")
+def complete_circuit_intact(ablation, circuit, modes=("class",)):
+    """F(C \\ K) = F(C)."""
+    return _complete(ablation, circuit, how="circuit_intact")
+
+
+@wrong("completeness", "swapped_fields")
+def complete_swapped(ablation, circuit, modes=("class",)):
+    """f_with and f_without exchanged."""
+    return _complete(ablation, circuit, how="swap")
+
+
+@wrong("completeness", "not_absolute")
+def complete_signed(ablation, circuit, modes=("class",)):
+    """No abs()."""
+    return _complete(ablation, circuit, how="signed")
+
+
+@wrong("completeness", "relative_to_circuit")
+def complete_over_fc(ablation, circuit, modes=("class",)):
+    """relative = score / F(C)."""
+    return _complete(ablation, circuit, how="relative_c")
+
+
+@wrong("completeness", "wrong_labels")
+def complete_bare_labels(ablation, circuit, modes=("class",)):
+    """Labels without 'class '."""
+    return _complete(ablation, circuit, label="{}")
+
+
+@correct("completeness", "ablation keep maps built by hand")
+def complete_by_hand(ablation, circuit, modes=("class",)):
+    cfg = ablation.model.cfg
+    f_m = float(ablation.logit_diff(None))
+    kept = circuit.kept_positions()
+    out = []
+    for name, members in circuit.heads.items():
+        c_k = {h: p for h, p in kept.items() if h not in members}
+        m_k = {
+            (lay, h): None
+            for lay in range(cfg.n_layers)
+            for h in range(cfg.n_heads)
+            if (lay, h) not in members
+        }
+        a, b = float(ablation.logit_diff(c_k)), float(ablation.logit_diff(m_k))
         out.append(
-            KnockoutScore(f"class {name}", tuple(sorted(k)), f_c_k, f_m_k, gap, gap / abs(f_m))
+            KnockoutScore(
+                f"class {name}", tuple(sorted(members)), a, b, abs(a - b), abs(a - b) / abs(f_m)
+            )
         )
     return out
 
 
-def completeness_model_intact(ablation, circuit, modes=("class",)):
-    return _completeness(ablation, circuit, knock_model=False)
-
-
-def completeness_circuit_intact(ablation, circuit, modes=("class",)):
-    return _completeness(ablation, circuit, knock_circuit=False)
-
-
-# ---- minimality -------------------------------------------------------------------------------
-
-
-def _minimality(ablation, circuit, *, k_rule="rest", relative_to="circuit"):
-    f_c = float(ablation.logit_diff(circuit.kept_positions()))
+def _minimal(ablation, circuit, *, how="right"):
     f_m = float(ablation.logit_diff(None))
+    f_c = float(ablation.logit_diff(circuit.kept_positions()))
     out = []
     for v in circuit.all_heads():
-        members = list(circuit.heads[circuit.classes_of(v)[0]])
-        k = {"rest": [h for h in members if h != v], "class": members, "empty": []}[k_rule]
+        cls = circuit.classes_of(v)[0]
+        k = [] if how == "empty" else [h for h in circuit.heads[cls] if h != v or how == "with_v"]
         f_with = float(ablation.logit_diff(circuit.without([*k, v])))
         f_without = float(ablation.logit_diff(circuit.without(k)))
-        gap = abs(f_with - f_without)
-        base = f_c if relative_to == "circuit" else f_m
-        out.append(KnockoutScore(str(v), tuple(sorted(k)), f_with, f_without, gap, gap / abs(base)))
+        gap = f_with - f_without if how == "signed" else abs(f_with - f_without)
+        rel = gap / abs(f_m if how == "relative_m" else f_c)
+        a, b = (f_without, f_with) if how == "swap" else (f_with, f_without)
+        out.append(KnockoutScore(str(v), tuple(sorted(k)), a, b, gap, rel))
     return out
 
 
-def minimality_k_with_v(ablation, circuit, mode="class"):
-    return _minimality(ablation, circuit, k_rule="class")
+@wrong("minimality", "k_includes_v")
+def minimal_k_with_v(ablation, circuit, mode="class"):
+    """K contains v."""
+    return _minimal(ablation, circuit, how="with_v")
 
 
-def minimality_empty_k(ablation, circuit, mode="class"):
-    return _minimality(ablation, circuit, k_rule="empty")
+@wrong("minimality", "empty_k")
+def minimal_empty(ablation, circuit, mode="class"):
+    """K empty."""
+    return _minimal(ablation, circuit, how="empty")
 
 
-def minimality_relative_to_model(ablation, circuit, mode="class"):
-    return _minimality(ablation, circuit, relative_to="model")
+@wrong("minimality", "relative_to_model")
+def minimal_over_fm(ablation, circuit, mode="class"):
+    """relative over F(M)."""
+    return _minimal(ablation, circuit, how="relative_m")
 
 
-PLANTED = {
-    ("get_copying_scores", "skipped_mlp0"): copying_without_mlp0,
-    ("get_copying_scores", "skipped_final_ln"): copying_without_final_ln,
-    ("get_copying_scores", "ignored_negative"): copying_ignores_negative,
-    ("get_attn_scores", "wrong_kind"): attn_scores_induction_offset_for_duplicates,
-    ("get_attn_scores", "diagonal_includes_first_copy"): attn_scores_whole_diagonal,
-    ("mean_ablation_hooks", "ignored_keep"): ablation_ignores_keep,
-    ("mean_ablation_hooks", "kept_every_position"): ablation_keeps_everywhere,
-    ("mean_ablation_hooks", "same_position_for_all_prompts"): ablation_first_prompt_positions,
-    ("mean_ablation_hooks", "nothing_ablated"): ablation_does_nothing,
-    ("faithfulness", "model_fully_ablated"): faithfulness_model_ablated,
-    ("faithfulness", "circuit_kept_everywhere"): faithfulness_circuit_everywhere,
-    ("faithfulness", "swapped"): faithfulness_swapped,
-    ("completeness", "model_not_knocked_out"): completeness_model_intact,
-    ("completeness", "circuit_not_knocked_out"): completeness_circuit_intact,
-    ("minimality", "k_includes_v"): minimality_k_with_v,
-    ("minimality", "empty_k"): minimality_empty_k,
-    ("minimality", "relative_to_model"): minimality_relative_to_model,
-}
+@wrong("minimality", "swapped_fields")
+def minimal_swapped(ablation, circuit, mode="class"):
+    """f_with and f_without exchanged."""
+    return _minimal(ablation, circuit, how="swap")
+
+
+@wrong("minimality", "not_absolute")
+def minimal_signed(ablation, circuit, mode="class"):
+    """No abs()."""
+    return _minimal(ablation, circuit, how="signed")
+
+
+@correct("minimality", "the library's criterion")
+def minimal_library(ablation, circuit, mode="class"):
+    from ioi.circuit import minimality
+
+    return minimality(ablation, circuit, mode="class")
+
+
+# ---- name_mover_scatter ------------------------------------------------------------------------
+
+
+def _scatter(
+    model, ds, layer, head, *, s2_only=False, bias=False, ld=False, ln=False, end=None, swap=False
+):
+    from ioi.heads import NameMoverScatter
+
+    _, cache = model.run_with_cache(ds.toks)
+    rows = torch.arange(ds.N)
+    end = ds.word_idx["end"] if end is None else end
+    pattern = cache["pattern", layer][:, head]
+    out = cache["z", layer][rows, end, head] @ model.W_O[layer, head]
+    if bias:
+        out = out + model.b_O[layer]
+    if ln:
+        out = out / cache["ln_final.hook_scale"][rows, end]
+    io_u, s_u = model.W_U[:, ds.io_tokenIDs].T, model.W_U[:, ds.s_tokenIDs].T
+    to_io = pattern[rows, end, ds.word_idx["IO"]]
+    to_s = pattern[rows, end, ds.word_idx["S2"]]
+    if not s2_only:
+        to_s = to_s + pattern[rows, end, ds.word_idx["S1"]]
+    proj_io = (out * (io_u - s_u if ld else io_u)).sum(-1)
+    proj_s = (out * (s_u - io_u if ld else s_u)).sum(-1)
+    if swap:
+        to_io, to_s = to_s, to_io
+    return NameMoverScatter(layer, head, to_io, to_s, proj_io, proj_s)
+
+
+@wrong("name_mover_scatter", "s2_only")
+def scatter_s2_only(model, ds, layer, head):
+    """Attention to S2 only."""
+    return _scatter(model, ds, layer, head, s2_only=True)
+
+
+@wrong("name_mover_scatter", "added_b_O")
+def scatter_bias(model, ds, layer, head):
+    """b_O added."""
+    return _scatter(model, ds, layer, head, bias=True)
+
+
+@wrong("name_mover_scatter", "projected_on_logit_diff")
+def scatter_logit_diff(model, ds, layer, head):
+    """Projection on IO - S."""
+    return _scatter(model, ds, layer, head, ld=True)
+
+
+@wrong("name_mover_scatter", "scaled_by_final_ln")
+def scatter_ln(model, ds, layer, head):
+    """Divided by the final layer norm's scale."""
+    return _scatter(model, ds, layer, head, ln=True)
+
+
+@wrong("name_mover_scatter", "ignored_positions")
+def scatter_last_column(model, ds, layer, head):
+    """The last column."""
+    return _scatter(model, ds, layer, head, end=torch.full((ds.N,), ds.toks.shape[1] - 1))
+
+
+@wrong("name_mover_scatter", "same_position_for_all_prompts")
+def scatter_first_end(model, ds, layer, head):
+    """Prompt 0's end."""
+    end = ds.word_idx["end"]
+    return _scatter(model, ds, layer, head, end=end[:1].expand_as(end))
+
+
+@wrong("name_mover_scatter", "swapped_fields")
+def scatter_swapped(model, ds, layer, head):
+    """attn_to_io and attn_to_s exchanged."""
+    return _scatter(model, ds, layer, head, swap=True)
+
+
+@correct("name_mover_scatter", "a loop over prompts, from the pattern and z hooks only")
+def scatter_loop(model, ds, layer, head):
+    from ioi.heads import NameMoverScatter
+
+    names = [f"blocks.{layer}.attn.hook_pattern", f"blocks.{layer}.attn.hook_z"]
+    _, cache = model.run_with_cache(ds.toks, names_filter=names)
+    values = {k: [] for k in ("io", "s", "pio", "ps")}
+    for i in range(ds.N):
+        e = int(ds.word_idx["end"][i])
+        row = cache[names[0]][i, head, e]
+        values["io"].append(row[int(ds.word_idx["IO"][i])])
+        values["s"].append(row[int(ds.word_idx["S1"][i])] + row[int(ds.word_idx["S2"][i])])
+        out = cache[names[1]][i, e, head] @ model.W_O[layer, head]
+        values["pio"].append(out @ model.W_U[:, int(ds.io_tokenIDs[i])])
+        values["ps"].append(out @ model.W_U[:, int(ds.s_tokenIDs[i])])
+    return NameMoverScatter(
+        layer, head, *(torch.stack(values[k]) for k in ("io", "s", "pio", "ps"))
+    )
+
+
+# ---- keep_head_at ------------------------------------------------------------------------------
+
+
+def _keep_at(ablation, circuit, head, positions, how="right"):
+    kept = circuit.kept_positions()
+    head = tuple(head)
+    out = {}
+    for p in positions:
+        keep = {h: v for h, v in kept.items() if tuple(h) != head}
+        if how == "right":
+            keep[head] = (p,)
+        elif how == "added":
+            keep[head] = tuple(dict.fromkeys(kept.get(head, ()) + (p,)))
+        elif how == "everywhere":
+            keep[head] = None
+        elif how == "own":
+            keep[head] = kept.get(head, ())
+        out[p] = float(ablation.logit_diff(keep))
+    return out
+
+
+@wrong("keep_head_at", "added_not_moved")
+def keep_added(ablation, circuit, head, positions):
+    """Kept at p and at its class's position."""
+    return _keep_at(ablation, circuit, head, positions, "added")
+
+
+@wrong("keep_head_at", "kept_everywhere")
+def keep_everywhere(ablation, circuit, head, positions):
+    """keep[head] = None."""
+    return _keep_at(ablation, circuit, head, positions, "everywhere")
+
+
+@wrong("keep_head_at", "head_removed")
+def keep_removed(ablation, circuit, head, positions):
+    """The head dropped."""
+    return _keep_at(ablation, circuit, head, positions, "removed")
+
+
+@wrong("keep_head_at", "ignored_position_keys")
+def keep_own(ablation, circuit, head, positions):
+    """Never moved."""
+    return _keep_at(ablation, circuit, head, positions, "own")
+
+
+@wrong("keep_head_at", "wrong_type")
+def keep_list(ablation, circuit, head, positions):
+    """A list, not a dict."""
+    return list(_keep_at(ablation, circuit, head, positions).values())
+
+
+@correct("keep_head_at", "a Circuit rebuilt with the head in a class of its own")
+def keep_rebuilt(ablation, circuit, head, positions):
+    from ioi.circuit import Circuit
+    from ioi.head import Head
+
+    head = Head(*head)
+    out = {}
+    for p in positions:
+        classes = {c: [h for h in hs if h != head] for c, hs in circuit.heads.items()}
+        classes["moved"] = [head]
+        where = {**dict(circuit.positions), "moved": p}
+        moved = Circuit(
+            {c: hs for c, hs in classes.items() if hs}, {c: where[c] for c in classes if classes[c]}
+        )
+        out[p] = float(ablation.logit_diff(moved.kept_positions()))
+    return out

@@ -146,3 +146,62 @@ def test_time_limit_outside_the_main_thread() -> None:
     thread.start()
     thread.join(3)
     assert outcome.get("stopped")
+
+
+def test_read_only_inputs_that_change_are_reported() -> None:
+    ex, cache = make_exercise(), {"x": torch.ones(3)}
+
+    def writes(c):
+        c["x"][0] = 5.0
+        return torch.ones(3)
+
+    with pytest.raises(CheckFailed) as failure:
+        ex.call(writes, cache, call="demo(cache)", read_only={"cache": cache})
+    assert failure.value.diagnosis == "mutated_input"
+    assert "entry 'x'" in str(failure.value)
+
+
+def test_a_result_equal_to_the_unpatched_run_is_no_effect() -> None:
+    ex = make_exercise()
+    with pytest.raises(CheckFailed) as failure:
+        ex.expect_tensor(torch.zeros(2, 3), torch.ones(2, 3), call="demo()", unchanged=0.0)
+    assert failure.value.diagnosis == "no_effect"
+    # a real but tiny effect is not "no effect"
+    with pytest.raises(CheckFailed) as failure:
+        ex.expect_tensor(torch.full((2, 3), 1e-3), torch.ones(2, 3), call="demo()", unchanged=0.0)
+    assert failure.value.diagnosis == "wrong_values"
+
+
+def test_nan_must_match_nan() -> None:
+    ex, expected = make_exercise(), torch.tensor([1.0, float("nan")])
+    ex.expect_tensor(torch.tensor([1.0, float("nan")]), expected, call="demo()")
+    with pytest.raises(CheckFailed, match="expected value is NaN"):
+        ex.expect_tensor(torch.tensor([1.0, 0.0]), expected, call="demo()")
+
+
+def test_reading_hook_result_is_named() -> None:
+    def reads_result():
+        raise KeyError("blocks.0.attn.hook_result")
+
+    assert diagnosis_of(reads_result).diagnosis == "needs_use_attn_result"
+
+
+def test_records_are_checked_field_by_field() -> None:
+    from types import SimpleNamespace
+
+    ex = Exercise("demo", "hint", {"swapped_fields": "swapped"})
+    want = SimpleNamespace(a=torch.tensor(1.0), b=torch.tensor(2.0))
+    ex.expect_record(SimpleNamespace(a=1.0, b=2.0), want, ("a", "b"), call="demo()")
+    with pytest.raises(CheckFailed) as failure:
+        ex.expect_record(SimpleNamespace(a=2.0, b=1.0), want, ("a", "b"), call="demo()")
+    assert failure.value.diagnosis == "swapped_fields"
+    with pytest.raises(CheckFailed) as failure:
+        ex.expect_record(SimpleNamespace(a=1.0), want, ("a", "b"), call="demo()")
+    assert failure.value.diagnosis == "wrong_type"
+    with pytest.raises(CheckFailed, match="field b differs"):
+        ex.expect_record(SimpleNamespace(a=1.0, b=3.0), want, ("a", "b"), call="demo()")
+
+
+def test_shared_diagnoses_must_exist() -> None:
+    with pytest.raises(ValueError, match="unknown shared"):
+        exercise("demo_shared", "hint", shared=("no_such_thing",))

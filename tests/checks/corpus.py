@@ -1,4 +1,11 @@
-"""The corpus registry: `wrong` and `correct` decorators that record learner answers."""
+"""The planted-mistake corpus: answers a learner would plausibly write, for every exercise.
+
+Each ``planted_<section>.py`` records, with the `wrong` and `correct` decorators, wrong
+implementations (each tagged with the diagnosis that must name its mistake) and correct
+alternatives (different from the course's solution but valid, which must pass).
+``test_planted_mistakes.py`` asserts both; ``python -m tests.checks.measure`` prints the table
+and the fraction of wrong answers that fall through to a generic diagnosis.
+"""
 
 from __future__ import annotations
 
@@ -49,13 +56,13 @@ def correct(exercise: str, note: str = "") -> Callable[[Callable], Callable]:
 
 def load_all() -> tuple[list[Answer], list[Answer]]:
     """Import every corpus module (which fills the registry) and return (wrong, correct)."""
-    from tests.checks.adversarial import (  # noqa: F401
-        corpus_activation_patching,
-        corpus_further,
-        corpus_logit_attribution,
-        corpus_model_and_task,
-        corpus_path_patching,
-        corpus_replication,
+    from tests.checks import (  # noqa: F401
+        planted_activation_patching,
+        planted_further,
+        planted_logit_attribution,
+        planted_model_and_task,
+        planted_path_patching,
+        planted_replication,
     )
 
     return list(WRONG), list(CORRECT)

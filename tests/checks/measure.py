@@ -1,9 +1,9 @@
-"""Run the adversarial corpus through the checkers and print what each answer got.
+"""Run the planted-mistake corpus through the checkers and print what each answer got.
 
 Usage::
 
-    python -m tests.checks.adversarial.measure            # table + summary
-    python -m tests.checks.adversarial.measure --quiet    # summary only
+    python -m tests.checks.measure            # table + summary
+    python -m tests.checks.measure --quiet    # summary only
 
 A wrong answer is *caught* when its checker fails it, *named* when the diagnosis is the one the
 corpus expects, and *generic* when the checker only says the values, shape or type differ
@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import ioi.checks as checks
-from tests.checks.adversarial.corpus import FALLTHROUGH, Answer, load_all
+from tests.checks.corpus import FALLTHROUGH, Answer, load_all
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,12 @@ def grade(answer: Answer) -> Outcome:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quiet", action="store_true", help="print the summary only")
+    parser.add_argument("--only", nargs="*", default=None, help="exercises to run (default all)")
     args = parser.parse_args(argv)
     wrong, right = load_all()
+    if args.only:
+        wrong = [a for a in wrong if a.exercise in args.only]
+        right = [a for a in right if a.exercise in args.only]
     outcomes = [grade(a) for a in wrong + right]
     if not args.quiet:
         for o in outcomes:
@@ -68,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     counts = Counter(o.kind for o in outcomes)
     graded_wrong = [o for o in outcomes if o.answer.diagnosis and o.kind != "no checker"]
     generic = [o for o in graded_wrong if o.got in FALLTHROUGH or o.got == "passed"]
-    print(f"\nwrong answers: {len(wrong)} ({len(graded_wrong)} with a checker); correct: {len(right)}")
+    print(
+        f"\nwrong answers: {len(wrong)} ({len(graded_wrong)} with a checker); correct: {len(right)}"
+    )
     print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
     if graded_wrong:
         print(
