@@ -50,9 +50,10 @@ import plotly.express as px
 import ioi.checks as checks
 from ioi import patching
 from ioi.dataset import IOIDataset
+from ioi.head import Head
 from ioi.metrics import logits_to_ave_logit_diff, make_ioi_metric
 from ioi.models import load_model
-from ioi.reference import reference_figures
+from ioi.reference import provenance, reference_figures
 
 torch.set_grad_enabled(False)  # patching only runs forward passes (attribution re-enables it)
 MODEL_NAME = os.environ.get("IOI_MODEL", "toy")
@@ -77,10 +78,27 @@ print(f"clean logit diff {clean_logit_diff:.3f}, corrupted {corrupted_logit_diff
 #
 # ### Exercise: `ioi_metric`
 #
+# **Difficulty:** ●○○○○ · **Time:** about 5 minutes
+#
 # $$\text{ioi\_metric} = \frac{\text{logit diff} - \text{corrupted logit diff}}{\text{clean logit diff} - \text{corrupted logit diff}}$$
 #
 # where the logit difference is your section-1 mean at `positions`, for the IO/S answers of
 # the *clean* prompts (the corrupted run is scored against the same answers).
+#
+# <details><summary>Hint 1: a nudge</summary>
+#
+# Check your formula on the two runs it is built from: clean logits must give 1, corrupted
+# logits 0.
+#
+# </details>
+#
+# <details><summary>Hint 2: the algorithm</summary>
+#
+# `final = logits[rows, positions]`; `picked = final.gather(1, answer_tokens)`;
+# `d = (picked[:, 0] - picked[:, 1]).mean()`; return
+# `(d - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)`.
+#
+# </details>
 
 
 # %%
@@ -92,8 +110,7 @@ def ioi_metric(
     positions: Int[Tensor, " batch"] | None = None,
 ) -> Float[Tensor, ""]:
     """Logit difference rescaled so the corrupted baseline is 0 and the clean one is 1."""
-    # EXERCISE: compute the mean logit difference at `positions` (gather the two answers from
-    # EXERCISE: each prompt's row), then rescale it with the two baselines.
+    # EXERCISE: the mean logit difference, rescaled so corrupted -> 0 and clean -> 1.
     # SOLUTION
     rows = torch.arange(logits.shape[0], device=logits.device)
     final = logits[:, -1] if positions is None else logits[rows, positions.to(logits.device)]
@@ -129,8 +146,25 @@ assert torch.isclose(
 #
 # ### Exercise: `patch_residual_component`
 #
+# **Difficulty:** ●○○○○ · **Time:** about 5 minutes
+#
 # A hook function that overwrites position `pos` of the residual stream (every prompt of the
 # batch) with the clean run's value, read from `clean_cache[hook.name]`.
+#
+# <details><summary>Hint 1: a nudge</summary>
+#
+# The hook is called for whichever layer it is attached to: `hook.name` says which. Write into
+# the activation you are given, never into the cache you read from (`clean_cache[name]` is the
+# cache's own tensor, not a copy).
+#
+# </details>
+#
+# <details><summary>Hint 2: the algorithm</summary>
+#
+# `corrupted_residual_component[:, pos, :] = clean_cache[hook.name][:, pos, :]`, then return
+# `corrupted_residual_component`.
+#
+# </details>
 
 
 # %%
@@ -141,7 +175,7 @@ def patch_residual_component(
     clean_cache: ActivationCache,
 ) -> Float[Tensor, "batch pos d_model"]:
     """Hook: replace position ``pos`` of this residual-stream activation by its clean value."""
-    # EXERCISE: index the position axis (the second one) of both tensors with `pos`.
+    # EXERCISE: one position of every prompt, from the clean run.
     # SOLUTION
     corrupted_residual_component[:, pos, :] = clean_cache[hook.name][:, pos, :]
     return corrupted_residual_component
@@ -154,10 +188,28 @@ checks.test_patch_residual_component(patch_residual_component)
 # %% [markdown]
 # ### Exercise: `get_act_patch_resid_pre`
 #
+# **Difficulty:** ●●○○○ · **Time:** about 15 minutes
+#
 # Patch the residual stream entering each layer, at each position, one at a time, and return
 # the metric of each patched run as a `[layer, pos]` tensor. (The same name and arguments as
 # `transformer_lens.patching.get_act_patch_resid_pre`.) Wrap the loops in
 # `torch.inference_mode()`: no gradients are needed and none should pile up.
+#
+# <details><summary>Hint 1: a nudge</summary>
+#
+# One forward pass per (layer, position), each with one hook; the hook is your function with
+# its extra arguments bound by `functools.partial`. Loop over every layer: `range(n_layers)`.
+#
+# </details>
+#
+# <details><summary>Hint 2: the algorithm</summary>
+#
+# For each `layer` and `pos`: `hook_fn = partial(patch_residual_component, pos=pos,
+# clean_cache=clean_cache)`; `logits = model.run_with_hooks(corrupted_tokens,
+# fwd_hooks=[(get_act_name("resid_pre", layer), hook_fn)])`;
+# `results[layer, pos] = patching_metric(logits)`.
+#
+# </details>
 
 
 # %%
@@ -168,8 +220,7 @@ def get_act_patch_resid_pre(
     patching_metric: Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]],
 ) -> Float[Tensor, "layer pos"]:
     """Metric after patching the clean ``resid_pre`` into the corrupted run, per layer and position."""
-    # EXERCISE: two loops (layer, pos); in each, model.run_with_hooks with your hook bound by
-    # EXERCISE: partial, at get_act_name("resid_pre", layer); store patching_metric(logits).
+    # EXERCISE: one patched forward pass per (layer, position), each scored by the metric.
     # SOLUTION
     n_pos = corrupted_tokens.shape[1]
     results = torch.zeros(model.cfg.n_layers, n_pos, device=model.cfg.device)
@@ -212,6 +263,21 @@ one_metric = make_ioi_metric(
 labels = [f"{t!r} {i}" for i, t in enumerate(model.to_str_tokens(one_clean[0]))]
 print(f"{len(rows)} prompts of the template {big.templates[int(big.template_idx[rows[0]])]!r}")
 
+# %% [markdown]
+# **Predict, then run.** Before you look: in layer 0, at which positions can patching the
+# residual stream change anything at all? And in the last layer?
+#
+# <details><summary>Answer (open after running the next cell)</summary>
+#
+# In layer 0 the residual stream is just the embeddings, and clean and corrupted prompts
+# differ only in the names: every other position gives exactly 0 (the cell prints the
+# positions that move the metric by more than 0.1 in each layer, and the test
+# `tests/course/test_claims.py` checks the zeros). By the last layer the answer is being
+# gathered at `end`, where that layer's largest effect sits on the toy; the toy still reads
+# part of it from S2 there.
+#
+# </details>
+
 # %%
 resid_pre = get_act_patch_resid_pre(model, one_corrupted, one_cache, one_metric)
 px.imshow(
@@ -222,20 +288,71 @@ px.imshow(
     labels={"x": "position", "y": "layer", "color": "metric"},
     title="Denoising resid_pre, one layer and position at a time",
 ).show()
+for layer, row in enumerate(resid_pre.cpu()):
+    moved = [labels[p] for p in range(len(row)) if abs(row[p]) > 0.1]
+    print(f"layer {layer}: |effect| > 0.1 at", ", ".join(moved) or "no position")
 
 # %% [markdown]
-# **What to look for.** Early layers: only patching at the names matters, since that is where
-# clean and corrupted differ. Late layers: only `end` matters, since by then the answer has
-# been gathered there. The layer where the bright cell moves from a name position to `end`
-# is where information moves between positions, which only attention can do. On GPT-2 small
-# the paper sees the move from S2 to `end` around layers 7 and 8 (the S-inhibition heads).
+# **What to look for.** The layer where the bright cell moves from a name position to `end`
+# is where information moves between positions, which only attention can do. In the paper's
+# GPT-2 small circuit that move from S2 to `end` is the S-inhibition heads' job, in layers 7
+# and 8 (Wang et al. 2022, figure 2).
 #
-# The library computes the same grid in a fraction of the time (many patched copies per
-# forward pass, each pass starting at the patched layer); `get_act_patch_block_every` also
-# patches each layer's attention and MLP outputs:
+# ### Exercise: `get_act_patch_block_every`
+#
+# **Difficulty:** ●●○○○ · **Time:** about 10 minutes
+#
+# The residual stream entering a layer is the sum of everything before it. Patch instead what
+# each layer's attention and MLP *add*: return a `[3, layer, pos]` tensor of the sweeps over
+# `resid_pre`, `attn_out` and `mlp_out`, in that order (TransformerLens's
+# `get_act_patch_block_every` has the same layout).
+#
+# <details><summary>Hint 1: a nudge</summary>
+#
+# `attn_out` and `mlp_out` have the residual stream's shape, `[batch, pos, d_model]`: your
+# hook works on them unchanged.
+#
+# </details>
+#
+# <details><summary>Hint 2: the algorithm</summary>
+#
+# For each name in `("resid_pre", "attn_out", "mlp_out")`, the same two loops as
+# `get_act_patch_resid_pre` with `get_act_name(name, layer)`; `torch.stack` the three grids.
+#
+# </details>
+
 
 # %%
-every_block = patching.get_act_patch_block_every(model, one_corrupted, one_cache, one_metric)
+def get_act_patch_block_every(
+    model: HookedTransformer,
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    clean_cache: ActivationCache,
+    patching_metric: Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]],
+) -> Float[Tensor, "component layer pos"]:
+    """Metric after patching each layer's resid_pre, attn_out or mlp_out at each position."""
+    # EXERCISE: three residual-shaped hook points, one [layer, pos] sweep each.
+    # SOLUTION
+    n_pos = corrupted_tokens.shape[1]
+    components = ("resid_pre", "attn_out", "mlp_out")
+    results = torch.zeros(len(components), model.cfg.n_layers, n_pos, device=model.cfg.device)
+    with torch.inference_mode():
+        for index, component in enumerate(components):
+            for layer in range(model.cfg.n_layers):
+                for pos in range(n_pos):
+                    hook_fn = partial(patch_residual_component, pos=pos, clean_cache=clean_cache)
+                    logits = model.run_with_hooks(
+                        corrupted_tokens, fwd_hooks=[(get_act_name(component, layer), hook_fn)]
+                    )
+                    results[index, layer, pos] = patching_metric(logits)
+    return results
+    # END SOLUTION
+
+
+# %%
+checks.test_get_act_patch_block_every(get_act_patch_block_every)
+
+# %%
+every_block = get_act_patch_block_every(model, one_corrupted, one_cache, one_metric)
 px.imshow(
     every_block.cpu().numpy(),
     x=labels,
@@ -257,8 +374,22 @@ px.imshow(
 #
 # ### Exercise: `patch_head_vector`
 #
+# **Difficulty:** ●○○○○ · **Time:** about 5 minutes
+#
 # The same kind of hook as before, on `z` (or `q`, `k`, `v`: all `[batch, pos, head, d_head]`),
 # replacing one head at every position.
+#
+# <details><summary>Hint 1: a nudge</summary>
+#
+# Which axis is the head? Count: batch, pos, head, d_head.
+#
+# </details>
+#
+# <details><summary>Hint 2: the algorithm</summary>
+#
+# `corrupted_head_vector[:, :, head_index] = clean_cache[hook.name][:, :, head_index]`; return it.
+#
+# </details>
 
 
 # %%
@@ -269,7 +400,7 @@ def patch_head_vector(
     clean_cache: ActivationCache,
 ) -> Float[Tensor, "batch pos head d_head"]:
     """Hook: replace head ``head_index`` of this z/q/k/v activation by its clean value, all positions."""
-    # EXERCISE: the head is the third axis.
+    # EXERCISE: one head, every position, from the clean run.
     # SOLUTION
     corrupted_head_vector[:, :, head_index] = clean_cache[hook.name][:, :, head_index]
     return corrupted_head_vector
@@ -281,6 +412,25 @@ checks.test_patch_head_vector(patch_head_vector)
 
 # %% [markdown]
 # ### Exercise: `get_act_patch_attn_head_out_all_pos`
+#
+# **Difficulty:** ●●○○○ · **Time:** about 10 minutes
+#
+# A `[layer, head]` grid: the metric after patching each head's output (`z`) at every position.
+#
+# <details><summary>Hint 1: a nudge</summary>
+#
+# Patch `hook_z`, not `hook_result`: the heads' `result` is only computed after
+# `model.set_use_attn_result(True)`, so a hook on it never fires.
+#
+# </details>
+#
+# <details><summary>Hint 2: the algorithm</summary>
+#
+# For each `layer` and `head`: `run_with_hooks(corrupted_tokens,
+# fwd_hooks=[(get_act_name("z", layer), partial(patch_head_vector, head_index=head,
+# clean_cache=clean_cache))])`, and store the metric.
+#
+# </details>
 
 
 # %%
@@ -291,7 +441,7 @@ def get_act_patch_attn_head_out_all_pos(
     patching_metric: Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]],
 ) -> Float[Tensor, "layer head"]:
     """Metric after patching each head's clean output (z) into the corrupted run, all positions."""
-    # EXERCISE: loop over layers and heads; hook get_act_name("z", layer) with patch_head_vector.
+    # EXERCISE: one patched forward pass per head.
     # SOLUTION
     results = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, device=model.cfg.device)
     with torch.inference_mode():
@@ -322,21 +472,88 @@ print(
     "GPT-2 small, published:",
     REFERENCE["eight_prompts"]["head_out_patching_all_pos_denoise_normalised"],
 )
+print(provenance("eight_prompts"))
 
 # %% [markdown]
-# On GPT-2 small the heads that recover the most are not only the name movers (9.9) but also
-# the induction head 5.5 and the S-inhibition heads 8.6 and 8.10: heads with little *direct*
-# effect that patching reveals. Negative values (10.7, 11.10) are heads that, clean, push
-# *against* the answer.
+# By those published figures (flipped-subject corruption, not the ABC prompts used here; see
+# below), the heads that recover the most in GPT-2 small are not only the name mover 9.9 but
+# also the induction head 5.5 and the S-inhibition heads 8.6 and 8.10: heads with little
+# *direct* effect that patching reveals. Negative values (10.7, 11.10) are heads that, clean,
+# push *against* the answer.
 #
 # On the toy, compare this grid with the DLA grid of section 2: heads that matter here but
 # wrote little directly are doing their work through other heads.
 #
-# **By position.** The library's `get_act_patch_attn_head_out_by_pos` patches each head at
-# each position separately (`[layer, pos, head]`). On the one-template batch:
+# ### Exercise: `get_act_patch_attn_head_out_by_pos`
+#
+# **Difficulty:** ●●○○○ · **Time:** about 10 minutes
+#
+# Patch each head at each position separately: a `[layer, pos, head]` grid (the layout of
+# TransformerLens's `get_act_patch_attn_head_out_by_pos`). It says not only *which* head
+# matters but *where* its output matters.
+#
+# <details><summary>Hint 1: a nudge</summary>
+#
+# Your `patch_head_vector` patches all positions; this hook patches one (position, head) cell.
+#
+# </details>
+#
+# <details><summary>Hint 2: the algorithm</summary>
+#
+# Three loops (layer, pos, head); a hook `z[:, pos, head] = clean_cache[hook.name][:, pos,
+# head]` on `get_act_name("z", layer)`; `results[layer, pos, head] = patching_metric(logits)`.
+#
+# </details>
+
 
 # %%
-by_pos = patching.get_act_patch_attn_head_out_by_pos(model, one_corrupted, one_cache, one_metric)
+def get_act_patch_attn_head_out_by_pos(
+    model: HookedTransformer,
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    clean_cache: ActivationCache,
+    patching_metric: Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]],
+) -> Float[Tensor, "layer pos head"]:
+    """Metric after patching each head's clean output (z) at one position at a time."""
+    # EXERCISE: one patched forward pass per (layer, position, head).
+    # SOLUTION
+    n_pos = corrupted_tokens.shape[1]
+    results = torch.zeros(model.cfg.n_layers, n_pos, model.cfg.n_heads, device=model.cfg.device)
+
+    def patch_one(z: Tensor, hook: HookPoint, pos: int, head: int) -> Tensor:
+        z[:, pos, head] = clean_cache[hook.name][:, pos, head]
+        return z
+
+    with torch.inference_mode():
+        for layer in range(model.cfg.n_layers):
+            for pos in range(n_pos):
+                for head in range(model.cfg.n_heads):
+                    hook_fn = partial(patch_one, pos=pos, head=head)
+                    logits = model.run_with_hooks(
+                        corrupted_tokens, fwd_hooks=[(get_act_name("z", layer), hook_fn)]
+                    )
+                    results[layer, pos, head] = patching_metric(logits)
+    return results
+    # END SOLUTION
+
+
+# %%
+checks.test_get_act_patch_attn_head_out_by_pos(get_act_patch_attn_head_out_by_pos)
+
+# %% [markdown]
+# **Predict, then run.** Section 2 found layer-1 and layer-2 heads that attend from `end` to
+# S2, and layer-0 heads that attend from S2 to the IO. At which position should patching a
+# layer-0 head's output matter, and at which a layer-2 head's?
+#
+# <details><summary>Answer (open after running the next cell)</summary>
+#
+# If the story is right: layer-0 heads at S2, later heads at `end`. The cell prints, for each
+# layer, the (position, head) cell of largest effect; on the toy they fall where the story
+# says (checked in `tests/course/test_claims.py`).
+#
+# </details>
+
+# %%
+by_pos = get_act_patch_attn_head_out_by_pos(model, one_corrupted, one_cache, one_metric)
 px.imshow(
     by_pos.permute(2, 0, 1).cpu().numpy(),  # [head, layer, pos]: one facet per head
     x=labels,
@@ -345,6 +562,12 @@ px.imshow(
     color_continuous_midpoint=0.0,
     title="Denoising each head's output at each position (facet = head)",
 ).show()
+for layer in range(model.cfg.n_layers):
+    flat = int(by_pos[layer].abs().argmax())
+    pos, head = divmod(flat, model.cfg.n_heads)
+    print(
+        f"layer {layer}: largest effect {by_pos[layer, pos, head]:+.2f} at {labels[pos]}, head {head}"
+    )
 
 # %% [markdown]
 # ## What inside a head matters: query, key, value, pattern
@@ -357,8 +580,22 @@ px.imshow(
 #
 # ### Exercise: `patch_attn_patterns`
 #
+# **Difficulty:** ●○○○○ · **Time:** about 5 minutes
+#
 # Patterns (`blocks.{l}.attn.hook_pattern`) have shape `[batch, head, query_pos, key_pos]`:
 # note where the head axis is.
+#
+# <details><summary>Hint 1: a nudge</summary>
+#
+# The same hook as `patch_head_vector`, with the head on another axis.
+#
+# </details>
+#
+# <details><summary>Hint 2: the algorithm</summary>
+#
+# `corrupted_head_vector[:, head_index] = clean_cache[hook.name][:, head_index]`; return it.
+#
+# </details>
 
 
 # %%
@@ -369,7 +606,7 @@ def patch_attn_patterns(
     clean_cache: ActivationCache,
 ) -> Float[Tensor, "batch head pos pos"]:
     """Hook: replace head ``head_index``'s attention pattern by its clean pattern."""
-    # EXERCISE: the head is the second axis of a pattern.
+    # EXERCISE: one head's whole pattern, from the clean run.
     # SOLUTION
     corrupted_head_vector[:, head_index] = clean_cache[hook.name][:, head_index]
     return corrupted_head_vector
@@ -382,7 +619,23 @@ checks.test_patch_attn_patterns(patch_attn_patterns)
 # %% [markdown]
 # ### Exercise: `get_act_patch_attn_head_all_pos_every`
 #
+# **Difficulty:** ●●○○○ · **Time:** about 10 minutes
+#
 # Five `[layer, head]` grids stacked in this order: output (`z`), `q`, `k`, `v`, `pattern`.
+#
+# <details><summary>Hint 1: a nudge</summary>
+#
+# Four of the five use the same hook; the pattern needs its own.
+#
+# </details>
+#
+# <details><summary>Hint 2: the algorithm</summary>
+#
+# For each component of `("z", "q", "k", "v", "pattern")`: the `[layer, head]` loops with
+# `patch_head_vector` (or `patch_attn_patterns` for `"pattern"`) at
+# `get_act_name(component, layer)`; stack the five grids in that order.
+#
+# </details>
 
 
 # %%
@@ -393,8 +646,7 @@ def get_act_patch_attn_head_all_pos_every(
     patching_metric: Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]],
 ) -> Float[Tensor, "component layer head"]:
     """Metric after patching each head's z, q, k, v or pattern (all positions): [5, layer, head]."""
-    # EXERCISE: one [layer, head] loop per component in ("z", "q", "k", "v", "pattern"), with
-    # EXERCISE: patch_head_vector for the first four and patch_attn_patterns for the pattern.
+    # EXERCISE: one [layer, head] sweep per component, in the order above.
     # SOLUTION
     components = ("z", "q", "k", "v", "pattern")
     results = torch.zeros(
@@ -428,11 +680,81 @@ px.imshow(
 ).show()
 
 # %% [markdown]
-# **What to look for.** On GPT-2 small the S-inhibition heads (7.3, 7.9, 8.6, 8.10) act
-# through their **values**: they carry "the S is the repeated name" from S2 to `end`. The name
-# movers (9.9, 9.6, 10.0) act through their **queries**: the clean query, shaped by the
-# S-inhibition heads, makes them attend to the IO. On the toy model, ask the same question:
-# which heads act through their value (content moved from S2) and which through their query?
+# **What to look for.** In the paper's account of GPT-2 small the S-inhibition heads (7.3,
+# 7.9, 8.6, 8.10) carry "the S is the repeated name" from S2 to `end` in their outputs, and
+# act on the name movers (9.9, 9.6, 10.0) through the movers' **queries** (Wang et al. 2022,
+# section 3). On the toy model, ask the same question of this grid: which heads act through
+# their value (content moved from where they attend) and which through their query? The cell
+# prints, per component, the heads it moves most.
+
+# %%
+for index, component in enumerate(("z", "q", "k", "v", "pattern")):
+    grid = every[index].cpu()
+    strongest = grid.abs().flatten().argsort(descending=True)[:3].tolist()
+    shown = [f"{Head(*divmod(i, model.cfg.n_heads))} ({grid.flatten()[i]:+.2f})" for i in strongest]
+    print(f"{component:8}", ", ".join(shown))
+
+# %% [markdown]
+# ## Why ABC, and not flipped subjects?
+#
+# The published GPT-2 small patching figures printed above come from a different corruption:
+# each prompt's "flipped" partner, in which the second mention of the subject is the *other*
+# name ("When John and Mary went to the shops, Mary gave the bag to"). Scored against the
+# original answers, that run prefers the wrong name, so its logit difference is roughly the
+# clean one negated. The ABC prompts replace all three names by fresh ones instead.
+#
+# The two ask different questions. The flipped prompts still contain a repeated name: whatever
+# a head computes from "a name occurs twice" is the same in both runs, and patching it changes
+# nothing; what differs is *which* name. The ABC prompts remove the repetition itself, so every
+# head that depends on it can show up. Both are measured here on the toy, with the same metric
+# (0 = the corrupted run, 1 = the clean one):
+#
+# **Predict, then run.** Which corruption will give the larger effects when single heads are
+# patched in, and will any entry of the flipped grid leave the interval [0, 1]?
+#
+# <details><summary>Answer (open after running the next cell)</summary>
+#
+# The cell prints both corrupted logit differences, the correlation of the two head grids and
+# each grid's range. On the toy the flipped run's logit difference is negative (the model
+# prefers the wrong name), and the two grids rank the heads similarly but not identically:
+# the numbers, not a rule, decide which heads a study finds. Whichever you use, say which.
+#
+# </details>
+
+# %%
+flipped = ds.gen_flipped_prompts("ABB->ABA, BAB->BAA")  # S2 becomes the IO's name
+print(ds.sentences[0], "|", flipped.sentences[0])
+flipped_logit_diff = logits_to_ave_logit_diff(
+    model(flipped.toks), answer_tokens, positions=end
+).item()
+flipped_metric = make_ioi_metric(clean_logit_diff, flipped_logit_diff, answer_tokens, end)
+by_corruption = {
+    "ABC": patching.get_act_patch_attn_head_out_all_pos(
+        model, corrupted_tokens, clean_cache, metric
+    ),
+    "flipped": patching.get_act_patch_attn_head_out_all_pos(
+        model, flipped.toks, clean_cache, flipped_metric
+    ),
+}
+print(f"corrupted logit diff: ABC {corrupted_logit_diff:.3f}, flipped {flipped_logit_diff:.3f}")
+print(
+    "correlation of the two head grids:",
+    f"{patching.correlation(by_corruption['ABC'].cpu(), by_corruption['flipped'].cpu()):.3f}",
+)
+for name, grid in by_corruption.items():
+    print(f"{name:8} range [{grid.min():.3f}, {grid.max():.3f}]")
+px.imshow(
+    torch.stack(list(by_corruption.values())).cpu().numpy(),
+    facet_col=0,
+    color_continuous_scale="RdBu",
+    color_continuous_midpoint=0.0,
+    title="Denoising each head's output: ABC corruption (0) vs flipped subject (1)",
+).show()
+
+# %% [markdown]
+# The ABC prompts are the paper's choice for path patching and mean ablation, and this
+# course's throughout: they take away exactly the repeated-name signal the task is about.
+# Whenever a GPT-2 small figure is printed beside the toy's, its line names the corruption.
 #
 # ## Noising versus denoising
 #
@@ -475,11 +797,30 @@ px.imshow(
 #
 # ### Exercise: `attribution_patch_attn_head_out_all_pos`
 #
+# **Difficulty:** ●●●●○ · **Time:** about 25 minutes
+#
 # Estimate `get_act_patch_attn_head_out_all_pos` this way: for each head, the dot product runs
 # over the whole slice `z[:, :, head, :]` (batch, positions and `d_head`); return the estimated
 # *metric*, not the change. Take gradients with `torch.autograd.grad` on activations you saved
 # in hooks during the corrupted forward pass (under `torch.enable_grad()`, as this notebook
 # turned gradients off).
+#
+# <details><summary>Hint 1: a nudge</summary>
+#
+# You need three things per layer: the corrupted z, the gradient of the metric with respect
+# to it (both from one corrupted pass with gradients), and the clean z.
+#
+# </details>
+#
+# <details><summary>Hint 2: the algorithm</summary>
+#
+# Cache the clean z's; in a `model.hooks` block that saves each `hook_z` activation, compute
+# `value = patching_metric(model(corrupted_tokens))` with gradients on; `grads =
+# torch.autograd.grad(value, saved_z_list)`; per layer
+# `((clean_z - corrupted_z) * grad).sum(dim=(0, 1, 3))` is `[head]`; stack the layers and add
+# `value`.
+#
+# </details>
 
 
 # %%
@@ -490,9 +831,7 @@ def attribution_patch_attn_head_out_all_pos(
     patching_metric: Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]],
 ) -> Float[Tensor, "layer head"]:
     """First-order estimate of denoising each head's output (z) at all positions."""
-    # EXERCISE: save z at every layer in hooks during a corrupted forward pass with gradients on;
-    # EXERCISE: torch.autograd.grad(metric, saved z's); run the clean tokens for clean z; then
-    # EXERCISE: ((clean_z - corrupted_z) * grad).sum over batch, pos, d_head, plus the metric.
+    # EXERCISE: a first-order Taylor step from the corrupted run towards the clean z.
     # SOLUTION
     names = [get_act_name("z", layer) for layer in range(model.cfg.n_layers)]
     with torch.inference_mode():
@@ -519,9 +858,18 @@ def attribution_patch_attn_head_out_all_pos(
 # %%
 checks.test_attribution_patch_attn_head_out_all_pos(attribution_patch_attn_head_out_all_pos)
 
-# %%
-from ioi.head import Head
+# %% [markdown]
+# **Predict, then run.** Patching one head at every position is a large change. How well will
+# the linear estimate track the exact values: a correlation near 1, or much lower?
+#
+# <details><summary>Answer (open after running the next cell)</summary>
+#
+# The title prints the correlation measured on this batch; the scatter shows which heads the
+# estimate misses. Read the paragraph below the figure for why the two can part.
+#
+# </details>
 
+# %%
 estimate = attribution_patch_attn_head_out_all_pos(model, clean_tokens, corrupted_tokens, metric)
 exact = head_out
 fig = px.scatter(

@@ -21,9 +21,10 @@
 # 1; one that works against the answer pushes it above 1.
 #
 # This is *noising* along a path: it asks how much the behaviour needs that path. On GPT-2
-# small it found the paper's classes: **name movers** (9.9, 9.6, 10.0) write the IO to the
-# logits; **S-inhibition** heads (7.3, 7.9, 8.6, 8.10) feed the name movers' queries;
-# **induction** and **duplicate-token** heads feed the S-inhibition heads' values.
+# small it found the paper's classes (Wang et al. 2022, figure 2): **name movers** (9.9, 9.6,
+# 10.0) write the IO to the logits; **S-inhibition** heads (7.3, 7.9, 8.6, 8.10) feed the
+# name movers' queries; **induction** and **duplicate-token** heads feed the S-inhibition
+# heads' values.
 
 # %% tags=["module"]
 from __future__ import annotations
@@ -47,6 +48,8 @@ import plotly.express as px
 
 import ioi.checks as checks
 from ioi import path_patching
+from ioi.circuit import PathPatchingOracle, discover_circuit
+from ioi.head import Head
 from ioi.metrics import logits_to_ave_logit_diff, make_ioi_metric
 from ioi.models import load_model
 from ioi.reference import reference_figures
@@ -72,10 +75,27 @@ print(f"orig (IOI) {ioi_logit_diff:.3f}, new (ABC) {abc_logit_diff:.3f}")
 #
 # ### Exercise: `patch_or_freeze_head_vectors`
 #
+# **Difficulty:** ●●○○○ · **Time:** about 10 minutes
+#
 # A hook for every layer's `hook_z`: overwrite **all** heads with their orig values; then, if
 # this hook is in the sender's layer (`hook.layer()`), give the sender head its new value.
 # The incoming activation is whatever the patched run computed so far, which is exactly what
 # must not leak through.
+#
+# <details><summary>Hint 1: a nudge</summary>
+#
+# Start from the orig cache's values, not from the incoming activation, and do not write into
+# the cache: `orig_cache[hook.name]` is the cache's own tensor.
+#
+# </details>
+#
+# <details><summary>Hint 2: the algorithm</summary>
+#
+# `orig_head_vector[...] = orig_cache[hook.name]`; `layer, head = head_to_patch`; if
+# `hook.layer() == layer`: `orig_head_vector[:, :, head] = new_cache[hook.name][:, :, head]`;
+# return `orig_head_vector`.
+#
+# </details>
 
 
 # %%
@@ -87,8 +107,7 @@ def patch_or_freeze_head_vectors(
     head_to_patch: tuple[int, int],
 ) -> Float[Tensor, "batch pos head d_head"]:
     """Hook on z: freeze every head at its orig value, except ``head_to_patch`` = (layer, head), set to new."""
-    # EXERCISE: overwrite the whole activation with orig_cache[hook.name]; then patch the sender's
-    # EXERCISE: head from new_cache[hook.name] if head_to_patch[0] == hook.layer().
+    # EXERCISE: everything frozen at orig; the sender, in its own layer, at new.
     # SOLUTION
     orig_head_vector[...] = orig_cache[hook.name][...]
     layer, head = head_to_patch
@@ -106,9 +125,28 @@ checks.test_patch_or_freeze_head_vectors(patch_or_freeze_head_vectors)
 #
 # ### Exercise: `get_path_patch_head_to_final_resid_post`
 #
+# **Difficulty:** ●●○○○ · **Time:** about 15 minutes
+#
 # Apply step 2 to every head. A filter function can stand for a hook name:
 # `fwd_hooks=[(lambda name: name.endswith("z"), hook_fn)]` hooks every layer's `z`. The
 # datasets are `IOIDataset`s (use `.toks`); run the model yourself if a cache is `None`.
+#
+# <details><summary>Hint 1: a nudge</summary>
+#
+# One forward pass of the *orig* prompts per sender, with your hook on every layer's `z`; the
+# MLPs get no hook, so they recompute.
+#
+# </details>
+#
+# <details><summary>Hint 2: the algorithm</summary>
+#
+# Cache both runs if a cache is missing (`run_with_cache` of `new_dataset.toks` and
+# `orig_dataset.toks`); for each `(layer, head)`: `hook_fn = partial(patch_or_freeze_head_vectors,
+# new_cache=new_cache, orig_cache=orig_cache, head_to_patch=(layer, head))`;
+# `logits = model.run_with_hooks(orig_dataset.toks, fwd_hooks=[(z_filter, hook_fn)])`; store
+# `patching_metric(logits)` in a `[layer, head]` grid.
+#
+# </details>
 
 
 # %%
@@ -128,8 +166,7 @@ def get_path_patch_head_to_final_resid_post(
            at new (MLPs recomputed), and record the metric.
     """
 
-    # EXERCISE: loop over (layer, head); hook every z with patch_or_freeze_head_vectors bound
-    # EXERCISE: by partial; run orig_dataset.toks; store patching_metric(logits).
+    # EXERCISE: one frozen orig run per sender, scored by the metric.
     # SOLUTION
     def z_filter(name: str) -> bool:
         return name.endswith("z")
@@ -157,6 +194,21 @@ def get_path_patch_head_to_final_resid_post(
 # %%
 checks.test_get_path_patch_head_to_final_resid_post(get_path_patch_head_to_final_resid_post)
 
+# %% [markdown]
+# **Predict, then run.** Section 3's activation patching found heads whose output matters.
+# Path patching to the logits keeps only each head's *direct* path. On the toy, will any
+# single head's direct path cost the answer more than 10%? Will every head lower the metric?
+#
+# <details><summary>Answer (open after running the next cells)</summary>
+#
+# The second cell below prints every head's effect, the heads past the threshold, and the
+# heads that *raise* the metric. On the toy no single direct path costs 10%
+# (`tests/course/test_claims.py` checks it on this dataset), and not every head lowers the
+# metric: the toy spreads the answer over several heads, so removing one path costs only a
+# few percent, and some heads push the other way.
+#
+# </details>
+
 # %%
 to_logits = get_path_patch_head_to_final_resid_post(
     model, metric, abc_dataset, ioi_dataset, abc_cache, ioi_cache
@@ -180,36 +232,49 @@ library = path_patching.get_path_patch_head_to_final_resid_post(
 print(f"largest difference from yours: {(library - to_logits.cpu()).abs().max().item():.2e}")
 
 # %% [markdown]
-# **What to look for.** On GPT-2 small this grid picks out the name movers (9.9, 9.6, 10.0:
-# well below 1) and the negative name movers (10.7, 11.10: above 1). On the toy model every
-# head of layers 1 and 2 lowers the metric a little and none by much: the toy spreads the
-# answer over all eight heads, so removing one path costs only a few percent. That is
-# redundancy, and the reason single-head effects must be read against the whole grid.
-#
-# Pick the heads that write the answer: the *movers*. The threshold is a choice, and a small
-# model with redundant heads needs a lower one than GPT-2 small, where the paper's name movers
-# each move the metric by 10-30%.
+# Pick the heads whose direct path the answer needs: the *movers*. The threshold is a choice;
+# a small model with redundant heads needs a lower one than GPT-2 small, where the paper's
+# name movers each move the metric by much more.
 
 # %%
-from ioi.head import Head
-
 threshold = 0.02
-movers = [
-    Head(layer, head)
-    for layer in range(model.cfg.n_layers)
-    for head in range(model.cfg.n_heads)
-    if to_logits[layer, head] < 1 - threshold
-]
-print("heads whose direct path the answer needs:", ", ".join(map(str, movers)))
+effects = (to_logits - 1).cpu()
+movers = [Head(*divmod(i, model.cfg.n_heads)) for i in range(effects.numel())]
+movers = [h for h in movers if effects[h] < -threshold]
+raisers = [Head(*divmod(i, model.cfg.n_heads)) for i in range(effects.numel())]
+raisers = [h for h in raisers if effects[h] > 0]
+print(
+    ", ".join(
+        f"{Head(*divmod(i, model.cfg.n_heads))} {v:+.3f}"
+        for i, v in enumerate(effects.flatten().tolist())
+    )
+)
+print(f"heads whose direct path costs more than {threshold}:", ", ".join(map(str, movers)))
+print("heads whose direct path works against the answer:", ", ".join(map(str, raisers)))
 
 # %% [markdown]
 # ## Sender → receivers
 #
 # ### Exercise: `patch_head_input`
 #
+# **Difficulty:** ●○○○○ · **Time:** about 5 minutes
+#
 # Step 3's second run needs a hook that overwrites the receivers' input (their `q`, `k` or `v`,
 # all `[batch, pos, head, d_head]`) with values recorded earlier, for the receiver heads in
 # this hook's layer only.
+#
+# <details><summary>Hint 1: a nudge</summary>
+#
+# `head_list` may name heads of several layers; this hook sees one layer.
+#
+# </details>
+#
+# <details><summary>Hint 2: the algorithm</summary>
+#
+# `heads = [h for layer, h in head_list if layer == hook.layer()]`;
+# `orig_activation[:, :, heads] = patched_cache[hook.name][:, :, heads]`; return it.
+#
+# </details>
 
 
 # %%
@@ -220,7 +285,7 @@ def patch_head_input(
     head_list: list[tuple[int, int]],
 ) -> Float[Tensor, "batch pos head d_head"]:
     """Hook on q/k/v: overwrite the heads of ``head_list`` in this layer with ``patched_cache`` values."""
-    # EXERCISE: select the heads of head_list whose layer is hook.layer(), then patch them.
+    # EXERCISE: only the receivers that live in this hook's layer.
     # SOLUTION
     heads = [head for layer, head in head_list if layer == hook.layer()]
     orig_activation[:, :, heads] = patched_cache[hook.name][:, :, heads]
@@ -234,10 +299,32 @@ checks.test_patch_head_input(patch_head_input)
 # %% [markdown]
 # ### Exercise: `get_path_patch_head_to_heads`
 #
+# **Difficulty:** ●●●○○ · **Time:** about 25 minutes
+#
 # Every head in a layer below the highest receiver can send; return a `[n_layers, n_heads]`
-# grid whose rows at and above the highest receiver layer stay 0 (nothing there can reach the
-# receivers). Record the receivers' inputs with `run_with_cache` inside
+# grid whose rows at and above the highest receiver layer are **NaN**: nothing there can
+# reach the receivers, and a 0 would read as a measured value (for this metric, a huge one:
+# "no effect" is 1). Record the receivers' inputs with `run_with_cache` inside
 # `with model.hooks(fwd_hooks=...)`.
+#
+# <details><summary>Hint 1: a nudge</summary>
+#
+# Two runs per sender. The first is step 2 of the recipe, recording the receivers' input; the
+# second is a plain orig run in which *only* the receivers' input is replaced. If the freezing
+# hooks stay on in the second run, you get the sender -> logits grid back.
+#
+# </details>
+#
+# <details><summary>Hint 2: the algorithm</summary>
+#
+# `top = max(layer for layer, _ in receiver_heads)`; `results = torch.full((n_layers,
+# n_heads), float("nan"))`; for each sender below `top`: (a) `with
+# model.hooks(fwd_hooks=[(z_filter, freeze)]): _, patched = model.run_with_cache(orig_toks,
+# names_filter=input_filter)`; (b) `logits = model.run_with_hooks(orig_toks,
+# fwd_hooks=[(input_filter, partial(patch_head_input, patched_cache=patched,
+# head_list=receiver_heads))])`; store the metric.
+#
+# </details>
 
 
 # %%
@@ -258,10 +345,9 @@ def get_path_patch_head_to_heads(
         2. For each sender below the top receiver layer: run the orig prompts with every head
            frozen at orig and the sender at new (MLPs recomputed); record the receivers' inputs.
         3. Run the orig prompts with only the receivers' inputs replaced by those records, and
-           record the metric.
+           record the metric. Rows that cannot reach the receivers are NaN.
     """
-    # EXERCISE: for each sender: (2) hooks = patch_or_freeze_head_vectors on every z, cache the
-    # EXERCISE: receivers' inputs; (3) run again with patch_head_input on those inputs; metric.
+    # EXERCISE: two runs per sender (record, then replay into the receivers only); NaN rows above.
     # SOLUTION
     input_names = {get_act_name(receiver_input, layer) for layer, _ in receiver_heads}
 
@@ -276,7 +362,7 @@ def get_path_patch_head_to_heads(
     if orig_cache is None:
         _, orig_cache = model.run_with_cache(orig_dataset.toks, names_filter=z_filter)
     top = max(layer for layer, _ in receiver_heads)
-    results = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, device=model.cfg.device)
+    results = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
     with torch.inference_mode():
         for layer in range(top):
             for head in range(model.cfg.n_heads):
@@ -307,13 +393,41 @@ checks.test_get_path_patch_head_to_heads(get_path_patch_head_to_heads)
 # %% [markdown]
 # ## Who feeds the movers?
 #
-# Send every earlier head into the movers' queries, keys and values in turn. On GPT-2 small
-# the movers' **queries** light up: the S-inhibition heads tell the name movers where *not*
-# to look. Which input lights up on your model?
+# Send every earlier head into the movers' queries, keys and values in turn. Which movers?
+# On GPT-2 small, the paper's name movers (9.9, 9.6, 10.0, from the reference file), so that
+# this notebook repeats the paper's experiment; on any other model, the movers that circuit
+# discovery (`ioi.circuit.discover_circuit`, section 5) finds with the threshold above,
+# printed next to yours.
 
 # %%
-last_layer = max(layer for layer, _ in movers)
-receivers = [head for head in movers if head.layer == last_layer]
+if MODEL_NAME.startswith("gpt2"):
+    receivers = [Head.parse(h) for h in REFERENCE["paper"]["circuit"]["name_mover"]]
+else:
+    discovered = discover_circuit(PathPatchingOracle(model, ioi_dataset, abc_dataset), threshold)
+    receivers = [f.head for f in discovered.findings if f.role == "logits" and f.effect < 0]
+print(
+    "receivers:",
+    ", ".join(map(str, receivers)),
+    "  (your movers:",
+    ", ".join(map(str, movers)) + ")",
+)
+top = max(layer for layer, _ in receivers)
+
+# %% [markdown]
+# **Predict, then run.** Section 2 found that the toy's movers attend from `end` to S2, and
+# that layer-0 heads at S2 attend to the IO. Which input of the movers will the earlier
+# heads feed most: their queries, keys or values?
+#
+# <details><summary>Answer (open after running the next cells)</summary>
+#
+# The cell after the figure prints the largest effect per input and the strongest senders.
+# On the toy the values carry the largest effect and the queries the smallest (checked in
+# `tests/course/test_claims.py`): the movers do not need to be told *where* to look (they
+# look at S2 anyway), they need *what* is there.
+#
+# </details>
+
+# %%
 grids = torch.stack(
     [
         get_path_patch_head_to_heads(
@@ -322,16 +436,18 @@ grids = torch.stack(
         for part in ("q", "k", "v")
     ]
 )
-top = max(layer for layer, _ in receivers)
-print("receivers:", ", ".join(map(str, receivers)))
 px.imshow(
-    (grids[:, :top] - 1).cpu().numpy(),
+    (grids - 1).cpu().numpy(),
     facet_col=0,
     color_continuous_scale="RdBu",
     color_continuous_midpoint=0.0,
     labels={"x": "head", "y": "layer", "color": "metric - 1"},
     title="Path patching: each earlier head -> the receivers' q (0), k (1), v (2)",
 ).show()
+print(
+    f"Blank rows (layer {top} and above) are NaN: those heads sit at or above the highest "
+    "receiver's layer and cannot reach it, so nothing was measured there."
+)
 
 # %% [markdown]
 # Numbers beat eyeballing. For each input, list the strongest senders next to two attention
@@ -344,36 +460,175 @@ from ioi.heads import ioi_attention
 s2_to_io = ioi_attention(model, ioi_dataset, "S2", "IO", ioi_cache)
 previous = ioi_attention(model, ioi_dataset, "S1+1", "S1", ioi_cache)
 for index, part in enumerate(("q", "k", "v")):
-    effects = (grids[index, :top] - 1).cpu()
-    for flat in effects.flatten().argsort()[:3].tolist():
+    part_effects = (grids[index, :top] - 1).cpu()
+    print(f"{part}: largest |effect| {part_effects.abs().max():.3f}")
+    for flat in part_effects.flatten().argsort()[:3].tolist():
         sender = Head(*divmod(flat, model.cfg.n_heads))
         print(
-            f"{part}: sender {sender} effect {effects[sender]:+.3f}   "
+            f"   sender {sender} effect {part_effects[sender]:+.3f}   "
             f"attention S2->IO {s2_to_io[sender]:.2f}, S1+1->S1 {previous[sender]:.2f}"
         )
 
 # %% [markdown]
 # **Reading the toy model.** Every effect here is a few percent of the gap at most: the toy
-# spreads its work over many heads, so any single path is small, and the ranking matters more
-# than the size. On the toy the receivers' **queries** hardly matter. Their **values** are fed
-# most by a layer-0 head that attends from S2 to the IO; their **keys** by a previous-token
-# head. Together with section 2, that gives the toy's circuit:
+# spreads its work over several heads, so any single path is small, and the ranking matters
+# more than the size. The printout says which layer-0 heads feed the movers' values and keys
+# and what those heads attend to. Together with section 2 that suggests the toy's circuit:
 #
 # 1. layer-0 heads at **S2** attend to the name that is not repeated (the IO) and write it
-#    into S2's residual stream, and previous-token heads shape what S2 offers as a key;
-# 2. layer-1 and layer-2 heads at **end** attend to **S2** and copy what they find there (the
-#    IO) to the logits.
+#    into S2's residual stream, and a previous-token head shapes what S2 offers as a key;
+# 2. layer-1 and layer-2 heads at **end** attend to **S2** and copy what they find there to
+#    the logits.
 #
-# GPT-2 small does it differently: induction and duplicate-token heads at S2 mark "this name
-# is repeated"; S-inhibition heads move that to `end`, where their output steers the name
-# movers' **queries** away from the S, and the name movers copy the remaining name, the IO.
-# Both circuits reach the same answer: "find the name that occurs once" can be computed by
-# suppressing the repeated name (GPT-2) or by locating the unrepeated one early (toy). Run
-# this notebook with `IOI_MODEL=gpt2-small` and the query facet lights up at 7.3, 7.9, 8.6 and
-# 8.10 instead.
+# In the paper's account GPT-2 small does it differently: induction and duplicate-token
+# heads at S2 mark "this name is repeated"; S-inhibition heads move that to `end`, where their
+# output steers the name movers' **queries** away from the S, and the name movers copy the
+# remaining name, the IO. Both reach the same answer: "find the name that occurs once" can be
+# computed by suppressing the repeated name or by locating the unrepeated one early. Run this
+# notebook with `IOI_MODEL=gpt2-small` to measure which it is there; this course has not run
+# it (no GPT-2 weights on its machines), so it makes no claim about the result.
 #
-# The paper also patches at specific positions only (senders at S2 or `end`, receivers' q at
-# `end`). The library's functions take `sender_positions` and `receiver_positions` for that,
-# e.g. `receiver_positions="end"`. And the recursion you just did by hand, from the logits
-# backwards one layer of receivers at a time, is automated by `ioi.circuit.discover_circuit`,
-# which section 5 uses to score whole circuits.
+# ## Path patching at chosen positions
+#
+# The paper patches at specific positions only: senders at `end` into the name movers'
+# queries at `end`, and senders at S2 into the keys and values the movers read at S2. A
+# position restricts both ends of the path: the sender's new value is used only at its
+# position, and the receivers' input is replaced only at theirs.
+#
+# ### Exercise: `path_patch_head_to_heads_at`
+#
+# **Difficulty:** ●●●○○ · **Time:** about 20 minutes
+#
+# Path patching from every earlier head to the receivers' input, with the sender patched only
+# at `word_idx[sender_position]` of each prompt and the receivers' input replaced only at
+# `word_idx[receiver_position]` (`None`: every position). Rows that cannot reach the
+# receivers are NaN, as before.
+#
+# <details><summary>Hint 1: a nudge</summary>
+#
+# Every prompt has its own S2 and `end`: build a `[batch, pos]` mask from `word_idx` for each
+# end of the path and use it in both hooks.
+#
+# </details>
+#
+# <details><summary>Hint 2: the algorithm</summary>
+#
+# `mask = torch.zeros(batch, pos, dtype=torch.bool); mask[torch.arange(batch),
+# word_idx[key]] = True` (all True for `None`). In the freezing hook, after freezing, write the
+# sender's new value only where the sender mask is True (`torch.where(mask[..., None], new,
+# frozen)`); in the receivers' hook, replace their input only where the receiver mask is True.
+# Everything else as in `get_path_patch_head_to_heads`.
+#
+# </details>
+
+
+# %%
+def path_patch_head_to_heads_at(
+    receiver_heads: list[tuple[int, int]],
+    receiver_input: str,
+    model: HookedTransformer,
+    patching_metric: Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]],
+    new_dataset: IOIDataset,
+    orig_dataset: IOIDataset,
+    sender_position: str | None,
+    receiver_position: str | None,
+) -> Float[Tensor, "layer head"]:
+    """`get_path_patch_head_to_heads` with the sender and the receivers patched at one word each."""
+    # EXERCISE: the same two runs, each patch limited to one word_idx position per prompt.
+    # SOLUTION
+    orig_toks = orig_dataset.toks
+    batch, n_pos = orig_toks.shape
+
+    def mask_of(key: str | None) -> Tensor:
+        mask = torch.ones(batch, n_pos, dtype=torch.bool, device=model.cfg.device)
+        if key is not None:
+            mask[:] = False
+            mask[torch.arange(batch), orig_dataset.word_idx[key]] = True
+        return mask  # [batch, pos]
+
+    sender_mask, receiver_mask = mask_of(sender_position), mask_of(receiver_position)
+    input_names = {get_act_name(receiver_input, layer) for layer, _ in receiver_heads}
+
+    def z_filter(name: str) -> bool:
+        return name.endswith("z")
+
+    def input_filter(name: str) -> bool:
+        return name in input_names
+
+    _, new_cache = model.run_with_cache(new_dataset.toks, names_filter=z_filter)
+    _, orig_cache = model.run_with_cache(orig_toks, names_filter=z_filter)
+
+    def freeze(z: Tensor, hook: HookPoint, sender: tuple[int, int]) -> Tensor:
+        z[...] = orig_cache[hook.name]
+        if hook.layer() == sender[0]:
+            new = new_cache[hook.name][:, :, sender[1]]
+            z[:, :, sender[1]] = torch.where(sender_mask[..., None], new, z[:, :, sender[1]])
+        return z
+
+    def replay(act: Tensor, hook: HookPoint, recorded: ActivationCache) -> Tensor:
+        for layer, head in receiver_heads:
+            if layer == hook.layer():
+                new = recorded[hook.name][:, :, head]
+                act[:, :, head] = torch.where(receiver_mask[..., None], new, act[:, :, head])
+        return act
+
+    top = max(layer for layer, _ in receiver_heads)
+    results = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
+    with torch.inference_mode():
+        for layer in range(top):
+            for head in range(model.cfg.n_heads):
+                with model.hooks(fwd_hooks=[(z_filter, partial(freeze, sender=(layer, head)))]):
+                    _, recorded = model.run_with_cache(orig_toks, names_filter=input_filter)
+                hook_fn = partial(replay, recorded=recorded)
+                logits = model.run_with_hooks(orig_toks, fwd_hooks=[(input_filter, hook_fn)])
+                results[layer, head] = patching_metric(logits)
+    return results
+    # END SOLUTION
+
+
+# %%
+checks.test_path_patch_head_to_heads_at(path_patch_head_to_heads_at)
+
+# %% [markdown]
+# **Predict, then run.** Patch the senders at S2 only, and the receivers' queries at `end`
+# only. With every other head frozen, what can the grid show?
+#
+# <details><summary>Answer (open after running the next cell)</summary>
+#
+# Nothing: every entry is 1 (the cell prints the largest deviation, which
+# `tests/course/test_claims.py` checks is below 1e-5 on the toy). A sender's output at S2
+# enters the residual stream at S2; only attention moves information between positions, and
+# every head is frozen, so nothing can carry it to the receivers' queries at `end`. Path
+# patching at positions measures a path *through one position*: senders at `end` for the
+# queries at `end`, senders at S2 for what the movers read at S2.
+#
+# </details>
+
+# %%
+settings = [("S2", "end", "q"), ("end", "end", "q"), ("S2", "S2", "k"), ("S2", "S2", "v")]
+at_positions = {}
+for sender_at, receiver_at, part in settings:
+    grid = path_patch_head_to_heads_at(
+        receivers, part, model, metric, abc_dataset, ioi_dataset, sender_at, receiver_at
+    )
+    at_positions[sender_at, receiver_at, part] = grid
+    print(
+        f"senders at {sender_at:4} -> receivers' {part} at {receiver_at:4}: largest |effect| "
+        f"{(grid[:top] - 1).abs().max():.5f}"
+    )
+px.imshow(
+    (torch.stack(list(at_positions.values())) - 1).cpu().numpy(),
+    facet_col=0,
+    color_continuous_scale="RdBu",
+    color_continuous_midpoint=0.0,
+    labels={"x": "head", "y": "layer", "color": "metric - 1"},
+    title="At positions: "
+    + "; ".join(f"{i}: {s} -> {p}@{r}" for i, (s, r, p) in enumerate(settings)),
+).show()
+print(f"Blank rows (layer {top} and above) are NaN: those heads cannot reach the receivers.")
+
+# %% [markdown]
+# The library's `get_path_patch_head_to_heads` takes `sender_positions` and
+# `receiver_positions` for the same purpose. And the recursion you did by hand, from the
+# logits backwards one layer of receivers at a time, is automated by
+# `ioi.circuit.discover_circuit`, which section 5 uses to build and score whole circuits.

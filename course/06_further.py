@@ -40,7 +40,9 @@ from ioi.circuit import (
 from ioi.circuit.compare import group_labels
 from ioi.dataset import IOIDataset
 from ioi.models import load_model
-from ioi.reference import reference_figures
+from ioi.head import Head
+from ioi.heads import ioi_attention
+from ioi.reference import provenance, reference_figures
 
 torch.set_grad_enabled(False)
 MODEL_NAME = os.environ.get("IOI_MODEL", "toy")
@@ -52,15 +54,24 @@ N = 48
 ds = IOIDataset(N=N, prompt_type="mixed", seed=5, tokenizer=model)
 abc = ds.gen_flipped_prompts("ABB->XYZ, BAB->XYZ")
 ablation = MeanAblation.build(model, ds, abc)
-# The heads that write the answer, and the heads whose output they read (sections 2 and 4).
+# The heads that write the answer, and the heads whose output they read (sections 2 and 4):
+# the paper's classes on GPT-2 small; measured here on any other model.
 if GPT2:
     paper = gpt2_small_circuit()
     movers, movers_at = list(paper.heads["name_mover"]), "end"
     signal_heads, signal_at = list(paper.heads["s_inhibition"]), "end"
 else:
-    movers, movers_at = [(1, 0), (1, 1)], "end"  # the two largest movers of the toy
-    signal_heads, signal_at = [(0, 1), (0, 3)], "S2"  # the toy's S2 writers
-print(f"movers {movers} at {movers_at}; signal heads {signal_heads} at {signal_at}")
+    _, cache = model.run_with_cache(ds.toks)
+    dla = per_head_logit_diffs(model, cache, ds.answer_tokens, ds.word_idx["end"]).cpu()
+    ranked = dla.flatten().argsort(descending=True)[:2].tolist()
+    movers, movers_at = [Head(*divmod(i, model.cfg.n_heads)) for i in ranked], "end"
+    s2_to_io = ioi_attention(model, ds, "S2", "IO")[0]  # layer 0
+    signal_heads = [Head(0, h) for h in range(model.cfg.n_heads) if s2_to_io[h] > 0.5]
+    signal_at = "S2"
+print(
+    f"movers {', '.join(map(str, movers))} at {movers_at}; "
+    f"signal heads {', '.join(map(str, signal_heads))} at {signal_at}"
+)
 
 # %% [markdown]
 # ## Backup name movers
@@ -73,11 +84,30 @@ print(f"movers {movers} at {movers_at}; signal heads {signal_heads} at {signal_a
 #
 # ### Exercise: `backup_name_mover_experiment`
 #
+# **Difficulty:** ●●●○○ · **Time:** about 20 minutes
+#
 # `keep_masks(model, ds, {head: (at,) for head in heads})` gives, per layer, a `[batch, pos,
 # head]` mask that is True at those heads and positions; `replace_where(mask, values)` is a
 # `hook_z` hook writing `values` where the mask is True. The template means for layer `l` are
 # `means.z[l][rows]` with `rows = [means.row_of[int(t)] for t in ds.template_idx]`, cut to
 # the dataset's width. Record attributions with `per_head_logit_diffs` at `end`.
+#
+# <details><summary>Hint 1: a nudge</summary>
+#
+# Two runs, one with the knockout hooks and one without; read the same four numbers from
+# each. Knock out at `at` only, with the template means (not zeros).
+#
+# </details>
+#
+# <details><summary>Hint 2: the algorithm</summary>
+#
+# `masks = keep_masks(model, ds, {h: (at,) for h in name_movers})`; hooks
+# `(get_act_name("z", layer), replace_where(mask, means.z[layer][rows][:, :n_pos]))` for the
+# layers whose mask has any True; DLA via `model.run_with_cache` inside `model.hooks(...)` and
+# `per_head_logit_diffs(..., ds.word_idx["end"])`; logit differences via
+# `logit_diff_with_hooks(model, ds, hooks).mean()`.
+#
+# </details>
 
 
 # %%
@@ -85,8 +115,7 @@ def backup_name_mover_experiment(
     ablation: MeanAblation, name_movers: Sequence[tuple[int, int]], at: str | None = "end"
 ) -> BackupResult:
     """Knock out ``name_movers`` at ``at`` (template means) and record every head's DLA before and after."""
-    # EXERCISE: hooks from keep_masks + replace_where with the template means; DLA and the mean
-    # EXERCISE: logit difference (logit_diff_with_hooks) without and with the hooks.
+    # EXERCISE: the same measurements with and without the knockout at `at`.
     # SOLUTION
     model, ds, means = ablation.model, ablation.ds, ablation.means
     heads = tuple(dict.fromkeys((int(layer), int(head)) for layer, head in name_movers))
@@ -117,6 +146,18 @@ def backup_name_mover_experiment(
 # %%
 checks.test_backup_name_mover_experiment(backup_name_mover_experiment)
 
+# %% [markdown]
+# **Predict, then run.** Knocking the movers out at `end` removes their direct attribution.
+# Will the logit difference fall by that much (to the naive prediction), by less, or by more?
+#
+# <details><summary>Answer (open after running the next cell)</summary>
+#
+# By less: the cell prints the logit difference after the knockout above the naive
+# prediction, and lists the heads whose attribution rises (on the toy, checked in
+# `tests/course/test_claims.py`). Other heads step in: self-repair.
+#
+# </details>
+
 # %%
 backup = backup_name_mover_experiment(ablation, movers, movers_at)
 print(
@@ -135,15 +176,14 @@ print(
     "GPT-2 small, 9.9 alone:",
     REFERENCE["ioi_dataset_n25_seed1_mixed"]["ablate_9.9_at_end_with_abc_mean"],
 )
+print(provenance("ioi_dataset_n25_seed1_mixed"))
 
 # %% [markdown]
-# In GPT-2 small, knocking out head 9.9 at `end` should cost its 1.71 of direct attribution
-# (naive prediction 1.10), yet the logit difference only falls from 2.81 to 2.63: the backup
-# name movers (10.10, 10.6, ... in the paper's list) take over. The toy model does the same
-# thing on a smaller scale: the remaining layer-1 and layer-2 heads raise their attribution
-# and recover much of what the naive prediction says is lost. Self-repair like this is why a
-# single-head ablation underestimates a head's role, and why the paper's completeness
-# criterion exists.
+# By those published figures, knocking out head 9.9 at `end` in GPT-2 small should cost its
+# 1.71 of direct attribution (naive prediction 1.10), yet the logit difference only falls from
+# 2.81 to 2.63: the paper's backup name movers (10.10, 10.6, ...) take over. The toy's numbers
+# are printed above the figure. Self-repair like this is why a single-head ablation
+# underestimates a head's role, and why the paper's completeness criterion exists.
 #
 # ## Positional versus token signal
 #
@@ -158,6 +198,18 @@ print(
 # - **both** (`"ABB->DCD, BAB->CDD"`).
 #
 # Each run is scored against the *original* answers.
+#
+# **Predict, then run.** The toy's signal heads attend from S2 to the IO (section 2). Which
+# flip will hurt the logit difference: the position flip, the token flip, both?
+#
+# <details><summary>Answer (open after running the next cell)</summary>
+#
+# The bar chart and the printed values answer it. On the toy the position flip leaves the
+# logit difference close to the unpatched one and the token flip destroys most of it (checked
+# in `tests/course/test_claims.py`): these heads carry *which name* the IO is, wherever it
+# stands.
+#
+# </details>
 
 
 # %%
@@ -187,6 +239,7 @@ signal = {
     )
     for name, rule in flips.items()
 }
+print({name: round(value, 3) for name, value in signal.items()})
 print(ds.sentences[0])
 print(ds.gen_flipped_prompts(flips["position"]).sentences[0], "  <- position flip")
 print(ds.gen_flipped_prompts(flips["token"]).sentences[0], "  <- token flip")
@@ -198,11 +251,10 @@ px.bar(
 ).show()
 
 # %% [markdown]
-# **Reading it.** On the toy model the S2 writers carry a pure **token** signal: swapping the
-# positions of the names changes nothing (the output is "the IO is Mary" wherever Mary
-# stands), while fresh names destroy the answer. That fits what they do: they copy the
-# unrepeated name into S2's stream. The paper found that GPT-2 small's S-inhibition heads
-# carry both kinds, and that the **positional** signal (where the duplicated name first
+# **Reading it.** On the toy the signal heads carry a **token** signal (the printed values):
+# the output says "the IO is Mary" wherever Mary stands. That fits what they do: they copy
+# the unrepeated name into S2's stream. The paper reports that GPT-2 small's S-inhibition
+# heads carry both kinds, and that the **positional** signal (where the duplicated name first
 # appeared, relative to the IO) is the larger. Two models, two encodings of "which name to
 # avoid", and one experiment to tell them apart. With `IOI_MODEL=gpt2-small` this cell patches
 # the S-inhibition heads at `end`.
@@ -218,6 +270,8 @@ px.bar(
 #
 # ### Exercise: `permutation_test`
 #
+# **Difficulty:** ●●●○○ · **Time:** about 20 minutes
+#
 # The statistic is the between-group sum of squares of mean head importance,
 # $\sum_g n_g \lVert \bar{x}_g - \bar{x} \rVert^2$ over all `layer * head` entries. Draw
 # permutations with `gen = torch.Generator().manual_seed(seed)` and, each time,
@@ -226,6 +280,22 @@ px.bar(
 # labelling counts as one of the permutations, so p is never 0. Return a
 # `PermutationTest(statistic, p_value, n_permutations, group_means, null)` with `group_means`
 # of shape `[group, layer, head]`.
+#
+# <details><summary>Hint 1: a nudge</summary>
+#
+# Labels can be any integers (`[0, 3, 7]`): number the groups 0 .. G-1 first. Use the seed you
+# are given, and draw the permutations exactly as described, so that results reproduce.
+#
+# </details>
+#
+# <details><summary>Hint 2: the algorithm</summary>
+#
+# `_, labels = labels.unique(return_inverse=True)`; a helper computing the statistic from
+# one-hot labels (`means = onehot.T @ flat / counts`); `observed = stat(labels)`; `null =
+# torch.stack([stat(labels[torch.randperm(n, generator=gen)]) for _ in range(n_permutations)])`;
+# `p = (1 + (null >= observed).sum()) / (1 + n_permutations)`.
+#
+# </details>
 
 
 # %%
@@ -236,8 +306,7 @@ def permutation_test(
     seed: int = 0,
 ) -> PermutationTest:
     """Do groups of prompts use heads differently? Shuffle the labels, recompute the statistic."""
-    # EXERCISE: a helper for the statistic (one-hot labels make the group means a matmul);
-    # EXERCISE: the observed value; n_permutations shuffled values; the p-value; the group means.
+    # EXERCISE: the statistic, observed and under label shuffles; the p-value; the group means.
     # SOLUTION
     labels = labels.cpu().long()
     _, labels = labels.unique(return_inverse=True)  # groups numbered 0 .. G-1
@@ -267,6 +336,18 @@ def permutation_test(
 
 # %%
 checks.test_permutation_test(permutation_test)
+
+# %% [markdown]
+# **Predict, then run.** BABA and ABBA prompts put the names in opposite orders. Will the
+# permutation test find that the two families use the heads differently?
+#
+# <details><summary>Answer (open after running the next cell)</summary>
+#
+# The cell prints the statistic and the p-value for families and for templates. Read the
+# p-value against the sample size: with 48 prompts over many templates, a template-level
+# test has one or two prompts per group.
+#
+# </details>
 
 # %%
 importance = head_importance_per_prompt(model, ds, abc)  # [batch, layer, head]
@@ -310,7 +391,13 @@ for group, found in zip(comparison.groups, comparison.circuits, strict=True):
 # - Run every notebook with `IOI_MODEL=gpt2-small` and compare with the paper's circuit
 #   (`ioi/data/gpt2_small_ioi.json`).
 # - Automated circuit discovery at the level of edges (ACDC) recovers the IOI circuit with an
-#   ROC AUC of about 0.87 over GPT-2 small's ~33,000 edges: see `later_work` in the reference
-#   file, and compare with what `ioi.circuit.discover_circuit` finds by thresholding.
+#   ROC AUC of about 0.87 over GPT-2 small's ~33,000 edges, by the figures in `later_work` of
+#   the reference file (printed below with their sources); compare with what
+#   `ioi.circuit.discover_circuit` finds by thresholding.
 # - Edge-level ablation changes faithfulness a lot (about 150% of the logit difference for
-#   the paper's circuit): how much do the toy model's numbers move under a different ablation?
+#   the paper's circuit, by the same file): how much do the toy model's numbers move under a
+#   different ablation?
+
+# %%
+print(REFERENCE["later_work"])
+print(provenance("later_work"))

@@ -31,7 +31,7 @@ def logits_to_ave_logit_diff(
         positions: [batch] index of each prompt's predicting token; None means the last position.
     """
     raise NotImplementedError(
-        "hint: select logits[rows, positions] (or logits[:, -1]), gather the two answer columns with .gather(1, answer_tokens), subtract IO - S, average unless per_prompt."
+        "hint: one row per prompt, at its own position; then the two answer columns."
     )
 
 
@@ -41,13 +41,9 @@ def io_probability(
     positions: Int[Tensor, " batch"] | None = None,
 ) -> Float[Tensor, " batch"]:
     """Probability of the correct answer (column 0 of ``answer_tokens``), per prompt."""
-    raise NotImplementedError(
-        "hint: softmax the predicting logits over the vocabulary, then gather column 0 of answer_tokens."
-    )
+    raise NotImplementedError("hint: a softmax, then one column per prompt.")
 
 
 def prompt_scores(model: HookedTransformer, ds: IOIDataset) -> dict[str, Tensor]:
     """Per-prompt logit difference, IO-over-S, IO-top-1 and IO probability at ``word_idx['end']``."""
-    raise NotImplementedError(
-        'hint: one forward pass on ds.toks; read every score at ds.word_idx["end"].'
-    )
+    raise NotImplementedError("hint: one forward pass; every score at the predicting position.")

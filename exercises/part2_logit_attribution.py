@@ -21,9 +21,7 @@ def logit_diff_directions(
     model: HookedTransformer, answer_tokens: Int[Tensor, "batch 2"]
 ) -> Float[Tensor, "batch d_model"]:
     """The residual-stream direction of logit(IO) - logit(S) for each prompt."""
-    raise NotImplementedError(
-        "hint: model.tokens_to_residual_directions(answer_tokens) gives [batch, 2, d_model] (or index model.W_U yourself); subtract the S column's direction from the IO's."
-    )
+    raise NotImplementedError("hint: the unembedding direction of the IO minus that of the S.")
 
 
 def apply_final_ln(
@@ -33,7 +31,7 @@ def apply_final_ln(
 ) -> Float[Tensor, "*comp batch d_model"]:
     """Centre each component and divide by the final layer norm's cached scale at ``positions``."""
     raise NotImplementedError(
-        'hint: centre over d_model, then divide by cache["ln_final.hook_scale"] read at each prompt\'s position: shape [batch, 1], which broadcasts over the components.'
+        "hint: centre each component, then divide by the stream's cached final scale."
     )
 
 
@@ -45,7 +43,7 @@ def residual_stack_to_logit_diff(
 ) -> Float[Tensor, "*comp"]:
     """Each component's mean direct contribution to the logit difference, through the final LN."""
     raise NotImplementedError(
-        'hint: apply_final_ln, then einops.einsum with the directions over d_model ("... batch d_model, batch d_model -> ... batch"), then the mean over the batch.'
+        "hint: layer norm, dot product with the directions, mean over prompts."
     )
 
 
@@ -57,7 +55,7 @@ def accumulated_resid_logit_diffs(
 ) -> tuple[Float[Tensor, " comp"], list[str]]:
     """Logit difference read off the accumulated residual stream after each sub-layer, and labels."""
     raise NotImplementedError(
-        "hint: cache.accumulated_resid(layer=-1, incl_mid=True, return_labels=True), take each prompt's position, then residual_stack_to_logit_diff with logit_diff_directions."
+        "hint: the cache's accumulated residual stream (with the mid-layer entries), attributed."
     )
 
 
@@ -68,9 +66,7 @@ def per_layer_logit_diffs(
     positions: Int[Tensor, " batch"] | None = None,
 ) -> tuple[Float[Tensor, " comp"], list[str]]:
     """Direct logit attribution of the embeddings and each attention and MLP output, and labels."""
-    raise NotImplementedError(
-        "hint: cache.decompose_resid(layer=-1, return_labels=True), take each prompt's position, then residual_stack_to_logit_diff with logit_diff_directions."
-    )
+    raise NotImplementedError("hint: the cache's decomposed residual stream, attributed.")
 
 
 def head_results_at(
@@ -78,7 +74,7 @@ def head_results_at(
 ) -> Float[Tensor, "layer head batch d_model"]:
     """Every head's output (``z @ W_O``, no bias) at each prompt's position."""
     raise NotImplementedError(
-        'hint: per layer: z = cache["z", layer] at the positions ([batch, head, d_head]), then einops.einsum with model.W_O[layer] -> [head, batch, d_model]; stack the layers.'
+        "hint: each head's z at the positions, through its own W_O, for every layer."
     )
 
 
@@ -89,9 +85,7 @@ def per_head_logit_diffs(
     positions: Int[Tensor, " batch"] | None = None,
 ) -> Float[Tensor, "layer head"]:
     """Direct logit attribution of every attention head, as a [layer, head] grid."""
-    raise NotImplementedError(
-        'hint: head_results_at gives [layer, head, batch, d_model]: exactly the "[*comp, batch, d_model]" stack residual_stack_to_logit_diff takes.'
-    )
+    raise NotImplementedError("hint: two of your functions, composed.")
 
 
 def ioi_attention(
@@ -103,5 +97,5 @@ def ioi_attention(
 ) -> Float[Tensor, "layer head"]:
     """Mean attention probability from ``word_idx[dest]`` to ``word_idx[src]`` on IOI prompts."""
     raise NotImplementedError(
-        'hint: for each layer read cache["pattern", layer][rows, :, word_idx[dest], word_idx[src]] ([batch, head]), average over the prompts, and stack the layers.'
+        "hint: per layer, the pattern at each prompt's (dest, src), averaged over prompts."
     )

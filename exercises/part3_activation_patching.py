@@ -28,7 +28,7 @@ def ioi_metric(
 ) -> Float[Tensor, ""]:
     """Logit difference rescaled so the corrupted baseline is 0 and the clean one is 1."""
     raise NotImplementedError(
-        "hint: compute the mean logit difference at `positions` (gather the two answers from each prompt's row), then rescale it with the two baselines."
+        "hint: the mean logit difference, rescaled so corrupted -> 0 and clean -> 1."
     )
 
 
@@ -39,9 +39,7 @@ def patch_residual_component(
     clean_cache: ActivationCache,
 ) -> Float[Tensor, "batch pos d_model"]:
     """Hook: replace position ``pos`` of this residual-stream activation by its clean value."""
-    raise NotImplementedError(
-        "hint: index the position axis (the second one) of both tensors with `pos`."
-    )
+    raise NotImplementedError("hint: one position of every prompt, from the clean run.")
 
 
 def get_act_patch_resid_pre(
@@ -52,7 +50,19 @@ def get_act_patch_resid_pre(
 ) -> Float[Tensor, "layer pos"]:
     """Metric after patching the clean ``resid_pre`` into the corrupted run, per layer and position."""
     raise NotImplementedError(
-        'hint: two loops (layer, pos); in each, model.run_with_hooks with your hook bound by partial, at get_act_name("resid_pre", layer); store patching_metric(logits).'
+        "hint: one patched forward pass per (layer, position), each scored by the metric."
+    )
+
+
+def get_act_patch_block_every(
+    model: HookedTransformer,
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    clean_cache: ActivationCache,
+    patching_metric: Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]],
+) -> Float[Tensor, "component layer pos"]:
+    """Metric after patching each layer's resid_pre, attn_out or mlp_out at each position."""
+    raise NotImplementedError(
+        "hint: three residual-shaped hook points, one [layer, pos] sweep each."
     )
 
 
@@ -63,7 +73,7 @@ def patch_head_vector(
     clean_cache: ActivationCache,
 ) -> Float[Tensor, "batch pos head d_head"]:
     """Hook: replace head ``head_index`` of this z/q/k/v activation by its clean value, all positions."""
-    raise NotImplementedError("hint: the head is the third axis.")
+    raise NotImplementedError("hint: one head, every position, from the clean run.")
 
 
 def get_act_patch_attn_head_out_all_pos(
@@ -73,9 +83,17 @@ def get_act_patch_attn_head_out_all_pos(
     patching_metric: Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]],
 ) -> Float[Tensor, "layer head"]:
     """Metric after patching each head's clean output (z) into the corrupted run, all positions."""
-    raise NotImplementedError(
-        'hint: loop over layers and heads; hook get_act_name("z", layer) with patch_head_vector.'
-    )
+    raise NotImplementedError("hint: one patched forward pass per head.")
+
+
+def get_act_patch_attn_head_out_by_pos(
+    model: HookedTransformer,
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    clean_cache: ActivationCache,
+    patching_metric: Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]],
+) -> Float[Tensor, "layer pos head"]:
+    """Metric after patching each head's clean output (z) at one position at a time."""
+    raise NotImplementedError("hint: one patched forward pass per (layer, position, head).")
 
 
 def patch_attn_patterns(
@@ -85,7 +103,7 @@ def patch_attn_patterns(
     clean_cache: ActivationCache,
 ) -> Float[Tensor, "batch head pos pos"]:
     """Hook: replace head ``head_index``'s attention pattern by its clean pattern."""
-    raise NotImplementedError("hint: the head is the second axis of a pattern.")
+    raise NotImplementedError("hint: one head's whole pattern, from the clean run.")
 
 
 def get_act_patch_attn_head_all_pos_every(
@@ -95,9 +113,7 @@ def get_act_patch_attn_head_all_pos_every(
     patching_metric: Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]],
 ) -> Float[Tensor, "component layer head"]:
     """Metric after patching each head's z, q, k, v or pattern (all positions): [5, layer, head]."""
-    raise NotImplementedError(
-        'hint: one [layer, head] loop per component in ("z", "q", "k", "v", "pattern"), with patch_head_vector for the first four and patch_attn_patterns for the pattern.'
-    )
+    raise NotImplementedError("hint: one [layer, head] sweep per component, in the order above.")
 
 
 def attribution_patch_attn_head_out_all_pos(
@@ -108,5 +124,5 @@ def attribution_patch_attn_head_out_all_pos(
 ) -> Float[Tensor, "layer head"]:
     """First-order estimate of denoising each head's output (z) at all positions."""
     raise NotImplementedError(
-        "hint: save z at every layer in hooks during a corrupted forward pass with gradients on; torch.autograd.grad(metric, saved z's); run the clean tokens for clean z; then ((clean_z - corrupted_z) * grad).sum over batch, pos, d_head, plus the metric."
+        "hint: a first-order Taylor step from the corrupted run towards the clean z."
     )

@@ -30,7 +30,7 @@ def patch_or_freeze_head_vectors(
 ) -> Float[Tensor, "batch pos head d_head"]:
     """Hook on z: freeze every head at its orig value, except ``head_to_patch`` = (layer, head), set to new."""
     raise NotImplementedError(
-        "hint: overwrite the whole activation with orig_cache[hook.name]; then patch the sender's head from new_cache[hook.name] if head_to_patch[0] == hook.layer()."
+        "hint: everything frozen at orig; the sender, in its own layer, at new."
     )
 
 
@@ -50,9 +50,7 @@ def get_path_patch_head_to_final_resid_post(
            at new (MLPs recomputed), and record the metric.
     """
 
-    raise NotImplementedError(
-        "hint: loop over (layer, head); hook every z with patch_or_freeze_head_vectors bound by partial; run orig_dataset.toks; store patching_metric(logits)."
-    )
+    raise NotImplementedError("hint: one frozen orig run per sender, scored by the metric.")
 
 
 def patch_head_input(
@@ -62,9 +60,7 @@ def patch_head_input(
     head_list: list[tuple[int, int]],
 ) -> Float[Tensor, "batch pos head d_head"]:
     """Hook on q/k/v: overwrite the heads of ``head_list`` in this layer with ``patched_cache`` values."""
-    raise NotImplementedError(
-        "hint: select the heads of head_list whose layer is hook.layer(), then patch them."
-    )
+    raise NotImplementedError("hint: only the receivers that live in this hook's layer.")
 
 
 def get_path_patch_head_to_heads(
@@ -84,8 +80,24 @@ def get_path_patch_head_to_heads(
         2. For each sender below the top receiver layer: run the orig prompts with every head
            frozen at orig and the sender at new (MLPs recomputed); record the receivers' inputs.
         3. Run the orig prompts with only the receivers' inputs replaced by those records, and
-           record the metric.
+           record the metric. Rows that cannot reach the receivers are NaN.
     """
     raise NotImplementedError(
-        "hint: for each sender: (2) hooks = patch_or_freeze_head_vectors on every z, cache the receivers' inputs; (3) run again with patch_head_input on those inputs; metric."
+        "hint: two runs per sender (record, then replay into the receivers only); NaN rows above."
+    )
+
+
+def path_patch_head_to_heads_at(
+    receiver_heads: list[tuple[int, int]],
+    receiver_input: str,
+    model: HookedTransformer,
+    patching_metric: Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]],
+    new_dataset: IOIDataset,
+    orig_dataset: IOIDataset,
+    sender_position: str | None,
+    receiver_position: str | None,
+) -> Float[Tensor, "layer head"]:
+    """`get_path_patch_head_to_heads` with the sender and the receivers patched at one word each."""
+    raise NotImplementedError(
+        "hint: the same two runs, each patch limited to one word_idx position per prompt."
     )

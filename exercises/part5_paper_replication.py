@@ -16,7 +16,8 @@ from transformer_lens.utilities import get_act_name
 
 from ioi.circuit import Circuit, Faithfulness, KnockoutScore, MeanAblation, TemplateMeans
 from ioi.dataset import IOIDataset
-from ioi.heads import name_tokens, repeated_tokens
+from ioi.head import Head
+from ioi.heads import NameMoverScatter, name_tokens, repeated_tokens
 
 
 def get_copying_scores(
@@ -27,7 +28,7 @@ def get_copying_scores(
 ) -> Float[Tensor, "layer head"]:
     """Fraction of names each head's OV circuit puts among its own top-``k`` logits."""
     raise NotImplementedError(
-        "hint: tokens = name_tokens(model, names) (unless names are already ids); resid = embed + blocks[0] MLP(ln2(embed)); per head: ln1 of its layer, @ W_V @ W_O, negate if asked, ln_final, unembed; is the name's own id among the top k?"
+        "hint: each name through the head's OV circuit; is the name itself among the top k?"
     )
 
 
@@ -39,8 +40,15 @@ def get_attn_scores(
     Args:
         kind: ``"previous_token"``, ``"duplicate_token"`` or ``"induction"``.
     """
+    raise NotImplementedError("hint: one diagonal of each pattern, chosen by `kind`, averaged.")
+
+
+def name_mover_scatter(
+    model: HookedTransformer, ds: IOIDataset, layer: int, head: int
+) -> NameMoverScatter:
+    """Per prompt: attention from end to IO and S, and the head's output on each name's unembedding."""
     raise NotImplementedError(
-        "hint: build the tokens with repeated_tokens, cache the patterns, and average the right (dest, src) pairs over the batch and the destinations."
+        "hint: attention from end to each name, and the head's output on each name's direction."
     )
 
 
@@ -52,24 +60,27 @@ def mean_ablation_hooks(
 ) -> list[tuple[str, object]]:
     """``hook_z`` hooks that replace every head's output by its template mean, except where kept."""
     raise NotImplementedError(
-        "hint: per layer: a bool [batch, pos, head] keep mask (per prompt i, positions ds.word_idx[key][i]); the prompt's template mean; a hook computing torch.where(mask[..., None], z, mean)."
+        "hint: a keep mask per layer; the template mean wherever a head is not kept."
     )
 
 
 def faithfulness(ablation: MeanAblation, circuit: Circuit) -> Faithfulness:
     """``F(M)`` (intact model) and ``F(C)`` (only the circuit, at its positions)."""
-    raise NotImplementedError(
-        "hint: two calls of ablation.logit_diff; wrap the floats in Faithfulness(f_model, f_circuit)."
-    )
+    raise NotImplementedError("hint: F(M) and F(C) are two calls of ablation.logit_diff.")
+
+
+def keep_head_at(
+    ablation: MeanAblation, circuit: Circuit, head: tuple[int, int], positions: tuple[str, ...]
+) -> dict[str, float]:
+    """``F(C)`` with ``head`` kept at each position of ``positions`` (one at a time) instead of its own."""
+    raise NotImplementedError("hint: one keep map per position, with that head moved there.")
 
 
 def completeness(
     ablation: MeanAblation, circuit: Circuit, modes: tuple[str, ...] = ("class",)
 ) -> list[KnockoutScore]:
     """Incompleteness ``|F(C \\ K) - F(M \\ K)|`` for each class ``K`` of the circuit."""
-    raise NotImplementedError(
-        "hint: F(M) = ablation.logit_diff(None); for each class: circuit.without(members) and ablation.all_heads_except(members) give the two keep maps."
-    )
+    raise NotImplementedError("hint: per class K, two knocked-out logit differences and their gap.")
 
 
 def minimality(
@@ -77,5 +88,5 @@ def minimality(
 ) -> list[KnockoutScore]:
     """Per head ``v``: ``|F(C \\ (K + v)) - F(C \\ K)| / F(C)`` with ``K`` the rest of v's class."""
     raise NotImplementedError(
-        "hint: F(C) = ablation.logit_diff(circuit.kept_positions()); for each head v, K = the other members of its first class (circuit.classes_of(v)[0]); two logit diffs."
+        "hint: per head v, the gap v makes once the rest of its class is gone."
     )

@@ -24,9 +24,7 @@ def backup_name_mover_experiment(
     ablation: MeanAblation, name_movers: Sequence[tuple[int, int]], at: str | None = "end"
 ) -> BackupResult:
     """Knock out ``name_movers`` at ``at`` (template means) and record every head's DLA before and after."""
-    raise NotImplementedError(
-        "hint: hooks from keep_masks + replace_where with the template means; DLA and the mean logit difference (logit_diff_with_hooks) without and with the hooks."
-    )
+    raise NotImplementedError("hint: the same measurements with and without the knockout at `at`.")
 
 
 def permutation_test(
@@ -37,5 +35,5 @@ def permutation_test(
 ) -> PermutationTest:
     """Do groups of prompts use heads differently? Shuffle the labels, recompute the statistic."""
     raise NotImplementedError(
-        "hint: a helper for the statistic (one-hot labels make the group means a matmul); the observed value; n_permutations shuffled values; the p-value; the group means."
+        "hint: the statistic, observed and under label shuffles; the p-value; the group means."
     )

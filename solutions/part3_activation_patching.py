@@ -62,6 +62,28 @@ def get_act_patch_resid_pre(
     return results
 
 
+def get_act_patch_block_every(
+    model: HookedTransformer,
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    clean_cache: ActivationCache,
+    patching_metric: Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]],
+) -> Float[Tensor, "component layer pos"]:
+    """Metric after patching each layer's resid_pre, attn_out or mlp_out at each position."""
+    n_pos = corrupted_tokens.shape[1]
+    components = ("resid_pre", "attn_out", "mlp_out")
+    results = torch.zeros(len(components), model.cfg.n_layers, n_pos, device=model.cfg.device)
+    with torch.inference_mode():
+        for index, component in enumerate(components):
+            for layer in range(model.cfg.n_layers):
+                for pos in range(n_pos):
+                    hook_fn = partial(patch_residual_component, pos=pos, clean_cache=clean_cache)
+                    logits = model.run_with_hooks(
+                        corrupted_tokens, fwd_hooks=[(get_act_name(component, layer), hook_fn)]
+                    )
+                    results[index, layer, pos] = patching_metric(logits)
+    return results
+
+
 def patch_head_vector(
     corrupted_head_vector: Float[Tensor, "batch pos head d_head"],
     hook: HookPoint,
@@ -89,6 +111,32 @@ def get_act_patch_attn_head_out_all_pos(
                     corrupted_tokens, fwd_hooks=[(get_act_name("z", layer), hook_fn)]
                 )
                 results[layer, head] = patching_metric(logits)
+    return results
+
+
+def get_act_patch_attn_head_out_by_pos(
+    model: HookedTransformer,
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    clean_cache: ActivationCache,
+    patching_metric: Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]],
+) -> Float[Tensor, "layer pos head"]:
+    """Metric after patching each head's clean output (z) at one position at a time."""
+    n_pos = corrupted_tokens.shape[1]
+    results = torch.zeros(model.cfg.n_layers, n_pos, model.cfg.n_heads, device=model.cfg.device)
+
+    def patch_one(z: Tensor, hook: HookPoint, pos: int, head: int) -> Tensor:
+        z[:, pos, head] = clean_cache[hook.name][:, pos, head]
+        return z
+
+    with torch.inference_mode():
+        for layer in range(model.cfg.n_layers):
+            for pos in range(n_pos):
+                for head in range(model.cfg.n_heads):
+                    hook_fn = partial(patch_one, pos=pos, head=head)
+                    logits = model.run_with_hooks(
+                        corrupted_tokens, fwd_hooks=[(get_act_name("z", layer), hook_fn)]
+                    )
+                    results[layer, pos, head] = patching_metric(logits)
     return results
 
 

@@ -100,7 +100,7 @@ def get_path_patch_head_to_heads(
         2. For each sender below the top receiver layer: run the orig prompts with every head
            frozen at orig and the sender at new (MLPs recomputed); record the receivers' inputs.
         3. Run the orig prompts with only the receivers' inputs replaced by those records, and
-           record the metric.
+           record the metric. Rows that cannot reach the receivers are NaN.
     """
     input_names = {get_act_name(receiver_input, layer) for layer, _ in receiver_heads}
 
@@ -115,7 +115,7 @@ def get_path_patch_head_to_heads(
     if orig_cache is None:
         _, orig_cache = model.run_with_cache(orig_dataset.toks, names_filter=z_filter)
     top = max(layer for layer, _ in receiver_heads)
-    results = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, device=model.cfg.device)
+    results = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
     with torch.inference_mode():
         for layer in range(top):
             for head in range(model.cfg.n_heads):
@@ -135,5 +135,65 @@ def get_path_patch_head_to_heads(
                 logits = model.run_with_hooks(
                     orig_dataset.toks, fwd_hooks=[(input_filter, patch)]
                 )  # 3.
+                results[layer, head] = patching_metric(logits)
+    return results
+
+
+def path_patch_head_to_heads_at(
+    receiver_heads: list[tuple[int, int]],
+    receiver_input: str,
+    model: HookedTransformer,
+    patching_metric: Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]],
+    new_dataset: IOIDataset,
+    orig_dataset: IOIDataset,
+    sender_position: str | None,
+    receiver_position: str | None,
+) -> Float[Tensor, "layer head"]:
+    """`get_path_patch_head_to_heads` with the sender and the receivers patched at one word each."""
+    orig_toks = orig_dataset.toks
+    batch, n_pos = orig_toks.shape
+
+    def mask_of(key: str | None) -> Tensor:
+        mask = torch.ones(batch, n_pos, dtype=torch.bool, device=model.cfg.device)
+        if key is not None:
+            mask[:] = False
+            mask[torch.arange(batch), orig_dataset.word_idx[key]] = True
+        return mask  # [batch, pos]
+
+    sender_mask, receiver_mask = mask_of(sender_position), mask_of(receiver_position)
+    input_names = {get_act_name(receiver_input, layer) for layer, _ in receiver_heads}
+
+    def z_filter(name: str) -> bool:
+        return name.endswith("z")
+
+    def input_filter(name: str) -> bool:
+        return name in input_names
+
+    _, new_cache = model.run_with_cache(new_dataset.toks, names_filter=z_filter)
+    _, orig_cache = model.run_with_cache(orig_toks, names_filter=z_filter)
+
+    def freeze(z: Tensor, hook: HookPoint, sender: tuple[int, int]) -> Tensor:
+        z[...] = orig_cache[hook.name]
+        if hook.layer() == sender[0]:
+            new = new_cache[hook.name][:, :, sender[1]]
+            z[:, :, sender[1]] = torch.where(sender_mask[..., None], new, z[:, :, sender[1]])
+        return z
+
+    def replay(act: Tensor, hook: HookPoint, recorded: ActivationCache) -> Tensor:
+        for layer, head in receiver_heads:
+            if layer == hook.layer():
+                new = recorded[hook.name][:, :, head]
+                act[:, :, head] = torch.where(receiver_mask[..., None], new, act[:, :, head])
+        return act
+
+    top = max(layer for layer, _ in receiver_heads)
+    results = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
+    with torch.inference_mode():
+        for layer in range(top):
+            for head in range(model.cfg.n_heads):
+                with model.hooks(fwd_hooks=[(z_filter, partial(freeze, sender=(layer, head)))]):
+                    _, recorded = model.run_with_cache(orig_toks, names_filter=input_filter)
+                hook_fn = partial(replay, recorded=recorded)
+                logits = model.run_with_hooks(orig_toks, fwd_hooks=[(input_filter, hook_fn)])
                 results[layer, head] = patching_metric(logits)
     return results

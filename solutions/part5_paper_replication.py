@@ -13,7 +13,8 @@ from transformer_lens.utilities import get_act_name
 
 from ioi.circuit import Circuit, Faithfulness, KnockoutScore, MeanAblation, TemplateMeans
 from ioi.dataset import IOIDataset
-from ioi.heads import name_tokens, repeated_tokens
+from ioi.head import Head
+from ioi.heads import NameMoverScatter, name_tokens, repeated_tokens
 
 
 def get_copying_scores(
@@ -67,6 +68,27 @@ def get_attn_scores(
     return torch.stack(scores)
 
 
+def name_mover_scatter(
+    model: HookedTransformer, ds: IOIDataset, layer: int, head: int
+) -> NameMoverScatter:
+    """Per prompt: attention from end to IO and S, and the head's output on each name's unembedding."""
+    _, cache = model.run_with_cache(ds.toks)
+    rows, end, idx = torch.arange(ds.N), ds.word_idx["end"], ds.word_idx
+    pattern = cache["pattern", layer][:, head].cpu()  # [batch, dest, src]
+    out = (
+        cache["z", layer][rows, end, head].cpu() @ model.W_O[layer, head].cpu()
+    )  # [batch, d_model]
+    W_U = model.W_U.cpu()
+    return NameMoverScatter(
+        layer=layer,
+        head=head,
+        attn_to_io=pattern[rows, end, idx["IO"]],
+        attn_to_s=pattern[rows, end, idx["S1"]] + pattern[rows, end, idx["S2"]],
+        proj_io=(out * W_U[:, ds.io_tokenIDs].T).sum(-1),
+        proj_s=(out * W_U[:, ds.s_tokenIDs].T).sum(-1),
+    )
+
+
 def mean_ablation_hooks(
     model: HookedTransformer,
     ds: IOIDataset,
@@ -109,6 +131,18 @@ def faithfulness(ablation: MeanAblation, circuit: Circuit) -> Faithfulness:
         f_model=float(ablation.logit_diff(None)),
         f_circuit=float(ablation.logit_diff(circuit.kept_positions())),
     )
+
+
+def keep_head_at(
+    ablation: MeanAblation, circuit: Circuit, head: tuple[int, int], positions: tuple[str, ...]
+) -> dict[str, float]:
+    """``F(C)`` with ``head`` kept at each position of ``positions`` (one at a time) instead of its own."""
+    result = {}
+    for position in positions:
+        keep = circuit.kept_positions()
+        keep[Head(*head)] = (position,)
+        result[position] = float(ablation.logit_diff(keep))
+    return result
 
 
 def completeness(

@@ -70,6 +70,17 @@ class DiscoveredCircuit:
         """Every head found."""
         return frozenset(f.head for f in self.findings)
 
+    @classmethod
+    def from_spec(cls, circuit: Circuit) -> DiscoveredCircuit:
+        """A circuit given by hand (e.g. the paper's), in this form: its classes and positions
+        as findings, no edges and no measured effects (NaN), so that one figure draws both."""
+        findings = tuple(
+            HeadFinding(head, "given", float("nan"), circuit.positions[name], {}, {}, name)
+            for name, heads in circuit.heads.items()
+            for head in heads
+        )
+        return cls(float("nan"), circuit, (), findings)
+
 
 # ---- steps -------------------------------------------------------------------------------
 

@@ -36,6 +36,18 @@ only imports, definitions and constants (checked). Every exercise ``name`` must 
 ``ioi.checks.test_<name>`` and the source must call it (``checks.test_<name>(<name>)``), or the
 build fails.
 
+Inquiry conventions (checked)
+-----------------------------
+The markdown cell just before an exercise states its difficulty and time and holds two graded
+hints, each folded in a ``<details>`` block (notebooks render it; the site folds it)::
+
+    **Difficulty:** ●●○○○ · **Time:** about 10 minutes
+    <details><summary>Hint 1: a nudge</summary> ... </details>
+    <details><summary>Hint 2: the algorithm</summary> ... </details>
+
+Every section asks at least two "predict, then run" questions, each a line starting
+``**Predict, then run.**`` followed in the same cell by a ``<details>`` answer.
+
 Generated files are never edited by hand; ``--check`` (run by ``tests/course/test_course_build.py``)
 fails when any is missing, different or stale.
 """
@@ -308,10 +320,59 @@ def checker_names(package_dir: Path = PACKAGE_DIR) -> set[str]:
     raise CourseBuildError("ioi/checks/__init__.py has no __all__")
 
 
+DIFFICULTY = re.compile(r"\*\*Difficulty:\*\* [●○]{5} · \*\*Time:\*\* about \d+ minutes")
+HINT = re.compile(r"<details><summary>Hint (\d):")
+PREDICT = "**Predict, then run.**"
+ANSWER = "<details><summary>Answer"
+MIN_PREDICTIONS = 2
+
+
+def check_inquiry(section: Section) -> None:
+    """Each exercise has a difficulty, a time and two folded hints; the section asks questions.
+
+    Raises:
+        CourseBuildError: naming the exercise (or section) and what is missing.
+    """
+    name = section.source.name
+    last_markdown = ""
+    for cell in section.cells:
+        if cell.kind == "markdown":
+            last_markdown = cell.solution
+            continue
+        for exercise in cell.exercises:
+            if not DIFFICULTY.search(last_markdown):
+                raise CourseBuildError(
+                    f"{name}: the text before exercise {exercise} needs a line "
+                    "'**Difficulty:** ●●○○○ · **Time:** about N minutes'"
+                )
+            hints = [int(n) for n in HINT.findall(last_markdown)]
+            if hints[:2] != [1, 2]:
+                raise CourseBuildError(
+                    f"{name}: the text before exercise {exercise} needs two folded hints, "
+                    "'<details><summary>Hint 1: ...' (a nudge) then '<details><summary>Hint 2: ...'"
+                )
+    questions = 0
+    for cell in section.cells:
+        if cell.kind != "markdown":
+            continue
+        for part in cell.solution.split(PREDICT)[1:]:
+            if ANSWER not in part:
+                raise CourseBuildError(
+                    f"{name}: a '{PREDICT}' question has no '{ANSWER} ...' fold after it"
+                )
+            questions += 1
+    if questions < MIN_PREDICTIONS:
+        raise CourseBuildError(
+            f"{name}: asks {questions} '{PREDICT}' questions; ask at least {MIN_PREDICTIONS}"
+        )
+
+
 def validate(sections: list[Section], checkers: set[str]) -> None:
-    """Every exercise is unique, has a checker, and its source calls that checker."""
+    """Every exercise is unique, has a checker, its source calls that checker, and the
+    section follows the inquiry conventions (`check_inquiry`)."""
     seen: dict[str, str] = {}
     for section in sections:
+        check_inquiry(section)
         code = "\n".join(c.solution for c in section.cells if c.kind == "code")
         for name in section.exercises:
             if name in seen:

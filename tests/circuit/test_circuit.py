@@ -374,3 +374,15 @@ def test_toy_criteria_and_family_comparison(toy_model, toy_discovery):
         comparison.jaccard.diag(), torch.ones(2)
     )
     assert 0 < comparison.test.p_value <= 1
+
+
+def test_a_given_circuit_draws_like_a_discovered_one() -> None:
+    from ioi.circuit import gpt2_small_circuit
+    from ioi.circuit.discovery import DiscoveredCircuit
+
+    paper = gpt2_small_circuit()
+    found = DiscoveredCircuit.from_spec(paper)
+    assert found.circuit is paper and found.edges == ()
+    assert found.heads() == set(paper.all_heads())
+    assert {f.cls for f in found.findings} == set(paper.heads)
+    assert all(f.position == paper.positions[f.cls] for f in found.findings)

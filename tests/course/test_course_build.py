@@ -105,3 +105,57 @@ def test_every_section_parses_and_has_exercises() -> None:
     sections = [parse_section(p) for p in source_files(find_root())]
     assert [s.number for s in sections] == sorted(s.number for s in sections)
     assert all(s.exercises for s in sections)
+
+
+def test_the_course_has_at_least_36_exercises() -> None:
+    from ioi.course.build import source_files
+
+    names = [n for p in source_files(find_root()) for n in parse_section(p).exercises]
+    assert len(names) >= 36, len(names)
+
+
+def _section(tmp_path, body: str):
+    (tmp_path / "course").mkdir(exist_ok=True)
+    source = tmp_path / "course" / "01_demo.py"
+    source.write_text("# %% [markdown]\n# # Demo\n" + body)
+    return parse_section(source)
+
+
+EXERCISE_CELL = (
+    "\n# %%\ndef f():\n    # EXERCISE: nudge\n    # SOLUTION\n    return 1\n    # END SOLUTION\n"
+)
+QUESTIONS = (
+    "\n# %% [markdown]\n"
+    + "# **Predict, then run.** q?\n# <details><summary>Answer</summary> a </details>\n" * 2
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("# Exercise\n", "Difficulty"),
+        ("# **Difficulty:** ●○○○○ · **Time:** about 5 minutes\n", "two folded hints"),
+        (
+            "# **Difficulty:** ●○○○○ · **Time:** about 5 minutes\n"
+            "# <details><summary>Hint 2: algorithm</summary> x </details>\n",
+            "two folded hints",
+        ),
+    ],
+)
+def test_exercises_need_difficulty_time_and_graded_hints(tmp_path, text, message) -> None:
+    from ioi.course.build import check_inquiry
+
+    section = _section(tmp_path, "\n# %% [markdown]\n" + text + EXERCISE_CELL + QUESTIONS)
+    with pytest.raises(CourseBuildError, match=message):
+        check_inquiry(section)
+
+
+def test_sections_need_predict_then_run_questions_with_answers(tmp_path) -> None:
+    from ioi.course.build import check_inquiry
+
+    unanswered = "\n# %% [markdown]\n# **Predict, then run.** q?\n"
+    with pytest.raises(CourseBuildError, match="no '<details><summary>Answer"):
+        check_inquiry(_section(tmp_path, unanswered + QUESTIONS))
+    with pytest.raises(CourseBuildError, match="asks 0"):
+        check_inquiry(_section(tmp_path, "\n# %% [markdown]\n# text\n"))
+    check_inquiry(_section(tmp_path, QUESTIONS))  # two answered questions, no exercise: fine
