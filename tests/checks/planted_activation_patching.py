@@ -561,7 +561,10 @@ def _attribution(
     else:  # gradient in the clean run, step from corrupted to clean
         deltas = [saved[n].detach() - other_cache[n] for n in names]
     est = torch.stack(
-        [(sign * d * g).sum(reduce) if reduce else (sign * d * g) for d, g in zip(deltas, grads, strict=True)]
+        [
+            (sign * d * g).sum(reduce) if reduce else (sign * d * g)
+            for d, g in zip(deltas, grads, strict=True)
+        ]
     )
     if base != "corrupted":
         with torch.no_grad():
