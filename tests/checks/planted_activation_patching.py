@@ -253,6 +253,14 @@ def pattern_into_cache(corrupted_head_vector, hook, head_index, clean_cache):
     return clean
 
 
+@wrong("patch_attn_patterns", "ignored_hook_name")
+def pattern_layer_two(corrupted_head_vector, hook, head_index, clean_cache):
+    """Reads blocks.2.attn.hook_pattern whatever the hook."""
+    name = "blocks.2.attn.hook_pattern"
+    corrupted_head_vector[:, head_index] = clean_cache[name][:, head_index]
+    return corrupted_head_vector
+
+
 @correct("patch_attn_patterns", "a clone patched and returned")
 def pattern_clone(corrupted_head_vector, hook, head_index, clean_cache):
     out = corrupted_head_vector.clone()

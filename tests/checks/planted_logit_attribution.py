@@ -246,6 +246,14 @@ def acc_no_ln(model, cache, answer_tokens, positions=None):
     return _resid(model, cache, answer_tokens, positions, "accumulated", how="none", incl_mid=True)
 
 
+@wrong("accumulated_resid_logit_diffs", "multiplied_by_scale")
+def acc_times_scale(model, cache, answer_tokens, positions=None):
+    """Multiplies by the scale."""
+    return _resid(
+        model, cache, answer_tokens, positions, "accumulated", how="times_scale", incl_mid=True
+    )
+
+
 @wrong("accumulated_resid_logit_diffs", "ignored_positions")
 def acc_last(model, cache, answer_tokens, positions=None):
     """Last column."""
@@ -284,6 +292,12 @@ def layer_no_embeds(model, cache, answer_tokens, positions=None):
 def layer_attn_only(model, cache, answer_tokens, positions=None):
     """mode='attn': the MLPs are gone."""
     return _resid(model, cache, answer_tokens, positions, "decomposed", mode="attn")
+
+
+@wrong("per_layer_logit_diffs", "multiplied_by_scale")
+def layer_times_scale(model, cache, answer_tokens, positions=None):
+    """Multiplies by the scale."""
+    return _resid(model, cache, answer_tokens, positions, "decomposed", how="times_scale")
 
 
 @wrong("per_layer_logit_diffs", "ignored_positions")
@@ -444,6 +458,12 @@ def head_dla_missing_last(model, cache, answer_tokens, positions=None):
 def head_dla_no_ln(model, cache, answer_tokens, positions=None):
     """No layer norm."""
     return _per_head(model, cache, answer_tokens, positions, how="none")
+
+
+@wrong("per_head_logit_diffs", "multiplied_by_scale")
+def head_dla_times_scale(model, cache, answer_tokens, positions=None):
+    """Multiplies by the scale."""
+    return _per_head(model, cache, answer_tokens, positions, how="times_scale")
 
 
 @wrong("per_head_logit_diffs", "ignored_positions")

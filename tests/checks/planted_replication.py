@@ -541,6 +541,17 @@ def minimal_signed(ablation, circuit, mode="class"):
     return _minimal(ablation, circuit, how="signed")
 
 
+@wrong("minimality", "wrong_labels")
+def minimal_tuple_labels(ablation, circuit, mode="class"):
+    """Labels like '(1, 0)' instead of '1.0'."""
+    return [
+        KnockoutScore(
+            str(tuple(s.label.split("."))), s.removed, s.f_with, s.f_without, s.score, s.relative
+        )
+        for s in _minimal(ablation, circuit)
+    ]
+
+
 @correct("minimality", "the library's criterion")
 def minimal_library(ablation, circuit, mode="class"):
     from ioi.circuit import minimality
