@@ -354,6 +354,22 @@ TO_HEADS = exercise(
 )
 
 
+def _library_grid(b: IOIBatch, metric, receivers, receiver_input: str, **positions) -> Tensor:
+    """The library's head -> heads grid on the checkers' batch, unreachable rows NaN."""
+    grid = path_patching.get_path_patch_head_to_heads(
+        receivers,
+        receiver_input,
+        b.model,
+        metric,
+        b.abc,
+        b.ds,
+        b.corrupted_cache,
+        b.clean_cache,
+        **positions,
+    )
+    return _with_unreachable(grid, max(layer for layer, _ in receivers))
+
+
 def _to_heads_mistakes(b, metric, receivers, receiver_input, expected, top, **positions):
     """Mistakes shared by the two head -> heads exercises (``positions``: the library's)."""
     model = b.model
@@ -362,18 +378,7 @@ def _to_heads_mistakes(b, metric, receivers, receiver_input, expected, top, **po
     whole = [(lay, h) for lay in layers for h in range(model.cfg.n_heads)]
 
     def library(r=receivers, inp=receiver_input, **changes):
-        grid = path_patching.get_path_patch_head_to_heads(
-            r,
-            inp,
-            model,
-            metric,
-            b.abc,
-            b.ds,
-            b.corrupted_cache,
-            b.clean_cache,
-            **{**positions, **changes},
-        )
-        return _with_unreachable(grid, max(layer for layer, _ in r))
+        return _library_grid(b, metric, r, inp, **{**positions, **changes})
 
     return {
         "returned_top_rows_only": lambda: expected[:top],
@@ -450,19 +455,7 @@ def test_get_path_patch_head_to_heads(fn: Callable) -> None:
             read_only=read_only,
         )
         top = max(layer for layer, _ in receivers)
-        expected = _with_unreachable(
-            path_patching.get_path_patch_head_to_heads(
-                receivers,
-                receiver_input,
-                model,
-                metric,
-                b.abc,
-                b.ds,
-                b.corrupted_cache,
-                b.clean_cache,
-            ),
-            top,
-        )
+        expected = _library_grid(b, metric, receivers, receiver_input)
         mistakes = _to_heads_mistakes(b, metric, receivers, receiver_input, expected, top)
         ex.expect_tensor(
             got, expected, call=call, mistakes=mistakes, atol=1e-4, rtol=1e-4, unchanged=1.0
@@ -530,19 +523,8 @@ def test_path_patch_head_to_heads_at(fn: Callable) -> None:
         top = max(layer for layer, _ in receivers)
         where = {"sender_positions": sender_key, "receiver_positions": receiver_key}
 
-        def library(r=receivers, inp=receiver_input, where=where, top=top, **changes):
-            grid = path_patching.get_path_patch_head_to_heads(
-                r,
-                inp,
-                model,
-                metric,
-                b.abc,
-                b.ds,
-                b.corrupted_cache,
-                b.clean_cache,
-                **{**where, **changes},
-            )
-            return _with_unreachable(grid, top)
+        def library(r=receivers, inp=receiver_input, where=where, **changes):
+            return _library_grid(b, metric, r, inp, **{**where, **changes})
 
         def first_prompts(key):
             return None if key is None else b.ds.word_idx[key][:1].expand(b.ds.N).clone()

@@ -54,6 +54,23 @@ def correct(exercise: str, note: str = "") -> Callable[[Callable], Callable]:
     return record
 
 
+def variant(
+    exercise: str, diagnosis: str, helper: Callable, doc: str, fn_name: str = "", **how
+) -> Callable:
+    """Record a wrong answer that is ``helper`` called with the learner's arguments and ``how``.
+
+    Most wrong answers of an exercise are one implementation with one thing changed; this
+    writes each as one line instead of a copied signature and call.
+    """
+
+    def fn(*args, **kwargs):
+        return helper(*args, **kwargs, **how)
+
+    fn.__name__ = fn_name or f"{helper.__name__.strip('_')}_{diagnosis}"
+    fn.__doc__ = doc
+    return wrong(exercise, diagnosis)(fn)
+
+
 def load_all() -> tuple[list[Answer], list[Answer]]:
     """Import every corpus module (which fills the registry) and return (wrong, correct)."""
     from tests.checks import (  # noqa: F401

@@ -8,7 +8,7 @@ import torch
 import transformer_lens.patching as tl_patching
 from transformer_lens.utilities import get_act_name
 
-from tests.checks.corpus import correct, wrong
+from tests.checks.corpus import correct, variant, wrong
 
 
 def _final(logits, positions):
@@ -293,7 +293,7 @@ def _resid_sweep(model, tokens, cache, metric, *, name="resid_pre", layers=None,
     n_layers = model.cfg.n_layers
     out = torch.zeros(n_layers, tokens.shape[1])
     with torch.inference_mode():
-        for layer in range(n_layers if layers is None else layers):
+        for layer in range(n_layers)[:layers]:
             for pos in range(tokens.shape[1]):
                 where = slice(None) if all_pos else pos
                 hook = partial(_resid_hook, pos=where, cache=cache)
@@ -302,18 +302,24 @@ def _resid_sweep(model, tokens, cache, metric, *, name="resid_pre", layers=None,
     return out
 
 
-@wrong("get_act_patch_resid_pre", "missed_last_layer")
-def resid_pre_range_minus_one(model, corrupted_tokens, clean_cache, patching_metric):
-    """range(n_layers - 1)."""
-    return _resid_sweep(
-        model, corrupted_tokens, clean_cache, patching_metric, layers=model.cfg.n_layers - 1
-    )
+variant(
+    "get_act_patch_resid_pre",
+    "missed_last_layer",
+    _resid_sweep,
+    "range(n_layers - 1).",
+    fn_name="resid_pre_range_minus_one",
+    layers=-1,
+)
 
 
-@wrong("get_act_patch_resid_pre", "off_by_one_layer")
-def resid_pre_patches_post(model, corrupted_tokens, clean_cache, patching_metric):
-    """resid_post."""
-    return _resid_sweep(model, corrupted_tokens, clean_cache, patching_metric, name="resid_post")
+variant(
+    "get_act_patch_resid_pre",
+    "off_by_one_layer",
+    _resid_sweep,
+    "resid_post.",
+    fn_name="resid_pre_patches_post",
+    name="resid_post",
+)
 
 
 @wrong("get_act_patch_resid_pre", "no_effect")
@@ -329,10 +335,14 @@ def resid_pre_transposed(model, corrupted_tokens, clean_cache, patching_metric):
     return _resid_sweep(model, corrupted_tokens, clean_cache, patching_metric).T
 
 
-@wrong("get_act_patch_resid_pre", "patched_all_positions")
-def resid_pre_all_positions(model, corrupted_tokens, clean_cache, patching_metric):
-    """Every position at once."""
-    return _resid_sweep(model, corrupted_tokens, clean_cache, patching_metric, all_pos=True)
+variant(
+    "get_act_patch_resid_pre",
+    "patched_all_positions",
+    _resid_sweep,
+    "Every position at once.",
+    fn_name="resid_pre_all_positions",
+    all_pos=True,
+)
 
 
 @wrong("get_act_patch_resid_pre", "mutated_input")
@@ -392,7 +402,7 @@ def _head_sweep(
 ):
     out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
     with torch.inference_mode():
-        for layer in range(model.cfg.n_layers if layers is None else layers):
+        for layer in range(model.cfg.n_layers)[:layers]:
             for head in range(model.cfg.n_heads):
                 where = slice(None) if all_heads else head
                 hook = partial(_head_hook, head=where, cache=cache, last_only=last_only)
@@ -406,36 +416,54 @@ def _head_sweep(
     return out
 
 
-@wrong("get_act_patch_attn_head_out_all_pos", "no_effect")
-def head_out_hook_result(model, corrupted_tokens, clean_cache, patching_metric):
-    """Hooks hook_result, which never fires without use_attn_result (and is not in the cache)."""
-    return _head_sweep(model, corrupted_tokens, clean_cache, patching_metric, name="result")
+variant(
+    "get_act_patch_attn_head_out_all_pos",
+    "no_effect",
+    _head_sweep,
+    "Hooks hook_result, which never fires without use_attn_result (and is not in the cache).",
+    fn_name="head_out_hook_result",
+    name="result",
+)
 
 
-@wrong("get_act_patch_attn_head_out_all_pos", "missed_last_layer")
-def head_out_range_minus_one(model, corrupted_tokens, clean_cache, patching_metric):
-    """range(n_layers - 1)."""
-    return _head_sweep(
-        model, corrupted_tokens, clean_cache, patching_metric, layers=model.cfg.n_layers - 1
-    )
+variant(
+    "get_act_patch_attn_head_out_all_pos",
+    "missed_last_layer",
+    _head_sweep,
+    "range(n_layers - 1).",
+    fn_name="head_out_range_minus_one",
+    layers=-1,
+)
 
 
-@wrong("get_act_patch_attn_head_out_all_pos", "patched_other_component")
-def head_out_patches_q(model, corrupted_tokens, clean_cache, patching_metric):
-    """Patches q instead of z."""
-    return _head_sweep(model, corrupted_tokens, clean_cache, patching_metric, name="q")
+variant(
+    "get_act_patch_attn_head_out_all_pos",
+    "patched_other_component",
+    _head_sweep,
+    "Patches q instead of z.",
+    fn_name="head_out_patches_q",
+    name="q",
+)
 
 
-@wrong("get_act_patch_attn_head_out_all_pos", "patched_all_heads")
-def head_out_whole_layer(model, corrupted_tokens, clean_cache, patching_metric):
-    """The whole layer for each head."""
-    return _head_sweep(model, corrupted_tokens, clean_cache, patching_metric, all_heads=True)
+variant(
+    "get_act_patch_attn_head_out_all_pos",
+    "patched_all_heads",
+    _head_sweep,
+    "The whole layer for each head.",
+    fn_name="head_out_whole_layer",
+    all_heads=True,
+)
 
 
-@wrong("get_act_patch_attn_head_out_all_pos", "no_effect")
-def head_out_last(model, corrupted_tokens, clean_cache, patching_metric):
-    """Last position only: the last column is after every prompt's end, so nothing changes."""
-    return _head_sweep(model, corrupted_tokens, clean_cache, patching_metric, last_only=True)
+variant(
+    "get_act_patch_attn_head_out_all_pos",
+    "no_effect",
+    _head_sweep,
+    "Last position only: the last column is after every prompt's end, so nothing changes.",
+    fn_name="head_out_last",
+    last_only=True,
+)
 
 
 @wrong("get_act_patch_attn_head_out_all_pos", "transposed")
@@ -497,18 +525,24 @@ def _every(
     return torch.stack(rows)
 
 
-@wrong("get_act_patch_attn_head_all_pos_every", "wrong_component_order")
-def every_qkv_first(model, corrupted_tokens, clean_cache, patching_metric):
-    """q, k, v, z, pattern."""
-    return _every(
-        model, corrupted_tokens, clean_cache, patching_metric, order=("q", "k", "v", "z", "pattern")
-    )
+variant(
+    "get_act_patch_attn_head_all_pos_every",
+    "wrong_component_order",
+    _every,
+    "q, k, v, z, pattern.",
+    fn_name="every_qkv_first",
+    order=("q", "k", "v", "z", "pattern"),
+)
 
 
-@wrong("get_act_patch_attn_head_all_pos_every", "missing_component")
-def every_no_pattern(model, corrupted_tokens, clean_cache, patching_metric):
-    """Forgets the pattern."""
-    return _every(model, corrupted_tokens, clean_cache, patching_metric, order=("z", "q", "k", "v"))
+variant(
+    "get_act_patch_attn_head_all_pos_every",
+    "missing_component",
+    _every,
+    "Forgets the pattern.",
+    fn_name="every_no_pattern",
+    order=("z", "q", "k", "v"),
+)
 
 
 @wrong("get_act_patch_attn_head_all_pos_every", "component_row_wrong")
@@ -581,22 +615,34 @@ def _attribution(
     return value.detach() + est if add_value else est
 
 
-@wrong("attribution_patch_attn_head_out_all_pos", "change_not_value")
-def attribution_change(model, clean_tokens, corrupted_tokens, patching_metric):
-    """Only the change."""
-    return _attribution(model, clean_tokens, corrupted_tokens, patching_metric, add_value=False)
+variant(
+    "attribution_patch_attn_head_out_all_pos",
+    "change_not_value",
+    _attribution,
+    "Only the change.",
+    fn_name="attribution_change",
+    add_value=False,
+)
 
 
-@wrong("attribution_patch_attn_head_out_all_pos", "wrong_delta_sign")
-def attribution_sign(model, clean_tokens, corrupted_tokens, patching_metric):
-    """corrupted - clean."""
-    return _attribution(model, clean_tokens, corrupted_tokens, patching_metric, sign=-1.0)
+variant(
+    "attribution_patch_attn_head_out_all_pos",
+    "wrong_delta_sign",
+    _attribution,
+    "corrupted - clean.",
+    fn_name="attribution_sign",
+    sign=-1.0,
+)
 
 
-@wrong("attribution_patch_attn_head_out_all_pos", "gradient_in_clean_run")
-def attribution_clean_gradient(model, clean_tokens, corrupted_tokens, patching_metric):
-    """Gradient of the clean run."""
-    return _attribution(model, clean_tokens, corrupted_tokens, patching_metric, base="clean")
+variant(
+    "attribution_patch_attn_head_out_all_pos",
+    "gradient_in_clean_run",
+    _attribution,
+    "Gradient of the clean run.",
+    fn_name="attribution_clean_gradient",
+    base="clean",
+)
 
 
 @correct(
@@ -638,7 +684,7 @@ def _by_pos(
 ):
     n_layers, n_pos, n_heads = model.cfg.n_layers, tokens.shape[1], model.cfg.n_heads
     out = torch.zeros(n_layers, n_pos, n_heads)
-    for layer in range(n_layers if layers is None else layers):
+    for layer in range(n_layers)[:layers]:
         for pos in range(n_pos):
             for head in range(n_heads):
 
@@ -659,36 +705,54 @@ def _by_pos(
     return out.permute(0, 2, 1) if layout == "lhp" else out
 
 
-@wrong("get_act_patch_attn_head_out_by_pos", "wrong_layout")
-def by_pos_layer_head_pos(model, corrupted_tokens, clean_cache, patching_metric):
-    """[layer, head, pos]."""
-    return _by_pos(model, corrupted_tokens, clean_cache, patching_metric, layout="lhp")
+variant(
+    "get_act_patch_attn_head_out_by_pos",
+    "wrong_layout",
+    _by_pos,
+    "[layer, head, pos].",
+    fn_name="by_pos_layer_head_pos",
+    layout="lhp",
+)
 
 
-@wrong("get_act_patch_attn_head_out_by_pos", "patched_all_positions")
-def by_pos_every_position(model, corrupted_tokens, clean_cache, patching_metric):
-    """The head at every position, for each column."""
-    return _by_pos(model, corrupted_tokens, clean_cache, patching_metric, all_pos=True)
+variant(
+    "get_act_patch_attn_head_out_by_pos",
+    "patched_all_positions",
+    _by_pos,
+    "The head at every position, for each column.",
+    fn_name="by_pos_every_position",
+    all_pos=True,
+)
 
 
-@wrong("get_act_patch_attn_head_out_by_pos", "patched_all_heads")
-def by_pos_whole_layer(model, corrupted_tokens, clean_cache, patching_metric):
-    """The whole layer at the position."""
-    return _by_pos(model, corrupted_tokens, clean_cache, patching_metric, all_heads=True)
+variant(
+    "get_act_patch_attn_head_out_by_pos",
+    "patched_all_heads",
+    _by_pos,
+    "The whole layer at the position.",
+    fn_name="by_pos_whole_layer",
+    all_heads=True,
+)
 
 
-@wrong("get_act_patch_attn_head_out_by_pos", "missed_last_layer")
-def by_pos_range_minus_one(model, corrupted_tokens, clean_cache, patching_metric):
-    """range(n_layers - 1)."""
-    return _by_pos(
-        model, corrupted_tokens, clean_cache, patching_metric, layers=model.cfg.n_layers - 1
-    )
+variant(
+    "get_act_patch_attn_head_out_by_pos",
+    "missed_last_layer",
+    _by_pos,
+    "range(n_layers - 1).",
+    fn_name="by_pos_range_minus_one",
+    layers=-1,
+)
 
 
-@wrong("get_act_patch_attn_head_out_by_pos", "no_effect")
-def by_pos_hook_result(model, corrupted_tokens, clean_cache, patching_metric):
-    """Hooks hook_result (never fires)."""
-    return _by_pos(model, corrupted_tokens, clean_cache, patching_metric, name="result")
+variant(
+    "get_act_patch_attn_head_out_by_pos",
+    "no_effect",
+    _by_pos,
+    "Hooks hook_result (never fires).",
+    fn_name="by_pos_hook_result",
+    name="result",
+)
 
 
 @correct("get_act_patch_attn_head_out_by_pos", "TransformerLens's own function")
@@ -702,7 +766,7 @@ def _block(model, tokens, cache, metric, order=("resid_pre", "attn_out", "mlp_ou
     rows = []
     for name in order:
         grid = torch.zeros(model.cfg.n_layers, tokens.shape[1])
-        for layer in range(model.cfg.n_layers if layers is None else layers):
+        for layer in range(model.cfg.n_layers)[:layers]:
             for pos in range(tokens.shape[1]):
                 hook = partial(_resid_hook, pos=pos, cache=cache)
                 with torch.no_grad():
@@ -736,12 +800,14 @@ def block_resid_post(model, corrupted_tokens, clean_cache, patching_metric):
     )
 
 
-@wrong("get_act_patch_block_every", "missed_last_layer")
-def block_range_minus_one(model, corrupted_tokens, clean_cache, patching_metric):
-    """range(n_layers - 1)."""
-    return _block(
-        model, corrupted_tokens, clean_cache, patching_metric, layers=model.cfg.n_layers - 1
-    )
+variant(
+    "get_act_patch_block_every",
+    "missed_last_layer",
+    _block,
+    "range(n_layers - 1).",
+    fn_name="block_range_minus_one",
+    layers=-1,
+)
 
 
 @wrong("get_act_patch_block_every", "mutated_input")

@@ -9,7 +9,7 @@ from transformer_lens.utilities import get_act_name
 from ioi.circuit import BackupResult, PermutationTest
 from ioi.circuit.ablation import keep_masks, logit_diff_with_hooks, replace_where
 from ioi.heads import per_head_logit_diffs
-from tests.checks.corpus import correct, wrong
+from tests.checks.corpus import correct, variant, wrong
 
 # ---- backup_name_mover_experiment --------------------------------------------------------------
 
@@ -62,46 +62,74 @@ def _backup(
     return BackupResult(heads, before, after, ld_before, ld_after)
 
 
-@wrong("backup_name_mover_experiment", "knocked_out_everywhere")
-def backup_everywhere(ablation, name_movers, at="end"):
-    """Ignores `at`."""
-    return _backup(ablation, name_movers, at, everywhere=True)
+variant(
+    "backup_name_mover_experiment",
+    "knocked_out_everywhere",
+    _backup,
+    "Ignores `at`.",
+    fn_name="backup_everywhere",
+    everywhere=True,
+)
 
 
-@wrong("backup_name_mover_experiment", "zero_ablation")
-def backup_zero(ablation, name_movers, at="end"):
-    """Zeros."""
-    return _backup(ablation, name_movers, at, values="zero")
+variant(
+    "backup_name_mover_experiment",
+    "zero_ablation",
+    _backup,
+    "Zeros.",
+    fn_name="backup_zero",
+    values="zero",
+)
 
 
-@wrong("backup_name_mover_experiment", "global_mean_ablation")
-def backup_global(ablation, name_movers, at="end"):
-    """One mean over all templates."""
-    return _backup(ablation, name_movers, at, values="global")
+variant(
+    "backup_name_mover_experiment",
+    "global_mean_ablation",
+    _backup,
+    "One mean over all templates.",
+    fn_name="backup_global",
+    values="global",
+)
 
 
-@wrong("backup_name_mover_experiment", "after_equals_before")
-def backup_no_second_run(ablation, name_movers, at="end"):
-    """dla_after read without the hooks."""
-    return _backup(ablation, name_movers, at, after_from_before=True)
+variant(
+    "backup_name_mover_experiment",
+    "after_equals_before",
+    _backup,
+    "dla_after read without the hooks.",
+    fn_name="backup_no_second_run",
+    after_from_before=True,
+)
 
 
-@wrong("backup_name_mover_experiment", "swapped_fields")
-def backup_swapped(ablation, name_movers, at="end"):
-    """before and after exchanged."""
-    return _backup(ablation, name_movers, at, swap=True)
+variant(
+    "backup_name_mover_experiment",
+    "swapped_fields",
+    _backup,
+    "before and after exchanged.",
+    fn_name="backup_swapped",
+    swap=True,
+)
 
 
-@wrong("backup_name_mover_experiment", "ignored_positions")
-def backup_dla_last_column(ablation, name_movers, at="end"):
-    """DLA read at the last column."""
-    return _backup(ablation, name_movers, at, last_column=True)
+variant(
+    "backup_name_mover_experiment",
+    "ignored_positions",
+    _backup,
+    "DLA read at the last column.",
+    fn_name="backup_dla_last_column",
+    last_column=True,
+)
 
 
-@wrong("backup_name_mover_experiment", "ignored_name_movers")
-def backup_fixed_movers(ablation, name_movers, at="end"):
-    """name_movers hard-coded to 1.0 and 1.1."""
-    return _backup(ablation, name_movers, at, movers=[(1, 0), (1, 1)])
+variant(
+    "backup_name_mover_experiment",
+    "ignored_name_movers",
+    _backup,
+    "name_movers hard-coded to 1.0 and 1.1.",
+    fn_name="backup_fixed_movers",
+    movers=[(1, 0), (1, 1)],
+)
 
 
 @correct("backup_name_mover_experiment", "the logit difference read from the cached run")
@@ -173,22 +201,34 @@ def _perm(
     return PermutationTest(float(observed), p, n_permutations, means, null)
 
 
-@wrong("permutation_test", "unweighted_statistic")
-def perm_unweighted(importance, labels, n_permutations=1000, seed=0):
-    """No n_g weights."""
-    return _perm(importance, labels, n_permutations, seed, weighted=False)
+variant(
+    "permutation_test",
+    "unweighted_statistic",
+    _perm,
+    "No n_g weights.",
+    fn_name="perm_unweighted",
+    weighted=False,
+)
 
 
-@wrong("permutation_test", "p_value_without_plus_one")
-def perm_no_plus_one(importance, labels, n_permutations=1000, seed=0):
-    """#/n."""
-    return _perm(importance, labels, n_permutations, seed, plus_one=False)
+variant(
+    "permutation_test",
+    "p_value_without_plus_one",
+    _perm,
+    "#/n.",
+    fn_name="perm_no_plus_one",
+    plus_one=False,
+)
 
 
-@wrong("permutation_test", "different_shuffles")
-def perm_numpy(importance, labels, n_permutations=1000, seed=0):
-    """numpy's generator."""
-    return _perm(importance, labels, n_permutations, seed, shuffler="numpy")
+variant(
+    "permutation_test",
+    "different_shuffles",
+    _perm,
+    "numpy's generator.",
+    fn_name="perm_numpy",
+    shuffler="numpy",
+)
 
 
 @wrong("permutation_test", "ignored_seed")
@@ -197,16 +237,24 @@ def perm_seed_zero(importance, labels, n_permutations=1000, seed=0):
     return _perm(importance, labels, n_permutations, 0)
 
 
-@wrong("permutation_test", "labels_not_renumbered")
-def perm_no_renumbering(importance, labels, n_permutations=1000, seed=0):
-    """Labels used as group indices without renumbering: empty groups."""
-    return _perm(importance, labels, n_permutations, seed, renumber=False)
+variant(
+    "permutation_test",
+    "labels_not_renumbered",
+    _perm,
+    "Labels used as group indices without renumbering: empty groups.",
+    fn_name="perm_no_renumbering",
+    renumber=False,
+)
 
 
-@wrong("permutation_test", "group_sums_not_means")
-def perm_group_sums(importance, labels, n_permutations=1000, seed=0):
-    """group_means holds sums."""
-    return _perm(importance, labels, n_permutations, seed, group_sums=True)
+variant(
+    "permutation_test",
+    "group_sums_not_means",
+    _perm,
+    "group_means holds sums.",
+    fn_name="perm_group_sums",
+    group_sums=True,
+)
 
 
 @correct("permutation_test", "a python loop over groups for the statistic")

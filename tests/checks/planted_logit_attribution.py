@@ -5,7 +5,7 @@ from __future__ import annotations
 import einops
 import torch
 
-from tests.checks.corpus import correct, wrong
+from tests.checks.corpus import correct, variant, wrong
 
 
 def _rows(n):
@@ -157,28 +157,44 @@ def ln_tl_when_possible(residual_stack, cache, positions=None):
 # ---- residual_stack_to_logit_diff --------------------------------------------------------------
 
 
-@wrong("residual_stack_to_logit_diff", "ln_per_component")
-def stack_ln_module(residual_stack, cache, logit_diff_directions, positions=None):
-    """ln_final per component."""
-    return _attribute(residual_stack, cache, logit_diff_directions, positions, how="ln_final")
+variant(
+    "residual_stack_to_logit_diff",
+    "ln_per_component",
+    _attribute,
+    "ln_final per component.",
+    fn_name="stack_ln_module",
+    how="ln_final",
+)
 
 
-@wrong("residual_stack_to_logit_diff", "no_ln_scale")
-def stack_no_ln(residual_stack, cache, logit_diff_directions, positions=None):
-    """No layer norm at all."""
-    return _attribute(residual_stack, cache, logit_diff_directions, positions, how="none")
+variant(
+    "residual_stack_to_logit_diff",
+    "no_ln_scale",
+    _attribute,
+    "No layer norm at all.",
+    fn_name="stack_no_ln",
+    how="none",
+)
 
 
-@wrong("residual_stack_to_logit_diff", "sum_not_mean")
-def stack_sum(residual_stack, cache, logit_diff_directions, positions=None):
-    """Sums over the batch."""
-    return _attribute(residual_stack, cache, logit_diff_directions, positions, reduce="sum")
+variant(
+    "residual_stack_to_logit_diff",
+    "sum_not_mean",
+    _attribute,
+    "Sums over the batch.",
+    fn_name="stack_sum",
+    reduce="sum",
+)
 
 
-@wrong("residual_stack_to_logit_diff", "returned_per_prompt")
-def stack_per_prompt(residual_stack, cache, logit_diff_directions, positions=None):
-    """No reduction."""
-    return _attribute(residual_stack, cache, logit_diff_directions, positions, reduce="none")
+variant(
+    "residual_stack_to_logit_diff",
+    "returned_per_prompt",
+    _attribute,
+    "No reduction.",
+    fn_name="stack_per_prompt",
+    reduce="none",
+)
 
 
 @wrong("residual_stack_to_logit_diff", "scale_at_last_position")
@@ -187,10 +203,14 @@ def stack_last_scale(residual_stack, cache, logit_diff_directions, positions=Non
     return _attribute(residual_stack, cache, logit_diff_directions, None)
 
 
-@wrong("residual_stack_to_logit_diff", "multiplied_by_scale")
-def stack_times_scale(residual_stack, cache, logit_diff_directions, positions=None):
-    """Multiplies by the scale."""
-    return _attribute(residual_stack, cache, logit_diff_directions, positions, how="times_scale")
+variant(
+    "residual_stack_to_logit_diff",
+    "multiplied_by_scale",
+    _attribute,
+    "Multiplies by the scale.",
+    fn_name="stack_times_scale",
+    how="times_scale",
+)
 
 
 @correct("residual_stack_to_logit_diff", "elementwise product and sum instead of einsum")
@@ -333,7 +353,7 @@ def layer_loop(model, cache, answer_tokens, positions=None):
 
 def _results(model, cache, positions, *, bias=False, layers=None, last=False):
     out = []
-    for layer in range(model.cfg.n_layers if layers is None else layers):
+    for layer in range(model.cfg.n_layers)[:layers]:
         z = cache["z", layer]
         at = z[:, -1] if positions is None or last else z[_rows(z.shape[0]), positions]
         res = einops.einsum(at, model.W_O[layer], "b h d, h d m -> h b m")
@@ -341,16 +361,24 @@ def _results(model, cache, positions, *, bias=False, layers=None, last=False):
     return torch.stack(out)
 
 
-@wrong("head_results_at", "added_b_O")
-def results_with_bias(model, cache, positions):
-    """Adds b_O to every head (it is the layer's, shared once, not per head)."""
-    return _results(model, cache, positions, bias=True)
+variant(
+    "head_results_at",
+    "added_b_O",
+    _results,
+    "Adds b_O to every head (it is the layer's, shared once, not per head).",
+    fn_name="results_with_bias",
+    bias=True,
+)
 
 
-@wrong("head_results_at", "missed_last_layer")
-def results_range_minus_one(model, cache, positions):
-    """range(n_layers - 1)."""
-    return _results(model, cache, positions, layers=model.cfg.n_layers - 1)
+variant(
+    "head_results_at",
+    "missed_last_layer",
+    _results,
+    "range(n_layers - 1).",
+    fn_name="results_range_minus_one",
+    layers=-1,
+)
 
 
 @wrong("head_results_at", "needs_use_attn_result")
@@ -381,10 +409,14 @@ def results_attn_out(model, cache, positions):
     return _results(model, cache, positions).sum(1)
 
 
-@wrong("head_results_at", "ignored_positions")
-def results_last(model, cache, positions):
-    """Last column."""
-    return _results(model, cache, positions, last=True)
+variant(
+    "head_results_at",
+    "ignored_positions",
+    _results,
+    "Last column.",
+    fn_name="results_last",
+    last=True,
+)
 
 
 @correct("head_results_at", "a per-head matmul loop")
@@ -421,16 +453,24 @@ def _per_head(model, cache, answer_tokens, positions, **kwargs):
     return _attribute(res, cache, _dirs(model, answer_tokens), positions, how=how, reduce=reduce)
 
 
-@wrong("per_head_logit_diffs", "added_b_O")
-def head_dla_with_bias(model, cache, answer_tokens, positions=None):
-    """b_O added per head."""
-    return _per_head(model, cache, answer_tokens, positions, bias=True)
+variant(
+    "per_head_logit_diffs",
+    "added_b_O",
+    _per_head,
+    "b_O added per head.",
+    fn_name="head_dla_with_bias",
+    bias=True,
+)
 
 
-@wrong("per_head_logit_diffs", "ln_per_component")
-def head_dla_ln_module(model, cache, answer_tokens, positions=None):
-    """ln_final per head."""
-    return _per_head(model, cache, answer_tokens, positions, how="ln_final")
+variant(
+    "per_head_logit_diffs",
+    "ln_per_component",
+    _per_head,
+    "ln_final per head.",
+    fn_name="head_dla_ln_module",
+    how="ln_final",
+)
 
 
 @wrong("per_head_logit_diffs", "transposed")
@@ -439,31 +479,43 @@ def head_dla_transposed(model, cache, answer_tokens, positions=None):
     return _per_head(model, cache, answer_tokens, positions).T
 
 
-@wrong("per_head_logit_diffs", "sum_not_mean")
-def head_dla_sum(model, cache, answer_tokens, positions=None):
-    """Sum over prompts."""
-    return _per_head(model, cache, answer_tokens, positions, reduce="sum")
+variant(
+    "per_head_logit_diffs",
+    "sum_not_mean",
+    _per_head,
+    "Sum over prompts.",
+    fn_name="head_dla_sum",
+    reduce="sum",
+)
 
 
 @wrong("per_head_logit_diffs", "missed_last_layer")
 def head_dla_missing_last(model, cache, answer_tokens, positions=None):
     """range(n_layers - 1) into a zero grid."""
     grid = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-    part = _per_head(model, cache, answer_tokens, positions, layers=model.cfg.n_layers - 1)
+    part = _per_head(model, cache, answer_tokens, positions, layers=-1)
     grid[:-1] = part
     return grid
 
 
-@wrong("per_head_logit_diffs", "no_ln_scale")
-def head_dla_no_ln(model, cache, answer_tokens, positions=None):
-    """No layer norm."""
-    return _per_head(model, cache, answer_tokens, positions, how="none")
+variant(
+    "per_head_logit_diffs",
+    "no_ln_scale",
+    _per_head,
+    "No layer norm.",
+    fn_name="head_dla_no_ln",
+    how="none",
+)
 
 
-@wrong("per_head_logit_diffs", "multiplied_by_scale")
-def head_dla_times_scale(model, cache, answer_tokens, positions=None):
-    """Multiplies by the scale."""
-    return _per_head(model, cache, answer_tokens, positions, how="times_scale")
+variant(
+    "per_head_logit_diffs",
+    "multiplied_by_scale",
+    _per_head,
+    "Multiplies by the scale.",
+    fn_name="head_dla_times_scale",
+    how="times_scale",
+)
 
 
 @wrong("per_head_logit_diffs", "ignored_positions")
@@ -508,34 +560,50 @@ def _attention(
         d, s = d[:1].expand_as(d), s[:1].expand_as(s)
     name = "attn_scores" if scores else "pattern"
     out = []
-    for layer in range(model.cfg.n_layers if layers is None else layers):
+    for layer in range(model.cfg.n_layers)[:layers]:
         values = cache[name, layer][_rows(ds.N), :, d, s]
         out.append(values.mean(0) if reduce == "mean" else values.sum(0))
     return torch.stack(out)
 
 
-@wrong("ioi_attention", "swapped_dest_src")
-def attn_swapped(model, ds, dest, src, cache=None):
-    """[..., src, dest]."""
-    return _attention(model, ds, dest, src, cache, swap=True)
+variant(
+    "ioi_attention",
+    "swapped_dest_src",
+    _attention,
+    "[..., src, dest].",
+    fn_name="attn_swapped",
+    swap=True,
+)
 
 
-@wrong("ioi_attention", "scores_not_pattern")
-def attn_scores(model, ds, dest, src, cache=None):
-    """Pre-softmax scores."""
-    return _attention(model, ds, dest, src, cache, scores=True)
+variant(
+    "ioi_attention",
+    "scores_not_pattern",
+    _attention,
+    "Pre-softmax scores.",
+    fn_name="attn_scores",
+    scores=True,
+)
 
 
-@wrong("ioi_attention", "sum_not_mean")
-def attn_sum(model, ds, dest, src, cache=None):
-    """Sum over prompts."""
-    return _attention(model, ds, dest, src, cache, reduce="sum")
+variant(
+    "ioi_attention",
+    "sum_not_mean",
+    _attention,
+    "Sum over prompts.",
+    fn_name="attn_sum",
+    reduce="sum",
+)
 
 
-@wrong("ioi_attention", "same_position_for_all_prompts")
-def attn_first_prompt(model, ds, dest, src, cache=None):
-    """Prompt 0's positions for all."""
-    return _attention(model, ds, dest, src, cache, first=True)
+variant(
+    "ioi_attention",
+    "same_position_for_all_prompts",
+    _attention,
+    "Prompt 0's positions for all.",
+    fn_name="attn_first_prompt",
+    first=True,
+)
 
 
 @wrong("ioi_attention", "wrong_word")
@@ -558,10 +626,14 @@ def attn_last_query(model, ds, dest, src, cache=None):
     )
 
 
-@wrong("ioi_attention", "missed_last_layer")
-def attn_missing_layer(model, ds, dest, src, cache=None):
-    """range(n_layers - 1)."""
-    return _attention(model, ds, dest, src, cache, layers=model.cfg.n_layers - 1)
+variant(
+    "ioi_attention",
+    "missed_last_layer",
+    _attention,
+    "range(n_layers - 1).",
+    fn_name="attn_missing_layer",
+    layers=-1,
+)
 
 
 @correct("ioi_attention", "always recomputes, ignoring the cache")

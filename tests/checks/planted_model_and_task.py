@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.checks.corpus import correct, wrong
+from tests.checks.corpus import correct, variant, wrong
 
 
 def _final(logits, positions):
@@ -233,10 +233,14 @@ def _scores(model, ds, *, pos=None, top_vs_s=False, swap=None, first_pos=False, 
     return out
 
 
-@wrong("prompt_scores", "top1_over_answers")
-def scores_top1_is_io_over_s(model, ds):
-    """io_top1 compares IO with S only."""
-    return _scores(model, ds, top_vs_s=True)
+variant(
+    "prompt_scores",
+    "top1_over_answers",
+    _scores,
+    "io_top1 compares IO with S only.",
+    fn_name="scores_top1_is_io_over_s",
+    top_vs_s=True,
+)
 
 
 @wrong("prompt_scores", "ignored_positions")
@@ -245,10 +249,14 @@ def scores_last_column(model, ds):
     return _scores(model, ds, pos=torch.full((ds.N,), ds.toks.shape[1] - 1))
 
 
-@wrong("prompt_scores", "swapped_fields")
-def scores_swapped_keys(model, ds):
-    """io_top1 and io_over_s swapped."""
-    return _scores(model, ds, swap=("io_top1", "io_over_s"))
+variant(
+    "prompt_scores",
+    "swapped_fields",
+    _scores,
+    "io_top1 and io_over_s swapped.",
+    fn_name="scores_swapped_keys",
+    swap=("io_top1", "io_over_s"),
+)
 
 
 @wrong("prompt_scores", "missing_keys")
@@ -259,16 +267,24 @@ def scores_missing_prob(model, ds):
     return out
 
 
-@wrong("prompt_scores", "same_position_for_all_prompts")
-def scores_first_end(model, ds):
-    """word_idx['end'][0] for every prompt."""
-    return _scores(model, ds, first_pos=True)
+variant(
+    "prompt_scores",
+    "same_position_for_all_prompts",
+    _scores,
+    "word_idx['end'][0] for every prompt.",
+    fn_name="scores_first_end",
+    first_pos=True,
+)
 
 
-@wrong("prompt_scores", "s_probability")
-def scores_prob_of_s(model, ds):
-    """io_prob reads column 1 (the S)."""
-    return _scores(model, ds, prob_col=1)
+variant(
+    "prompt_scores",
+    "s_probability",
+    _scores,
+    "io_prob reads column 1 (the S).",
+    fn_name="scores_prob_of_s",
+    prob_col=1,
+)
 
 
 @correct("prompt_scores", "bool tensors, two forward passes")

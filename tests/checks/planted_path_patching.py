@@ -7,7 +7,7 @@ from functools import partial
 import torch
 from transformer_lens.utilities import get_act_name
 
-from tests.checks.corpus import correct, wrong
+from tests.checks.corpus import correct, variant, wrong
 
 # ---- patch_or_freeze_head_vectors --------------------------------------------------------------
 
@@ -168,7 +168,7 @@ def _to_logits(
         new_cache, orig_cache, toks = orig_cache, new_cache, new_dataset.toks
     out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
     with torch.no_grad():
-        for layer in range(model.cfg.n_layers if layers is None else layers):
+        for layer in range(model.cfg.n_layers)[:layers]:
             for head in range(model.cfg.n_heads):
                 hook = partial(
                     _freeze, new_cache=new_cache, orig_cache=orig_cache, sender=(layer, head), **how
@@ -182,50 +182,44 @@ def _to_logits(
     return out
 
 
-@wrong("get_path_patch_head_to_final_resid_post", "not_frozen")
-def to_logits_no_freeze(
-    model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None
-):
-    """Activation patching: the other heads are not frozen."""
-    return _to_logits(
-        model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache, freeze=False
-    )
+variant(
+    "get_path_patch_head_to_final_resid_post",
+    "not_frozen",
+    _to_logits,
+    "Activation patching: the other heads are not frozen.",
+    fn_name="to_logits_no_freeze",
+    freeze=False,
+)
 
 
-@wrong("get_path_patch_head_to_final_resid_post", "mutated_input")
-def to_logits_freeze_into_cache(
-    model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None
-):
-    """The freezing hook patches the sender into orig_cache's own tensors."""
-    return _to_logits(
-        model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache, into_cache=True
-    )
+variant(
+    "get_path_patch_head_to_final_resid_post",
+    "mutated_input",
+    _to_logits,
+    "The freezing hook patches the sender into orig_cache's own tensors.",
+    fn_name="to_logits_freeze_into_cache",
+    into_cache=True,
+)
 
 
-@wrong("get_path_patch_head_to_final_resid_post", "no_effect")
-def to_logits_filter_never_matches(
-    model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None
-):
-    """Filter on 'hook_result': the hooks never fire, every run is the orig run."""
-    return _to_logits(
-        model,
-        patching_metric,
-        new_dataset,
-        orig_dataset,
-        new_cache,
-        orig_cache,
-        z_filter=lambda name: name.endswith("hook_result"),
-    )
+variant(
+    "get_path_patch_head_to_final_resid_post",
+    "no_effect",
+    _to_logits,
+    "Filter on 'hook_result': the hooks never fire, every run is the orig run.",
+    fn_name="to_logits_filter_never_matches",
+    z_filter=lambda name: name.endswith("hook_result"),
+)
 
 
-@wrong("get_path_patch_head_to_final_resid_post", "datasets_swapped")
-def to_logits_swapped(
-    model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None
-):
-    """Runs the new prompts, patches orig in."""
-    return _to_logits(
-        model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache, swap=True
-    )
+variant(
+    "get_path_patch_head_to_final_resid_post",
+    "datasets_swapped",
+    _to_logits,
+    "Runs the new prompts, patches orig in.",
+    fn_name="to_logits_swapped",
+    swap=True,
+)
 
 
 @wrong("get_path_patch_head_to_final_resid_post", "transposed")
@@ -236,30 +230,24 @@ def to_logits_transposed(
     return _to_logits(model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache).T
 
 
-@wrong("get_path_patch_head_to_final_resid_post", "froze_mlps")
-def to_logits_freezes_mlps(
-    model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None
-):
-    """Freezes the MLPs too."""
-    return _to_logits(
-        model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache, freeze_mlps=True
-    )
+variant(
+    "get_path_patch_head_to_final_resid_post",
+    "froze_mlps",
+    _to_logits,
+    "Freezes the MLPs too.",
+    fn_name="to_logits_freezes_mlps",
+    freeze_mlps=True,
+)
 
 
-@wrong("get_path_patch_head_to_final_resid_post", "missed_last_layer")
-def to_logits_range_minus_one(
-    model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None
-):
-    """range(n_layers - 1)."""
-    return _to_logits(
-        model,
-        patching_metric,
-        new_dataset,
-        orig_dataset,
-        new_cache,
-        orig_cache,
-        layers=model.cfg.n_layers - 1,
-    )
+variant(
+    "get_path_patch_head_to_final_resid_post",
+    "missed_last_layer",
+    _to_logits,
+    "range(n_layers - 1).",
+    fn_name="to_logits_range_minus_one",
+    layers=-1,
+)
 
 
 @wrong("get_path_patch_head_to_final_resid_post", "no_effect")
@@ -360,47 +348,16 @@ def _to_heads(
     return out[:top] if rows_only else out
 
 
-def _heads_wrong(diagnosis, doc, **how):
-    def fn(
-        receiver_heads,
-        receiver_input,
-        model,
-        patching_metric,
-        new_dataset,
-        orig_dataset,
-        new_cache=None,
-        orig_cache=None,
-    ):
-        return _to_heads(
-            receiver_heads,
-            receiver_input,
-            model,
-            patching_metric,
-            new_dataset,
-            orig_dataset,
-            new_cache,
-            orig_cache,
-            **how,
-        )
-
-    fn.__name__ = f"to_heads_{diagnosis}"
-    fn.__doc__ = doc
-    return wrong("get_path_patch_head_to_heads", diagnosis)(fn)
-
-
-_heads_wrong(
-    "kept_freeze_hooks",
-    "Step 3 keeps the freezing hooks on: the result is head -> logits.",
-    keep_freeze=True,
+HEADS = "get_path_patch_head_to_heads"
+variant(
+    HEADS, "kept_freeze_hooks", _to_heads, "Step 3 keeps the freezing hooks on.", keep_freeze=True
 )
-_heads_wrong("unreachable_rows_zero", "Rows that cannot reach the receivers left at 0.", fill=0.0)
-_heads_wrong("not_frozen", "Step 2 without freezing.", freeze=False)
-_heads_wrong(
-    "patched_whole_layer", "Step 3 patches every head of the receivers' layer.", whole_layer=True
+variant(HEADS, "unreachable_rows_zero", _to_heads, "Unreachable rows left at 0.", fill=0.0)
+variant(HEADS, "not_frozen", _to_heads, "Step 2 without freezing.", freeze=False)
+variant(
+    HEADS, "patched_whole_layer", _to_heads, "Step 3 patches the whole layer.", whole_layer=True
 )
-_heads_wrong(
-    "returned_top_rows_only", "Only the rows below the top receiver layer.", rows_only=True
-)
+variant(HEADS, "returned_top_rows_only", _to_heads, "Only the reachable rows.", rows_only=True)
 
 
 @wrong("get_path_patch_head_to_heads", "wrong_top_layer")
@@ -541,13 +498,14 @@ def _at(
     receiver_position,
     *,
     fill=float("nan"),
-    swap=False,
     first=False,
     keep_freeze=False,
     top=None,
+    sender_all=False,
+    receiver_all=False,
 ):
-    if swap:
-        sender_position, receiver_position = receiver_position, sender_position
+    sender_position = None if sender_all else sender_position
+    receiver_position = None if receiver_all else receiver_position
     ds = orig_dataset
     if first:
         import copy
@@ -594,46 +552,12 @@ def _at(
     return out
 
 
-def _at_wrong(diagnosis, doc, **how):
-    def fn(
-        receiver_heads,
-        receiver_input,
-        model,
-        patching_metric,
-        new_dataset,
-        orig_dataset,
-        sender_position,
-        receiver_position,
-    ):
-        if how.get("sender_all"):
-            sender_position = None
-        if how.get("receiver_all"):
-            receiver_position = None
-        rest = {k: v for k, v in how.items() if k not in ("sender_all", "receiver_all")}
-        return _at(
-            receiver_heads,
-            receiver_input,
-            model,
-            patching_metric,
-            new_dataset,
-            orig_dataset,
-            sender_position,
-            receiver_position,
-            **rest,
-        )
-
-    fn.__name__ = f"at_{diagnosis}"
-    fn.__doc__ = doc
-    return wrong("path_patch_head_to_heads_at", diagnosis)(fn)
-
-
-_at_wrong("sender_positions_ignored", "The sender patched at every position.", sender_all=True)
-_at_wrong(
-    "receiver_positions_ignored", "The receivers patched at every position.", receiver_all=True
-)
-_at_wrong("same_position_for_all_prompts", "Prompt 0's positions for every prompt.", first=True)
-_at_wrong("unreachable_rows_zero", "Unreachable rows left at 0.", fill=0.0)
-_at_wrong("kept_freeze_hooks", "The freezing hooks kept on in the last run.", keep_freeze=True)
+AT = "path_patch_head_to_heads_at"
+variant(AT, "sender_positions_ignored", _at, "The sender at every position.", sender_all=True)
+variant(AT, "receiver_positions_ignored", _at, "Receivers at every position.", receiver_all=True)
+variant(AT, "same_position_for_all_prompts", _at, "Prompt 0's positions for all.", first=True)
+variant(AT, "unreachable_rows_zero", _at, "Unreachable rows left at 0.", fill=0.0)
+variant(AT, "kept_freeze_hooks", _at, "The freezing hooks kept on in step 3.", keep_freeze=True)
 
 
 @wrong("path_patch_head_to_heads_at", "wrong_top_layer")

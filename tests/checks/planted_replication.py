@@ -7,7 +7,7 @@ from transformer_lens.utilities import get_act_name
 
 from ioi.circuit import Faithfulness, KnockoutScore
 from ioi.heads import name_tokens, repeated_tokens
-from tests.checks.corpus import correct, wrong
+from tests.checks.corpus import correct, variant, wrong
 
 # ---- get_copying_scores ------------------------------------------------------------------------
 
@@ -34,7 +34,7 @@ def _copying(
         embed = model.embed(tokens[:, None])
         resid = embed + model.blocks[0].apply_mlp(model.blocks[0].ln2(embed)) if mlp0 else embed
         scores = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-        for layer in range(model.cfg.n_layers if layers is None else layers):
+        for layer in range(model.cfg.n_layers)[:layers]:
             x = model.blocks[layer].ln1(resid) if ln1 else resid
             for head in range(model.cfg.n_heads):
                 out = x @ model.W_V[layer, head] @ model.W_O[layer, head]
@@ -46,10 +46,14 @@ def _copying(
     return scores
 
 
-@wrong("get_copying_scores", "skipped_mlp0")
-def copy_no_mlp0(model, names=None, k=5, negative=False):
-    """The bare embedding."""
-    return _copying(model, names, k, negative, mlp0=False)
+variant(
+    "get_copying_scores",
+    "skipped_mlp0",
+    _copying,
+    "The bare embedding.",
+    fn_name="copy_no_mlp0",
+    mlp0=False,
+)
 
 
 @wrong("get_copying_scores", "ignored_k")
@@ -58,10 +62,14 @@ def copy_k_five(model, names=None, k=5, negative=False):
     return _copying(model, names, 5, negative)
 
 
-@wrong("get_copying_scores", "ignored_names")
-def copy_all_names(model, names=None, k=5, negative=False):
-    """Always every known name."""
-    return _copying(model, names, k, negative, own_names=True)
+variant(
+    "get_copying_scores",
+    "ignored_names",
+    _copying,
+    "Always every known name.",
+    fn_name="copy_all_names",
+    own_names=True,
+)
 
 
 @wrong("get_copying_scores", "ignored_negative")
@@ -70,22 +78,35 @@ def copy_never_negative(model, names=None, k=5, negative=False):
     return _copying(model, names, k, False)
 
 
-@wrong("get_copying_scores", "bottom_k_not_negated")
-def copy_bottom_k(model, names=None, k=5, negative=False):
-    """negative=True takes the bottom k logits instead of negating the head's output."""
-    return _copying(model, names, k, negative, bottom=True)
+variant(
+    "get_copying_scores",
+    "bottom_k_not_negated",
+    _copying,
+    "negative=True takes the bottom k logits instead of negating the head's output.",
+    fn_name="copy_bottom_k",
+    bottom=True,
+)
 
 
-@wrong("get_copying_scores", "skipped_layer_norms")
-def copy_no_layer_norms(model, names=None, k=5, negative=False):
-    """Neither ln1 nor ln_final."""
-    return _copying(model, names, k, negative, ln1=False, lnf=False)
+variant(
+    "get_copying_scores",
+    "skipped_layer_norms",
+    _copying,
+    "Neither ln1 nor ln_final.",
+    fn_name="copy_no_layer_norms",
+    ln1=False,
+    lnf=False,
+)
 
 
-@wrong("get_copying_scores", "missed_last_layer")
-def copy_range_minus_one(model, names=None, k=5, negative=False):
-    """range(n_layers - 1)."""
-    return _copying(model, names, k, negative, layers=model.cfg.n_layers - 1)
+variant(
+    "get_copying_scores",
+    "missed_last_layer",
+    _copying,
+    "range(n_layers - 1).",
+    fn_name="copy_range_minus_one",
+    layers=-1,
+)
 
 
 @correct("get_copying_scores", "without the head's LayerNormPre (differs by LayerNorm-eps effects)")
@@ -93,10 +114,14 @@ def copy_without_ln1(model, names=None, k=5, negative=False):
     return _copying(model, names, k, negative, ln1=False)
 
 
-@wrong("get_copying_scores", "skipped_final_ln")
-def copy_without_ln_final(model, names=None, k=5, negative=False):
-    """No ln_final before the unembedding (close on most calls: only the toy's b_U tells)."""
-    return _copying(model, names, k, negative, lnf=False)
+variant(
+    "get_copying_scores",
+    "skipped_final_ln",
+    _copying,
+    "No ln_final before the unembedding (close on most calls: only the toy's b_U tells).",
+    fn_name="copy_without_ln_final",
+    lnf=False,
+)
 
 
 @correct("get_copying_scores", "the library's MLP0 embedding, in float64")
@@ -157,7 +182,7 @@ def _detector(
     with torch.no_grad():
         _, cache = model.run_with_cache(toks)
     out = []
-    for layer in range(model.cfg.n_layers if layers is None else layers):
+    for layer in range(model.cfg.n_layers)[:layers]:
         pattern = cache["pattern", layer]
         if kind == "previous_token":
             diag = pattern.diagonal(offset=-1, dim1=-2, dim2=-1)
@@ -172,16 +197,24 @@ def _detector(
     return torch.stack(out)
 
 
-@wrong("get_attn_scores", "wrong_kind")
-def detect_induction_as_duplicate(model, seq_len, batch, seed, kind):
-    """Induction at offset L (the duplicate's)."""
-    return _detector(model, seq_len, batch, seed, kind, induction_offset=0)
+variant(
+    "get_attn_scores",
+    "wrong_kind",
+    _detector,
+    "Induction at offset L (the duplicate's).",
+    fn_name="detect_induction_as_duplicate",
+    induction_offset=0,
+)
 
 
-@wrong("get_attn_scores", "diagonal_includes_first_copy")
-def detect_whole_diagonal(model, seq_len, batch, seed, kind):
-    """Averages the whole diagonal."""
-    return _detector(model, seq_len, batch, seed, kind, whole_diagonal=True)
+variant(
+    "get_attn_scores",
+    "diagonal_includes_first_copy",
+    _detector,
+    "Averages the whole diagonal.",
+    fn_name="detect_whole_diagonal",
+    whole_diagonal=True,
+)
 
 
 @wrong("get_attn_scores", "ignored_seed")
@@ -196,16 +229,24 @@ def detect_seq_len_ten(model, seq_len, batch, seed, kind):
     return _detector(model, 10, batch, seed, kind)
 
 
-@wrong("get_attn_scores", "previous_token_second_copy_only")
-def detect_prev_second_copy(model, seq_len, batch, seed, kind):
-    """Previous-token score over the second copy only."""
-    return _detector(model, seq_len, batch, seed, kind, prev_second_only=True)
+variant(
+    "get_attn_scores",
+    "previous_token_second_copy_only",
+    _detector,
+    "Previous-token score over the second copy only.",
+    fn_name="detect_prev_second_copy",
+    prev_second_only=True,
+)
 
 
-@wrong("get_attn_scores", "missed_last_layer")
-def detect_range_minus_one(model, seq_len, batch, seed, kind):
-    """range(n_layers - 1)."""
-    return _detector(model, seq_len, batch, seed, kind, layers=model.cfg.n_layers - 1)
+variant(
+    "get_attn_scores",
+    "missed_last_layer",
+    _detector,
+    "range(n_layers - 1).",
+    fn_name="detect_range_minus_one",
+    layers=-1,
+)
 
 
 @correct("get_attn_scores", "diagonals sliced to the second copy")
@@ -274,16 +315,24 @@ def _ablation_hooks(
     return hooks
 
 
-@wrong("mean_ablation_hooks", "zero_ablation")
-def ablate_zero(model, ds, means, keep):
-    """Zeros instead of means."""
-    return _ablation_hooks(model, ds, means, keep, values="zero")
+variant(
+    "mean_ablation_hooks",
+    "zero_ablation",
+    _ablation_hooks,
+    "Zeros instead of means.",
+    fn_name="ablate_zero",
+    values="zero",
+)
 
 
-@wrong("mean_ablation_hooks", "global_mean_ablation")
-def ablate_global_mean(model, ds, means, keep):
-    """One mean over every template."""
-    return _ablation_hooks(model, ds, means, keep, values="global")
+variant(
+    "mean_ablation_hooks",
+    "global_mean_ablation",
+    _ablation_hooks,
+    "One mean over every template.",
+    fn_name="ablate_global_mean",
+    values="global",
+)
 
 
 @wrong("mean_ablation_hooks", "global_mean_ablation")
@@ -302,28 +351,44 @@ def ablate_batch_mean(model, ds, means, keep):
     return [(name, wrap(fn)) for name, fn in masks]
 
 
-@wrong("mean_ablation_hooks", "ignored_keep")
-def ablate_everything(model, ds, means, keep):
-    """keep ignored."""
-    return _ablation_hooks(model, ds, means, keep, ignore_keep=True)
+variant(
+    "mean_ablation_hooks",
+    "ignored_keep",
+    _ablation_hooks,
+    "keep ignored.",
+    fn_name="ablate_everything",
+    ignore_keep=True,
+)
 
 
-@wrong("mean_ablation_hooks", "kept_every_position")
-def ablate_keep_everywhere(model, ds, means, keep):
-    """Kept heads kept at every position."""
-    return _ablation_hooks(model, ds, means, keep, everywhere=True)
+variant(
+    "mean_ablation_hooks",
+    "kept_every_position",
+    _ablation_hooks,
+    "Kept heads kept at every position.",
+    fn_name="ablate_keep_everywhere",
+    everywhere=True,
+)
 
 
-@wrong("mean_ablation_hooks", "same_position_for_all_prompts")
-def ablate_first_prompt_positions(model, ds, means, keep):
-    """Prompt 0's positions."""
-    return _ablation_hooks(model, ds, means, keep, first=True)
+variant(
+    "mean_ablation_hooks",
+    "same_position_for_all_prompts",
+    _ablation_hooks,
+    "Prompt 0's positions.",
+    fn_name="ablate_first_prompt_positions",
+    first=True,
+)
 
 
-@wrong("mean_ablation_hooks", "nothing_ablated")
-def ablate_nothing(model, ds, means, keep):
-    """Hooks that return z unchanged."""
-    return _ablation_hooks(model, ds, means, keep, nothing=True)
+variant(
+    "mean_ablation_hooks",
+    "nothing_ablated",
+    _ablation_hooks,
+    "Hooks that return z unchanged.",
+    fn_name="ablate_nothing",
+    nothing=True,
+)
 
 
 @correct("mean_ablation_hooks", "the library's keep_masks and replace_where")
@@ -588,28 +653,39 @@ def _scatter(
     return NameMoverScatter(layer, head, to_io, to_s, proj_io, proj_s)
 
 
-@wrong("name_mover_scatter", "s2_only")
-def scatter_s2_only(model, ds, layer, head):
-    """Attention to S2 only."""
-    return _scatter(model, ds, layer, head, s2_only=True)
+variant(
+    "name_mover_scatter",
+    "s2_only",
+    _scatter,
+    "Attention to S2 only.",
+    fn_name="scatter_s2_only",
+    s2_only=True,
+)
 
 
-@wrong("name_mover_scatter", "added_b_O")
-def scatter_bias(model, ds, layer, head):
-    """b_O added."""
-    return _scatter(model, ds, layer, head, bias=True)
+variant(
+    "name_mover_scatter", "added_b_O", _scatter, "b_O added.", fn_name="scatter_bias", bias=True
+)
 
 
-@wrong("name_mover_scatter", "projected_on_logit_diff")
-def scatter_logit_diff(model, ds, layer, head):
-    """Projection on IO - S."""
-    return _scatter(model, ds, layer, head, ld=True)
+variant(
+    "name_mover_scatter",
+    "projected_on_logit_diff",
+    _scatter,
+    "Projection on IO - S.",
+    fn_name="scatter_logit_diff",
+    ld=True,
+)
 
 
-@wrong("name_mover_scatter", "scaled_by_final_ln")
-def scatter_ln(model, ds, layer, head):
-    """Divided by the final layer norm's scale."""
-    return _scatter(model, ds, layer, head, ln=True)
+variant(
+    "name_mover_scatter",
+    "scaled_by_final_ln",
+    _scatter,
+    "Divided by the final layer norm's scale.",
+    fn_name="scatter_ln",
+    ln=True,
+)
 
 
 @wrong("name_mover_scatter", "ignored_positions")
@@ -625,10 +701,14 @@ def scatter_first_end(model, ds, layer, head):
     return _scatter(model, ds, layer, head, end=end[:1].expand_as(end))
 
 
-@wrong("name_mover_scatter", "swapped_fields")
-def scatter_swapped(model, ds, layer, head):
-    """attn_to_io and attn_to_s exchanged."""
-    return _scatter(model, ds, layer, head, swap=True)
+variant(
+    "name_mover_scatter",
+    "swapped_fields",
+    _scatter,
+    "attn_to_io and attn_to_s exchanged.",
+    fn_name="scatter_swapped",
+    swap=True,
+)
 
 
 @correct("name_mover_scatter", "a loop over prompts, from the pattern and z hooks only")
