@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ from rich.table import Table
 from ioi.head import Head
 
 EXIT_USAGE = 2
+DEFAULT_HOST = "127.0.0.1"  # Streamlit's own default is every interface
+STOP_TIMEOUT_S = 10
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent  # the repository, in an editable install
 
 
@@ -82,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", type=Path, default=Path("ioi_report"), help="output directory")
     app = sub.add_parser("app", help="serve the course site (Streamlit) on localhost")
     app.add_argument("--port", type=_port, default=8501, help="port to serve on (default 8501)")
+    app.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to bind (default {DEFAULT_HOST}: only this machine can connect; "
+        "0.0.0.0 serves every interface)",
+    )
     app.add_argument("--headless", action="store_true", help="do not open a browser (servers, CI)")
     return parser
 
@@ -148,26 +157,58 @@ def find_site(start: Path | None = None) -> Path:
     )
 
 
-def app_argv(home: Path, port: int = 8501, headless: bool = False) -> list[str]:
-    """The command that serves the site: ``python -m streamlit run HOME`` with our options."""
+def app_argv(
+    home: Path, port: int = 8501, headless: bool = False, host: str = DEFAULT_HOST
+) -> list[str]:
+    """The command that serves the site: ``python -m streamlit run HOME`` with our options.
+
+    It binds ``host`` only (localhost unless asked otherwise), sends no telemetry (the course
+    works offline) and hides Streamlit's Deploy button (``client.toolbarMode minimal``).
+    """
     argv = [sys.executable, "-m", "streamlit", "run", str(home), "--server.port", str(port)]
-    argv += ["--browser.gatherUsageStats", "false"]  # the course works offline; no telemetry
+    argv += ["--server.address", host]
+    argv += ["--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
     if headless:
         argv += ["--server.headless", "true"]
     return argv
 
 
+class _Terminated(Exception):
+    """SIGTERM reached ``ioi app``."""
+
+
+def _raise_terminated(signum, frame):  # a signal handler: turn SIGTERM into an exception
+    raise _Terminated
+
+
 def cmd_app(args: argparse.Namespace, console: Console) -> int:
+    """Serve the site until it exits; Ctrl-C or SIGTERM stops the server too, never orphaned."""
     home = find_site()
     if importlib.util.find_spec("streamlit") is None:
         raise ValueError("streamlit is not installed; pip install -e '.[app]'")
-    console.print(
-        f"serving {home} on http://localhost:{args.port} (Ctrl-C stops it)", soft_wrap=True
-    )
-    server = subprocess.Popen(app_argv(home, args.port, args.headless))
+    if not args.host.strip() or any(c.isspace() for c in args.host):
+        raise ValueError(f"--host must be an address such as 127.0.0.1, got {args.host!r}")
+    shown = "localhost" if args.host == DEFAULT_HOST else args.host
+    console.print(f"serving {home} on http://{shown}:{args.port} (Ctrl-C stops it)", soft_wrap=True)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    server = subprocess.Popen(app_argv(home, args.port, args.headless, args.host))
     try:
         return server.wait()
-    except KeyboardInterrupt:  # streamlit got the same Ctrl-C and is shutting down
+    except (KeyboardInterrupt, _Terminated):  # Ctrl-C reaches streamlit too; SIGTERM does not
+        return _stop(server)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if server.poll() is None:
+            _stop(server)
+
+
+def _stop(server) -> int:  # a subprocess.Popen (duck-typed so tests can fake it)
+    """Ask the server to stop (SIGTERM), kill it if it has not within ``STOP_TIMEOUT_S``."""
+    server.terminate()
+    try:
+        return server.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        server.kill()
         return server.wait()
 
 

@@ -174,28 +174,64 @@ def course_pages() -> dict[int, site.CoursePage]:
     return site.course_pages(ROOT)
 
 
-def course_text(number: int, show_code: bool) -> site.CoursePage | None:
-    """Render course section ``number``'s markdown; say so if the section is not written yet."""
+Live = Callable[[Choice], None]
+
+
+def live_box(draw: Live, choice: Choice) -> None:
+    """One section's live results, framed, computed by the library on the chosen model."""
+    with st.container(border=True):
+        st.caption(
+            f"Live: **{choice.model}**, {choice.n} prompts, seed {choice.seed} "
+            "(change them in the sidebar)"
+        )
+        draw(choice)
+
+
+def course_text(number: int, choice: Choice, figures: dict[str, Live]) -> site.CoursePage | None:
+    """Render course section ``number`` with its live figures beside the text about them.
+
+    ``figures`` maps the anchor of a section heading (level 2) to what draws its results; they
+    are drawn after the section's opening text, before its first exercise. Folded hints and
+    answers (``<details>``) become expanders that open on click. Figures whose heading the
+    course lacks, or all of them when the section has no text, follow at the end.
+    """
     try:
         page = course_pages().get(number)
     except ValueError as err:
         st.error(f"The course sources cannot be read: {err}")
-        return None
+        page = None
     if page is None:
         st.info(
-            f"Course section {number} has no source in `course/` yet; the live results "
-            "below are computed by the library all the same."
+            f"The course text of section {number} cannot be shown; the live results below "
+            "are computed by the library all the same."
         )
-        return None
-    for block in page.blocks:
+    blocks = page.blocks if page else ()
+    placed = {b.anchor for b in blocks if b.kind == "heading" and b.level == 2}
+    pending: str | None = None
+    for block in blocks:
+        if block.kind == "heading" and pending is not None:
+            live_box(figures[pending], choice)
+            pending = None
         if block.kind == "heading":
             if block.level > 1:
                 header = st.header if block.level == 2 else st.subheader
                 header(block.text, anchor=block.anchor)
+            if block.level == 2 and block.anchor in figures:
+                pending = block.anchor
         elif block.kind == "markdown":
             st.markdown(block.text)
-        elif show_code:
+        elif block.kind == "details":
+            with st.expander(block.summary):
+                st.markdown(block.text)
+        elif choice.show_code:
             st.code(block.text, language="python")
+    if pending is not None:
+        live_box(figures[pending], choice)
+    rest = [key for key in figures if key not in placed]
+    if rest:
+        st.header("More live results")
+        for key in rest:
+            live_box(figures[key], choice)
     return page
 
 
@@ -210,22 +246,15 @@ def toc(page: site.CoursePage | None) -> None:
         )
 
 
-def section_page(number: int, live: Callable[[Choice], None]) -> None:
-    """A course section: its text, then live results from the library on the chosen model."""
+def section_page(number: int, figures: dict[str, Live]) -> None:
+    """A course section: its text, with live results from the library beside the paragraphs
+    that discuss them (``figures``: heading anchor -> drawing function, see `course_text`)."""
     path, title = PAGES[number]
     st.set_page_config(page_title=title, layout="wide")
     choice = sidebar()
     pages = _safe_course_pages()
     st.title(pages[number].title if number in pages else title)
-    st.caption(
-        f"Live results: **{choice.model}**, {choice.n} prompts, seed {choice.seed} "
-        "(change them in the sidebar)."
-    )
-    read, results = st.tabs(["Walkthrough", "Live results"])
-    with read:
-        toc(course_text(number, choice.show_code))
-    with results:
-        live(choice)
+    toc(course_text(number, choice, figures))
 
 
 def _safe_course_pages() -> dict[int, site.CoursePage]:

@@ -66,13 +66,15 @@ def model_options() -> list[ModelOption]:
 
 @dataclass(frozen=True)
 class Block:
-    """A piece of a course page: ``"heading"`` (with level and anchor), ``"markdown"`` or
+    """A piece of a course page: ``"heading"`` (with level and anchor), ``"markdown"``,
+    ``"details"`` (a folded answer or hint: ``summary`` is the line shown, ``text`` the body) or
     ``"code"`` (the solution text of a code cell)."""
 
     kind: str
     text: str
     level: int = 0
     anchor: str = ""
+    summary: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ class CoursePage:
 
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+_DETAILS_OPEN = re.compile(r"^\s*<details>\s*<summary>(.*?)</summary>\s*$")
+_DETAILS_CLOSE = re.compile(r"^\s*</details>\s*$")
 
 
 def anchor_for(text: str) -> str:
@@ -99,27 +103,54 @@ def anchor_for(text: str) -> str:
 
 
 def split_markdown(text: str) -> list[Block]:
-    """Split one markdown cell into headings and the text between them (code fences kept whole)."""
+    """Split one markdown cell into headings, folded ``<details>`` parts and the text between
+    them (code fences kept whole).
+
+    A fold is the course's form: a line ``<details><summary>SUMMARY</summary>``, the body, and a
+    line ``</details>``.
+
+    Raises:
+        ValueError: a ``<details>`` fold that is never closed, or a ``</details>`` with no fold.
+    """
     blocks: list[Block] = []
     buffer: list[str] = []
     in_fence = False
+    summary: str | None = None  # inside a fold: its summary line
 
     def flush() -> None:
         body = "\n".join(buffer).strip()
-        if body:
+        if summary is not None:
+            blocks.append(Block("details", body, summary=summary))
+        elif body:
             blocks.append(Block("markdown", body))
         buffer.clear()
 
     for line in text.splitlines():
         if line.lstrip().startswith(("```", "~~~")):
             in_fence = not in_fence
-        match = None if in_fence else _HEADING.match(line)
-        if match:
+        if in_fence or line.lstrip().startswith(("```", "~~~")):
+            buffer.append(line)
+            continue
+        opened, closed = _DETAILS_OPEN.match(line), _DETAILS_CLOSE.match(line)
+        heading = None if summary is not None else _HEADING.match(line)
+        if opened:
+            if summary is not None:
+                raise ValueError(f"a <details> fold opens inside another: {line.strip()!r}")
             flush()
-            title = match.group(2)
-            blocks.append(Block("heading", title, len(match.group(1)), anchor_for(title)))
+            summary = opened.group(1).strip()
+        elif closed:
+            if summary is None:
+                raise ValueError("a </details> line closes no fold")
+            flush()
+            summary = None
+        elif heading:
+            flush()
+            title = heading.group(2)
+            blocks.append(Block("heading", title, len(heading.group(1)), anchor_for(title)))
         else:
             buffer.append(line)
+    if summary is not None:
+        raise ValueError(f"the <details> fold {summary!r} is never closed (</details>)")
     flush()
     return blocks
 

@@ -9,10 +9,8 @@ from ioi.reference import reference_figures
 from ioi.report import figures as F
 
 
-def live(choice: ioi_site.Choice) -> None:
-    setup = ioi_site.get_setup(choice.model, choice.n, choice.seed)
-    perf, ds, abc = setup.performance, setup.ds, setup.abc
-    st.subheader("Logit difference")
+def logit_difference(choice: ioi_site.Choice) -> None:
+    perf = ioi_site.get_setup(choice.model, choice.n, choice.seed).performance
     left, middle, right = st.columns(3)
     left.metric("IOI prompts", f"{perf['overall']['logit_diff']:.3f}")
     middle.metric("ABC prompts", f"{perf['abc_logit_diff']:.3f}")
@@ -25,33 +23,54 @@ def live(choice: ioi_site.Choice) -> None:
             "logit diff (IO - S)",
         )
     )
-    st.subheader("Per template")
+
+
+def dataset(choice: ioi_site.Choice) -> None:
+    setup = ioi_site.get_setup(choice.model, choice.n, choice.seed)
+    perf, ds, abc = setup.performance, setup.ds, setup.abc
+    st.markdown("**Per template**")
     st.dataframe(pd.DataFrame(perf["per_template"]).drop(columns=["template_idx"]), hide_index=True)
-    st.subheader("The prompts")
+    st.markdown("**The prompts**")
     st.dataframe(
         pd.DataFrame(
             {"IOI": ds.sentences, "ABC": abc.sentences, "IO": [p.answer for p in ds.prompts]}
         ),
         hide_index=True,
     )
-    if choice.model in GPT2_ALIASES:
-        paper = reference_figures()["paper"]
-        st.subheader("Beside the paper")
-        st.dataframe(
-            pd.DataFrame(
-                [
-                    (
-                        "mean logit diff",
-                        perf["overall"]["logit_diff"],
-                        paper["mean_logit_diff_ioi_distribution"],
-                    ),
-                    ("IO > S", perf["overall"]["io_over_s"], paper["io_over_s_fraction"]),
-                    ("P(IO)", perf["overall"]["io_prob"], paper["mean_io_probability"]),
-                ],
-                columns=["figure", "ours", "published"],
-            ),
-            hide_index=True,
+
+
+def beside_the_paper(choice: ioi_site.Choice) -> None:
+    if choice.model not in GPT2_ALIASES:
+        st.markdown(
+            f"The published figures are GPT-2 small's; **{choice.model}** is another model, so "
+            "they are not set beside its numbers. Pick GPT-2 small in the sidebar (when its "
+            "weights are on this machine) to see both."
         )
+        return
+    perf = ioi_site.get_setup(choice.model, choice.n, choice.seed).performance
+    paper = reference_figures()["paper"]
+    st.dataframe(
+        pd.DataFrame(
+            [
+                (
+                    "mean logit diff",
+                    perf["overall"]["logit_diff"],
+                    paper["mean_logit_diff_ioi_distribution"],
+                ),
+                ("IO > S", perf["overall"]["io_over_s"], paper["io_over_s_fraction"]),
+                ("P(IO)", perf["overall"]["io_prob"], paper["mean_io_probability"]),
+            ],
+            columns=["figure", "ours", f"published ({paper['source']})"],
+        ),
+        hide_index=True,
+    )
 
 
-ioi_site.section_page(1, live)
+ioi_site.section_page(
+    1,
+    {
+        "the-logit-difference": logit_difference,
+        "the-ioi-dataset": dataset,
+        "how-does-this-compare-with-gpt-2-small": beside_the_paper,
+    },
+)

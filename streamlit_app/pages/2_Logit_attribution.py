@@ -7,7 +7,7 @@ from ioi import site
 from ioi.report import figures as F
 
 
-def live(choice: ioi_site.Choice) -> None:
+def layer_by_layer(choice: ioi_site.Choice) -> None:
     att = ioi_site.get_attribution(choice.model, choice.n, choice.seed)
     st.plotly_chart(
         F.line_figure(
@@ -25,20 +25,26 @@ def live(choice: ioi_site.Choice) -> None:
             "logit diff",
         )
     )
+
+
+def head_by_head(choice: ioi_site.Choice) -> None:
+    att = ioi_site.get_attribution(choice.model, choice.n, choice.seed)
     left, right = st.columns([2, 1])
     left.plotly_chart(
         F.layer_head_heatmap(att.per_head, "Direct logit attribution per head", "logit diff")
     )
     right.dataframe(ioi_site.heads_table(att.per_head, "DLA"), hide_index=True)
+
+
+def attention(choice: ioi_site.Choice) -> None:
+    att = ioi_site.get_attribution(choice.model, choice.n, choice.seed)
     st.plotly_chart(
         F.layer_head_facets(
             att.attention, "Mean attention between IOI positions (dest->src)", zmid=None
         )
     )
-
-    st.subheader("Attention patterns of chosen heads")
-    setup = ioi_site.get_setup(choice.model, choice.n, choice.seed)
-    ds = setup.ds
+    st.markdown("**Attention patterns of chosen heads**")
+    ds = ioi_site.get_setup(choice.model, choice.n, choice.seed).ds
     index = st.selectbox(
         "Prompt", range(min(ds.N, 20)), format_func=lambda i: ds.sentences[i], key="att_prompt"
     )
@@ -51,4 +57,11 @@ def live(choice: ioi_site.Choice) -> None:
         ioi_site.show_attention(tokens, patterns, chosen)
 
 
-ioi_site.section_page(2, live)
+ioi_site.section_page(
+    2,
+    {
+        "layer-by-layer": layer_by_layer,
+        "head-by-head": head_by_head,
+        "what-do-the-top-heads-attend-to": attention,
+    },
+)

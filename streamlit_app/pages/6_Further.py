@@ -21,9 +21,8 @@ def families(name: str, n: int, seed: int, threshold: float):
     )
 
 
-def live(choice: ioi_site.Choice) -> None:
-    st.subheader("Backup heads")
-    st.markdown(
+def backup_heads(choice: ioi_site.Choice) -> None:
+    st.caption(
         "Mean-ablate chosen heads at `end` and compare every head's direct logit attribution "
         "before and after. Without backup, the logit difference would fall by the knocked-out "
         "heads' own attribution (the naive prediction)."
@@ -35,8 +34,6 @@ def live(choice: ioi_site.Choice) -> None:
     )
     if chosen:
         knockout(choice, tuple(chosen))
-    st.subheader("One circuit or several?")
-    one_or_several(choice)
 
 
 def knockout(choice: ioi_site.Choice, heads: tuple[Head, ...]) -> None:
@@ -55,7 +52,7 @@ def knockout(choice: ioi_site.Choice, heads: tuple[Head, ...]) -> None:
 
 def one_or_several(choice: ioi_site.Choice) -> None:
     chosen, _ = ioi_site.get_discovery(choice.model, choice.n, choice.seed)
-    st.markdown(
+    st.caption(
         f"A circuit discovered on the BABA prompts and one on the ABBA prompts (threshold "
         f"{chosen.threshold:g}, the one chosen on all prompts), their overlap, and a "
         "permutation test on per-prompt head importance."
@@ -83,4 +80,6 @@ def one_or_several(choice: ioi_site.Choice) -> None:
     )
 
 
-ioi_site.section_page(6, live)
+ioi_site.section_page(
+    6, {"backup-name-movers": backup_heads, "one-circuit-or-several": one_or_several}
+)

@@ -100,6 +100,27 @@ def test_app_argv_runs_the_site_with_this_python():
     assert "--server.headless" not in argv  # a desktop user gets a browser tab
     headless = app_argv(home, port=8600, headless=True)
     assert headless[headless.index("--server.headless") + 1] == "true"
+    # localhost only unless asked; no telemetry; no Deploy button
+    assert argv[argv.index("--server.address") + 1] == "127.0.0.1"
+    assert argv[argv.index("--browser.gatherUsageStats") + 1] == "false"
+    assert argv[argv.index("--client.toolbarMode") + 1] == "minimal"
+    everywhere = app_argv(home, port=8600, host="0.0.0.0")
+    assert everywhere[everywhere.index("--server.address") + 1] == "0.0.0.0"
+
+
+def test_app_help_says_localhost_and_the_default_host_is_loopback():
+    parser = build_parser()
+    args = parser.parse_args(["app"])
+    assert args.host == "127.0.0.1"
+    help_text = parser._subparsers._group_actions[0].choices["app"].format_help()
+    assert "127.0.0.1" in help_text and "only this machine" in help_text
+
+
+@pytest.mark.parametrize("host", ["", "  ", "local host"])
+def test_app_bad_host_prints_one_line_and_exits_2(host, capsys):
+    assert main(["app", "--host", host]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--host must be" in lines[0]
 
 
 def test_app_starts_streamlit_and_returns_its_status(monkeypatch, capsys):
@@ -109,13 +130,46 @@ def test_app_starts_streamlit_and_returns_its_status(monkeypatch, capsys):
         def __init__(self, argv):
             started.append(argv)
 
-        def wait(self):
+        def wait(self, timeout=None):
+            return 3
+
+        def poll(self):
             return 3
 
     monkeypatch.setattr("ioi.cli.subprocess.Popen", FakeServer)
     assert main(["app", "--port", "8600", "--headless"]) == 3
     assert started == [app_argv(find_site(), 8600, headless=True)]
     assert "http://localhost:8600" in capsys.readouterr().out
+
+
+def test_app_stops_the_server_when_it_is_interrupted(monkeypatch):
+    events = []
+
+    class FakeServer:
+        returncode = None
+
+        def __init__(self, argv):
+            pass
+
+        def wait(self, timeout=None):
+            if self.returncode is None and not events:
+                events.append("waiting")
+                raise KeyboardInterrupt
+            return self.returncode
+
+        def poll(self):
+            return self.returncode
+
+        def terminate(self):
+            events.append("terminate")
+            self.returncode = -15
+
+        def kill(self):  # pragma: no cover - only if terminate did not work
+            events.append("kill")
+
+    monkeypatch.setattr("ioi.cli.subprocess.Popen", FakeServer)
+    assert main(["app", "--headless"]) == -15
+    assert events == ["waiting", "terminate"]
 
 
 def test_app_without_the_site_folder_exits_2(monkeypatch, capsys, tmp_path):

@@ -3,6 +3,7 @@ the prompt checker accepts IOI prompts and explains what is wrong with the other
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,42 @@ def test_course_pages_are_the_course_sources():
     assert any(b.kind == "markdown" for b in first.blocks)
 
 
+def _figure_anchors(page: Path) -> list[str]:
+    """The heading anchors a page script hands to ``section_page`` (its dict literal's keys)."""
+    for node in ast.walk(ast.parse(page.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "section_page":
+            return [key.value for key in node.args[1].keys]
+    raise AssertionError(f"{page.name} does not call ioi_site.section_page")
+
+
+def test_every_live_figure_sits_under_a_heading_of_its_course_section():
+    pages = site.course_pages(ROOT)
+    for number, name in COURSE_PAGES.items():
+        anchors = _figure_anchors(APP / "pages" / name)
+        sections = {h.anchor for h in pages[number].headings(max_level=2)}
+        assert anchors, f"{name} shows no live results"
+        assert set(anchors) <= sections, f"{name}: {set(anchors) - sections} are not headings"
+
+
+def test_folds_become_details_blocks_and_broken_folds_are_refused():
+    blocks = site.split_markdown(
+        "Predict first.\n<details><summary>Answer</summary>\n\nIt is **2**.\n</details>\nAfter."
+    )
+    assert [(b.kind, b.summary) for b in blocks] == [
+        ("markdown", ""),
+        ("details", "Answer"),
+        ("markdown", ""),
+    ]
+    assert blocks[1].text == "It is **2**."
+    with pytest.raises(ValueError, match="never closed"):
+        site.split_markdown("<details><summary>Hint 1</summary>\nbody")
+    with pytest.raises(ValueError, match="closes no fold"):
+        site.split_markdown("text\n</details>")
+    # a fold inside a code fence is code, not a fold
+    fenced = site.split_markdown("```\n<details><summary>x</summary>\n```")
+    assert [b.kind for b in fenced] == ["markdown"]
+
+
 def test_split_markdown_keeps_code_fences_whole():
     blocks = site.split_markdown("## Title\ntext\n```\n# not a heading\n```\n### Sub")
     assert [(b.kind, b.level) for b in blocks] == [("heading", 2), ("markdown", 0), ("heading", 3)]
@@ -95,17 +132,40 @@ def test_home_page_has_contents_models_and_live_results(app):
     assert app.sidebar.selectbox[0].value == "toy"
 
 
+def _walk(node, out: list) -> list:
+    """The page's elements in document order: (type, header text or caption, node)."""
+    for child in getattr(node, "children", {}).values():
+        text = getattr(child, "value", "") if child.type in ("header", "subheader") else ""
+        if child.type == "caption":
+            text = child.value
+        out.append((child.type, text if isinstance(text, str) else "", child))
+        _walk(child, out)
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("number", sorted(COURSE_PAGES))
-def test_course_page_shows_text_and_live_results(app, number):
+def test_course_page_shows_text_with_live_results_beside_it(app, number):
     at = app.switch_page(f"pages/{COURSE_PAGES[number]}").run()
     _no_exception(at)
-    course = site.course_pages(ROOT).get(number)
-    if course is not None:  # the walkthrough is the course's own text
-        assert at.title[0].value == course.title
-        headers = {h.value for h in at.header} | {h.value for h in at.subheader}
-        assert {h.text for h in course.headings()} <= headers
-    assert [t.label for t in at.tabs] == ["Walkthrough", "Live results"]
+    course = site.course_pages(ROOT)[number]
+    assert at.title[0].value == course.title
+    elements = _walk(at.main, [])
+    headers = [text for kind, text, _ in elements if kind in ("header", "subheader")]
+    assert [h.text for h in course.headings()] == headers  # the course's text, nothing else
+    assert not at.tabs, "live results belong beside the text, not on a separate tab"
+    # every figure follows its own heading, before the next heading
+    for anchor in _figure_anchors(APP / "pages" / COURSE_PAGES[number]):
+        title = next(h.text for h in course.headings(max_level=2) if h.anchor == anchor)
+        start = next(i for i, (k, t, _) in enumerate(elements) if k == "header" and t == title)
+        after = elements[start + 1 :]
+        stop = next((i for i, (k, _, _) in enumerate(after) if k in ("header", "subheader")), None)
+        section = after[:stop]
+        assert any(k == "caption" and t.startswith("Live:") for k, t, _ in section), title
+    # folded hints and answers: one expander per <details>, closed until clicked
+    folds = [b.summary for b in course.blocks if b.kind == "details"]
+    assert [e.label for e in at.expander] == folds and folds
+    assert not any(e.proto.expanded for e in at.expander)
     charts, tables = LIVE[number]
     assert len(at.get("plotly_chart")) >= charts
     assert len(at.dataframe) >= tables

@@ -15,15 +15,17 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from ioi.cli import app_argv
+
 APP = Path(__file__).resolve().parents[2] / "streamlit_app"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+DEPLOY = '[data-testid="stAppDeployButton"]'  # hidden by ``--client.toolbarMode minimal``
 PAGE_TIMEOUT_S = 120  # a page's first visit computes its (cached) live results
 # Plotly charts each page draws at least; agrees with LIVE in test_app.py for pages 1-6.
 CHARTS = {"Home.py": 1, "1": 1, "2": 4, "3": 2, "4": 2, "5": 5, "6": 2, "7": 1}
@@ -104,9 +106,7 @@ def site(browser, tmp_path_factory):
         _missing("streamlit is not installed (pip install -e '.[dev]')")
     port = _free_port()
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
-    argv = [sys.executable, "-m", "streamlit", "run", str(APP / "Home.py")]
-    argv += ["--server.headless", "true", "--server.port", str(port)]
-    argv += ["--browser.gatherUsageStats", "false"]
+    argv = app_argv(APP / "Home.py", port, headless=True)  # exactly what `ioi app` runs
     with open(log, "w") as out:
         # its own process group, so teardown can stop it and anything it started
         server = subprocess.Popen(
@@ -166,9 +166,7 @@ def test_page_renders_in_a_browser(script, browser, site, screenshots):
         errors = page.locator('[data-testid="stException"]')
         assert errors.count() == 0, errors.all_inner_texts()
 
-        live = page.get_by_role("tab", name="Live results")
-        if live.count():  # course pages keep their charts in the second tab
-            live.click()
+        assert page.locator(DEPLOY).count() == 0, "Streamlit's Deploy button is shown"
         want = CHARTS["Home.py" if script.name == "Home.py" else script.name.split("_")[0]]
         try:  # plotly.js draws after the script has finished
             page.wait_for_function(
