@@ -76,16 +76,44 @@ def single_token_names(
     return good, bad
 
 
+MAX_PROMPTS = 200_000  # ~30 s and ~300 MB to build; the paper's analyses use a few hundred
+_FORBIDDEN = set("{}[]")  # the templates' own markup
+
+
+def _template_words() -> set[str]:
+    """Every word of the templates' own text (not the slots): a name must be none of them."""
+    text = " ".join(BABA_TEMPLATES + ABBA_TEMPLATES)
+    text = re.sub(r"\[(A|B|PLACE|OBJECT)\]", " ", text)
+    return set(re.findall(r"[A-Za-z']+", text))
+
+
 def _checked_words(kind: str, words, default, tokenizer) -> list[str]:
     if words is None:
         good, _ = single_token_names(default, tokenizer)  # defaults: drop multi-token ones
         return good
+    if isinstance(words, str) or not isinstance(words, Sequence):
+        raise TypeError(f"{kind} must be a list of strings, got {type(words).__name__} {words!r}")
     words = list(words)
+    wrong = [w for w in words if not isinstance(w, str)]
+    if wrong:
+        raise TypeError(f"{kind} must be strings; got {[type(w).__name__ for w in wrong]}: {wrong}")
+    blank = [w for w in words if not w.strip() or w != w.strip() or _FORBIDDEN & set(w)]
+    if blank:
+        raise ValueError(
+            f"{kind} must be non-empty words without surrounding spaces or the templates' "
+            f"markup {{ }} [ ], got {blank}"
+        )
     if len(set(words)) != len(words):
         raise ValueError(
             f"{kind} contain duplicates: {sorted(w for w in set(words) if words.count(w) > 1)}"
         )
     if kind == "names":
+        clash = sorted(set(words) & _template_words())
+        if clash:
+            raise ValueError(
+                f"these names are words of the templates themselves: {clash}; a name must not "
+                "occur in the sentence except as a name, or its positions would be found wrong"
+            )
         _, bad = single_token_names(words, tokenizer)
         if bad:
             raise ValueError(
@@ -108,6 +136,8 @@ def parse_flip(flip: str) -> dict[str, str]:
     ``BAB`` (BABA). Right sides give a letter per slot: A and B keep the original IO and S;
     any other capital letter is a fresh name, one per letter.
     """
+    if not isinstance(flip, str):
+        raise TypeError(f"flip must be a string such as 'ABB->XYZ, BAB->XYZ', got {flip!r}")
     rules: dict[str, str] = {}
     for part in flip.split(","):
         match = re.fullmatch(r"\s*([AB]{3})\s*->\s*([A-Z]{3})\s*", part)
@@ -116,7 +146,14 @@ def parse_flip(flip: str) -> dict[str, str]:
                 f"cannot read flip rule {part.strip()!r}; write rules like 'ABB->XYZ, BAB->XYZ' "
                 "(left side ABB or BAB, right side three capital letters)"
             )
-        rules[match.group(1)] = match.group(2)
+        right = match.group(2)
+        if right[0] == right[1]:
+            raise ValueError(
+                f"flip rule {part.strip()!r} puts one name in both of the first two name slots, so "
+                "IO and S would be the same name and every logit difference 0; the first two "
+                "letters on the right must differ (e.g. 'ABB->XYZ', 'ABB->BAA')"
+            )
+        rules[match.group(1)] = right
     return rules
 
 
@@ -154,17 +191,36 @@ class IOIDataset:
         _prompts: Sequence[IOIPrompt] | None = None,
         _word_idx: dict[str, Tensor] | None = None,
     ):
-        if not isinstance(N, int) or isinstance(N, bool) or N <= 0:
+        for what, value in (("N", N), ("seed", seed)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{what} must be an int, got {type(value).__name__} {value!r}")
+        if N <= 0:
             raise ValueError(f"N must be a positive integer, got {N!r}")
+        if N > MAX_PROMPTS:
+            raise ValueError(
+                f"N={N:,} prompts is more than IOIDataset builds ({MAX_PROMPTS:,}, about 30 s and "
+                f"300 MB; N={N:,} would take about {N * 1.5e-4 / 60:,.0f} min and "
+                f"{N * 1.5e3 / 2**30:,.1f} GiB); the paper's analyses use a few hundred prompts. "
+                "For more, build several datasets with different seeds"
+            )
+        if not isinstance(prepend_bos, bool):
+            raise TypeError(f"prepend_bos must be True or False, got {prepend_bos!r}")
         if prompt_type not in PROMPT_TYPES:
             raise ValueError(f"unknown prompt_type {prompt_type!r}; choose one of {PROMPT_TYPES}")
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        if seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.N, self.prompt_type, self.seed, self.prepend_bos = N, prompt_type, seed, prepend_bos
         self.tokenizer = _resolve_tokenizer(tokenizer)
         self.names = _checked_words("names", names, NAMES, self.tokenizer)
         self.places = _checked_words("places", places, PLACES, self.tokenizer)
         self.objects = _checked_words("objects", objects, OBJECTS, self.tokenizer)
+        for kind, words in (("places", self.places), ("objects", self.objects)):
+            shared = sorted(set(self.names) & set(words))
+            if shared:
+                raise ValueError(
+                    f"{shared} are both names and {kind}: a name must occur in the sentence only "
+                    "as a name, or word_idx would point at the wrong word"
+                )
         if len(self.names) < 5:
             raise ValueError(
                 f"need at least 5 distinct names (flips draw 3 fresh ones), got {len(self.names)}"
@@ -177,6 +233,12 @@ class IOIDataset:
         self.toks, self.seq_lens = self._tokenize(self.sentences)
         self.io_tokenIDs = self._name_ids([_io_name(p) for p in self.prompts])
         self.s_tokenIDs = self._name_ids([_s_name(p) for p in self.prompts])
+        same = torch.nonzero(self.io_tokenIDs == self.s_tokenIDs).flatten().tolist()
+        if same:
+            raise ValueError(
+                f"{len(same)} prompts have the same IO and S name (first: "
+                f"{self.sentences[same[0]]!r}); their logit difference would be 0"
+            )
         self.word_idx = _word_idx if _word_idx is not None else self._find_word_idx()
         self.template_idx = torch.tensor([p.template_idx for p in self.prompts])
         self.groups = [
@@ -244,11 +306,20 @@ class IOIDataset:
         for i, p in enumerate(self.prompts):
             row = self.toks[i, : self.seq_lens[i]].tolist()
             slot_ids = self._name_ids(list(p.slots)).tolist()
-            # The three name slots are, in order, the first three name tokens of the sentence.
+            # The three name slots are, in order, the first three name tokens of the sentence,
+            # and a name token occurs nowhere else before the answer.
             found, start = [], 0
             for tid in slot_ids:
                 start = row.index(tid, start) + 1
                 found.append(start - 1)
+            elsewhere = [j for j, t in enumerate(row[:-1]) if t in slot_ids and j not in found]
+            if elsewhere:
+                word = self.tokenizer.decode([row[elsewhere[0]]])
+                raise ValueError(
+                    f"the name {word.strip()!r} also occurs outside the name slots of "
+                    f"{self.sentences[i]!r}; names must differ from every other word of the "
+                    "sentence (places, objects and the templates' words)"
+                )
             io_pos = found[0] if p.pattern == "ABB" else found[1]
             s1_pos = found[1] if p.pattern == "ABB" else found[0]
             end = int(self.seq_lens[i]) - 2  # the token right before the answer

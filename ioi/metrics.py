@@ -14,18 +14,41 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from ioi.inputs import check_answer_tokens, check_int_tensor, check_positions
+
 Metric = Callable[[Tensor], Tensor]
 
 
-def _check_answers(logits: Tensor, answer_tokens: Tensor) -> None:
-    if answer_tokens.ndim != 2 or answer_tokens.shape[1] != 2:
+def _check_logits(logits: object) -> Tensor:
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"logits must be a torch tensor, got a {type(logits).__name__}")
+    if logits.ndim != 3 or not logits.dtype.is_floating_point:
         raise ValueError(
-            f"answer_tokens must have shape [batch, 2] (correct, incorrect), got {tuple(answer_tokens.shape)}"
+            "logits must be a float tensor of shape [batch, pos, d_vocab] (the model's output), "
+            f"got {logits.dtype} of shape {tuple(logits.shape)}"
         )
-    if logits.shape[0] != answer_tokens.shape[0]:
+    if logits.shape[0] == 0:
+        raise ValueError("logits hold an empty batch: the mean over no prompts is undefined")
+    return logits
+
+
+def _check_answers(logits: Tensor, answer_tokens: object) -> None:
+    _check_logits(logits)
+    check_answer_tokens(answer_tokens, logits.shape[0], logits.shape[-1])
+
+
+def _check_factory_inputs(answer_tokens: object, positions: object) -> None:
+    """What a metric factory can check before it sees logits: ids and positions, per prompt."""
+    answers = check_int_tensor(answer_tokens, "answer_tokens", ndim=2)
+    if answers.shape[0] == 0 or answers.shape[1] != 2:
         raise ValueError(
-            f"logits have batch {logits.shape[0]} but answer_tokens have batch {answer_tokens.shape[0]}"
+            "answer_tokens must have shape [batch, 2] (correct, incorrect) with batch >= 1, "
+            f"got {tuple(answers.shape)}"
         )
+    if int(answers.min()) < 0:
+        raise ValueError(f"answer_tokens holds a negative id ({int(answers.min())})")
+    if positions is not None:
+        check_positions(positions, answers.shape[0], 2**62)
 
 
 def final_logits(
@@ -33,12 +56,10 @@ def final_logits(
     positions: Int[Tensor, " batch"] | None = None,
 ) -> Float[Tensor, "batch d_vocab"]:
     """The logits each prompt predicts its answer from: ``positions`` (per prompt) or the last one."""
+    _check_logits(logits)
     if positions is None:
         return logits[:, -1]
-    if positions.shape != (logits.shape[0],):
-        raise ValueError(
-            f"positions must have shape [{logits.shape[0]}], got {tuple(positions.shape)}"
-        )
+    check_positions(positions, logits.shape[0], logits.shape[1])
     rows = torch.arange(logits.shape[0], device=logits.device)
     return logits[rows, positions.to(logits.device)]
 
@@ -56,11 +77,29 @@ def logits_to_ave_logit_diff(
         answer_tokens: [batch, 2] ids of (correct, incorrect), e.g. ``IOIDataset.answer_tokens``.
         per_prompt: return the [batch] differences instead of their mean.
         positions: per-prompt index of the predicting token (``word_idx["end"]``); default last.
+
+    Raises:
+        TypeError: logits, ids or positions that are not tensors; ``per_prompt`` not a bool.
+        ValueError: an empty batch, ids outside the vocabulary or of the wrong shape, float ids,
+            positions outside ``0..pos-1`` (negative positions are refused, not wrapped).
     """
+    if not isinstance(per_prompt, bool):
+        raise TypeError(f"per_prompt must be True or False, got {per_prompt!r}")
     _check_answers(logits, answer_tokens)
     picked = final_logits(logits, positions).gather(1, answer_tokens.to(logits.device))
     diff = picked[:, 0] - picked[:, 1]
     return diff if per_prompt else diff.mean()
+
+
+def _scalar(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | Tensor):
+        raise TypeError(f"{what} must be a number or a one-element tensor, got {value!r}")
+    if isinstance(value, Tensor) and value.numel() != 1:
+        raise ValueError(
+            f"{what} must be one number (the mean logit difference), got a tensor of shape "
+            f"{tuple(value.shape)}; take .mean() of the per-prompt differences"
+        )
+    return float(value)
 
 
 def make_normaliser(
@@ -73,7 +112,8 @@ def make_normaliser(
     Raises:
         ValueError: a baseline is not finite, or the two are equal (it would divide by zero).
     """
-    clean, corrupted = float(clean_logit_diff), float(corrupted_logit_diff)
+    clean = _scalar(clean_logit_diff, "clean_logit_diff")
+    corrupted = _scalar(corrupted_logit_diff, "corrupted_logit_diff")
     if not (torch.isfinite(torch.tensor(clean)) and torch.isfinite(torch.tensor(corrupted))):
         raise ValueError(f"baselines must be finite, got clean={clean} corrupted={corrupted}")
     if abs(clean - corrupted) < 1e-6:
@@ -98,8 +138,10 @@ def make_ioi_metric(
     """The normalised IOI metric: 0 at the corrupted baseline, 1 at the clean one.
 
     Raises:
-        ValueError: if the two baselines are equal (the metric would divide by zero).
+        ValueError: if the two baselines are equal (the metric would divide by zero), or the
+            answer ids or positions are malformed (`TypeError` if they are not tensors).
     """
+    _check_factory_inputs(answer_tokens, positions)
     normalise = make_normaliser(clean_logit_diff, corrupted_logit_diff)
 
     def ioi_metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
@@ -115,6 +157,7 @@ def make_logit_diff_metric(
     positions: Int[Tensor, " batch"] | None = None,
 ) -> Metric:
     """The raw mean logit difference as a ``logits -> scalar`` metric."""
+    _check_factory_inputs(answer_tokens, positions)
 
     def logit_diff(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
         return logits_to_ave_logit_diff(logits, answer_tokens, positions=positions)

@@ -173,3 +173,33 @@ def hook_count(model) -> int:
         )
         total += len(getattr(module, "fwd_hooks", [])) + len(getattr(module, "bwd_hooks", []))
     return total
+
+
+def errors_in_a_user_session(setup: str, cases: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """Run each expression of ``cases`` in a fresh interpreter without the tests' runtime type
+    checking (jaxtyping stops mis-shaped calls before our own checks in tests; a user's session
+    has no such hook), after ``setup``. Returns ``case -> (exception class name, message)``;
+    ``("none", repr(result))`` when the expression raised nothing.
+    """
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys\n"
+        f"{setup}\n"
+        "out = {}\n"
+        f"for key, expr in {cases!r}.items():\n"
+        "    try:\n"
+        "        out[key] = ['none', repr(eval(expr))[:200]]\n"
+        "    except Exception as err:\n"
+        "        out[key] = [type(err).__name__, str(err)]\n"
+        "print('RESULT' + json.dumps(out))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=False
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"the user session failed:\n{done.stderr[-3000:]}")
+    return {key: tuple(value) for key, value in json.loads(lines[-1][6:]).items()}

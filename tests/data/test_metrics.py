@@ -51,9 +51,9 @@ def test_equal_baselines_raise():
 def test_shape_errors_are_clear():
     logits, answers = hand_logits()
     # Without runtime type checking (a user's session) our own check names the problem...
-    with pytest.raises(ValueError, match=r"\[batch, 2\]"):
+    with pytest.raises(ValueError, match=r"shape \[2, 2\] \(correct, incorrect\)"):
         _check_answers(logits, answers[:, :1])
-    with pytest.raises(ValueError, match="batch 2 but answer_tokens have batch 1"):
+    with pytest.raises(ValueError, match=r"shape \[2, 2\] \(correct, incorrect\) for a batch of 2, got \(1, 2\)"):
         _check_answers(logits, answers[:1])
     # ...and with it (these tests), jaxtyping stops the call first.
     with pytest.raises((ValueError, TypeCheckError)):
