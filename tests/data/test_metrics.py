@@ -53,7 +53,9 @@ def test_shape_errors_are_clear():
     # Without runtime type checking (a user's session) our own check names the problem...
     with pytest.raises(ValueError, match=r"shape \[2, 2\] \(correct, incorrect\)"):
         _check_answers(logits, answers[:, :1])
-    with pytest.raises(ValueError, match=r"shape \[2, 2\] \(correct, incorrect\) for a batch of 2, got \(1, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"shape \[2, 2\] \(correct, incorrect\) for a batch of 2, got \(1, 2\)"
+    ):
         _check_answers(logits, answers[:1])
     # ...and with it (these tests), jaxtyping stops the call first.
     with pytest.raises((ValueError, TypeCheckError)):
