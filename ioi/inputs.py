@@ -7,6 +7,8 @@ and never as an ``IndexError`` or a ``RuntimeError`` from deep inside torch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from jaxtyping import Int
 from torch import Tensor
@@ -94,3 +96,57 @@ def check_positions(
             f"got values from {int(pos.min())} to {int(pos.max())}"
         )
     return pos
+
+
+def check_baseline_finite(value: object, run: str = "the unpatched run") -> None:
+    """Refuse a metric that is NaN or infinite on an unpatched run (clean or corrupted)."""
+    base = torch.as_tensor(value, dtype=torch.float64)
+    if not bool(torch.isfinite(base).all()):
+        raise ValueError(
+            f"the metric is {base.flatten()[0].item()} on {run} already, so no patching "
+            "result would mean anything; fix the metric first (a division by a zero difference "
+            "of baselines? a log of 0?)"
+        )
+
+
+def check_metric_finite(
+    values: Tensor, label: Callable[[int], str], baseline: object | None = None
+) -> None:
+    """Refuse a patching result in which the metric gave NaN or infinity.
+
+    ``values`` holds one metric value per site (or sender) along its first axis; ``label(i)``
+    names site ``i``. ``baseline``, the metric of the unpatched run if known: when it is already
+    not finite the metric itself is at fault, not any patch, and the message says so.
+
+    Raises:
+        ValueError: naming the unpatched run, or the first site whose value is not finite.
+    """
+    if baseline is not None:
+        check_baseline_finite(baseline)
+    bad = ~torch.isfinite(values.reshape(values.shape[0], -1)).all(dim=1)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0, 0])
+        every = " (every site: is the metric finite at all?)" if bool(bad.all()) else ""
+        raise ValueError(
+            f"the metric is not finite ({values[first].flatten()[0].item()}) when patching "
+            f"{label(first)}, the first of {int(bad.sum())} of {values.shape[0]} sites{every}. "
+            "A metric that declares logit_positions/logit_tokens may read only those logits "
+            "(the engine leaves every other logit NaN)"
+        )
+
+
+def check_token_pair(
+    model,
+    first: object,
+    second: object,
+    names: tuple[str, str] = ("clean_tokens", "corrupted_tokens"),
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Two token batches for the same model that align position by position (same shape)."""
+    a = check_model_tokens(model, first, names[0])
+    b = check_model_tokens(model, second, names[1])
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{names[0]} {tuple(a.shape)} and {names[1]} {tuple(b.shape)} must have the same "
+            "shape (the same prompts, position by position)"
+        )
+    return a, b

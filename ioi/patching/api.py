@@ -21,6 +21,7 @@ from jaxtyping import Int
 from torch import Tensor
 from transformer_lens import ActivationCache, HookedTransformer
 
+from ioi.inputs import check_baseline_finite, check_token_pair
 from ioi.patching.engine import Metric, metric_value, patch_sites
 from ioi.patching.result import PatchResult
 from ioi.patching.sites import Site
@@ -70,11 +71,7 @@ def activation_patching(
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     if ablation not in ABLATIONS:
         raise ValueError(f"unknown ablation {ablation!r}; valid: None, 'zero', 'mean'")
-    if clean_tokens.shape != corrupted_tokens.shape:
-        raise ValueError(
-            f"clean tokens {tuple(clean_tokens.shape)} and corrupted tokens "
-            f"{tuple(corrupted_tokens.shape)} must have the same shape"
-        )
+    check_token_pair(model, clean_tokens, corrupted_tokens)
     grid = sites if isinstance(sites, Sweep) else Sweep.from_sites(sites)
     grid.check(model, *clean_tokens.shape)
     receiver, donor = (
@@ -84,6 +81,12 @@ def activation_patching(
     donor_metric, donor_cache = _run_cached(model, donor, metric, names)
     with torch.inference_mode():
         receiver_metric = float(metric_value(metric, model(receiver)))
+    check_baseline_finite(
+        donor_metric, f"the unpatched {'clean' if mode == 'denoise' else 'corrupted'} run"
+    )
+    check_baseline_finite(
+        receiver_metric, f"the unpatched {'corrupted' if mode == 'denoise' else 'clean'} run"
+    )
     source = _source(ablation, donor_cache, mean_cache)
     effect = patch_sites(
         model,

@@ -19,6 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from ioi.inputs import check_baseline_finite, check_metric_finite, check_token_pair
 from ioi.patching.api import MODES, activation_patching
 from ioi.patching.engine import Metric, metric_value
 from ioi.patching.result import PatchResult
@@ -51,8 +52,7 @@ def attribution_patching(
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
-    if clean_tokens.shape != corrupted_tokens.shape:
-        raise ValueError("clean and corrupted tokens must have the same shape")
+    check_token_pair(model, clean_tokens, corrupted_tokens)
     grid = sites if isinstance(sites, Sweep) else Sweep.from_sites(sites)
     grid.check(model, *clean_tokens.shape)
     receiver, donor = (
@@ -62,6 +62,7 @@ def attribution_patching(
     with torch.inference_mode():
         donor_logits, donor_cache = model.run_with_cache(donor, names_filter=lambda n: n in names)
         donor_metric = float(metric_value(metric, donor_logits))
+    check_baseline_finite(donor_metric, "the unpatched source run")
     receiver_metric, acts, grads = receiver_gradients(model, receiver, metric, names)
     estimate = []
     first_site = {site.hook_name: site for site in reversed(grid.sites)}
@@ -73,7 +74,9 @@ def attribution_patching(
     for site in grid.sites:
         mask = site.mask(batch, n_pos, n_heads_at(site.component, model.cfg))
         estimate.append(products[site.hook_name][mask.to(acts[site.hook_name].device)].sum())
-    effect = receiver_metric + torch.stack(estimate).detach().reshape(grid.shape)
+    change = torch.stack(estimate).detach()
+    check_metric_finite(change, lambda i: grid.sites[i].describe(), receiver_metric)
+    effect = receiver_metric + change.reshape(grid.shape)
     clean, corrupted = (
         (donor_metric, receiver_metric) if mode == "denoise" else (receiver_metric, donor_metric)
     )

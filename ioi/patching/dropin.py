@@ -23,8 +23,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import ActivationCache, HookedTransformer
 
+from ioi.inputs import check_model_tokens
 from ioi.patching.engine import Metric, patch_sites
-from ioi.patching.sources import RunSource
+from ioi.patching.sources import RunSource, check_cache
 from ioi.patching.sweep import Sweep, sweep
 
 
@@ -61,6 +62,17 @@ def _patch(
     ]
 
 
+def _n_pos(
+    model: HookedTransformer,
+    corrupted_tokens: object,
+    clean_cache: object,
+) -> int:
+    """Check the inputs every drop-in shares (before any sweep is built); their sequence length."""
+    tokens = check_model_tokens(model, corrupted_tokens, "corrupted_tokens")
+    check_cache(clean_cache, "clean_cache")
+    return tokens.shape[1]
+
+
 def _pad_heads(result: Tensor, n_heads: int) -> Tensor:
     """Zero-pad the last (head) axis to ``n_heads``, as TransformerLens does for kv heads."""
     return torch.nn.functional.pad(result, (0, n_heads - result.shape[-1]))
@@ -87,7 +99,7 @@ def get_act_patch_attn_head_all_pos_every(
         ``n_key_value_heads`` are zero under grouped-query attention.
     """
     knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    n_pos = corrupted_tokens.shape[-1]
+    n_pos = _n_pos(model, corrupted_tokens, clean_cache)
     grids = [sweep(model, c, n_pos, positions="all") for c in ("z", "q", "k", "v", "pattern")]
     results = _patch(model, corrupted_tokens, clean_cache, metric, grids, knobs)
     return torch.stack([_pad_heads(r, model.cfg.n_heads) for r in results])
@@ -113,7 +125,7 @@ def get_act_patch_attn_head_by_pos_every(
         entries beyond ``n_key_value_heads`` are zero under grouped-query attention.
     """
     knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    n_pos = corrupted_tokens.shape[-1]
+    n_pos = _n_pos(model, corrupted_tokens, clean_cache)
     grids = [sweep(model, c, n_pos, positions="each") for c in ("z", "q", "k", "v")]
     grids.append(
         sweep(model, "pattern", n_pos, positions="each", axes=("layer", "dest_pos", "head"))
@@ -141,7 +153,7 @@ def get_act_patch_block_every(
         [3, n_layers, pos] for (resid_pre, attn_out, mlp_out).
     """
     knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    n_pos = corrupted_tokens.shape[-1]
+    n_pos = _n_pos(model, corrupted_tokens, clean_cache)
     components = ("resid_pre", "attn_out", "mlp_out")
     grids = [sweep(model, c, n_pos, positions="each") for c in components]
     return torch.stack(_patch(model, corrupted_tokens, clean_cache, metric, grids, knobs))
@@ -165,7 +177,7 @@ def get_act_patch_resid_pre(
         Metric per patch, shape [n_layers, pos].
     """
     knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "resid_pre", corrupted_tokens.shape[-1], positions="each")
+    grid = sweep(model, "resid_pre", _n_pos(model, corrupted_tokens, clean_cache), positions="each")
     return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
 
 
@@ -187,7 +199,7 @@ def get_act_patch_resid_mid(
         Metric per patch, shape [n_layers, pos].
     """
     knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "resid_mid", corrupted_tokens.shape[-1], positions="each")
+    grid = sweep(model, "resid_mid", _n_pos(model, corrupted_tokens, clean_cache), positions="each")
     return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
 
 
@@ -209,7 +221,7 @@ def get_act_patch_attn_out(
         Metric per patch, shape [n_layers, pos].
     """
     knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "attn_out", corrupted_tokens.shape[-1], positions="each")
+    grid = sweep(model, "attn_out", _n_pos(model, corrupted_tokens, clean_cache), positions="each")
     return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
 
 
@@ -231,7 +243,7 @@ def get_act_patch_mlp_out(
         Metric per patch, shape [n_layers, pos].
     """
     knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "mlp_out", corrupted_tokens.shape[-1], positions="each")
+    grid = sweep(model, "mlp_out", _n_pos(model, corrupted_tokens, clean_cache), positions="each")
     return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
 
 
@@ -253,7 +265,7 @@ def get_act_patch_attn_head_out_all_pos(
         Metric per patch, shape [n_layers, n_heads].
     """
     knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "z", corrupted_tokens.shape[-1], positions="all")
+    grid = sweep(model, "z", _n_pos(model, corrupted_tokens, clean_cache), positions="all")
     return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
 
 
@@ -275,7 +287,7 @@ def get_act_patch_attn_head_q_all_pos(
         Metric per patch, shape [n_layers, n_heads].
     """
     knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "q", corrupted_tokens.shape[-1], positions="all")
+    grid = sweep(model, "q", _n_pos(model, corrupted_tokens, clean_cache), positions="all")
     return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
 
 
@@ -297,7 +309,7 @@ def get_act_patch_attn_head_k_all_pos(
         Metric per patch, shape [n_layers, n_heads] ([n_layers, n_key_value_heads] under grouped-query attention).
     """
     knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "k", corrupted_tokens.shape[-1], positions="all")
+    grid = sweep(model, "k", _n_pos(model, corrupted_tokens, clean_cache), positions="all")
     return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
 
 
@@ -319,7 +331,7 @@ def get_act_patch_attn_head_v_all_pos(
         Metric per patch, shape [n_layers, n_heads] ([n_layers, n_key_value_heads] under grouped-query attention).
     """
     knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "v", corrupted_tokens.shape[-1], positions="all")
+    grid = sweep(model, "v", _n_pos(model, corrupted_tokens, clean_cache), positions="all")
     return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
 
 
@@ -341,7 +353,7 @@ def get_act_patch_attn_head_pattern_all_pos(
         Metric per patch, shape [n_layers, n_heads].
     """
     knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "pattern", corrupted_tokens.shape[-1], positions="all")
+    grid = sweep(model, "pattern", _n_pos(model, corrupted_tokens, clean_cache), positions="all")
     return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
 
 
@@ -363,7 +375,7 @@ def get_act_patch_attn_head_out_by_pos(
         Metric per patch, shape [n_layers, pos, n_heads].
     """
     knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "z", corrupted_tokens.shape[-1], positions="each")
+    grid = sweep(model, "z", _n_pos(model, corrupted_tokens, clean_cache), positions="each")
     return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
 
 
@@ -385,7 +397,7 @@ def get_act_patch_attn_head_q_by_pos(
         Metric per patch, shape [n_layers, pos, n_heads].
     """
     knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "q", corrupted_tokens.shape[-1], positions="each")
+    grid = sweep(model, "q", _n_pos(model, corrupted_tokens, clean_cache), positions="each")
     return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
 
 
@@ -407,7 +419,7 @@ def get_act_patch_attn_head_k_by_pos(
         Metric per patch, shape [n_layers, pos, n_heads] ([n_layers, pos, n_key_value_heads] under grouped-query attention).
     """
     knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "k", corrupted_tokens.shape[-1], positions="each")
+    grid = sweep(model, "k", _n_pos(model, corrupted_tokens, clean_cache), positions="each")
     return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
 
 
@@ -429,7 +441,7 @@ def get_act_patch_attn_head_v_by_pos(
         Metric per patch, shape [n_layers, pos, n_heads] ([n_layers, pos, n_key_value_heads] under grouped-query attention).
     """
     knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "v", corrupted_tokens.shape[-1], positions="each")
+    grid = sweep(model, "v", _n_pos(model, corrupted_tokens, clean_cache), positions="each")
     return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
 
 
@@ -451,7 +463,7 @@ def get_act_patch_attn_head_pattern_by_pos(
         Metric per patch, shape [n_layers, n_heads, dest_pos].
     """
     knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "pattern", corrupted_tokens.shape[-1], positions="each")
+    grid = sweep(model, "pattern", _n_pos(model, corrupted_tokens, clean_cache), positions="each")
     return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
 
 
@@ -474,6 +486,10 @@ def get_act_patch_attn_head_pattern_dest_src_pos(
     """
     knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
     grid = sweep(
-        model, "pattern", corrupted_tokens.shape[-1], positions="each", src_positions="each"
+        model,
+        "pattern",
+        _n_pos(model, corrupted_tokens, clean_cache),
+        positions="each",
+        src_positions="each",
     )
     return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]

@@ -18,6 +18,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from ioi.inputs import check_metric_finite, check_model_tokens
 from ioi.patching.plan import Pass, copies_per_pass, plan_passes
 from ioi.patching.receiver import ReceiverRun, run_receiver
 from ioi.patching.sites import Site, check_site, n_heads_at
@@ -125,8 +126,7 @@ def patch_sites(
     Returns:
         [site] metric values, on the model's device.
     """
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens must have shape [batch, pos], got {tuple(tokens.shape)}")
+    check_model_tokens(model, tokens)
     if not sites:
         raise ValueError("no sites to patch")
     batch, n_pos = tokens.shape
@@ -151,7 +151,9 @@ def patch_sites(
                 for site_id, value in zip(p.site_ids, pass_values, strict=True):
                     values[site_id] = value
                 advance(len(p.site_ids))
-        flat = torch.stack(values).tolist()
+        flat = torch.stack(values)
+        check_metric_finite(flat, lambda i: sites[i].describe(), baseline)
+        flat = flat.tolist()
     dtype = torch.float64 if model.cfg.dtype == torch.float64 else torch.float32
     return torch.tensor(flat, dtype=dtype, device=device)
 

@@ -24,12 +24,24 @@ def _lookup(cache: ActivationCache | Mapping[str, Tensor], name: str, role: str)
         ) from None
 
 
+def check_cache(cache: object, role: str) -> None:
+    """``cache`` must be an `ActivationCache` or a dict of hook name -> tensor (`TypeError`)."""
+    if not isinstance(cache, ActivationCache | Mapping):
+        raise TypeError(
+            f"{role} must be an ActivationCache (from model.run_with_cache(tokens)) or a dict of "
+            f"hook name -> tensor, got {type(cache).__name__}"
+        )
+
+
 @dataclass(frozen=True)
 class RunSource:
     """Activations of another run on the same-shaped input (``clean_cache`` in TransformerLens)."""
 
     cache: ActivationCache | Mapping[str, Tensor]
     role: str = "source cache"
+
+    def __post_init__(self) -> None:
+        check_cache(self.cache, self.role)
 
     def value(self, name: str, like: Tensor) -> Tensor:
         """The source activation at ``name``; must have exactly ``like``'s shape."""
@@ -58,6 +70,9 @@ class MeanSource:
 
     cache: ActivationCache | Mapping[str, Tensor]
     role: str = "mean-ablation cache"
+
+    def __post_init__(self) -> None:
+        check_cache(self.cache, self.role)
 
     def value(self, name: str, like: Tensor) -> Tensor:
         """The reference activation averaged over its batch, shape [1, ...]."""

@@ -80,12 +80,15 @@ class Sweep:
         axes: axis names, e.g. ``("layer", "pos", "head")``.
         shape: result shape.
         labels: per axis, one label per index (for plots and tables).
+        n_pos: the sequence length it was built for (`sweep`'s ``n_pos``); None for a sweep
+            made from explicit sites. Running it on inputs of another length is refused.
     """
 
     sites: tuple[Site, ...]
     axes: tuple[str, ...]
     shape: tuple[int, ...]
     labels: tuple[tuple[str, ...], ...]
+    n_pos: int | None = None
 
     def __post_init__(self) -> None:
         n = 1
@@ -104,7 +107,14 @@ class Sweep:
         return cls(sites, ("site",), (len(sites),), (labels,))
 
     def check(self, model: HookedTransformer, batch: int, n_pos: int) -> None:
-        """Raise `ValueError` for the first site that does not exist in this model/input."""
+        """Raise `ValueError` for the first site that does not exist in this model/input, or
+        when the sweep was built for another sequence length (``"each"`` would then patch
+        only the first ``n_pos`` positions of longer inputs, or miss the ends of shorter ones)."""
+        if self.n_pos is not None and self.n_pos != n_pos:
+            raise ValueError(
+                f"this sweep was built for n_pos={self.n_pos} but the tokens have {n_pos} "
+                f"positions; build it with sweep(..., n_pos=tokens.shape[1])"
+            )
         for site in self.sites:
             check_site(site, model.cfg, batch, n_pos)
 
@@ -145,6 +155,10 @@ def sweep(
         raise ValueError(
             f"unknown component {component!r}; valid components: {', '.join(COMPONENTS)}"
         )
+    if isinstance(n_pos, bool) or not isinstance(n_pos, int):
+        raise TypeError(f"n_pos must be an int (tokens.shape[1]), got {type(n_pos).__name__}")
+    if n_pos < 1:
+        raise ValueError(f"n_pos must be at least 1 (tokens.shape[1]), got {n_pos}")
     if component != "pattern" and not (isinstance(src_positions, str) and src_positions == "all"):
         raise ValueError("src_positions only applies to component 'pattern'")
     options: dict[str, list[_Option] | _Option] = {"layer": _layer_options(layers, model)}
@@ -172,7 +186,7 @@ def sweep(
         sites.append(_make_site(component, chosen))
     shape = tuple(len(g) for g in grid)
     labels = tuple(tuple(label for label, _ in g) for g in grid)
-    return Sweep(tuple(sites), order, shape, labels)
+    return Sweep(tuple(sites), order, shape, labels, n_pos)
 
 
 def _make_site(component: str, chosen: dict[str, object]) -> Site:

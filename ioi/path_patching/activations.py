@@ -17,6 +17,8 @@ from torch import Tensor
 from transformer_lens import ActivationCache, HookedTransformer
 from transformer_lens.utilities import get_act_name
 
+from ioi.patching.sources import check_cache
+
 
 @dataclass(frozen=True)
 class RunActivations:
@@ -76,6 +78,7 @@ def collect_activations(
     parts: tuple[str, ...],
     cache: ActivationCache | Mapping[str, Tensor] | None = None,
     want_logits: bool = False,
+    what: str = "cache",
 ) -> tuple[RunActivations, Tensor | None]:
     """Read ``parts`` from ``cache`` or from a fresh forward pass; optionally the logits too.
 
@@ -84,7 +87,9 @@ def collect_activations(
         the cached final residual when a cache is given), else None.
 
     Raises:
-        ValueError: the cache lacks some hook the engine needs (all missing names are listed).
+        ValueError: the cache lacks some hook the engine needs (all missing names are listed),
+            or holds a run of another shape.
+        TypeError: ``cache`` is neither None, an `ActivationCache` nor a dict.
     """
     names = needed_names(model, parts)
     logits = None
@@ -96,12 +101,20 @@ def collect_activations(
                 return_type="logits" if want_logits else None,
             )
         logits = out if want_logits else None
+    else:
+        check_cache(cache, what)
     missing = [n for n in names if n not in cache]
     if missing:
         raise ValueError(
-            f"the cache passed in lacks {len(missing)} activation(s) path patching needs: "
-            f"{', '.join(missing)}; pass cache=None to compute them, or cache all of them"
+            f"{what} lacks {len(missing)} activation(s) path patching needs: "
+            f"{', '.join(missing)}; pass {what}=None to compute them, or cache all of them"
         )
+    for name in names:
+        if tuple(cache[name].shape[:2]) != tuple(toks.shape):
+            raise ValueError(
+                f"{what} holds {name!r} for a run of shape {tuple(cache[name].shape[:2])}, but "
+                f"the tokens have shape {tuple(toks.shape)}; cache the same prompts"
+            )
     n = model.cfg.n_layers
 
     def per_layer(part: str) -> list[Tensor]:

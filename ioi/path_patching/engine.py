@@ -26,6 +26,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from ioi.inputs import check_metric_finite, check_token_pair
 from ioi.path_patching.activations import ALL_PARTS, RunActivations, collect_activations
 from ioi.path_patching.frozen import (
     entry_residual,
@@ -101,11 +102,7 @@ def _validate(
                 f"senders {late} are at or above the highest receiver layer {top}: a sender "
                 f"can only reach receivers in later layers; valid sender layers are 0..{top - 1}"
             )
-    if new_toks.shape != orig_toks.shape:
-        raise ValueError(
-            f"new and original datasets must align token by token; got shapes "
-            f"{tuple(new_toks.shape)} and {tuple(orig_toks.shape)}"
-        )
+    check_token_pair(model, new_toks, orig_toks, ("new_dataset", "orig_dataset"))
     if batch_size is not None and (
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
@@ -218,8 +215,10 @@ def _activations_and_readout(
     """Steps 1-2: both runs' activations, the readout, and the metric wrapper."""
     new_parts = tuple({"head": "z", "mlp": "mlp_out"}[s.kind] for s in senders)
     want_logits = isinstance(readout, str) and readout == "auto"
-    orig, orig_logits = collect_activations(model, orig_toks, ALL_PARTS, orig_cache, want_logits)
-    new, _ = collect_activations(model, new_toks, new_parts, new_cache)
+    orig, orig_logits = collect_activations(
+        model, orig_toks, ALL_PARTS, orig_cache, want_logits, "orig_cache"
+    )
+    new, _ = collect_activations(model, new_toks, new_parts, new_cache, what="new_cache")
     shape = (orig_toks.shape[0], orig_toks.shape[1], model.cfg.d_vocab)
     out, buffer = choose_readout(readout, metric, orig_logits, shape)
     device = orig.resid_pre[0].device
@@ -310,7 +309,9 @@ def path_patch(
             logits = _patched_logits_via_receivers(model, group, orig, deltas, rows, receivers, out)
         for i, values in zip(chunk, logits, strict=True):  # 6.
             results[i] = metric_view(values)
-    return torch.stack(results)
+    values = torch.stack(results)
+    check_metric_finite(values, lambda i: f"sender {senders[i]}")
+    return values
 
 
 def _scalar_grid(values: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -419,8 +420,9 @@ def get_path_patch_head_to_heads(
 
     Returns:
         [layer, head] metric values. Only senders in layers below the highest receiver layer
-        are computed; the entries for layers at or above it are **0.0** (not computed; note
-        that 0.0 is not "no effect" for the normalised metric, whose no-effect value is 1.0).
+        can reach a receiver; the rows for layers at or above it are NaN (no such path: not
+        0.0, which for the normalised metric would read as "the whole effect"). Plots show
+        NaN as blank; ``grid.nan_to_num()`` or ``grid[:top]`` if you need plain numbers.
 
     Raises:
         ValueError: unknown receiver input, receiver out of range, no receivers, or a
@@ -434,7 +436,7 @@ def get_path_patch_head_to_heads(
     for receiver in receivers:
         receiver.check(model)
     top = max(r.layer for r in receivers)
-    grid = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    grid = torch.full((model.cfg.n_layers, model.cfg.n_heads), torch.nan)
     if top == 0:
         return grid  # nothing sits below layer 0
     values = path_patch(
@@ -472,13 +474,14 @@ def get_path_patch_mlp_to_heads(
 ) -> Float[Tensor, " layer"]:
     """Path patching from every earlier MLP to the receivers' inputs: [layer] metric values.
 
-    Entries for MLPs at or above the highest receiver layer are 0.0 (not computed).
+    Entries for MLPs at or above the highest receiver layer are NaN: no path leads from
+    them to a receiver (see `get_path_patch_head_to_heads`).
     """
     receivers = make_receivers(receiver_heads, receiver_input)
     for receiver in receivers:
         receiver.check(model)
     top = max(r.layer for r in receivers)
-    grid = torch.zeros(model.cfg.n_layers)
+    grid = torch.full((model.cfg.n_layers,), torch.nan)
     if top == 0 or model.cfg.attn_only:
         return grid
     values = path_patch(

@@ -20,6 +20,8 @@ from transformer_lens import HookedTransformer
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from ioi.dataset import IOIDataset
+from ioi.head import Head, HeadLike
+from ioi.inputs import check_int_tensor
 
 SENDER_KINDS = ("head", "mlp")
 RECEIVER_INPUTS = ("q", "k", "v")
@@ -104,12 +106,19 @@ class Receiver:
 
 
 def make_receivers(
-    receiver_heads: Sequence[tuple[int, int]], receiver_input: str | Sequence[str]
+    receiver_heads: Sequence[HeadLike], receiver_input: str | Sequence[str]
 ) -> list[Receiver]:
     """Receivers for every (layer, head) in ``receiver_heads`` and every input named.
 
+    Args:
+        receiver_heads: heads in any form `ioi.head.Head.coerce` takes: ``(9, 6)``, ``"9.6"``,
+            a `Head`.
+        receiver_input: ``"q"``, ``"k"``, ``"v"`` or several of them.
+
     Raises:
         ValueError: no heads, a malformed head, or an unknown input.
+        TypeError: a head that is not a pair of ints or a label (``(1.9, 0)`` is refused, not
+            rounded down).
     """
     inputs = (receiver_input,) if isinstance(receiver_input, str) else tuple(receiver_input)
     heads = list(receiver_heads)
@@ -120,9 +129,8 @@ def make_receivers(
         )
     receivers = []
     for item in heads:
-        if not isinstance(item, tuple | list) or len(item) != 2:
-            raise ValueError(f"receiver heads are (layer, head) pairs, got {item!r}")
-        receivers.extend(Receiver(int(item[0]), int(item[1]), i) for i in inputs)
+        head = Head.coerce(item)  # refuses (1.9, 0), (True, 0), "9,6", ...
+        receivers.extend(Receiver(head.layer, head.head, i) for i in inputs)
     return list(dict.fromkeys(receivers))  # drop repeats, keep order
 
 
@@ -166,12 +174,14 @@ def check_supported(model: HookedTransformer) -> None:
 
 
 def dataset_tokens(ds: DatasetLike, what: str) -> Int[Tensor, "batch pos"]:
-    """The token tensor of a dataset argument."""
+    """The token tensor of a dataset argument (not yet checked against a model's vocabulary)."""
     if isinstance(ds, IOIDataset):
         return ds.toks
-    if isinstance(ds, Tensor) and ds.ndim == 2 and not ds.is_floating_point():
-        return ds
-    raise TypeError(f"{what} must be an IOIDataset or an int tensor [batch, pos], got {type(ds)}")
+    if isinstance(ds, Tensor):
+        return check_int_tensor(ds, what, ndim=2)
+    raise TypeError(
+        f"{what} must be an IOIDataset or an int tensor [batch, pos], got {type(ds).__name__}"
+    )
 
 
 def resolve_positions(
