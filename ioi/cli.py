@@ -109,7 +109,9 @@ def choose_model(requested: str | None) -> tuple[str, str]:
 def cmd_replicate(args: argparse.Namespace, console: Console) -> int:
     from ioi.models import load_model
     from ioi.replicate import replicate
+    from ioi.report import check_out_dir
 
+    check_out_dir(args.out)  # before loading anything: a bad --out fails in a second
     name, why = choose_model(args.model)
     model = load_model(name, device=args.device)  # user errors surface here, before any output
     console.print(f"[bold]model:[/bold] {name} ({why}) on {model.cfg.device}")

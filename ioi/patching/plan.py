@@ -53,18 +53,34 @@ def bytes_per_copy(cfg: HookedTransformerConfig, batch: int, n_pos: int) -> int:
     return batch * n_pos * per_token * itemsize
 
 
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device``: free GPU memory, or available RAM (Linux's
+    ``MemAvailable``, which counts reclaimable cache; free pages elsewhere). None if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "mps":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def default_memory_budget(device: torch.device) -> int:
     """Bytes a sweep may use: half the free GPU memory, or a quarter of free RAM (at most 2 GiB)."""
+    free = free_memory(device)
+    if free is None:
+        return 2 * GIB
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.5)
-    if device.type == "mps":
-        return 2 * GIB
-    try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 2 * GIB
-    return int(min(2 * GIB, available // 4))
+    return int(min(2 * GIB, free // 4))
 
 
 def copies_per_pass(
