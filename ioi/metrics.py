@@ -99,7 +99,7 @@ def _scalar(value: object, what: str) -> float:
             f"{what} must be one number (the mean logit difference), got a tensor of shape "
             f"{tuple(value.shape)}; take .mean() of the per-prompt differences"
         )
-    return float(value)
+    return float(value.detach() if isinstance(value, Tensor) else value)
 
 
 def make_normaliser(
