@@ -76,7 +76,8 @@ def logit_diff_metric(
     This is `ioi.metrics.make_logit_diff_metric`, which declares the position and the answer
     tokens it reads, so our engine unembeds only those logits (TransformerLens cannot know and
     unembeds everything). ``opaque=True`` wraps it in a plain function that
-    declares nothing, to time the engine with an arbitrary ``logits -> scalar`` metric.
+    declares nothing, to time the engine with an arbitrary ``logits -> scalar`` metric (the
+    engine detects which logits it reads, `ioi.patching.engine.with_detected_readout`).
     """
     declared = make_logit_diff_metric(answers)
     if not opaque:
@@ -240,7 +241,7 @@ def add_arguments(patching: argparse.ArgumentParser) -> None:
     patching.add_argument(
         "--opaque-metric",
         action="store_true",
-        help="use a metric that does not declare which logits it reads (every logit is computed)",
+        help="use a plain-function metric that declares nothing (the engine detects what it reads)",
     )
 
 

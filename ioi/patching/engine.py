@@ -18,8 +18,9 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from ioi.inputs import check_metric_finite, check_model_tokens
+from ioi.inputs import check_baseline_finite, check_metric_finite, check_model_tokens
 from ioi.patching.plan import Pass, copies_per_pass, plan_passes
+from ioi.patching.readout import detect_readout
 from ioi.patching.receiver import ReceiverRun, run_receiver
 from ioi.patching.sites import Site, check_site, n_heads_at
 from ioi.patching.sources import Source
@@ -136,26 +137,77 @@ def patch_sites(
     with torch.inference_mode():
         receiver = run_receiver(model, tokens, {site.hook_name for site in sites})
         baseline = metric_value(metric, receiver.logits)
+        check_baseline_finite(baseline)
         declared_tokens(metric, model.cfg.d_vocab, device)  # a bad declaration fails here
         starts = first_changes(model, sites, receiver, source)
         capacity = copies_per_pass(
             model.cfg, batch, n_pos, device, memory_budget, max_sites_per_pass
         )
         passes = plan_passes([s.layer for s in sites], starts, n_pos, batch, capacity, device)
-        values = [baseline] * len(sites)
-        buffer = NaNLogits()
+        fast = with_detected_readout(metric, receiver.logits)
         with _progress_bar(progress, len(sites)) as advance:
             advance(sum(start is None for start in starts))
-            runs = _run_all(model, receiver, sites, starts, passes, source, metric, buffer)
-            for p, pass_values in runs:
-                for site_id, value in zip(p.site_ids, pass_values, strict=True):
-                    values[site_id] = value
-                advance(len(p.site_ids))
-        flat = torch.stack(values)
+            flat = _sweep(model, receiver, sites, starts, passes, source, fast, baseline, advance)
+            if fast is not metric and not bool(flat.isfinite().all()):
+                # Detection was fooled (the metric reads other logits once a patch changes
+                # them): compute every logit instead.
+                flat = _sweep(model, receiver, sites, starts, passes, source, metric, baseline)
         check_metric_finite(flat, lambda i: sites[i].describe(), baseline)
         flat = flat.tolist()
     dtype = torch.float64 if model.cfg.dtype == torch.float64 else torch.float32
     return torch.tensor(flat, dtype=dtype, device=device)
+
+
+def _sweep(
+    model: HookedTransformer,
+    receiver: ReceiverRun,
+    sites: Sequence[Site],
+    starts: Sequence[int | None],
+    passes: list[Pass],
+    source: Source,
+    metric: Metric,
+    baseline: Tensor,
+    advance: Callable[[int], None] = lambda n: None,
+) -> Float[Tensor, " site"]:
+    """Every planned pass; sites that change nothing keep the baseline."""
+    values = [baseline] * len(sites)
+    buffer = NaNLogits()
+    for p, pass_values in _run_all(model, receiver, sites, starts, passes, source, metric, buffer):
+        for site_id, value in zip(p.site_ids, pass_values, strict=True):
+            values[site_id] = value
+        advance(len(p.site_ids))
+    return torch.stack(values)
+
+
+class DetectedReadout:
+    """A metric that declares nothing, with the logits detection found it reads declared for it.
+
+    `ioi.patching.readout.detect_readout` finds them (gradient candidates, confirmed bitwise
+    with NaN and with unrelated values elsewhere); when they are one position per prompt, the
+    engine serves this metric as fast as one built by the `ioi.metrics` factories.
+    """
+
+    def __init__(self, metric: Metric, positions: Tensor, tokens: Tensor | None) -> None:
+        self.metric = metric
+        self.logit_positions = positions
+        self.logit_tokens = tokens
+
+    def __call__(self, logits: Tensor) -> Tensor | float:
+        return self.metric(logits)
+
+
+def with_detected_readout(metric: Metric, logits: Float[Tensor, "batch pos d_vocab"]) -> Metric:
+    """``metric`` itself if it declares its logits or reads more than one position per prompt;
+    else a `DetectedReadout` declaring what it was found to read on ``logits``."""
+    if getattr(metric, "logit_positions", None) is not None:
+        return metric
+    with torch.inference_mode(False):
+        plain = logits.clone()  # a normal tensor, so the detection can take a gradient
+        readout = detect_readout(metric, plain)
+    batch = logits.shape[0]
+    if readout.is_full or not torch.equal(readout.batch_idx, torch.arange(batch)):
+        return metric
+    return DetectedReadout(metric, readout.pos_idx.clone(), readout.vocab_idx)
 
 
 def first_changes(

@@ -10,6 +10,7 @@ Public API:
     plain_path_patch: the one-sender-per-pass reference implementation.
 """
 
+from ioi.patching.readout import READOUT_CHOICES, Readout, detect_readout
 from ioi.path_patching.activations import cache_for_path_patching
 from ioi.path_patching.engine import (
     get_path_patch_head_to_final_resid_post,
@@ -28,7 +29,6 @@ from ioi.path_patching.nodes import (
     make_receivers,
 )
 from ioi.path_patching.plain import plain_path_patch, plain_path_patch_head_to_final_resid_post
-from ioi.path_patching.readout import READOUT_CHOICES, Readout, detect_readout
 
 __all__ = [
     "READOUT_CHOICES",

@@ -27,6 +27,13 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from ioi.inputs import check_metric_finite, check_token_pair
+from ioi.patching.readout import (
+    Metric,
+    MetricOnEntries,
+    Readout,
+    choose_readout,
+    project_to_logits,
+)
 from ioi.path_patching.activations import ALL_PARTS, RunActivations, collect_activations
 from ioi.path_patching.frozen import (
     entry_residual,
@@ -47,13 +54,6 @@ from ioi.path_patching.nodes import (
     make_receivers,
     position_mask,
     resolve_positions,
-)
-from ioi.path_patching.readout import (
-    Metric,
-    MetricOnEntries,
-    Readout,
-    choose_readout,
-    project_to_logits,
 )
 from ioi.path_patching.receivers import receiver_value, run_with_receivers
 
@@ -282,7 +282,7 @@ def path_patch(
             [batch] tensor); elsewhere it keeps its original output.
         receiver_positions: where the receivers' inputs are patched (same forms).
         readout: ``"auto"`` computes only the logits the metric reads (see
-            `ioi.path_patching.readout`), ``"all"`` computes every logit; a `Readout` from
+            `ioi.patching.readout`), ``"all"`` computes every logit; a `Readout` from
             `detect_readout` is reused as it is (for many calls with one metric).
         batch_size: senders per stacked pass; None picks it from a memory budget.
 

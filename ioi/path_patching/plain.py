@@ -22,6 +22,7 @@ from torch import Tensor
 from transformer_lens import ActivationCache, HookedTransformer
 from transformer_lens.utilities import get_act_name
 
+from ioi.patching.readout import Metric
 from ioi.path_patching.nodes import (
     DatasetLike,
     PositionSpec,
@@ -31,7 +32,6 @@ from ioi.path_patching.nodes import (
     position_mask,
     resolve_positions,
 )
-from ioi.path_patching.readout import Metric
 
 
 def _cache_runs(
