@@ -20,13 +20,11 @@ from transformer_lens import HookedTransformer
 
 from ioi.inputs import check_baseline_finite, check_metric_finite, check_model_tokens
 from ioi.patching.plan import Pass, copies_per_pass, plan_passes
-from ioi.patching.readout import detect_readout
+from ioi.patching.readout import Metric, detect_readout
 from ioi.patching.receiver import ReceiverRun, run_receiver
 from ioi.patching.sites import Site, check_site, n_heads_at
 from ioi.patching.sources import Source
 from ioi.patching.tail import logits_at_rows, logits_from_layer
-
-Metric = Callable[[Tensor], Tensor | float]
 
 
 def metric_value(metric: Metric, logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
