@@ -20,7 +20,7 @@ from transformer_lens import HookedTransformer
 
 from ioi.inputs import check_baseline_finite, check_metric_finite, check_model_tokens
 from ioi.patching.plan import Pass, copies_per_pass, plan_passes
-from ioi.patching.readout import Metric, detect_readout
+from ioi.patching.readout import Metric, NaNLogits, detect_readout
 from ioi.patching.receiver import ReceiverRun, run_receiver
 from ioi.patching.sites import Site, check_site, n_heads_at
 from ioi.patching.sources import Source
@@ -323,28 +323,6 @@ def run_pass(
         return _metric_on_rows(logits, metric, picked, positions, vocab, copies)
     per_copy = _full_logits(receiver, logits, copies, start)
     return [metric_value(metric, per_copy[i]) for i in range(copies)]
-
-
-class NaNLogits:
-    """A NaN-filled [batch, pos, d_vocab] tensor, made once and lent to every pass of a sweep.
-
-    A metric that declares its positions (and tokens) gets logits only there; every other entry
-    is NaN. Within a sweep the declared entries never change, so each pass only overwrites the
-    same ones, and the NaN fill (at GPT-2's vocabulary as costly as a layer of the model on a CPU)
-    happens once. Metrics must not modify the logits they are given in place.
-    """
-
-    def __init__(self) -> None:
-        self._tensor: Tensor | None = None
-
-    def get(
-        self, batch: int, n_pos: int, d_vocab: int, like: Tensor
-    ) -> Float[Tensor, "batch pos d_vocab"]:
-        shape = (batch, n_pos, d_vocab)
-        t = self._tensor
-        if t is None or t.shape != shape or t.dtype != like.dtype or t.device != like.device:
-            self._tensor = t = like.new_full(shape, float("nan"))
-        return t
 
 
 def _metric_on_rows(

@@ -30,6 +30,28 @@ _SAVING_FRACTION = 0.5  # below this share of entries, a partial readout is wort
 _PROBE_VALUE = 123.25  # fills unread entries in the second probe
 
 
+class NaNLogits:
+    """A NaN-filled [batch, pos, d_vocab] tensor, made once and lent to every pass of a sweep.
+
+    A metric that declares its positions (and tokens) gets logits only there; every other entry
+    is NaN. Within a sweep the declared entries never change, so each pass only overwrites the
+    same ones, and the NaN fill (at GPT-2's vocabulary as costly as a layer of the model on a CPU)
+    happens once. Metrics must not modify the logits they are given in place.
+    """
+
+    def __init__(self) -> None:
+        self._tensor: Tensor | None = None
+
+    def get(
+        self, batch: int, n_pos: int, d_vocab: int, like: Tensor
+    ) -> Float[Tensor, "batch pos d_vocab"]:
+        shape = (batch, n_pos, d_vocab)
+        t = self._tensor
+        if t is None or t.shape != shape or t.dtype != like.dtype or t.device != like.device:
+            self._tensor = t = like.new_full(shape, float("nan"))
+        return t
+
+
 @dataclass(frozen=True)
 class Readout:
     """The logit entries computed for the metric: rows (batch, pos) times vocabulary columns.
@@ -41,16 +63,13 @@ class Readout:
     pos_idx: Int[Tensor, " row"]
     vocab_idx: Int[Tensor, " col"] | None
     shape: tuple[int, int, int]  # (batch, pos, d_vocab) of the logits the metric expects
-    # NaN-filled logits reused by every call that shares this readout (keyed by device, dtype);
-    # only the readout's own entries are ever written, so it stays NaN everywhere else.
-    _buffers: dict = field(default_factory=dict, compare=False, repr=False)
+    # NaN-filled logits reused by every call that shares this readout; only the readout's own
+    # entries are ever written, so it stays NaN everywhere else.
+    _buffer: NaNLogits = field(default_factory=lambda: NaNLogits(), compare=False, repr=False)
 
     def nan_buffer(self, device: torch.device | str, dtype: torch.dtype) -> Tensor:
         """A [batch, pos, d_vocab] tensor, NaN outside the readout's entries, reused across calls."""
-        key = (str(device), dtype)
-        if key not in self._buffers:
-            self._buffers[key] = torch.full(self.shape, float("nan"), device=device, dtype=dtype)
-        return self._buffers[key]
+        return self._buffer.get(*self.shape, torch.empty((), device=device, dtype=dtype))
 
     @property
     def n_rows(self) -> int:
