@@ -201,7 +201,10 @@ def with_detected_readout(metric: Metric, logits: Float[Tensor, "batch pos d_voc
         return metric
     with torch.inference_mode(False):
         plain = logits.clone()  # a normal tensor, so the detection can take a gradient
-        readout = detect_readout(metric, plain)
+        try:
+            readout = detect_readout(metric, plain)
+        except Exception:  # noqa: BLE001 - e.g. a metric that refuses NaN: serve it every logit
+            return metric
     batch = logits.shape[0]
     if readout.is_full or not torch.equal(readout.batch_idx, torch.arange(batch)):
         return metric

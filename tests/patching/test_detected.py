@@ -100,3 +100,18 @@ def test_detection_declares_positions_and_tokens_and_leaves_declared_metrics_alo
         assert with_detected_readout(_two_positions, logits) is _two_positions
         factory = make_logit_diff_metric(torch.tensor([[3, 7]] * corrupted.shape[0]))
         assert with_detected_readout(factory, logits) is factory
+
+
+def test_a_metric_that_refuses_nan_logits_still_works(setup):
+    """Detection probes the metric with NaN elsewhere; a metric that raises on that is simply
+    served every logit."""
+    model, corrupted, clean_cache = setup
+
+    def strict(logits):
+        if torch.isnan(logits).any():
+            raise ValueError("NaN logits")
+        return logit_diff(logits)
+
+    expected = tl_patching.get_act_patch_resid_pre(model, corrupted, clean_cache, strict)
+    got = ours.get_act_patch_resid_pre(model, corrupted, clean_cache, strict)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
