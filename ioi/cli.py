@@ -55,6 +55,15 @@ def _seed(text: str) -> int:
     return value
 
 
+def _device(text: str) -> str:
+    from ioi.device import check_device_name
+
+    try:
+        return check_device_name(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -77,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="toy | gpt2-small | PATH (HF GPT-2 directory or toy .safetensors); "
         "default: gpt2-small if its weights are on disk, else toy",
     )
-    rep.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    rep.add_argument(
+        "--device", default="auto", type=_device, help="auto | cpu | cuda | cuda:N | mps"
+    )
     rep.add_argument(
         "--n", type=_positive_int, default=200, help="number of IOI prompts (default 200)"
     )

@@ -21,6 +21,7 @@ from ioi.tokenizer import gpt2_tokenizer
 from ioi.toy import load_toy
 
 GPT2_ALIASES = ("gpt2-small", "gpt2")
+GPT2_HUB_REPOS = ("gpt2", "openai-community/gpt2")  # the hub's old and new name
 MODEL_CHOICES = ("toy", "gpt2-small", "a directory of HF GPT-2 weights", "a toy .safetensors file")
 IOI_PROCESSING = dict(
     fold_ln=True,
@@ -71,6 +72,8 @@ def load_model(
         )
     else:
         raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODEL_CHOICES)}")
+    # Finite in the file can still overflow in a half-precision dtype.
+    require_finite(model.named_parameters(), f"the weights of {name!r} (as {dt})")
     model.eval()
     return model
 
@@ -84,17 +87,39 @@ def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def cached_gpt2_dir() -> Path | None:
-    """The local Hugging Face cache snapshot of ``gpt2`` with its weights, if one exists."""
+    """The local Hugging Face cache snapshot of ``gpt2`` with its weights, if one exists.
+
+    Looks for the hub's ``gpt2`` and its newer name ``openai-community/gpt2``, in the cache
+    ``huggingface_hub`` uses (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else
+    ``~/.cache/huggingface/hub``); never the network.
+    """
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - transformers always brings it
         return None
-    config = try_to_load_from_cache("gpt2", "config.json")
-    if not isinstance(config, str):
-        return None
-    snapshot = Path(config).parent
-    has_weights = any((snapshot / f).is_file() for f in ("model.safetensors", "pytorch_model.bin"))
-    return snapshot if has_weights else None
+    for repo in GPT2_HUB_REPOS:
+        config = try_to_load_from_cache(repo, "config.json")
+        if not isinstance(config, str):
+            continue
+        snapshot = Path(config).parent
+        if any((snapshot / f).is_file() for f in WEIGHT_FILES):
+            return snapshot
+    return None
+
+
+def has_gpt2_small_layout(cfg: HookedTransformerConfig) -> bool:
+    """True for a GPT-2 with GPT-2 small's layout: 12 layers of 12 heads, vocabulary 50257.
+
+    The published IOI figures name heads by (layer, head) and tokens by GPT-2's ids, so they
+    can be set beside such a model's own; they are comparable only if its weights are GPT-2
+    small's (which also needs ``d_model`` 768; this rule does not check it, so a narrow
+    random model built for the tests counts too).
+    """
+    return cfg.original_architecture == "GPT2LMHeadModel" and (
+        cfg.n_layers,
+        cfg.n_heads,
+        cfg.d_vocab,
+    ) == (12, 12, 50257)
 
 
 def gpt2_small_available() -> bool:
@@ -132,8 +157,54 @@ def _load_gpt2_small(device: torch.device, dtype: torch.dtype) -> HookedTransfor
     )
 
 
+GPT2_REQUIRED_KEYS = ("n_embd", "n_head", "n_layer", "vocab_size")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def read_hf_config(path: str | os.PathLike) -> dict:
+    """The ``config.json`` of a GPT-2-family directory, checked for what loading needs.
+
+    Raises:
+        ValueError: the file is missing, is not JSON or not a JSON object, lacks one of
+            ``GPT2_REQUIRED_KEYS``, gives one of them as anything but a positive integer, or
+            has ``n_embd`` not divisible by ``n_head``.
+    """
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{path} has no config.json; expected a directory of HF GPT-2 weights")
+    try:
+        hf_config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_file} is not valid JSON: {err}") from None
+    if not isinstance(hf_config, dict):
+        raise ValueError(
+            f"{config_file} must hold a JSON object of settings, got {type(hf_config).__name__}"
+        )
+    if hf_config.get("model_type") != "gpt2":
+        raise ValueError(
+            f"{path} holds a {hf_config.get('model_type')!r} model (config.json 'model_type'); "
+            "only GPT-2-family directories ('gpt2') load offline here"
+        )
+    missing = [key for key in GPT2_REQUIRED_KEYS if key not in hf_config]
+    if missing:
+        raise ValueError(
+            f"{config_file} lacks {', '.join(missing)}; a GPT-2 config needs "
+            f"{', '.join(GPT2_REQUIRED_KEYS)}"
+        )
+    for key in GPT2_REQUIRED_KEYS:
+        value = hf_config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{config_file}: {key} must be a positive integer, got {value!r}")
+    if hf_config["n_embd"] % hf_config["n_head"]:
+        raise ValueError(
+            f"{config_file}: n_embd {hf_config['n_embd']} is not divisible by "
+            f"n_head {hf_config['n_head']}"
+        )
+    return hf_config
+
+
 def gpt2_config_from_hf(hf_config: dict) -> HookedTransformerConfig:
-    """A TransformerLens config for a GPT-2-family ``config.json``."""
+    """A TransformerLens config for a GPT-2-family ``config.json`` (see `read_hf_config`)."""
     n_embd = hf_config["n_embd"]
     return HookedTransformerConfig(
         d_model=n_embd,
@@ -157,29 +228,100 @@ def gpt2_config_from_hf(hf_config: dict) -> HookedTransformerConfig:
 def load_hf_gpt2_dir(
     path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> HookedTransformer:
-    """Load a directory of Hugging Face GPT-2 weights (config.json + safetensors/bin), offline."""
+    """Load a directory of Hugging Face GPT-2 weights (config.json + safetensors/bin), offline.
+
+    Raises:
+        ValueError: a bad ``config.json`` (`read_hf_config`), a missing, truncated or corrupt
+            weights file, weights whose names or shapes do not match the config (e.g. from a
+            model of another size), or weights that are not all finite.
+    """
     from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
-    from transformers import GPT2LMHeadModel
 
     path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"{path} has no config.json; expected a directory of HF GPT-2 weights")
-    if not any((path / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")):
-        raise ValueError(f"{path} has no model.safetensors or pytorch_model.bin weights file")
-    hf_config = json.loads(config_file.read_text())
-    if hf_config.get("model_type") != "gpt2":
-        raise ValueError(
-            f"{path} holds a {hf_config.get('model_type')!r} model; only GPT-2-family directories "
-            "load offline here (use HookedTransformer.from_pretrained for others)"
-        )
+    hf_config = read_hf_config(path)
+    weights = next((path / f for f in WEIGHT_FILES if (path / f).is_file()), None)
+    if weights is None:
+        raise ValueError(f"{path} has no {' or '.join(WEIGHT_FILES)} weights file")
     cfg = gpt2_config_from_hf(hf_config)
-    hf_model = GPT2LMHeadModel.from_pretrained(
-        path, local_files_only=True, torch_dtype=torch.float32
-    )
+    hf_model = _read_hf_gpt2(path, weights)
+    require_finite(hf_model.named_parameters(), f"the weights in {weights}")
     state_dict = convert_gpt2_weights(hf_model, cfg)
     model = HookedTransformer(cfg, tokenizer=gpt2_tokenizer(), move_to_device=False)
     model.load_and_process_state_dict(state_dict, **IOI_PROCESSING)
     model.to(dtype, print_details=False)
     model.to(device, print_details=False)
     return model
+
+
+def _read_hf_gpt2(path: Path, weights: Path):
+    """``GPT2LMHeadModel`` from ``path``; every tensor the config implies, of the right shape."""
+    from transformers import GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    if weights.suffix == ".safetensors":
+        _check_safetensors(weights)
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # our error below replaces transformers' load report
+    hf_logging.disable_progress_bar()  # one line per user error on the CLI, no loading bar
+    try:
+        hf_model, info = GPT2LMHeadModel.from_pretrained(
+            path,
+            local_files_only=True,
+            dtype=torch.float32,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # so that we can name the first mismatch
+        )
+    except (OSError, RuntimeError, EOFError, ValueError) as err:  # e.g. a truncated .bin
+        raise ValueError(f"cannot read the weights in {weights}: {err}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    order = {name: i for i, name in enumerate(hf_model.state_dict())}
+    mismatched = sorted(info["mismatched_keys"], key=lambda m: order.get(m[0], len(order)))
+    if mismatched:
+        name, found, expected = mismatched[0]
+        raise ValueError(
+            f"{weights} does not fit {path / 'config.json'}: {name} has shape "
+            f"{tuple(found)} in the file but the config implies {tuple(expected)} "
+            f"({len(mismatched)} tensors differ; are the weights from a model of another size?)"
+        )
+    for kind in ("missing_keys", "unexpected_keys"):
+        names = sorted(info[kind], key=lambda n: order.get(n, len(order)))
+        if names:
+            where = "is missing from" if kind == "missing_keys" else "is in"
+            extra = "" if kind == "missing_keys" else " but not in the config's model"
+            raise ValueError(
+                f"{names[0]} {where} {weights}{extra} ({len(names)} such tensors); "
+                "the weights do not match config.json"
+            )
+    return hf_model.eval()
+
+
+def _check_safetensors(weights: Path) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(weights, framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError) as err:
+        raise ValueError(
+            f"{weights} is not a readable safetensors file (truncated or corrupt?): {err}"
+        ) from None
+
+
+def require_finite(named_tensors, where: str) -> None:
+    """Raise ``ValueError`` naming the first tensor of ``(name, tensor)`` pairs with NaN/inf.
+
+    Weights with a NaN or an infinity give NaN or meaningless logits downstream, so they are
+    refused where they are loaded.
+    """
+    for name, tensor in named_tensors:
+        bad = ~torch.isfinite(tensor.detach())
+        if bad.any():
+            n_nan = int(torch.isnan(tensor.detach()).sum())
+            raise ValueError(
+                f"{where} are not all finite: {name} has {int(bad.sum())} non-finite entries "
+                f"({n_nan} NaN, {int(bad.sum()) - n_nan} inf)"
+            )

@@ -8,6 +8,8 @@ something simple.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -203,3 +205,55 @@ def errors_in_a_user_session(setup: str, cases: dict[str, str]) -> dict[str, tup
     if done.returncode or not lines:
         raise RuntimeError(f"the user session failed:\n{done.stderr[-3000:]}")
     return {key: tuple(value) for key, value in json.loads(lines[-1][6:]).items()}
+
+
+GPT2_TEST_SHA = "0" * 39 + "1"  # a made-up commit: the snapshot folder's name in the cache
+
+
+def random_gpt2_dir(
+    path, n_embd: int = 48, n_positions: int = 128, seed: int = 0, n_layer: int = 12
+) -> Path:
+    """Save a randomly initialised GPT-2 (12 layers of 12 heads, vocabulary 50257, ``n_embd``
+    wide) to ``path`` in Hugging Face format (config.json + model.safetensors); returns ``path``.
+
+    The architecture of GPT-2 small but narrow, so the real loading path runs in seconds.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path = Path(path)
+    config = GPT2Config(
+        n_layer=n_layer, n_head=12, n_embd=n_embd, n_positions=n_positions, vocab_size=50257
+    )
+    gen = torch.Generator().manual_seed(seed)
+    hf = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    hf.save_pretrained(path)
+    return path
+
+
+def hub_cache_with_gpt2(cache: Path, model_dir: Path, repo: str = "gpt2") -> Path:
+    """Lay ``model_dir``'s files out in ``cache`` as ``huggingface_hub`` caches the hub's ``repo``.
+
+    ``cache/models--gpt2/blobs/<sha256>`` holds each file, ``snapshots/<commit>/<file>`` links
+    to it (relative symlink, as the hub client makes them) and ``refs/main`` names the commit.
+    Point ``HF_HUB_CACHE`` at ``cache`` to use it. Returns the snapshot folder.
+    """
+    import hashlib
+
+    root = Path(cache) / ("models--" + repo.replace("/", "--"))
+    snapshot = root / "snapshots" / GPT2_TEST_SHA
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / "main").write_text(GPT2_TEST_SHA)
+    for file in sorted(Path(model_dir).iterdir()):
+        data = file.read_bytes()
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / file.name).symlink_to(Path("..", "..", "blobs", blob.name))
+    return snapshot
