@@ -24,14 +24,16 @@ Generic diagnoses, which any checker can give:
 Shared diagnoses, which an exercise opts into with ``exercise(..., shared=(...))`` because
 they name mistakes many exercises invite (`SHARED_DIAGNOSES`): ``swapped_fields``,
 ``sum_not_mean``, ``batch_by_batch_indexing``,
-``missed_last_layer``, ``same_position_for_all_prompts``, ``zero_ablation`` and
-``global_mean_ablation``.
+``missed_last_layer``, ``same_position_for_all_prompts``, ``first_position_for_none``,
+``none_branch_raised``, ``assignment_shapes_differ``, ``wrong_heads_recorded``,
+``hard_coded_size``, ``zero_ablation`` and ``global_mean_ablation``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import itertools
 import os
 import signal
@@ -81,6 +83,19 @@ SHARED_DIAGNOSES: dict[str, str] = {
     "same_position_for_all_prompts": "you used the first prompt's position for every prompt; "
     "prompts of different templates put their words at different positions, so read "
     "word_idx[key][i] for prompt i",
+    "first_position_for_none": "with positions=None the predicting position is the *last* "
+    "column ([:, -1]); you read the first one ([:, 0])",
+    "assignment_shapes_differ": "an assignment `a[...] = b[...]` failed because the two sides "
+    "have different shapes: the two sides were indexed differently (say [:, head] on the left "
+    "and [head] on the right, which picks a prompt, not a head); index both the same way",
+    "wrong_heads_recorded": "the result's `{field}` does not list the heads that were knocked "
+    "out; the record says which heads it is about, so that its numbers can be read later",
+    "none_branch_raised": "the call with positions=end worked, but positions=None raised: "
+    "with None, still pick one position per prompt (the last column, [..., -1, :]) before "
+    "going on",
+    "hard_coded_size": "the result has the toy model's size, not this model's: read the sizes "
+    "from the inputs (model.cfg.n_layers, model.cfg.n_heads, tokens.shape[1]) instead of "
+    "writing the toy's 3 layers, 4 heads or 18 positions",
     "zero_ablation": "you replaced the outputs by zeros; the paper replaces them by their mean "
     "over the ABC prompts of the same template",
     "global_mean_ablation": "you replaced the outputs by one mean over all prompts; the paper "
@@ -146,16 +161,28 @@ class Exercise:
         call: str,
         model=None,
         read_only: Mapping[str, object] | None = None,
+        writable: tuple[int, ...] = (),
+        raised_as: str | Callable[[Exception], str | None] | None = None,
         **kwargs,
     ):
         """Run ``fn(*args, **kwargs)`` under the time limit; turn any failure into `CheckFailed`.
 
         If ``model`` is given, also fail (``hooks_left``) when the call leaves hooks on it, and
-        remove them so the next check starts clean. ``read_only`` maps a name to an input the
-        function may read but not change (a cache, a tensor, a dataset): if any of it changed,
-        fail with ``mutated_input``.
+        remove them so the next check starts clean. Every tensor, cache, dataset or mapping of
+        tensors passed as an argument is read only, and so is whatever ``read_only`` maps a
+        name to: if any of it changed, fail with ``mutated_input``. ``writable`` lists the
+        positional arguments the function may change (a hook's activation). ``raised_as``
+        names the diagnosis an exception gets instead of ``raised``, where the checker knows
+        what this call alone varies (positions=None after positions=end passed, say); a
+        function of the exception may name it, or return None for ``raised``.
         """
-        snapshots = {label: _snapshot(value) for label, value in (read_only or {}).items()}
+        named = dict(read_only or {})
+        given = {id(v) for v in named.values()}
+        watched = {
+            k: v for k, v in _arguments(fn, args, kwargs, writable).items() if id(v) not in given
+        }
+        read_only = {**watched, **named}
+        snapshots = {label: _snapshot(value) for label, value in read_only.items()}
         before = _hook_count(model) if model is not None else 0
         try:
             with one_thread():
@@ -193,12 +220,21 @@ class Exercise:
                     + _learner_frames(err),
                     hint=self.hint,
                 )
+            key = (raised_as(err) if callable(raised_as) else raised_as) or "raised"
+            if (
+                key == "raised"
+                and _assignment_mismatch(err)
+                and "assignment_shapes_differ" in (self.diagnoses)
+            ):
+                key = "assignment_shapes_differ"
             self.fail(
-                "raised",
+                key,
                 call=call,
                 expected="a result",
                 got=f"{type(err).__name__}: {err}",
-                explanation="the function raised an exception:\n" + _learner_frames(err),
+                explanation=(self.diagnoses.get(key) or "the function raised an exception")
+                + ":\n"
+                + _learner_frames(err),
                 hint=self.hint,
             )
         finally:
@@ -358,7 +394,9 @@ class Exercise:
         to anything in ``read_only`` (the caches it reads from) is ``mutated_input``.
         """
         given = activation.clone()
-        returned = self.call(fn, given, *args, call=call, read_only=read_only, **kwargs)
+        returned = self.call(
+            fn, given, *args, call=call, read_only=read_only, writable=(0,), **kwargs
+        )
         got = given if returned is None else returned
         baseline = activation if unchanged else None
         self.expect_tensor(got, expected, call=call, mistakes=mistakes, unchanged=baseline)
@@ -452,6 +490,29 @@ class Exercise:
                     f"field {f} differs: expected {describe(want[f])}, got {describe(have[f])}",
                 )
 
+    def expect_heads(
+        self, got: object, expected: object, field: str, *, call: str, hint: str | None = None
+    ) -> None:
+        """Check a field that lists heads (``removed``, ``ablated``) on a record or a list of them.
+
+        The heads are compared as sets of (layer, head), so order and the tuple type do not
+        matter; a wrong set is ``wrong_heads_recorded`` (which the exercise must declare).
+        """
+        items = list(got) if isinstance(got, list | tuple) else [got]
+        wanted = list(expected) if isinstance(expected, list | tuple) else [expected]
+        for item, want in zip(items, wanted, strict=True):
+            have, need = _head_set(getattr(item, field, None)), _head_set(getattr(want, field))
+            if have != need:
+                label = getattr(want, "label", None)
+                self.fail(
+                    "wrong_heads_recorded",
+                    call=call,
+                    expected=f"{field} = {sorted(need)}" + (f" for {label!r}" if label else ""),
+                    got=f"{field} = {getattr(item, field, None)!r}",
+                    explanation=self.diagnoses["wrong_heads_recorded"].format(field=field),
+                    hint=hint or self.hint,
+                )
+
     def passed(self, detail: str = "") -> None:
         """Tell the learner the check passed (printed, so notebooks show it)."""
         print(f"\N{CHECK MARK} {self.name} passed{': ' + detail if detail else ''}")
@@ -492,6 +553,20 @@ def reorderings(expected: Tensor) -> list[Tensor]:
 def missing_rows(expected: Tensor) -> list[Tensor]:
     """``expected`` with one row (first axis) left out, for each row."""
     return [torch.cat([expected[:i], expected[i + 1 :]]) for i in range(expected.shape[0])]
+
+
+def toy_sized(expected: Tensor, axes: Mapping[int, int]) -> list[Tensor]:
+    """What sizes hard-coded to the toy's give: ``expected`` cut to ``axes`` (axis -> the toy's
+    size there), on every non-empty subset of those axes, or with the entries past it left 0."""
+    out = []
+    for n in range(1, len(axes) + 1):
+        for chosen in itertools.combinations(sorted(axes.items()), n):
+            cut, zeroed = expected, expected.clone()
+            for axis, size in chosen:
+                cut = cut.narrow(axis, 0, min(size, cut.shape[axis]))
+                zeroed.narrow(axis, size, max(zeroed.shape[axis] - size, 0)).zero_()
+            out += [cut, zeroed]
+    return out
 
 
 class AnyOf(tuple):
@@ -535,6 +610,52 @@ def _kind(value: object) -> str:
     if isinstance(value, list | tuple):
         return f"a list of {len(value)} {type(value[0]).__name__}" if value else "a list"
     return f"a {type(value).__name__}"
+
+
+def _head_set(value: object) -> set[tuple[int, int]] | None:
+    """``value`` (heads as pairs or `Head` values) as a set of (layer, head), or None."""
+    try:
+        return {(int(h[0]), int(h[1])) for h in value}
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _assignment_mismatch(err: Exception) -> bool:
+    """Whether ``err`` is torch refusing an assignment between tensors of different shapes."""
+    text = str(err)
+    return isinstance(err, RuntimeError) and (
+        "must match the existing size" in text or "shape mismatch" in text
+    )
+
+
+def _arguments(fn: Callable, args: tuple, kwargs: dict, writable: tuple[int, ...]) -> dict:
+    """``{label: argument}`` for every argument holding tensors, labelled by parameter name."""
+    try:
+        names = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        names = []
+    out: dict[str, object] = {}
+    seen: set[int] = set()
+    items = [
+        (i, names[i] if i < len(names) else f"argument {i + 1}", v) for i, v in enumerate(args)
+    ]
+    items += [(None, k, v) for k, v in kwargs.items()]
+    for index, label, value in items:
+        if index in writable or id(value) in seen or not _holds_tensors(value):
+            continue
+        seen.add(id(value))
+        out[f"the argument {label!r}"] = value
+    return out
+
+
+def _holds_tensors(value: object) -> bool:
+    if isinstance(value, Tensor) or hasattr(value, "cache_dict"):
+        return True
+    if hasattr(value, "toks") and hasattr(value, "word_idx"):
+        return True
+    if isinstance(value, Mapping):
+        return any(isinstance(v, Tensor) for v in value.values())
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
 
 
 def _snapshot(value: object) -> object:

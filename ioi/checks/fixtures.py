@@ -96,6 +96,58 @@ def ioi_batch(n: int = 6, prompt_type: str = "mixed", seed: int = CHECK_SEED) ->
     )
 
 
+@dataclass(frozen=True)
+class OtherModelBatch:
+    """Random prompts through a small random model whose sizes differ from the toy's.
+
+    A checker runs the learner's function here too, so that sizes written as the toy's (3
+    layers, 4 heads, 18 positions) fail: this model has more layers, heads and positions.
+    """
+
+    model: HookedTransformer
+    clean_tokens: Int[Tensor, "batch pos"]
+    corrupted_tokens: Int[Tensor, "batch pos"]
+    clean_cache: ActivationCache
+    answer_tokens: Int[Tensor, "batch 2"]
+    end: Int[Tensor, " batch"]
+
+    def describe(self) -> str:
+        cfg = self.model.cfg
+        return (
+            f"a random model of {cfg.n_layers} layers x {cfg.n_heads} heads (not the toy), "
+            f"random tokens {list(self.clean_tokens.shape)}"
+        )
+
+
+OTHER_SIZES = {"n_layers": 4, "n_heads": 5, "n_pos": 23}
+"""The second model's sizes: each larger than the toy's (and its batches' widths)."""
+
+
+@functools.lru_cache(maxsize=1)
+def other_model_batch() -> OtherModelBatch:
+    """The cached `OtherModelBatch` (three prompts)."""
+    from ioi.testing import D_VOCAB, tiny_model
+
+    model = tiny_model(
+        seed=CHECK_SEED, n_layers=OTHER_SIZES["n_layers"], n_heads=OTHER_SIZES["n_heads"], n_ctx=32
+    )
+    generator = torch.Generator().manual_seed(CHECK_SEED)
+    clean = torch.randint(0, D_VOCAB, (3, OTHER_SIZES["n_pos"]), generator=generator)
+    corrupted = clean.clone()
+    corrupted[:, 2:12] = torch.randint(0, D_VOCAB, (3, 10), generator=generator)
+    answers = torch.randperm(D_VOCAB, generator=generator)[:6].reshape(3, 2)
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(clean)
+    return OtherModelBatch(
+        model=model,
+        clean_tokens=clean,
+        corrupted_tokens=corrupted,
+        clean_cache=fresh_cache(cache),
+        answer_tokens=answers,
+        end=torch.tensor([OTHER_SIZES["n_pos"] - 1, 15, 19]),
+    )
+
+
 def fresh_cache(cache: ActivationCache) -> ActivationCache:
     """A deep copy of ``cache`` (ordinary tensors, outside inference mode) the learner may change."""
     copied = {name: value.clone() for name, value in cache.items()}
@@ -106,3 +158,4 @@ def clear() -> None:
     """Forget the cached model and batches (frees memory; the next check rebuilds them)."""
     ioi_batch.cache_clear()
     toy_model.cache_clear()
+    other_model_batch.cache_clear()

@@ -95,6 +95,7 @@ def keep_masks(
     Raises:
         ValueError: a position key not in ``ds.word_idx`` (the valid keys are listed) or a
             head outside the model.
+        TypeError: an entry that is one string, not a tuple of keys.
     """
     batch, n_pos = ds.toks.shape
     masks = [
@@ -111,6 +112,11 @@ def keep_masks(
         if keys is None:
             masks[layer][:, :, head] = True
             continue
+        if isinstance(keys, str):
+            raise TypeError(
+                f"keep[{Head(layer, head)}] is the string {keys!r}; an entry is a tuple of "
+                f"position keys, e.g. ({keys!r},), or None for every position"
+            )
         for key in keys:
             if key not in ds.word_idx:
                 raise ValueError(f"unknown position key {key!r}; valid keys: {sorted(ds.word_idx)}")
