@@ -72,7 +72,8 @@ def per_layer_logit_diffs(
 def head_results_at(
     model: HookedTransformer, cache: ActivationCache, positions: Int[Tensor, " batch"] | None
 ) -> Float[Tensor, "layer head batch d_model"]:
-    """Every head's output (``z @ W_O``, no bias) at each prompt's position."""
+    """Every head's output (``z @ W_O``, no bias) at each prompt's position (the last column
+    when ``positions`` is None)."""
     raise NotImplementedError(
         "hint: each head's z at the positions, through its own W_O, for every layer."
     )

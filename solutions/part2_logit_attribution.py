@@ -89,7 +89,8 @@ def per_layer_logit_diffs(
 def head_results_at(
     model: HookedTransformer, cache: ActivationCache, positions: Int[Tensor, " batch"] | None
 ) -> Float[Tensor, "layer head batch d_model"]:
-    """Every head's output (``z @ W_O``, no bias) at each prompt's position."""
+    """Every head's output (``z @ W_O``, no bias) at each prompt's position (the last column
+    when ``positions`` is None)."""
     per_layer = []
     for layer in range(model.cfg.n_layers):
         z = cache["z", layer]  # [batch, pos, head, d_head]

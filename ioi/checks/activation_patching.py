@@ -21,10 +21,17 @@ from ioi.checks.core import (
     missing_rows,
     one_thread,
     reorderings,
+    toy_sized,
     without_last_layer,
 )
-from ioi.checks.fixtures import IOIBatch, fresh_cache, ioi_batch
-from ioi.metrics import logits_to_ave_logit_diff, make_ioi_metric, make_logit_diff_metric
+from ioi.checks.fixtures import IOIBatch, fresh_cache, ioi_batch, other_model_batch
+from ioi.metrics import (
+    final_logits,
+    logits_to_ave_logit_diff,
+    make_ioi_metric,
+    make_logit_diff_metric,
+)
+from ioi.patching import Together
 from ioi.patching.attribution import receiver_gradients
 
 # ---- shared inputs ----------------------------------------------------------------------------
@@ -73,9 +80,22 @@ METRIC = exercise(
         "ignored_positions": "you read the logit difference at the last position, not `positions`",
         "returned_per_prompt": "you returned one value per prompt; the metric must be one number "
         "(patching functions compare scalars)",
+        "clamped": "you clamped the metric to [0, 1]; a patch can overshoot the clean run or "
+        "undershoot the corrupted one, and the metric must show it",
+        "absolute_value": "you took the absolute value of the logit difference: a patch that "
+        "makes the model prefer the S must score below the corrupted baseline, so the metric "
+        "keeps the sign (IO - S)",
     },
-    shared=("batch_by_batch_indexing", "sum_not_mean"),
+    shared=("batch_by_batch_indexing", "sum_not_mean", "first_position_for_none"),
 )
+
+
+def _flipped(logits: Tensor, answers: Tensor) -> Tensor:
+    """``logits`` with each prompt's IO and S columns exchanged: every logit difference negated."""
+    out, rows = logits.clone(), torch.arange(logits.shape[0])
+    out[rows, :, answers[:, 0]] = logits[rows, :, answers[:, 1]]
+    out[rows, :, answers[:, 1]] = logits[rows, :, answers[:, 0]]
+    return out
 
 
 @one_thread()
@@ -85,14 +105,21 @@ def test_ioi_metric(ioi_metric_fn: Callable) -> None:
     answers, end = b.answer_tokens, b.end
     clean, corrupted = b.clean_logit_diff, b.corrupted_logit_diff
     halfway = (b.clean_logits + b.corrupted_logits) / 2
-    for label, logits in (
-        ("halfway", halfway),
-        ("clean", b.clean_logits),
-        ("corrupted", b.corrupted_logits),
-    ):
+    # The last column of the checker's batch is each prompt's own `end` in the "short" case,
+    # so positions=None is right there; the flipped logits give a negative logit difference.
+    short = b.clean_logits[:, : int(end.min()) + 1]
+    cases = (
+        ("halfway_logits", halfway, end),
+        ("clean_logits", b.clean_logits, end),
+        ("corrupted_logits", b.corrupted_logits, end),
+        ("flipped_logits (IO and S columns exchanged)", _flipped(b.clean_logits, answers), end),
+        (f"clean_logits[:, :{short.shape[1]}]", short, None),
+    )
+    for label, logits, positions in cases:
+        where = "positions=end" if positions is not None else "positions=None"
         call = (
-            f"ioi_metric({label}_logits, answer_tokens, corrupted_logit_diff={corrupted:.3f}, "
-            f"clean_logit_diff={clean:.3f}, positions=end)  [{b.describe()}]"
+            f"ioi_metric({label}, answer_tokens, corrupted_logit_diff={corrupted:.3f}, "
+            f"clean_logit_diff={clean:.3f}, {where})  [{b.describe()}]"
         )
         got = ex.call(
             ioi_metric_fn,
@@ -100,13 +127,12 @@ def test_ioi_metric(ioi_metric_fn: Callable) -> None:
             answers.clone(),
             corrupted,
             clean,
-            positions=end.clone(),
+            positions=None if positions is None else positions.clone(),
             call=call,
         )
-        per_prompt = logits_to_ave_logit_diff(logits, answers, per_prompt=True, positions=end)
+        per_prompt = logits_to_ave_logit_diff(logits, answers, per_prompt=True, positions=positions)
         diff = per_prompt.mean()
-        last = logits_to_ave_logit_diff(logits, answers)
-        final = logits[torch.arange(len(end)), end]
+        final = final_logits(logits, positions)
         grid = (final[:, answers[:, 0]] - final[:, answers[:, 1]]).mean()
 
         def normalise(d):
@@ -117,14 +143,29 @@ def test_ioi_metric(ioi_metric_fn: Callable) -> None:
             "baselines_swapped": lambda d=diff: (d - clean) / (corrupted - clean),
             "forgot_corrupted_baseline": lambda d=diff: d / clean,
             "wrong_denominator": lambda d=diff: (d - corrupted) / clean,
-            "ignored_positions": lambda d=last: normalise(d),
+            "absolute_value": lambda d=diff, p=per_prompt: [
+                normalise(d.abs()),
+                normalise(p.abs().mean()),
+            ],
+            "clamped": lambda d=diff, p=per_prompt: [
+                normalise(d).clamp(0, 1),
+                normalise(p).clamp(0, 1).mean(),
+            ],
             "returned_per_prompt": lambda d=per_prompt: normalise(d),
             "sum_not_mean": lambda d=per_prompt: normalise(d.sum()),
             "batch_by_batch_indexing": lambda g=grid: normalise(g),
         }
-        expected = make_ioi_metric(clean, corrupted, answers, end)(logits)
+        if positions is None:
+            mistakes["first_position_for_none"] = lambda lg=logits: normalise(
+                logits_to_ave_logit_diff(lg, answers, positions=torch.zeros_like(end))
+            )
+        else:
+            mistakes["ignored_positions"] = lambda lg=logits: normalise(
+                logits_to_ave_logit_diff(lg, answers)
+            )
+        expected = make_ioi_metric(clean, corrupted, answers, positions)(logits)
         ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
-    ex.passed("clean -> 1, corrupted -> 0")
+    ex.passed("clean -> 1, corrupted -> 0, flipped below 0, positions=end and None")
 
 
 # ---- hook functions ---------------------------------------------------------------------------
@@ -206,7 +247,10 @@ RESID_HOOK = exercise(
         "whole (patched) activation, [batch, pos, d_model]",
         "ignored_pos": "you patched a fixed position, not the `pos` you were given",
         "position_off_by_one": "you patched the position next to `pos`",
+        "patched_a_range": "you patched a range of positions ([:, pos:] or [:, :pos + 1]); a "
+        "slice keeps going to the end or from the start, while [:, pos] is the one position",
     },
+    shared=("assignment_shapes_differ",),
 )
 
 
@@ -223,6 +267,10 @@ def test_patch_residual_component(patch_residual_component_fn: Callable) -> None
             "indexed_batch_axis": lambda: _patched(act, clean, (pos,)),
             "returned_clean_slice": lambda: clean[:, pos],
             "position_off_by_one": lambda: [patch(act, clean, pos + 1), patch(act, clean, pos - 1)],
+            "patched_a_range": lambda: [
+                _patched(act, clean, (slice(None), where))
+                for where in (slice(pos, None), slice(None, pos + 1), slice(None, pos))
+            ],
         }
 
     cases = [("blocks.1.hook_resid_pre", 5), ("blocks.2.hook_resid_pre", 2)]
@@ -248,7 +296,10 @@ HEAD_HOOK = exercise(
         "the third axis of z/q/k/v: [:, :, head_index]",
         "patched_all_heads": "every head was replaced; patch only head `head_index`",
         "ignored_head_index": "you patched a fixed head, not the `head_index` you were given",
+        "indexed_d_head_axis": "you indexed the last axis ([..., head_index]), which is d_head; "
+        "heads are the third axis of z/q/k/v: [:, :, head_index]",
     },
+    shared=("assignment_shapes_differ",),
 )
 
 
@@ -262,6 +313,7 @@ def test_patch_head_vector(patch_head_vector_fn: Callable) -> None:
     def mistakes(act, clean, head):
         return {
             "indexed_position_axis": lambda: _patched(act, clean, (slice(None), head)),
+            "indexed_d_head_axis": lambda: _patched(act, clean, (..., head)),
             "patched_all_heads": lambda: clean,
         }
 
@@ -289,6 +341,7 @@ PATTERN_HOOK = exercise(
         "patched_all_heads": "every head's pattern was replaced; patch only head `head_index`",
         "ignored_head_index": "you patched a fixed head, not the `head_index` you were given",
     },
+    shared=("assignment_shapes_differ",),
 )
 
 
@@ -329,12 +382,17 @@ def _check_sweep(
     mistakes: dict,
     atol: float = 1e-3,
     holder: dict | None = None,
+    library: Callable | None = None,
+    toy_axes: dict[int, str] | None = None,
 ) -> None:
     """The body every sweep's checker shares: run it on the patching batch and compare.
 
     The clean cache is read only; a grid equal to the corrupted run's metric (0) everywhere
     is ``no_effect``. ``holder``, if given, receives the learner's result under ``"got"``
-    before the comparison (for mistakes that look at it).
+    before the comparison (for mistakes that look at it). With ``library`` (the library's
+    function of the same signature), the sweep runs again on a random model of other sizes
+    (`other_model_batch`): ``toy_axes`` maps an axis of the result to the size it counts
+    (``"layers"``, ``"heads"`` or ``"pos"``), so that sizes written as the toy's are named.
     """
     b = _patching_batch()
     call = _patch_call(name, b)
@@ -352,7 +410,40 @@ def _check_sweep(
     if holder is not None:
         holder["got"] = got
     ex.expect_tensor(got, expected, call=call, mistakes=mistakes, atol=atol, unchanged=0.0)
-    ex.passed()
+    if library is None:
+        ex.passed()
+        return
+    other = other_model_batch()
+    metric = make_logit_diff_metric(other.answer_tokens, other.end)
+    call = (
+        f"{name}(model, corrupted_tokens, clean_cache, patching_metric)  where the metric is "
+        f"the mean logit difference at end  [{other.describe()}]"
+    )
+    given = fresh_cache(other.clean_cache)
+    got = ex.call(
+        fn,
+        other.model,
+        other.corrupted_tokens.clone(),
+        given,
+        metric,
+        call=call,
+        model=other.model,
+        read_only={"clean_cache": given},
+    )
+    with torch.inference_mode():
+        want = library(other.model, other.corrupted_tokens, other.clean_cache, metric).cpu()
+        baseline = float(metric(other.model(other.corrupted_tokens)))
+    toy = {"layers": b.model.cfg.n_layers, "heads": b.model.cfg.n_heads, "pos": b.abc.toks.shape[1]}
+    sizes = {axis: toy[what] for axis, what in (toy_axes or {}).items()}
+    ex.expect_tensor(
+        got,
+        want,
+        call=call,
+        mistakes={"hard_coded_size": lambda: toy_sized(want, sizes)},
+        atol=atol,
+        unchanged=baseline,
+    )
+    ex.passed("the toy, and a random model of other sizes")
 
 
 RESID_PRE = exercise(
@@ -363,11 +454,13 @@ RESID_PRE = exercise(
     diagnoses={
         "transposed": "the result is [pos, layer]; return [layer, pos]",
         "off_by_one_layer": "your row `layer` is the patch of resid_post (the stream *leaving* "
-        "the block), which is resid_pre of layer + 1; patch 'resid_pre' of `layer`",
+        "the block, which is resid_pre of layer + 1) or of resid_mid (between attention and "
+        "MLP: patched at one position it gives the same, as the MLP works per position); "
+        "patch 'resid_pre' of `layer`, the stream entering the block",
         "patched_all_positions": "every row is constant along pos: you patched all positions "
         "at once instead of one position per column",
     },
-    shared=("missed_last_layer",),
+    shared=("missed_last_layer", "hard_coded_size"),
 )
 
 
@@ -386,7 +479,13 @@ def test_get_act_patch_resid_pre(get_act_patch_resid_pre_fn: Callable) -> None:
         "patched_all_positions": lambda: _sweep_effect(b, "resid_pre")[:, None].expand(-1, n_pos),
     }
     _check_sweep(
-        RESID_PRE, get_act_patch_resid_pre_fn, "get_act_patch_resid_pre", expected, mistakes
+        RESID_PRE,
+        get_act_patch_resid_pre_fn,
+        "get_act_patch_resid_pre",
+        expected,
+        mistakes,
+        library=patching.get_act_patch_resid_pre,
+        toy_axes={0: "layers", 1: "pos"},
     )
 
 
@@ -402,7 +501,7 @@ HEAD_OUT = exercise(
         "patched_other_component": "these are the effects of patching another input of the "
         "heads (q, k or v); a head's output is its z (hook_z)",
     },
-    shared=("missed_last_layer",),
+    shared=("missed_last_layer", "hard_coded_size"),
 )
 
 
@@ -430,6 +529,8 @@ def test_get_act_patch_attn_head_out_all_pos(
         "get_act_patch_attn_head_out_all_pos",
         expected,
         mistakes,
+        library=patching.get_act_patch_attn_head_out_all_pos,
+        toy_axes={0: "layers", 1: "heads"},
     )
 
 
@@ -444,8 +545,11 @@ BY_POS = exercise(
         "every position for each column, not at that position only",
         "patched_all_heads": "every head gives the same value: you patched the whole layer's z "
         "at that position",
+        "patched_a_range": "column `pos` patches a range of positions (z[:, :pos + 1] or "
+        "z[:, pos:]); a slice runs to the start or the end, while z[:, pos, head] is the one "
+        "position",
     },
-    shared=("missed_last_layer",),
+    shared=("missed_last_layer", "hard_coded_size"),
 )
 
 
@@ -470,6 +574,12 @@ def test_get_act_patch_attn_head_out_by_pos(
         "patched_all_heads": lambda: _sweep_effect(b, "z", positions="each", heads="all")[
             :, :, None
         ].expand(-1, -1, n_heads),
+        "patched_a_range": lambda: [
+            torch.stack(
+                [_sweep_effect(b, "z", positions=Together(span(p))) for p in range(n_pos)], 1
+            )
+            for span in (lambda p: range(p + 1), lambda p: range(p, n_pos))
+        ],
     }
     _check_sweep(
         BY_POS,
@@ -477,6 +587,8 @@ def test_get_act_patch_attn_head_out_by_pos(
         "get_act_patch_attn_head_out_by_pos",
         expected,
         mistakes,
+        library=patching.get_act_patch_attn_head_out_by_pos,
+        toy_axes={0: "layers", 1: "pos", 2: "heads"},
     )
 
 
@@ -491,7 +603,7 @@ BLOCK_EVERY = exercise(
         "resid_post_not_pre": "your first row patches resid_post (the stream leaving each "
         "block); the first row is resid_pre, the stream entering it",
     },
-    shared=("missed_last_layer",),
+    shared=("missed_last_layer", "hard_coded_size"),
 )
 
 BLOCK_ORDER = ("resid_pre", "attn_out", "mlp_out")
@@ -516,7 +628,13 @@ def test_get_act_patch_block_every(get_act_patch_block_every_fn: Callable) -> No
         ],
     }
     _check_sweep(
-        BLOCK_EVERY, get_act_patch_block_every_fn, "get_act_patch_block_every", expected, mistakes
+        BLOCK_EVERY,
+        get_act_patch_block_every_fn,
+        "get_act_patch_block_every",
+        expected,
+        mistakes,
+        library=patching.get_act_patch_block_every,
+        toy_axes={1: "layers", 2: "pos"},
     )
 
 
@@ -586,6 +704,11 @@ ATTRIBUTION = exercise(
         "corrupted value to its clean value, so the step is clean - corrupted",
         "gradient_in_clean_run": "you took the gradient in the clean run; when denoising, the "
         "linear approximation is around the run being patched, the corrupted one",
+        "mean_not_sum": "the estimated change is the expected one divided by the number of "
+        "prompts: the metric already averages over prompts, so its gradient does too; sum "
+        "(clean - corrupted) * grad over the batch",
+        "clean_baseline": "you added the clean run's metric; the estimate is a step away from "
+        "the corrupted run, so add the corrupted run's metric",
     },
 )
 
@@ -636,6 +759,8 @@ def test_attribution_patch_attn_head_out_all_pos(
         "gradient_in_clean_run": lambda: (
             corrupted_value - _attribution_change(b, b.ds.toks, b.corrupted_cache)
         ),
+        "mean_not_sum": lambda: corrupted_value + (expected - corrupted_value) / b.ds.N,
+        "clean_baseline": lambda: expected - corrupted_value + b.clean_logit_diff,
     }
     ex.expect_tensor(got, expected, call=call, mistakes=mistakes, atol=1e-3)
     ex.passed()

@@ -33,8 +33,13 @@ BACKUP = exercise(
         "ignored_positions": "the attributions are read at the last column of the padded "
         "batch; read them at each prompt's word_idx['end']",
         "ignored_name_movers": "you knocked out other heads than the `name_movers` you were given",
+        "ignored_at": "the name movers were knocked out at 'end' whatever `at` asked for; "
+        "knock them out at word_idx[at]",
+        "direct_effects_summed": "your logit difference is the sum of the heads' direct "
+        "attributions; measure it from the model's logits (it also contains the embeddings, "
+        "the MLPs, the biases and every indirect effect)",
     },
-    shared=("zero_ablation", "global_mean_ablation", "swapped_fields"),
+    shared=("zero_ablation", "global_mean_ablation", "swapped_fields", "wrong_heads_recorded"),
 )
 
 BACKUP_FIELDS = ("dla_before", "dla_after", "logit_diff_before", "logit_diff_after")
@@ -117,8 +122,24 @@ def test_backup_name_mover_experiment(backup_name_mover_experiment_fn: Callable)
             "ignored_name_movers": lambda a=at, o=others: AnyOf(
                 knockout_variant(ablation, m, a) for m in o
             ),
+            "ignored_at": lambda m=movers, a=at: (
+                None if a == "end" else knockout_variant(ablation, m, "end")
+            ),
+            "direct_effects_summed": lambda e=expected: AnyOf(
+                [
+                    SimpleNamespace(**{**vars(e), "logit_diff_after": float(e.dla_after.sum())}),
+                    SimpleNamespace(
+                        **{
+                            **vars(e),
+                            "logit_diff_before": float(e.dla_before.sum()),
+                            "logit_diff_after": float(e.dla_after.sum()),
+                        }
+                    ),
+                ]
+            ),
         }
         ex.expect_record(raw, expected, BACKUP_FIELDS, call=call, mistakes=mistakes, atol=1e-3)
+        ex.expect_heads(raw, expected, "ablated", call=call)
     result = backup_name_mover_experiment(ablation, cases[0][0], "end")
     ex.passed(
         f"logit diff {result.logit_diff_before:.2f} -> {result.logit_diff_after:.2f}, "
@@ -145,19 +166,28 @@ PERMUTATION = exercise(
         "like [0, 3, 7] leave empty groups (NaN means). Renumber them 0 .. G-1 first "
         "(labels.unique(return_inverse=True))",
         "group_sums_not_means": "group_means holds the groups' sums; divide by each group's size",
+        "strict_inequality": "your p-value counts null > observed; a shuffle that ties the "
+        "observed statistic is as extreme as it, so count null >= observed",
+        "unweighted_grand_mean": "your overall mean is the plain mean of the group means; with "
+        "groups of unequal size it must be the mean over every prompt",
+        "n_permutations_not_recorded": "n_permutations does not record the number of shuffles "
+        "drawn: return the n_permutations you were given",
     },
 )
 
-PERM_FIELDS = ("statistic", "p_value", "group_means", "null")
+PERM_FIELDS = ("statistic", "p_value", "group_means", "null", "n_permutations")
 
 
-def _stat(values: Tensor, labels: Tensor, n_groups: int, weighted: bool = True) -> Tensor:
+def _stat(
+    values: Tensor, labels: Tensor, n_groups: int, weighted: bool = True, grand: str = "prompts"
+) -> Tensor:
     flat = values.reshape(values.shape[0], -1)
     onehot = torch.nn.functional.one_hot(labels, n_groups).float()
     counts = onehot.sum(0)
     means = (onehot.T @ flat) / counts[:, None]
     weights = counts[:, None] if weighted else torch.ones_like(counts)[:, None]
-    return (weights * (means - flat.mean(0)) ** 2).sum()
+    overall = flat.mean(0) if grand == "prompts" else means.mean(0)
+    return (weights * (means - overall) ** 2).sum()
 
 
 def permutation_variant(
@@ -170,29 +200,37 @@ def permutation_variant(
     plus_one: bool = True,
     renumber: bool = True,
     sums: bool = False,
+    strict: bool = False,
+    grand: str = "prompts",
+    recorded: int | None = None,
 ) -> SimpleNamespace:
     """The permutation test with switches for the mistakes."""
     if renumber:
         _, labels = labels.unique(return_inverse=True)
     n_groups = int(labels.max()) + 1
-    observed = _stat(importance, labels, n_groups, weighted)
+    observed = _stat(importance, labels, n_groups, weighted, grand)
     gen = torch.Generator().manual_seed(seed)
     null = torch.stack(
         [
             _stat(
-                importance, labels[torch.randperm(len(labels), generator=gen)], n_groups, weighted
+                importance,
+                labels[torch.randperm(len(labels), generator=gen)],
+                n_groups,
+                weighted,
+                grand,
             )
             for _ in range(n_perm)
         ]
     )
     onehot = torch.nn.functional.one_hot(labels, n_groups).float()
     total = torch.einsum("bg,blh->glh", onehot, importance)
-    hits = int((null >= observed).sum())
+    hits = int((null > observed).sum() if strict else (null >= observed).sum())
     return SimpleNamespace(
         statistic=float(observed),
         p_value=(1 + hits) / (1 + n_perm) if plus_one else hits / n_perm,
         group_means=total if sums else total / onehot.sum(0)[:, None, None],
         null=null,
+        n_permutations=n_perm if recorded is None else recorded,
     )
 
 
@@ -203,10 +241,17 @@ def test_permutation_test(permutation_test_fn: Callable) -> None:
     gen = torch.Generator().manual_seed(3)
     groups = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2])  # unequal group sizes
     importance = torch.randn(12, 3, 4, generator=gen) + 0.8 * groups[:, None, None].float()
-    cases = ((groups, 200, 5), (torch.tensor([0, 0, 0, 0, 0, 3, 3, 3, 7, 7, 7, 7]), 150, 11))
-    for labels, n_perm, seed in cases:
+    # Four prompts in two pairs: a third of all shuffles give the observed grouping back,
+    # so the null ties the observed statistic exactly and > differs from >=.
+    pairs = torch.randn(4, 3, 4, generator=gen)
+    cases = (
+        (importance, groups, 200, 5),
+        (importance, torch.tensor([0, 0, 0, 0, 0, 3, 3, 3, 7, 7, 7, 7]), 150, 11),
+        (pairs, torch.tensor([0, 0, 1, 1]), 60, 2),
+    )
+    for importance, labels, n_perm, seed in cases:
         call = (
-            f"permutation_test(importance [12, 3, 4], labels {labels.tolist()}, "
+            f"permutation_test(importance {list(importance.shape)}, labels {labels.tolist()}, "
             f"n_permutations={n_perm}, seed={seed})"
         )
         raw = ex.call(
@@ -224,8 +269,8 @@ def test_permutation_test(permutation_test_fn: Callable) -> None:
                 return None
             return raw if same else None
 
-        def variant(lab=labels, n=n_perm, s=seed, **how):
-            return permutation_variant(importance, lab, n, s, **how)
+        def variant(lab=labels, n=n_perm, s=seed, imp=importance, **how):
+            return permutation_variant(imp, lab, n, s, **how)
 
         mistakes = {
             "unweighted_statistic": lambda v=variant: v(weighted=False),
@@ -239,8 +284,13 @@ def test_permutation_test(permutation_test_fn: Callable) -> None:
                 else v(renumber=False)
             ),
             "group_sums_not_means": lambda v=variant: v(sums=True),
+            "strict_inequality": lambda v=variant: v(strict=True),
+            "unweighted_grand_mean": lambda v=variant: v(grand="groups"),
+            "n_permutations_not_recorded": lambda v=variant, n=n_perm: AnyOf(
+                v(recorded=other) for other in (1000, n + 1, n - 1, 0)
+            ),
             "different_shuffles": other_shuffles,
         }
         ex.expect_record(raw, expected, PERM_FIELDS, call=call, mistakes=mistakes, atol=1e-4)
-    result = permutation_test(importance, groups, 200, 5)
+    result = permutation_test(cases[0][0], groups, 200, 5)
     ex.passed(f"statistic {result.statistic:.2f}, p = {result.p_value:.3f}")

@@ -15,8 +15,8 @@ from torch import Tensor
 from transformer_lens import ActivationCache
 
 from ioi import heads
-from ioi.checks.core import Exercise, exercise, without_last_layer
-from ioi.checks.fixtures import IOIBatch, fresh_cache, ioi_batch
+from ioi.checks.core import Exercise, exercise, toy_sized, without_last_layer
+from ioi.checks.fixtures import IOIBatch, fresh_cache, ioi_batch, other_model_batch
 
 
 def at_positions(
@@ -145,6 +145,10 @@ DIRECTIONS = exercise(
         "difference is the dot product with the unnormalised difference W_U[:, IO] - W_U[:, S]",
         "io_direction_only": "you returned the IO's direction alone; subtract the S's, or the "
         "attribution measures the IO logit instead of the IO - S difference",
+        "transposed": "the result is [d_model, batch]: W_U[:, ids] puts the tokens in the "
+        "columns; transpose it (.T) so each prompt's direction is a row",
+        "added_unembed_bias": "you added the unembedding bias b_U to the direction; b_U adds a "
+        "constant to each logit and is no direction in the residual stream, so it stays out",
     },
 )
 
@@ -162,6 +166,10 @@ def test_logit_diff_directions(logit_diff_directions_fn: Callable) -> None:
         "not_subtracted": lambda: model.tokens_to_residual_directions(answers),
         "normalised_directions": lambda: expected / expected.norm(dim=-1, keepdim=True),
         "io_direction_only": lambda: model.W_U[:, answers[:, 0]].T,
+        "transposed": lambda: expected.T,
+        "added_unembed_bias": lambda: (
+            expected + (model.b_U[answers[:, 0]] - model.b_U[answers[:, 1]])[:, None]
+        ),
     }
     ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
     ex.passed()
@@ -182,7 +190,11 @@ FINAL_LN = exercise(
         "wrong_layer_norm_scale": "you divided by the scale of another layer norm "
         "(a block's ln1 or ln2); the logits are computed after the *final* one, "
         "cache['ln_final.hook_scale']",
+        "centred_wrong_axis": "you subtracted a mean over another axis (the batch or the "
+        "components); the layer norm centres each vector over d_model (mean(-1))",
+        "position_off_by_one": "you took the scale one position away from `positions`",
     },
+    shared=("batch_by_batch_indexing", "same_position_for_all_prompts"),
 )
 
 
@@ -227,8 +239,22 @@ def test_apply_final_ln(apply_final_ln_fn: Callable) -> None:
             "not_centred": lambda s=stack, p=positions: s / final_ln_scale(cache, p),
             "wrong_layer_norm_scale": other_scale,
         }
+        scale = final_ln_scale(cache, positions)
+        mistakes["centred_wrong_axis"] = lambda s=stack, k=scale: [
+            (s - s.mean(axis, keepdim=True)) / k for axis in range(s.ndim - 1)
+        ]
         if positions is not None:
             mistakes["scale_at_last_position"] = lambda c=centred: c / final_ln_scale(cache, None)
+            n_pos = cache["ln_final.hook_scale"].shape[1]
+            mistakes["position_off_by_one"] = lambda c=centred, p=positions, n=n_pos: [
+                c / final_ln_scale(cache, (p + d).clamp(0, n - 1)) for d in (1, -1)
+            ]
+            grid = cache["ln_final.hook_scale"][:, positions, 0]  # [batch, batch]
+            mistakes["batch_by_batch_indexing"] = lambda c=centred, g=grid: [
+                c / g.mean(1, keepdim=True),
+                c / g.mean(0)[:, None],
+            ]
+            mistakes["same_position_for_all_prompts"] = lambda c=centred, g=grid: c / g[:, :1]
         expected = heads.apply_final_ln(stack, cache, positions)
         ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
     ex.passed()
@@ -245,6 +271,10 @@ STACK = exercise(
         "scale_at_last_position": "you took the layer-norm scale at the last position of the "
         "padded batch, not at each prompt's `positions`",
         "returned_per_prompt": "you returned one value per prompt; average over the batch",
+        "normalised_directions": "you scaled the directions to unit length; the logit "
+        "difference is the dot product with the directions as given",
+        "averaged_components": "you averaged over the components as well; return one value "
+        "per component (average over the batch only)",
     },
     shared=("sum_not_mean",),
 )
@@ -284,6 +314,12 @@ def test_residual_stack_to_logit_diff(residual_stack_to_logit_diff_fn: Callable)
             **ln_mistakes(stack, cache, positions, dot),
             "returned_per_prompt": wrong(reduce="none"),
             "sum_not_mean": wrong(reduce="sum"),
+            "normalised_directions": lambda s=stack, p=positions: to_logit_diff(
+                s, cache, dirs / dirs.norm(dim=-1, keepdim=True), p
+            ),
+            "averaged_components": lambda s=stack, p=positions: to_logit_diff(
+                s, cache, dirs, p
+            ).mean(),
         }
         if positions is not None:
             mistakes["scale_at_last_position"] = wrong(p=None)
@@ -304,7 +340,7 @@ def test_residual_stack_to_logit_diff(residual_stack_to_logit_diff_fn: Callable)
 
 
 def _check_resid_attribution(
-    ex: Exercise, fn: Callable, name: str, expected: tuple, stacks: dict[str, Tensor]
+    ex: Exercise, fn: Callable, name: str, expected: Callable, stacks: dict[str, Tensor]
 ) -> None:
     """The body both residual-stream exercises share: call, then check values and labels.
 
@@ -313,37 +349,64 @@ def _check_resid_attribution(
     """
     b = ioi_batch()
     dirs, cache, end = _directions(b), b.clean_cache, b.end
-    call = f"{name}(model, cache, answer_tokens, positions=end)  [{b.describe()}]"
-    given = fresh_cache(cache)
-    got = ex.call(
-        fn,
-        b.model,
-        given,
-        b.answer_tokens.clone(),
-        end.clone(),
-        call=call,
-        model=b.model,
-        read_only={"cache": given},
-    )
-    right = at_positions(stacks.pop("right"), end)
+    first = torch.zeros_like(end)
+    for positions in (end, None):
+        where = "end" if positions is not None else "None"
+        call = f"{name}(model, cache, answer_tokens, positions={where})  [{b.describe()}]"
+        given = fresh_cache(cache)
+        got = ex.call(
+            fn,
+            b.model,
+            given,
+            b.answer_tokens.clone(),
+            None if positions is None else positions.clone(),
+            call=call,
+            model=b.model,
+            raised_as=None if positions is not None else "none_branch_raised",
+        )
+        right = at_positions(stacks["right"], positions)
 
-    def dot(normed):
-        return einops.einsum(normed, dirs, "... batch d, batch d -> ... batch").mean(-1)
+        def dot(normed):
+            return einops.einsum(normed, dirs, "... batch d, batch d -> ... batch").mean(-1)
 
-    mistakes = {
-        key: (lambda stack=stack: to_logit_diff(at_positions(stack, end), cache, dirs, end))
-        for key, stack in stacks.items()
-    }
-    mistakes.update(ln_mistakes(right, cache, end, dot))
-    mistakes["ignored_positions"] = lambda: to_logit_diff(
-        at_positions(cache.accumulated_resid(layer=-1, incl_mid=True), None)
-        if name.startswith("accumulated")
-        else at_positions(cache.decompose_resid(layer=-1), None),
-        cache,
-        dirs,
-        None,
-    )
-    _expect_values_and_labels(ex, got, expected, call, mistakes)
+        mistakes = {
+            key: (
+                lambda stack=stack, p=positions: to_logit_diff(
+                    at_positions(stack, p), cache, dirs, p
+                )
+            )
+            for key, stack in stacks.items()
+            if key != "right"
+        }
+        mistakes.update(ln_mistakes(right, cache, positions, dot))
+        want = expected(positions)
+        mistakes["layer_norm_twice"] = lambda r=right, p=positions: [
+            to_logit_diff(final_ln_variant(r, cache, p, how), cache, dirs, p)
+            for how in ("cached", "per_component")
+        ]
+        mistakes["missed_last_layer"] = lambda v=want[0]: [v[:-2], v[:-1]]
+        if positions is None:
+            mistakes["first_position_for_none"] = lambda: to_logit_diff(
+                at_positions(stacks["right"], first), cache, dirs, first
+            )
+        else:
+            mistakes["ignored_positions"] = lambda: to_logit_diff(
+                at_positions(stacks["right"], None), cache, dirs, None
+            )
+            mistakes["stack_at_last_position"] = lambda p=positions: to_logit_diff(
+                at_positions(stacks["right"], None), cache, dirs, p
+            )
+        _expect_values_and_labels(ex, got, want, call, mistakes)
+
+
+RESID_DIAGNOSES = {
+    "ignored_positions": "you read the last position of the padded batch, not `positions`",
+    "stack_at_last_position": "you read the residual stream at the last column of the padded "
+    "batch but the layer-norm scale at `positions`; read both at each prompt's position",
+    "layer_norm_twice": "the final layer norm was applied twice: once by the cache "
+    "(apply_ln=True) and again by residual_stack_to_logit_diff; apply it once",
+}
+"""Mistakes both residual-stream attribution exercises invite (declared by each)."""
 
 
 ACCUMULATED = exercise(
@@ -357,8 +420,9 @@ ACCUMULATED = exercise(
         "attention and MLP too (incl_mid=True), giving 2 * n_layers + 1 entries",
         "decomposed_not_accumulated": "these are the decomposed values (what each part added); "
         "this exercise wants the running total before each sub-layer (accumulated_resid)",
-        "ignored_positions": "you read the last position of the padded batch, not `positions`",
+        **RESID_DIAGNOSES,
     },
+    shared=("first_position_for_none", "missed_last_layer", "none_branch_raised"),
 )
 
 
@@ -366,7 +430,10 @@ def test_accumulated_resid_logit_diffs(accumulated_resid_logit_diffs_fn: Callabl
     """Check ``accumulated_resid_logit_diffs(model, cache, answer_tokens, positions=None) -> (values, labels)``."""
     b = ioi_batch()
     cache = b.clean_cache
-    expected = heads.accumulated_resid_logit_diffs(b.model, cache, b.answer_tokens, b.end)
+
+    def expected(positions):
+        return heads.accumulated_resid_logit_diffs(b.model, cache, b.answer_tokens, positions)
+
     stacks = {
         "right": cache.accumulated_resid(layer=-1, incl_mid=True),
         "missing_mid": cache.accumulated_resid(layer=-1, incl_mid=False),
@@ -394,8 +461,9 @@ PER_LAYER = exercise(
         "missing_embeds": "the token and position embeddings are missing (incl_embeds=True)",
         "missing_mlps": "the MLPs are missing (mode='attn'); decompose into embeddings, "
         "attention and MLP outputs (mode='all')",
-        "ignored_positions": "you read the last position of the padded batch, not `positions`",
+        **RESID_DIAGNOSES,
     },
+    shared=("first_position_for_none", "missed_last_layer", "none_branch_raised"),
 )
 
 
@@ -403,7 +471,10 @@ def test_per_layer_logit_diffs(per_layer_logit_diffs_fn: Callable) -> None:
     """Check ``per_layer_logit_diffs(model, cache, answer_tokens, positions=None) -> (values, labels)``."""
     b = ioi_batch()
     cache = b.clean_cache
-    expected = heads.per_layer_logit_diffs(b.model, cache, b.answer_tokens, b.end)
+
+    def expected(positions):
+        return heads.per_layer_logit_diffs(b.model, cache, b.answer_tokens, positions)
+
     stacks = {
         "right": cache.decompose_resid(layer=-1, mode="all", incl_embeds=True),
         "accumulated_not_decomposed": cache.accumulated_resid(layer=-1, incl_mid=True),
@@ -437,7 +508,12 @@ HEAD_RESULTS = exercise(
         "bias); keep one vector per head",
         "added_b_O": B_O_DIAGNOSIS,
     },
-    shared=("missed_last_layer",),
+    shared=(
+        "missed_last_layer",
+        "first_position_for_none",
+        "hard_coded_size",
+        "none_branch_raised",
+    ),
 )
 
 
@@ -446,37 +522,52 @@ LAYOUTS = ((0, 2, 1, 3), (2, 0, 1, 3), (1, 0, 2, 3), (2, 1, 0, 3))  # wrong axis
 
 def test_head_results_at(head_results_at_fn: Callable) -> None:
     """Check ``head_results_at(model, cache, positions) -> [layer, head, batch, d_model]``."""
-    ex, b = HEAD_RESULTS, ioi_batch()
-    cache, end, model = b.clean_cache, b.end, b.model
-    call = f"head_results_at(model, cache, positions=end)  [{b.describe()}]"
-    given = fresh_cache(cache)
-    got = ex.call(
-        head_results_at_fn,
-        model,
-        given,
-        end.clone(),
-        call=call,
-        model=model,
-        read_only={"cache": given},
+    ex, b, other = HEAD_RESULTS, ioi_batch(), other_model_batch()
+    toy = {0: b.model.cfg.n_layers, 1: b.model.cfg.n_heads}
+    cases = (
+        (b.model, b.clean_cache, b.end, "end", b.describe()),
+        (b.model, b.clean_cache, None, "None", b.describe()),
+        (other.model, other.clean_cache, other.end, "end", other.describe()),
     )
-    expected = heads.head_results_at(model, cache, end).detach()
-    rows = torch.arange(len(end))
-    z = torch.stack([cache["z", layer][rows, end] for layer in range(model.cfg.n_layers)])
+    for model, cache, positions, where, setting in cases:
+        call = f"head_results_at(model, cache, positions={where})  [{setting}]"
+        got = ex.call(
+            head_results_at_fn,
+            model,
+            fresh_cache(cache),
+            None if positions is None else positions.clone(),
+            call=call,
+            model=model,
+            raised_as="none_branch_raised" if positions is None else None,
+        )
+        expected = heads.head_results_at(model, cache, positions).detach()
+        rows = torch.arange(cache["z", 0].shape[0])
+        at = (lambda t: t[:, -1]) if positions is None else (lambda t, p=positions, r=rows: t[r, p])
+        z = torch.stack([at(cache["z", layer]) for layer in range(model.cfg.n_layers)])
 
-    def same_numbers_other_layout():
-        shape = tuple(getattr(got, "shape", ()))
-        return [expected.permute(*o) for o in LAYOUTS if expected.permute(*o).shape == shape]
+        def same_numbers_other_layout(expected=expected, got=got):
+            shape = tuple(getattr(got, "shape", ()))
+            return [expected.permute(*o) for o in LAYOUTS if expected.permute(*o).shape == shape]
 
-    mistakes = {
-        "z_not_output": lambda: z.permute(0, 2, 1, 3),  # [layer, head, batch, d_head]
-        "summed_heads": lambda: expected.sum(1),
-        "added_b_O": lambda: expected + model.b_O.detach()[:, None, None, :],
-        "missed_last_layer": lambda: without_last_layer(expected),
-        "ignored_positions": lambda: heads.head_results_at(model, cache, None),
-        "wrong_layout": same_numbers_other_layout,
-    }
-    ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
-    ex.passed()
+        mistakes = {
+            "z_not_output": lambda z=z: z.permute(0, 2, 1, 3),  # [layer, head, batch, d_head]
+            "summed_heads": lambda e=expected: e.sum(1),
+            "added_b_O": lambda e=expected, m=model: e + m.b_O.detach()[:, None, None, :],
+            "missed_last_layer": lambda e=expected: without_last_layer(e),
+            "wrong_layout": same_numbers_other_layout,
+        }
+        if positions is None:
+            mistakes["first_position_for_none"] = lambda m=model, c=cache: heads.head_results_at(
+                m, c, torch.zeros(c["z", 0].shape[0], dtype=torch.long)
+            )
+        else:
+            mistakes["ignored_positions"] = lambda m=model, c=cache: heads.head_results_at(
+                m, c, None
+            )
+        if model is other.model:
+            mistakes = {"hard_coded_size": lambda e=expected: toy_sized(e, toy), **mistakes}
+        ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
+    ex.passed("positions=end and None; the toy and a model of another size")
 
 
 PER_HEAD = exercise(
@@ -486,10 +577,13 @@ PER_HEAD = exercise(
     diagnoses={
         **LN_DIAGNOSES,
         "transposed": "the result is [head, layer]; the exercise asks for [layer, head]",
+        "scrambled_layout": "the numbers are right but in the wrong cells: a [head, layer] "
+        "result reshaped (not transposed) to [layer, head] mixes heads of different layers",
         "ignored_positions": "you read the last position of the padded batch, not `positions`",
+        "stack_at_last_position": RESID_DIAGNOSES["stack_at_last_position"],
         "added_b_O": B_O_DIAGNOSIS,
     },
-    shared=("missed_last_layer", "sum_not_mean"),
+    shared=("missed_last_layer", "sum_not_mean", "first_position_for_none", "none_branch_raised"),
 )
 
 
@@ -497,38 +591,61 @@ def test_per_head_logit_diffs(per_head_logit_diffs_fn: Callable) -> None:
     """Check ``per_head_logit_diffs(model, cache, answer_tokens, positions=None) -> [layer, head]``."""
     ex, b = PER_HEAD, ioi_batch()
     dirs, cache, end, model = _directions(b), b.clean_cache, b.end, b.model
-    call = f"per_head_logit_diffs(model, cache, answer_tokens, positions=end)  [{b.describe()}]"
-    given = fresh_cache(cache)
-    got = ex.call(
-        per_head_logit_diffs_fn,
-        model,
-        given,
-        b.answer_tokens.clone(),
-        end.clone(),
-        call=call,
-        model=model,
-        read_only={"cache": given},
-    )
-    expected = heads.per_head_logit_diffs(model, cache, b.answer_tokens, end).detach()
-    results = heads.head_results_at(model, cache, end).detach()
+    for positions in (end, None):
+        where = "end" if positions is not None else "None"
+        call = (
+            f"per_head_logit_diffs(model, cache, answer_tokens, positions={where})  "
+            f"[{b.describe()}]"
+        )
+        got = ex.call(
+            per_head_logit_diffs_fn,
+            model,
+            fresh_cache(cache),
+            b.answer_tokens.clone(),
+            None if positions is None else positions.clone(),
+            call=call,
+            model=model,
+            raised_as="none_branch_raised" if positions is None else None,
+        )
+        expected = heads.per_head_logit_diffs(model, cache, b.answer_tokens, positions).detach()
+        results = heads.head_results_at(model, cache, positions).detach()
 
-    def dot(normed):
-        return einops.einsum(normed, dirs, "... batch d, batch d -> ... batch").mean(-1)
+        def dot(normed):
+            return einops.einsum(normed, dirs, "... batch d, batch d -> ... batch").mean(-1)
 
-    mistakes = {
-        **ln_mistakes(results, cache, end, dot),
-        "transposed": lambda: expected.T,
-        "added_b_O": lambda: to_logit_diff(
-            results + model.b_O.detach()[:, None, None, :], cache, dirs, end
-        ),
-        "sum_not_mean": lambda: to_logit_diff(results, cache, dirs, end, reduce="sum"),
-        "missed_last_layer": lambda: without_last_layer(expected),
-        "ignored_positions": lambda: heads.per_head_logit_diffs(
-            model, cache, b.answer_tokens, None
-        ),
-    }
-    ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
-    ex.passed()
+        def wrong(r=results, p=positions, **how):
+            return lambda: to_logit_diff(r, cache, dirs, p, **how)
+
+        first = torch.zeros_like(end)
+        mistakes = {
+            **ln_mistakes(results, cache, positions, dot),
+            "transposed": lambda e=expected: e.T,
+            "scrambled_layout": lambda e=expected: [
+                e.T.reshape(e.shape),
+                e.reshape(e.shape[::-1]).T,
+            ],
+            "added_b_O": lambda r=results, p=positions: [
+                to_logit_diff(r + model.b_O.detach()[:, None, None, :] / k, cache, dirs, p)
+                for k in (1, model.cfg.n_heads)
+            ],
+            "sum_not_mean": wrong(reduce="sum"),
+            "missed_last_layer": lambda e=expected: without_last_layer(e),
+        }
+        if positions is None:
+            mistakes["first_position_for_none"] = lambda first=first, results=results: [
+                heads.per_head_logit_diffs(model, cache, b.answer_tokens, first),
+                to_logit_diff(results, cache, dirs, first),
+                to_logit_diff(heads.head_results_at(model, cache, first), cache, dirs, None),
+            ]
+        else:
+            mistakes["ignored_positions"] = lambda: heads.per_head_logit_diffs(
+                model, cache, b.answer_tokens, None
+            )
+            mistakes["stack_at_last_position"] = lambda p=positions: to_logit_diff(
+                heads.head_results_at(model, cache, None), cache, dirs, p
+            )
+        ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
+    ex.passed("positions=end and None")
 
 
 # ---- ioi_attention --------------------------------------------------------------------------
@@ -547,6 +664,9 @@ ATTENTION = exercise(
         "instead of word_idx[dest]",
         "wrong_word": "the values are the attention between other words than `dest` and "
         "`src` asked for: a word hard-coded, or the keys mixed up",
+        "max_not_mean": "you took the maximum over prompts; average them",
+        "position_off_by_one": "a query or key position is one away from the word asked for: "
+        "word_idx already holds each word's own position",
     },
     shared=("sum_not_mean", "same_position_for_all_prompts", "missed_last_layer"),
 )
@@ -559,11 +679,11 @@ def attention_between(
     name: str = "pattern",
     reduce: str = "mean",
 ) -> Float[Tensor, "layer head"]:
-    """Mean (or sum) over prompts of attention (or scores) from ``dest_pos`` to ``src_pos``."""
+    """Mean (or sum, or max) over prompts of attention (or scores) from ``dest_pos`` to ``src_pos``."""
     rows = torch.arange(dest_pos.shape[0])
     layers = range(cache.model.cfg.n_layers)
     values = torch.stack([cache[name, layer][rows, :, dest_pos, src_pos] for layer in layers])
-    return values.mean(1) if reduce == "mean" else values.sum(1)
+    return {"mean": values.mean(1), "sum": values.sum(1), "max": values.amax(1)}[reduce]
 
 
 WORDS = ("IO", "S1", "S2", "end", "S1+1")
@@ -574,6 +694,7 @@ def test_ioi_attention(ioi_attention_fn: Callable) -> None:
     ex, b = ATTENTION, ioi_batch()
     cache, idx = b.clean_cache, b.ds.word_idx
     last = torch.full_like(idx["end"], cache["pattern", 0].shape[-1] - 1)
+    n = int(last[0])
     for dest, src, with_cache in (("end", "S2", True), ("S2", "IO", False), ("end", "IO", True)):
         given = "cache" if with_cache else "None"
         call = f"ioi_attention(model, ds, {dest!r}, {src!r}, cache={given})  [{b.describe()}]"
@@ -594,6 +715,13 @@ def test_ioi_attention(ioi_attention_fn: Callable) -> None:
             "swapped_dest_src": lambda d=d, s=s: attention_between(cache, s, d),
             "scores_not_pattern": lambda d=d, s=s: attention_between(cache, d, s, "attn_scores"),
             "sum_not_mean": lambda d=d, s=s: attention_between(cache, d, s, reduce="sum"),
+            "max_not_mean": lambda d=d, s=s: attention_between(cache, d, s, reduce="max"),
+            "position_off_by_one": lambda d=d, s=s: [
+                attention_between(cache, (d + i).clamp(0, n), (s + j).clamp(0, n))
+                for i in (-1, 0, 1)
+                for j in (-1, 0, 1)
+                if (i, j) != (0, 0)
+            ],
             "same_position_for_all_prompts": lambda d=d, s=s: attention_between(
                 cache, d[:1].expand_as(d), s[:1].expand_as(s)
             ),

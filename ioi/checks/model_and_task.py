@@ -61,6 +61,9 @@ LOGIT_DIFF = exercise(
         "values",
         "probabilities": "your answer is a difference of probabilities; the metric is a "
         "difference of logits (no softmax)",
+        "absolute_value": "you took the absolute value of each prompt's difference; a prompt "
+        "where the model prefers the S must count as negative",
+        "median_not_mean": "you took the median over prompts; the metric is their mean",
     },
     shared=("batch_by_batch_indexing", "sum_not_mean", "same_position_for_all_prompts"),
 )
@@ -105,6 +108,14 @@ def test_logits_to_ave_logit_diff(logits_to_ave_logit_diff_fn: Callable) -> None
             "ignored_per_prompt": lambda f=final: diff_of(f, False),
             "sum_not_mean": lambda f=final: diff_of(f, True).sum(),
             "probabilities": lambda f=final, pp=per_prompt: diff_of(f.softmax(-1), pp),
+            "absolute_value": lambda f=final, pp=per_prompt: (
+                diff_of(f, True).abs()
+                if pp
+                else [diff_of(f, True).abs().mean(), diff_of(f, False).abs()]
+            ),
+            "median_not_mean": lambda f=final, pp=per_prompt: (
+                None if pp else diff_of(f, True).median()
+            ),
             "batch_by_batch_indexing": lambda g=grid: [g, g.mean(), g.mean(0), g.mean(1)],
             **reading_mistakes(b.clean_logits, positions, lambda f, pp=per_prompt: diff_of(f, pp)),
         }
@@ -122,11 +133,15 @@ IO_PROB = exercise(
         "s_probability": "you returned the probability of the S token; the IO is answer_tokens[:, 0]",
         "no_softmax": "you returned the raw IO logit; a probability needs a softmax first",
         "log_probability": "you returned the log-probability (log_softmax); exponentiate, or use softmax",
-        "softmax_wrong_dim": "the values sum to one across prompts: the softmax ran over the "
-        "batch dimension instead of the vocabulary (dim=-1)",
+        "softmax_wrong_dim": "the probabilities were normalised over the batch (dim=0) or over "
+        "the whole tensor, not over each prompt's vocabulary (softmax(dim=-1))",
         "softmax_over_answers": "you normalised over the two answers only (IO vs S); the "
         "probability the model gives the IO is a softmax over the whole vocabulary",
         "ignored_positions": "you read one fixed column for every prompt, not positions[i]",
+        "kept_column_dim": "the result is [batch, 1]: the values are right, but gather keeps "
+        "the column dimension; squeeze it (`.squeeze(-1)`) to return [batch]",
+        "max_probability": "you returned the probability of each prompt's top token, not of "
+        "its IO token (answer_tokens[:, 0])",
     },
     shared=("batch_by_batch_indexing",),
 )
@@ -158,9 +173,15 @@ def test_io_probability(io_probability_fn: Callable) -> None:
             "s_probability": lambda f=final: pick(f.softmax(-1), 1),
             "no_softmax": lambda f=final: pick(f),
             "log_probability": lambda f=final: pick(f.log_softmax(-1)),
-            "softmax_wrong_dim": lambda f=final: pick(f.softmax(0)),
-            "softmax_over_answers": lambda f=final: f.gather(1, answers).softmax(-1)[:, 0],
             "batch_by_batch_indexing": lambda g=grid: [g, g.mean(0), g.mean(1)],
+            "softmax_wrong_dim": lambda f=final: [
+                pick(f.softmax(0)),
+                pick(f.exp() / f.exp().sum()),
+                pick(f.softmax(-1) / f.softmax(-1).sum()),
+            ],
+            "kept_column_dim": lambda f=final: pick(f.softmax(-1))[:, None],
+            "max_probability": lambda f=final: f.softmax(-1).max(-1).values,
+            "softmax_over_answers": lambda f=final: f.gather(1, answers).softmax(-1)[:, 0],
             "ignored_positions": reading.get("ignored_positions", list),
         }
         expected = io_probability(b.clean_logits, answers, positions=positions)
@@ -183,6 +204,12 @@ PROMPT_SCORES = exercise(
         "top1_over_answers": "io_top1 equals io_over_s: you compared the IO only with the S. "
         "io_top1 asks whether the IO beats *every* token in the vocabulary (argmax over d_vocab)",
         "s_probability": "io_prob is the probability of the S; the IO is answer_tokens[:, 0]",
+        "log_probability": "io_prob is the log-probability (log_softmax); the probability is "
+        "its exponential (softmax)",
+        "wrong_sign": "logit_diff is S - IO (and io_over_s follows it): answer_tokens[:, 0] is "
+        "the IO, the correct answer, and the difference is IO - S",
+        "top_k_not_top1": "io_top1 says whether the IO is among the model's top few tokens; "
+        "it asks whether the IO *is* the top token (argmax over d_vocab equals the IO)",
     },
     shared=("swapped_fields", "same_position_for_all_prompts"),
 )
@@ -207,6 +234,18 @@ def _decoy(ds: IOIDataset, logits: Float[Tensor, "batch pos d_vocab"]) -> IOIDat
     return decoy
 
 
+def _runner_up(ds: IOIDataset, logits: Float[Tensor, "batch pos d_vocab"]) -> IOIDataset:
+    """``ds`` with each IO replaced by the model's second choice at ``end``.
+
+    Then no IO is the top token, but every IO is among the top two: ``io_top1`` must be 0
+    everywhere, which an answer counting the top *k* tokens does not give.
+    """
+    final = final_logits(logits, ds.word_idx["end"])
+    decoy = copy.copy(ds)
+    decoy.io_tokenIDs = final.topk(2, dim=-1).indices[:, 1].clone()
+    return decoy
+
+
 def _scores_at(logits: Tensor, ds: IOIDataset, positions: Tensor) -> SimpleNamespace:
     """The four scores read at ``positions`` (right or wrong ones)."""
     final = final_logits(logits, positions)
@@ -222,6 +261,12 @@ def _scores_at(logits: Tensor, ds: IOIDataset, positions: Tensor) -> SimpleNames
     )
 
 
+def _in_top(logits: Tensor, ds: IOIDataset, k: int) -> Tensor:
+    """Whether each IO is among the top ``k`` tokens at ``end`` (what a top-k answer gives)."""
+    top = final_logits(logits, ds.word_idx["end"]).topk(k, dim=-1).indices
+    return (top == ds.answer_tokens[:, :1]).any(-1).float()
+
+
 def _with(record: SimpleNamespace, **fields) -> SimpleNamespace:
     return SimpleNamespace(**{**vars(record), **fields})
 
@@ -234,6 +279,11 @@ def test_prompt_scores(prompt_scores_fn: Callable) -> None:
         (
             "decoy  (ds with each IO id replaced by the likeliest name absent from the prompt)",
             _decoy(b.ds, b.clean_logits),
+            b.clean_logits,
+        ),
+        (
+            "runner_up  (ds with each IO id replaced by the model's second choice at end)",
+            _runner_up(b.ds, b.clean_logits),
             b.clean_logits,
         ),
     )
@@ -274,6 +324,16 @@ def test_prompt_scores(prompt_scores_fn: Callable) -> None:
         mistakes = {
             "top1_over_answers": lambda r=right: _with(r, io_top1=r.io_over_s),
             "s_probability": lambda r=right: _with(r, io_prob=r.s_prob),
+            "log_probability": lambda r=right: _with(r, io_prob=r.io_prob.log()),
+            "wrong_sign": lambda r=right: AnyOf(
+                [
+                    _with(r, logit_diff=-r.logit_diff),
+                    _with(r, logit_diff=-r.logit_diff, io_over_s=(r.logit_diff < 0).float()),
+                ]
+            ),
+            "top_k_not_top1": lambda r=right, lg=logits, d=ds: AnyOf(
+                [_with(r, io_top1=_in_top(lg, d, k)) for k in (2, 3, 5)]
+            ),
             "same_position_for_all_prompts": lambda e=end, lg=logits, d=ds: one_field_from(
                 _scores_at(lg, d, e[:1].expand_as(e))
             ),

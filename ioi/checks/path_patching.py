@@ -126,6 +126,7 @@ FREEZE_HOOK = exercise(
         "ignored_head_to_patch": "you patched a fixed sender, not the `head_to_patch` you were "
         "given",
     },
+    shared=("assignment_shapes_differ",),
 )
 
 
@@ -195,6 +196,7 @@ INPUT_HOOK = exercise(
         "heads whose layer equals hook.layer() belong to this hook",
         "patched_all_heads": "every head was replaced; patch only the receiver heads",
     },
+    shared=("assignment_shapes_differ",),
 )
 
 
@@ -251,9 +253,32 @@ TO_LOGITS = exercise(
         "datasets_swapped": "you ran the new (ABC) prompts and patched in the orig values; run "
         "the orig prompts and patch the sender's new value in",
         "transposed": "the result is [head, layer]; return [layer, head]",
+        "patched_whole_sender_layer": "every head of a layer gives the same value: you patched "
+        "the sender's whole layer (z[...] = new) instead of the sender head alone "
+        "(z[:, :, head])",
+        "caches_from_one_run": "with no caches given, you built both caches from the same run "
+        "(a typo such as run_with_cache(new_dataset.toks) for orig_cache): orig_cache comes "
+        "from orig_dataset, new_cache from new_dataset",
     },
     shared=("missed_last_layer",),
 )
+
+
+@torch.inference_mode()
+def _whole_layer_patched(model, metric, orig_toks, orig_cache, new_cache) -> Tensor:
+    """Every head frozen at orig except one whole layer at new, per layer (expanded over heads)."""
+    out = []
+    for sender_layer in range(model.cfg.n_layers):
+
+        def hook_fn(z: Tensor, hook, layer: int, sender_layer=sender_layer) -> Tensor:
+            return (new_cache if layer == sender_layer else orig_cache)[hook.name].clone()
+
+        hooks = [
+            (get_act_name("z", layer), functools.partial(hook_fn, layer=layer))
+            for layer in range(model.cfg.n_layers)
+        ]
+        out.append(float(metric(model.run_with_hooks(orig_toks, fwd_hooks=hooks))))
+    return torch.tensor(out)[:, None].expand(-1, model.cfg.n_heads)
 
 
 def _call_text(name: str, b: IOIBatch, extra: str = "", caches: bool = True) -> str:
@@ -295,6 +320,13 @@ def test_get_path_patch_head_to_final_resid_post(fn: Callable) -> None:
         "datasets_swapped": lambda: naive_path_patch(
             model, metric, b.abc.toks, b.corrupted_cache, b.clean_cache
         ),
+        "patched_whole_sender_layer": lambda: _whole_layer_patched(
+            model, metric, b.ds.toks, b.clean_cache, b.corrupted_cache
+        ),
+        "caches_from_one_run": lambda: [
+            naive_path_patch(model, metric, b.ds.toks, b.corrupted_cache, b.corrupted_cache),
+            naive_path_patch(model, metric, b.ds.toks, b.clean_cache, b.clean_cache),
+        ],
     }
     for with_caches in (True, False):
         call = _call_text("get_path_patch_head_to_final_resid_post", b, caches=with_caches)
@@ -331,6 +363,10 @@ TO_HEADS_DIAGNOSES = {
     "the receivers",
     "wrong_top_layer": "rows below the highest receiver layer are missing: the senders are every "
     "head below the *highest* receiver layer (max, not min)",
+    "measured_unreachable_rows": "the rows of senders in the highest receiver layer (or above) "
+    "hold a measured value, not NaN: a head there runs after the receivers' inputs are "
+    "computed, so it cannot reach them; loop the senders over range(top) only, with NaN "
+    "above",
 }
 
 
@@ -383,6 +419,19 @@ def _to_heads_mistakes(b, metric, receivers, receiver_input, expected, top, **po
     return {
         "returned_top_rows_only": lambda: expected[:top],
         "unreachable_rows_zero": lambda: _with_unreachable(expected, top, 0.0),
+        "measured_unreachable_rows": lambda: [
+            torch.cat([expected[:top], torch.ones_like(expected[top:])]),
+            torch.cat(
+                [expected[:top], torch.ones_like(expected[top : top + 1]), expected[top + 1 :]]
+            ),
+            torch.cat(
+                [
+                    expected[:top],
+                    torch.ones_like(expected[top : top + 1]),
+                    torch.zeros_like(expected[top + 1 :]),
+                ]
+            ),
+        ],
         "wrong_top_layer": lambda: [
             _with_unreachable(expected, low),
             _with_unreachable(expected, low, 0.0),

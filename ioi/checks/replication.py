@@ -87,6 +87,11 @@ COPYING = exercise(
         "head's output instead, then take the top k (the two differ by the unembedding bias)",
         "ignored_k": "your scores are those of another k: use the k you were given",
         "ignored_names": "your scores are those of every known name, not of the `names` given",
+        "added_position_embedding": "you added a position embedding (W_pos) to the name's "
+        "embedding; the copying score asks what a head does with the *token*, wherever it "
+        "stands, so use the token embedding alone",
+        "mlp0_without_ln2": "you applied block 0's MLP to the raw embedding; the MLP reads its "
+        "input through ln2 (blocks[0].ln2), as in the model's forward pass",
     },
     shared=("missed_last_layer",),
 )
@@ -103,10 +108,15 @@ def copying_variant(
     layer_norms: bool = True,
     final_ln: bool = True,
     bottom: bool = False,
+    position: bool = False,
+    ln2: bool = True,
 ) -> Float[Tensor, "layer head"]:
     """The copying score of ``tokens`` with switches that reproduce common mistakes."""
     embed = model.embed(tokens[:, None])  # [name, 1, d_model]
-    resid = embed + model.blocks[0].apply_mlp(model.blocks[0].ln2(embed)) if mlp0 else embed
+    if position:
+        embed = embed + model.W_pos[0]
+    mlp_in = model.blocks[0].ln2(embed) if ln2 else embed
+    resid = embed + model.blocks[0].apply_mlp(mlp_in) if mlp0 else embed
     scores = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
     for layer in range(model.cfg.n_layers):
         normed = model.blocks[layer].ln1(resid) if layer_norms else resid
@@ -161,6 +171,8 @@ def test_get_copying_scores(get_copying_scores_fn: Callable) -> None:
                 v(kk=other) for other in (5, 3, 10) if other != kk
             ],
             "ignored_names": lambda v=variant, n=names: None if n is None else v(t=every),
+            "added_position_embedding": lambda v=variant: v(position=True),
+            "mlp0_without_ln2": lambda v=variant: v(ln2=False),
             "missed_last_layer": lambda e=expected: without_last_layer(e),
         }
         # Scores count names: with or without the head's LayerNormPre before W_V a name or two
@@ -188,9 +200,35 @@ DETECTORS = exercise(
         "(d, d - 1), not the second copy only",
         "ignored_seed": "your scores are those of another seed's tokens: pass `seed` on",
         "ignored_seq_len": "your scores are those of another sequence length: pass `seq_len` on",
+        "ignored_batch": "your scores are those of another batch size: pass `batch` on",
+        "second_copy_off_by_one": "your destinations are one position away from the second "
+        "copy: with the BOS first, the second copy is positions L+1 .. 2L "
+        "(torch.arange(L + 1, 2 * L + 1))",
+        "above_the_diagonal": "the previous-token scores are all 0: you read the diagonal "
+        "above the main one (offset=+1), where a causal pattern is 0; the source is one "
+        "position *before* the destination (offset=-1)",
     },
     shared=("missed_last_layer",),
 )
+
+
+@torch.no_grad()
+def _shifted_detector(
+    model, seq_len: int, batch: int, seed: int, kind: str, shift: int
+) -> Tensor | None:
+    """A duplicate or induction score read at destinations ``shift`` away from the second copy."""
+    if kind == "previous_token":
+        return None
+    toks = heads.repeated_tokens(model, seq_len, batch, seed)
+    _, cache = model.run_with_cache(toks)
+    dest = (torch.arange(seq_len + 1, 2 * seq_len + 1) + shift).clamp(max=2 * seq_len)
+    src = dest - (seq_len if kind == "duplicate_token" else seq_len - 1)
+    return torch.stack(
+        [
+            cache["pattern", layer][:, :, dest, src].mean((0, -1))
+            for layer in range(model.cfg.n_layers)
+        ]
+    )
 
 
 @torch.no_grad()
@@ -235,6 +273,15 @@ def test_get_attn_scores(get_attn_scores_fn: Callable) -> None:
                     f(L=o) for o in (10, 20, 5) if o != L
                 ],
                 "missed_last_layer": lambda e=every, k=kind: without_last_layer(e[k]),
+                "ignored_batch": lambda f=scores, n=batch: [
+                    f(n=o) for o in (1, 2, 4, 8, 10) if o != n
+                ],
+                "second_copy_off_by_one": lambda L=seq_len, n=batch, s=seed, k=kind: [
+                    _shifted_detector(model, L, n, s, k, shift) for shift in (-1, 1)
+                ],
+                "above_the_diagonal": lambda e=every, k=kind: (
+                    torch.zeros_like(e[k]) if k == "previous_token" else None
+                ),
             }
             if kind == "previous_token":
                 mistakes["previous_token_second_copy_only"] = lambda L=seq_len, n=batch, s=seed: (
@@ -259,10 +306,16 @@ ABLATION_HOOKS = exercise(
     "replaces z by the prompt's template mean (means.z[layer][means.row_of[template]]) where "
     "the mask is False.",
     diagnoses={
-        "ignored_keep": "every head was ablated, including the kept ones",
+        "ignored_keep": "the kept heads were ablated where they should be kept: the result is "
+        "the one you get with every head ablated. Either keep was ignored, or the positions "
+        "were read one off (word_idx[key] is already the position to keep, no + 1 or - 1)",
         "kept_every_position": "kept heads kept their output at every position; keep them only "
         "at their class's positions (e.g. only at 'end'), and ablate them elsewhere",
         "nothing_ablated": "the hooks changed nothing: no head was mean-ablated",
+        "none_kept_nowhere": "a head whose keep entry is None was ablated everywhere; None "
+        "means the opposite: keep the head's output at every position",
+        "template_not_row": "you indexed means.z by the template number itself; means.z has one "
+        "row per template that occurs, so read its row as means.row_of[template]",
     },
     shared=("same_position_for_all_prompts", "zero_ablation", "global_mean_ablation"),
 )
@@ -286,6 +339,11 @@ def _batch_mean_hooks(model, ds, keep) -> list:
         (get_act_name("z", layer), functools.partial(hook, mask=mask))
         for layer, mask in enumerate(keep_masks(model, ds, keep))
     ]
+
+
+def _template_index_error(err: Exception) -> str | None:
+    """``template_not_row`` for an index past means.z's rows (a template number used as a row)."""
+    return "template_not_row" if isinstance(err, IndexError) and "dimension 0" in str(err) else None
 
 
 @one_thread()
@@ -314,6 +372,7 @@ def test_mean_ablation_hooks(mean_ablation_hooks_fn: Callable) -> None:
             call=call,
             model=model,
             read_only={"means": given_means, "ds": ds},
+            raised_as=_template_index_error,
         )
         if not isinstance(got_hooks, list | tuple) or not all(
             isinstance(h, tuple) and len(h) == 2 for h in got_hooks
@@ -327,7 +386,15 @@ def test_mean_ablation_hooks(mean_ablation_hooks_fn: Callable) -> None:
                 hint=ex.hint,
             )
         run_call = "logit difference per prompt with your hooks"
-        got = ex.call(logit_diff_with_hooks, model, ds, list(got_hooks), call=run_call, model=model)
+        got = ex.call(
+            logit_diff_with_hooks,
+            model,
+            ds,
+            list(got_hooks),
+            call=run_call,
+            model=model,
+            raised_as=_template_index_error,
+        )
 
         def run(hooks):
             return logit_diff_with_hooks(model, ds, hooks)
@@ -345,6 +412,11 @@ def test_mean_ablation_hooks(mean_ablation_hooks_fn: Callable) -> None:
             "kept_every_position": lambda keep=keep: with_keep({h: None for h in keep}),
             "same_position_for_all_prompts": same_positions,
             "nothing_ablated": lambda: run([]),
+            "none_kept_nowhere": lambda keep=keep: (
+                with_keep({h: () if p is None else p for h, p in keep.items()})
+                if any(p is None for p in keep.values())
+                else None
+            ),
             "zero_ablation": lambda keep=keep: run(
                 _ablated_with(model, ds, keep, lambda _: torch.zeros(1))
             ),
@@ -432,6 +504,7 @@ def _check_knockouts(ex, fn, call, expected: list, mistakes: dict, label_hint: s
             hint=label_hint,
         )
     ex.expect_record(got, expected, SCORE_FIELDS, call=call, mistakes=mistakes, atol=1e-3)
+    ex.expect_heads(got, expected, "removed", call=call)
 
 
 def _scores(rows: list[tuple[str, float, float, float, float]]) -> list[KnockoutScore]:
@@ -456,10 +529,10 @@ COMPLETENESS = exercise(
         "(ablation.all_heads_except(K))",
         "circuit_not_knocked_out": "your F(C \\ K) is the whole circuit: remove K from C "
         "(circuit.without(K))",
-        "relative_to_circuit": "your relative score divides by F(C); incompleteness is "
-        "relative to the model, F(M)",
+        "relative_to_circuit": "your relative score divides by F(C) or F(C \\ K); "
+        "incompleteness is relative to the model, F(M)",
     },
-    shared=("swapped_fields",),
+    shared=("swapped_fields", "wrong_heads_recorded"),
 )
 
 
@@ -490,7 +563,17 @@ def test_completeness(completeness_fn: Callable) -> None:
         mistakes = {
             "model_not_knocked_out": lambda a=f_c_k: rows(a, [f_m] * len(a)),
             "circuit_not_knocked_out": lambda c=f_m_k, fc=f_c: rows([fc] * len(c), c),
-            "relative_to_circuit": lambda a=f_c_k, c=f_m_k, fc=f_c: rows(a, c, over=fc),
+            "relative_to_circuit": lambda a=f_c_k, c=f_m_k, fc=f_c: AnyOf(
+                [
+                    rows(a, c, over=fc),
+                    _scores(
+                        [
+                            (s.label, s.f_with, s.f_without, s.score, s.score / abs(s.f_with))
+                            for s in rows(a, c)
+                        ]
+                    ),
+                ]
+            ),
             "not_absolute": lambda a=f_c_k, c=f_m_k: AnyOf(
                 [
                     _scores(
@@ -534,8 +617,12 @@ MINIMALITY = exercise(
         "v's class",
         "relative_to_model": "your relative score divides by F(M); minimality is relative to "
         "the circuit, F(C)",
+        "relative_to_reduced_circuit": "your relative score divides by F(C \\ K) (or F(C \\ "
+        "(K + [v]))); minimality is relative to the whole circuit, F(C)",
+        "k_from_whole_circuit": "your K is every other head of the circuit; in the 'class' mode "
+        "K is the rest of v's own class",
     },
-    shared=("swapped_fields",),
+    shared=("swapped_fields", "wrong_heads_recorded"),
 )
 
 
@@ -571,6 +658,20 @@ def test_minimality(minimality_fn: Callable) -> None:
             ),
             "empty_k": lambda: rows(lambda v: []),
             "relative_to_model": lambda k=rest_of_class: rows(k, over=f_m),
+            "relative_to_reduced_circuit": lambda r=ref: AnyOf(
+                [
+                    _scores(
+                        [
+                            (s.label, s.f_with, s.f_without, s.score, s.score / abs(getattr(s, x)))
+                            for s in r
+                        ]
+                    )
+                    for x in ("f_without", "f_with")
+                ]
+            ),
+            "k_from_whole_circuit": lambda c=circuit: rows(
+                lambda v: [h for h in c.all_heads() if h != v]
+            ),
             "not_absolute": lambda k=rest_of_class: AnyOf(
                 [rows(k, signed=True), rows(k, signed=True, signed_relative=True)]
             ),
@@ -598,11 +699,14 @@ SCATTER = exercise(
     diagnoses={
         "s2_only": "attn_to_s holds the attention to S2 only; the S is mentioned twice, so add "
         "the attention to S1 and S2",
+        "s1_only": "attn_to_s holds the attention to S1 only; the S is mentioned twice, so add "
+        "the attention to S1 and S2",
         "added_b_O": "you added b_O to the head's output; b_O belongs to the layer, not the head",
         "projected_on_logit_diff": "you projected on the logit-difference direction W_U[IO] - "
         "W_U[S]; the scatter projects on each name's own unembedding",
-        "scaled_by_final_ln": "you divided the head's output by the final layer norm's scale; "
-        "the paper's scatter uses the raw dot product with the name's unembedding",
+        "scaled_by_final_ln": "you passed the head's output through the final layer norm (its "
+        "cached scale, or model.ln_final); the paper's scatter uses the raw dot product with "
+        "the name's unembedding",
         "ignored_positions": "you read the head at the last column of the padded batch; read it "
         "at each prompt's word_idx['end']",
     },
@@ -624,7 +728,9 @@ def scatter_variant(
     out = cache["z", layer][rows, end, head] @ model.W_O[layer, head]
     if bias:
         out = out + model.b_O[layer]
-    if ln:
+    if ln == "module":
+        out = model.ln_final(out[:, None])[:, 0]
+    elif ln:
         out = out / cache["ln_final.hook_scale"][rows, end]
     io_dir, s_dir = model.W_U[:, ds.io_tokenIDs].T, model.W_U[:, ds.s_tokenIDs].T
     idx = ds.word_idx
@@ -632,6 +738,7 @@ def scatter_variant(
         attn_to_io=pattern[rows, end, idx["IO"]],
         attn_to_s=pattern[rows, end, idx["S1"]] + pattern[rows, end, idx["S2"]],
         attn_to_s2=pattern[rows, end, idx["S2"]],
+        attn_to_s1=pattern[rows, end, idx["S1"]],
         proj_io=(out * (io_dir - s_dir if ld else io_dir)).sum(-1),
         proj_s=(out * (s_dir - io_dir if ld else s_dir)).sum(-1),
     )
@@ -669,13 +776,15 @@ def test_name_mover_scatter(name_mover_scatter_fn: Callable) -> None:
         last = torch.full_like(end, ds.toks.shape[1] - 1)
         mistakes = {
             "s2_only": lambda r=right: _fields(r, attn_to_s=r.attn_to_s2),
+            "s1_only": lambda r=right: _fields(r, attn_to_s=r.attn_to_s1),
             "added_b_O": lambda w=wrong: w(bias=True),
             "projected_on_logit_diff": lambda w=wrong: w(ld=True),
-            "scaled_by_final_ln": lambda w=wrong: w(ln=True),
+            "scaled_by_final_ln": lambda w=wrong: AnyOf([w(ln=True), w(ln="module")]),
             "same_position_for_all_prompts": lambda w=wrong: w(end=end[:1].expand_as(end)),
             "ignored_positions": lambda w=wrong, last=last: w(end=last),
         }
         ex.expect_record(got, expected, SCATTER_FIELDS, call=call, mistakes=mistakes, atol=1e-4)
+        ex.expect_record(got, expected, ("layer", "head"), call=call)
     ex.passed()
 
 
@@ -694,6 +803,8 @@ KEEP_AT = exercise(
         "circuit instead of being kept at p",
         "ignored_position_keys": "every position gives the same F as the class's own position: "
         "the head stayed where its class keeps it",
+        "position_not_tuple": "you set the keep entry to a position key itself ('S2'); an entry "
+        "is a tuple of keys, ('S2',)",
     },
 )
 
@@ -708,7 +819,16 @@ def test_keep_head_at(keep_head_at_fn: Callable) -> None:
             f"keep_head_at(ablation, circuit, head={head}, positions={positions})  "
             f"[{circuit.name}; {b.describe()}]"
         )
-        got = ex.call(keep_head_at_fn, ablation, circuit, head, positions, call=call, model=b.model)
+        got = ex.call(
+            keep_head_at_fn,
+            ablation,
+            circuit,
+            head,
+            positions,
+            call=call,
+            model=b.model,
+            raised_as=lambda err: "position_not_tuple" if "is the string" in str(err) else None,
+        )
         if not isinstance(got, dict) or set(got) != set(positions):
             ex.fail(
                 "wrong_type",
