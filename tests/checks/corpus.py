@@ -80,6 +80,7 @@ def load_all() -> tuple[list[Answer], list[Answer]]:
         planted_model_and_task,
         planted_path_patching,
         planted_replication,
+        planted_review,
     )
 
     return list(WRONG), list(CORRECT)

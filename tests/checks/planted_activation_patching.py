@@ -810,6 +810,38 @@ variant(
 )
 
 
+@wrong("get_act_patch_block_every", "hard_coded_size")
+def block_toy_sizes(model, corrupted_tokens, clean_cache, patching_metric):
+    """The toy's 3 layers written in."""
+    rows = []
+    for name in ("resid_pre", "attn_out", "mlp_out"):
+        grid = torch.zeros(3, corrupted_tokens.shape[1])
+        for layer in range(3):
+            for pos in range(corrupted_tokens.shape[1]):
+                hook = partial(_resid_hook, pos=pos, cache=clean_cache)
+                with torch.no_grad():
+                    logits = model.run_with_hooks(
+                        corrupted_tokens, fwd_hooks=[(get_act_name(name, layer), hook)]
+                    )
+                grid[layer, pos] = patching_metric(logits)
+        rows.append(grid)
+    return torch.stack(rows)
+
+
+@wrong("patch_residual_component", "assignment_shapes_differ")
+def resid_clean_batch_index(corrupted_residual_component, hook, pos, clean_cache):
+    """clean_cache[hook.name][pos] picks prompt `pos`, a [pos, d_model] slab."""
+    corrupted_residual_component[:, pos] = clean_cache[hook.name][pos]
+    return corrupted_residual_component
+
+
+@wrong("patch_head_vector", "assignment_shapes_differ")
+def head_clean_batch_index(corrupted_head_vector, hook, head_index, clean_cache):
+    """clean_cache[hook.name][head_index] picks a prompt, not a head."""
+    corrupted_head_vector[:, :, head_index] = clean_cache[hook.name][head_index]
+    return corrupted_head_vector
+
+
 @wrong("get_act_patch_block_every", "mutated_input")
 def block_writes_cache(model, corrupted_tokens, clean_cache, patching_metric):
     """The hook returns the clean cache's tensor after writing the corrupted run into it."""

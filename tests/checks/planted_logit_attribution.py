@@ -421,7 +421,9 @@ variant(
 
 @correct("head_results_at", "a per-head matmul loop")
 def results_loop(model, cache, positions):
-    rows = _rows(len(positions))
+    batch, n_pos = cache["z", 0].shape[:2]
+    rows = _rows(batch)
+    positions = torch.full((batch,), n_pos - 1) if positions is None else positions
     return torch.stack(
         [
             torch.stack(
@@ -443,6 +445,8 @@ def results_full_then_index(model, cache, positions):
             for layer in range(model.cfg.n_layers)
         ]
     )
+    if positions is None:
+        return full[:, :, :, -1]
     return full[:, :, _rows(len(positions)), positions]
 
 
@@ -650,3 +654,121 @@ def attn_loop(model, ds, dest, src, cache=None):
         patterns[:, i, :, int(ds.word_idx[dest][i]), int(ds.word_idx[src][i])] for i in range(ds.N)
     ]
     return torch.stack(values).mean(0)
+
+
+# ---- positions=None, and the stream read at one place but scaled at another --------------------
+
+
+def _resid_at(model, cache, answer_tokens, positions, kind, *, none_at=-1, stack_last=False):
+    """The residual attribution with ``positions=None`` read at column ``none_at``, or (with
+    ``stack_last``) the stream read at the last column but the scale at ``positions``."""
+    method = cache.accumulated_resid if kind == "accumulated" else cache.decompose_resid
+    extra = {"incl_mid": True} if kind == "accumulated" else {}
+    stack, labels = method(layer=-1, return_labels=True, **extra)
+    if positions is None:
+        positions = torch.full((stack.shape[1],), none_at % stack.shape[2])
+    read = stack[:, :, -1] if stack_last else _at(stack, positions)
+    return _attribute(read, cache, _dirs(model, answer_tokens), positions), labels
+
+
+def _resid_twice(model, cache, answer_tokens, positions, kind):
+    """The final layer norm applied by the cache's apply_ln=True and again by hand."""
+    method = cache.accumulated_resid if kind == "accumulated" else cache.decompose_resid
+    extra = {"incl_mid": True} if kind == "accumulated" else {}
+    stack, labels = method(layer=-1, return_labels=True, apply_ln=True, **extra)
+    return _attribute(_at(stack, positions), cache, _dirs(model, answer_tokens), positions), labels
+
+
+def _resid_no_none(model, cache, answer_tokens, positions, kind):
+    """No branch for positions=None: the whole [component, batch, pos, d] stack goes on."""
+    method = cache.accumulated_resid if kind == "accumulated" else cache.decompose_resid
+    extra = {"incl_mid": True} if kind == "accumulated" else {}
+    stack, labels = method(layer=-1, return_labels=True, **extra)
+    if positions is not None:
+        stack = _at(stack, positions)
+    return _attribute(stack, cache, _dirs(model, answer_tokens), positions), labels
+
+
+for _exercise, _kind in (
+    ("accumulated_resid_logit_diffs", "accumulated"),
+    ("per_layer_logit_diffs", "decomposed"),
+):
+    variant(
+        _exercise,
+        "first_position_for_none",
+        _resid_at,
+        "positions=None read at column 0.",
+        fn_name=f"{_kind}_none_first",
+        kind=_kind,
+        none_at=0,
+    )
+    variant(
+        _exercise,
+        "stack_at_last_position",
+        _resid_at,
+        "The stream at the last column, the scale at positions.",
+        fn_name=f"{_kind}_stack_last",
+        kind=_kind,
+        stack_last=True,
+    )
+    variant(
+        _exercise,
+        "layer_norm_twice",
+        _resid_twice,
+        "apply_ln=True, then the layer norm again.",
+        fn_name=f"{_kind}_ln_twice",
+        kind=_kind,
+    )
+    variant(
+        _exercise,
+        "none_branch_raised",
+        _resid_no_none,
+        "No branch for positions=None.",
+        fn_name=f"{_kind}_no_none_branch",
+        kind=_kind,
+    )
+
+
+@wrong("per_layer_logit_diffs", "missed_last_layer")
+def layer_stops_early(model, cache, answer_tokens, positions=None):
+    """decompose_resid(layer=n_layers - 1): the last layer's attention and MLP are missing."""
+    stack, labels = cache.decompose_resid(layer=model.cfg.n_layers - 1, return_labels=True)
+    values = _attribute(_at(stack, positions), cache, _dirs(model, answer_tokens), positions)
+    return values, labels
+
+
+@wrong("head_results_at", "none_branch_raised")
+def results_no_none_branch(model, cache, positions):
+    """Indexes with positions even when it is None."""
+    rows = _rows(cache["z", 0].shape[0])
+    return torch.stack(
+        [
+            einops.einsum(
+                cache["z", layer][rows, positions], model.W_O[layer], "b h d, h d m -> h b m"
+            )
+            for layer in range(model.cfg.n_layers)
+        ]
+    )
+
+
+@wrong("per_head_logit_diffs", "none_branch_raised")
+def head_dla_no_none_branch(model, cache, answer_tokens, positions=None):
+    """Builds its own rows from positions, which fails for None."""
+    rows = _rows(len(positions))
+    res = torch.stack(
+        [
+            einops.einsum(
+                cache["z", layer][rows, positions], model.W_O[layer], "b h d, h d m -> h b m"
+            )
+            for layer in range(model.cfg.n_layers)
+        ]
+    )
+    return _attribute(res, cache, _dirs(model, answer_tokens), positions)
+
+
+@wrong("apply_final_ln", "batch_by_batch_indexing")
+def ln_scale_grid_mean(residual_stack, cache, positions=None):
+    """scale[:, positions] is a [batch, batch, 1] grid; averaged over its second axis."""
+    scale = cache["ln_final.hook_scale"]
+    scale = scale[:, -1] if positions is None else scale[:, positions].mean(1)
+    return (residual_stack - residual_stack.mean(-1, keepdim=True)) / scale

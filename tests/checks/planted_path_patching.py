@@ -560,6 +560,33 @@ variant(AT, "unreachable_rows_zero", _at, "Unreachable rows left at 0.", fill=0.
 variant(AT, "kept_freeze_hooks", _at, "The freezing hooks kept on in step 3.", keep_freeze=True)
 
 
+@wrong("path_patch_head_to_heads_at", "measured_unreachable_rows")
+def at_top_row_measured(
+    receiver_heads,
+    receiver_input,
+    model,
+    patching_metric,
+    new_dataset,
+    orig_dataset,
+    sender_position,
+    receiver_position,
+):
+    """Senders over range(top + 1): the receivers' own layer is measured (1.0), not NaN."""
+    top = max(layer for layer, _ in receiver_heads)
+    grid = _at(
+        receiver_heads,
+        receiver_input,
+        model,
+        patching_metric,
+        new_dataset,
+        orig_dataset,
+        sender_position,
+        receiver_position,
+        top=top + 1,
+    )
+    return grid
+
+
 @wrong("path_patch_head_to_heads_at", "wrong_top_layer")
 def at_lowest_top(
     receiver_heads,
@@ -710,3 +737,20 @@ def at_library(
     )
     grid[max(layer for layer, _ in receiver_heads) :] = float("nan")
     return grid
+
+
+@wrong("patch_or_freeze_head_vectors", "assignment_shapes_differ")
+def freeze_new_batch_index(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
+    """new_cache[hook.name][head] picks a prompt, not a head."""
+    out = orig_cache[hook.name].clone()
+    if hook.layer() == head_to_patch[0]:
+        out[:, :, head_to_patch[1]] = new_cache[hook.name][head_to_patch[1]]
+    return out
+
+
+@wrong("patch_head_input", "assignment_shapes_differ")
+def input_batch_index(orig_activation, hook, patched_cache, head_list):
+    """patched_cache[hook.name][heads] picks prompts, not heads."""
+    heads = [h for layer, h in head_list if layer == hook.layer()]
+    orig_activation[:, :, heads] = patched_cache[hook.name][heads]
+    return orig_activation
