@@ -114,7 +114,10 @@ print(
 def backup_name_mover_experiment(
     ablation: MeanAblation, name_movers: Sequence[tuple[int, int]], at: str | None = "end"
 ) -> BackupResult:
-    """Knock out ``name_movers`` at ``at`` (template means) and record every head's DLA before and after."""
+    """Knock out ``name_movers`` at ``at`` (template means) and record every head's DLA before and after.
+
+    ``ablated`` lists each knocked-out head once, even if ``name_movers`` names it twice.
+    """
     # EXERCISE: the same measurements with and without the knockout at `at`.
     # SOLUTION
     model, ds, means = ablation.model, ablation.ds, ablation.means

@@ -23,7 +23,10 @@ from ioi.heads import per_head_logit_diffs
 def backup_name_mover_experiment(
     ablation: MeanAblation, name_movers: Sequence[tuple[int, int]], at: str | None = "end"
 ) -> BackupResult:
-    """Knock out ``name_movers`` at ``at`` (template means) and record every head's DLA before and after."""
+    """Knock out ``name_movers`` at ``at`` (template means) and record every head's DLA before and after.
+
+    ``ablated`` lists each knocked-out head once, even if ``name_movers`` names it twice.
+    """
     raise NotImplementedError("hint: the same measurements with and without the knockout at `at`.")
 
 

@@ -20,7 +20,10 @@ from ioi.heads import per_head_logit_diffs
 def backup_name_mover_experiment(
     ablation: MeanAblation, name_movers: Sequence[tuple[int, int]], at: str | None = "end"
 ) -> BackupResult:
-    """Knock out ``name_movers`` at ``at`` (template means) and record every head's DLA before and after."""
+    """Knock out ``name_movers`` at ``at`` (template means) and record every head's DLA before and after.
+
+    ``ablated`` lists each knocked-out head once, even if ``name_movers`` names it twice.
+    """
     model, ds, means = ablation.model, ablation.ds, ablation.means
     heads = tuple(dict.fromkeys((int(layer), int(head)) for layer, head in name_movers))
     n_pos = ds.toks.shape[1]

@@ -203,7 +203,21 @@ def _check_patch_hook(
             f"{hook_name!r}), {index_name}={index}, clean_cache)  [{b.describe()}]"
         )
         n_index = corrupted.shape[2 if index_key == "head_z" else 1]
-        others = [name_ for name_, _ in cases if name_ != hook_name]
+        # A fixed hook point: another case's, or another kind at this layer (a hook that
+        # always reads resid_pre passes every resid_pre case).
+        layer_points = [
+            f"blocks.{hook.layer()}.{point}"
+            for point in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")
+            + ("attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z")
+            + ("attn.hook_pattern", "hook_attn_out", "hook_mlp_out")
+        ]
+        others = [
+            name_
+            for name_ in dict.fromkeys([n for n, _ in cases] + layer_points)
+            if name_ != hook_name
+            and name_ in b.clean_cache.cache_dict
+            and b.clean_cache[name_].shape == clean.shape
+        ]
         mistakes = {
             **mistakes_of(corrupted, clean, index),
             f"ignored_{index_name}": lambda c=corrupted, k=clean, i=index, n=n_index: [
@@ -273,7 +287,12 @@ def test_patch_residual_component(patch_residual_component_fn: Callable) -> None
             ],
         }
 
-    cases = [("blocks.1.hook_resid_pre", 5), ("blocks.2.hook_resid_pre", 2)]
+    cases = [
+        ("blocks.1.hook_resid_pre", 5),
+        ("blocks.2.hook_resid_pre", 2),
+        ("blocks.1.hook_attn_out", 3),
+        ("blocks.0.hook_mlp_out", 4),
+    ]
     _check_patch_hook(
         RESID_HOOK,
         patch_residual_component_fn,

@@ -60,9 +60,9 @@ GENERIC_DIAGNOSES: dict[str, str] = {
     "no_effect": "every value equals the run without any patch: the patch never changed the "
     "run. A hook on a name that never fires (hook_result only runs after "
     "model.set_use_attn_result(True)), a hook that patches a copy and returns the original, "
-    "values patched in from the very run being patched, or a patch placed only after every "
-    "prompt's `end` (the last column holds an answer or padding, which no prediction reads) "
-    "all look like this",
+    "values patched in from the very run being patched, a patch placed only after every "
+    "prompt's `end` (the last column holds an answer or padding, which no prediction reads), "
+    "or positions read one off (word_idx[key] + 1 is already past the word) all look like this",
     "mutated_input": "the function wrote into an input it should only read (a cache, or a "
     "tensor it was given). Indexing a cache gives its own tensor, not a copy: "
     "`x = cache[name]; x[...] = ...` changes the cache, and every later run that reads it",
@@ -89,7 +89,7 @@ SHARED_DIAGNOSES: dict[str, str] = {
     "have different shapes: the two sides were indexed differently (say [:, head] on the left "
     "and [head] on the right, which picks a prompt, not a head); index both the same way",
     "wrong_heads_recorded": "the result's `{field}` does not list the heads that were knocked "
-    "out; the record says which heads it is about, so that its numbers can be read later",
+    "out, each once (a head named twice is still one head); the record says which heads it is about, so that its numbers can be read later",
     "none_branch_raised": "the call with positions=end worked, but positions=None raised: "
     "with None, still pick one position per prompt (the last column, [..., -1, :]) before "
     "going on",
@@ -501,13 +501,17 @@ class Exercise:
         items = list(got) if isinstance(got, list | tuple) else [got]
         wanted = list(expected) if isinstance(expected, list | tuple) else [expected]
         for item, want in zip(items, wanted, strict=True):
-            have, need = _head_set(getattr(item, field, None)), _head_set(getattr(want, field))
-            if have != need:
+            value = getattr(item, field, None)
+            have, need = _head_set(value), _head_set(getattr(want, field))
+            repeated = have is not None and have == need and len(list(value)) != len(have)
+            if have != need or repeated:
                 label = getattr(want, "label", None)
                 self.fail(
                     "wrong_heads_recorded",
                     call=call,
-                    expected=f"{field} = {sorted(need)}" + (f" for {label!r}" if label else ""),
+                    expected=f"{field} = {sorted(need)}"
+                    + (f" for {label!r}" if label else "")
+                    + (", each head once" if repeated else ""),
                     got=f"{field} = {getattr(item, field, None)!r}",
                     explanation=self.diagnoses["wrong_heads_recorded"].format(field=field),
                     hint=hint or self.hint,

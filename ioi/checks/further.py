@@ -89,7 +89,12 @@ def knockout_variant(
 def test_backup_name_mover_experiment(backup_name_mover_experiment_fn: Callable) -> None:
     """Check ``backup_name_mover_experiment(ablation, name_movers, at="end") -> BackupResult``."""
     ex, (b, ablation) = BACKUP, _ablation()
-    cases = (([(1, 0), (1, 1)], "end"), ([(2, 1), (1, 3)], "end"), ([(0, 1), (0, 3)], "S2"))
+    cases = (
+        ([(1, 0), (1, 1)], "end"),
+        ([(2, 1), (1, 3)], "end"),
+        ([(0, 1), (0, 3)], "S2"),
+        ([(2, 0), (1, 2), (2, 0)], "end"),  # a head named twice is ablated (and counted) once
+    )
     for movers, at in cases:
         call = (
             f"backup_name_mover_experiment(ablation, name_movers={movers}, at={at!r})  "
@@ -172,6 +177,10 @@ PERMUTATION = exercise(
         "groups of unequal size it must be the mean over every prompt",
         "n_permutations_not_recorded": "n_permutations does not record the number of shuffles "
         "drawn: return the n_permutations you were given",
+        "null_not_shuffled": "every null value equals the observed statistic: the labels were "
+        "never shuffled. Compute each null value from labels[perm], the shuffled labels",
+        "wrong_tail": "your p-value counts null <= observed; a large statistic is the extreme "
+        "one here, so count null >= observed",
     },
 )
 
@@ -288,6 +297,19 @@ def test_permutation_test(permutation_test_fn: Callable) -> None:
             "unweighted_grand_mean": lambda v=variant: v(grand="groups"),
             "n_permutations_not_recorded": lambda v=variant, n=n_perm: AnyOf(
                 v(recorded=other) for other in (1000, n + 1, n - 1, 0)
+            ),
+            "null_not_shuffled": lambda e=expected, n=n_perm: SimpleNamespace(
+                **{
+                    **{f: getattr(e, f) for f in PERM_FIELDS},
+                    "null": torch.full((n,), e.statistic),
+                    "p_value": 1.0,
+                }
+            ),
+            "wrong_tail": lambda e=expected, n=n_perm: SimpleNamespace(
+                **{
+                    **{f: getattr(e, f) for f in PERM_FIELDS},
+                    "p_value": (1 + int((e.null <= e.statistic).sum())) / (1 + n),
+                }
             ),
             "different_shuffles": other_shuffles,
         }

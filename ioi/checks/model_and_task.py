@@ -208,6 +208,8 @@ PROMPT_SCORES = exercise(
         "its exponential (softmax)",
         "wrong_sign": "logit_diff is S - IO (and io_over_s follows it): answer_tokens[:, 0] is "
         "the IO, the correct answer, and the difference is IO - S",
+        "io_over_s_from_probability": "io_over_s reads the IO's probability against a "
+        "threshold (io_prob > 0.5); it asks whether the IO's logit beats the S's (logit_diff > 0)",
         "top_k_not_top1": "io_top1 says whether the IO is among the model's top few tokens; "
         "it asks whether the IO *is* the top token (argmax over d_vocab equals the IO)",
     },
@@ -330,6 +332,9 @@ def test_prompt_scores(prompt_scores_fn: Callable) -> None:
                     _with(r, logit_diff=-r.logit_diff),
                     _with(r, logit_diff=-r.logit_diff, io_over_s=(r.logit_diff < 0).float()),
                 ]
+            ),
+            "io_over_s_from_probability": lambda r=right: AnyOf(
+                [_with(r, io_over_s=(r.io_prob > t).float()) for t in (0.5, 0.0)]
             ),
             "top_k_not_top1": lambda r=right, lg=logits, d=ds: AnyOf(
                 [_with(r, io_top1=_in_top(lg, d, k)) for k in (2, 3, 5)]

@@ -81,6 +81,7 @@ def load_all() -> tuple[list[Answer], list[Answer]]:
         planted_path_patching,
         planted_replication,
         planted_review,
+        planted_review_1204,
     )
 
     return list(WRONG), list(CORRECT)

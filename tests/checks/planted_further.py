@@ -135,7 +135,7 @@ variant(
 @correct("backup_name_mover_experiment", "the logit difference read from the cached run")
 def backup_from_cache(ablation, name_movers, at="end"):
     model, ds, means = ablation.model, ablation.ds, ablation.means
-    heads = [(int(a), int(b)) for a, b in name_movers]
+    heads = list(dict.fromkeys((int(a), int(b)) for a, b in name_movers))
     rows = [means.row_of[int(t)] for t in ds.template_idx]
     n_pos = ds.toks.shape[1]
     masks = keep_masks(model, ds, {h: None if at is None else (at,) for h in heads})

@@ -1282,6 +1282,8 @@ def _perm(
     strict=False,
     grand="weighted",
     nperm_field=None,
+    shuffle=True,
+    tail="ge",
 ):
     labels = labels.cpu().long()
     _, labels = labels.unique(return_inverse=True)
@@ -1298,11 +1300,16 @@ def _perm(
     obs = stat(labels)
     gen = torch.Generator().manual_seed(seed)
     null = torch.stack(
-        [stat(labels[torch.randperm(len(labels), generator=gen)]) for _ in range(n_permutations)]
+        [
+            stat(labels[perm] if shuffle else labels)
+            for perm in (torch.randperm(len(labels), generator=gen) for _ in range(n_permutations))
+        ]
     )
     oh = torch.nn.functional.one_hot(labels, G).float()
     gmeans = torch.einsum("bg,blh->glh", oh, importance) / oh.sum(0)[:, None, None]
     hits = int((null > obs).sum()) if strict else int((null >= obs).sum())
+    if tail == "le":
+        hits = int((null <= obs).sum())
     return PermutationTest(
         float(obs),
         (1 + hits) / (1 + n_permutations),
