@@ -108,12 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def choose_model(requested: str | None) -> tuple[str, str]:
     """The model to use and why."""
-    from ioi.models import gpt2_small_available
+    from ioi.models import cached_gpt2_dir
 
     if requested is not None:
         return requested, "asked for with --model"
-    if gpt2_small_available():
-        return "gpt2-small", "GPT-2 small's weights are in the local Hugging Face cache"
+    snapshot = cached_gpt2_dir()
+    if snapshot is not None:
+        return (
+            "gpt2-small",
+            f"GPT-2 small's weights are in the local Hugging Face cache: {snapshot}",
+        )
     return "toy", "GPT-2 small's weights are not on this machine, so the bundled IOI model is used"
 
 
@@ -125,7 +129,7 @@ def cmd_replicate(args: argparse.Namespace, console: Console) -> int:
     check_out_dir(args.out)  # before loading anything: a bad --out fails in a second
     name, why = choose_model(args.model)
     model = load_model(name, device=args.device)  # user errors surface here, before any output
-    console.print(f"[bold]model:[/bold] {name} ({why}) on {model.cfg.device}")
+    console.print(f"[bold]model:[/bold] {name} ({why}) on {model.cfg.device}", soft_wrap=True)
     results = replicate(
         model, n=args.n, seed=args.seed, out=args.out, console=console, model_name=name
     )

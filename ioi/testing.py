@@ -257,3 +257,67 @@ def hub_cache_with_gpt2(cache: Path, model_dir: Path, repo: str = "gpt2") -> Pat
         blob.write_bytes(data)
         (snapshot / file.name).symlink_to(Path("..", "..", "blobs", blob.name))
     return snapshot
+
+
+def toy_in_gpt2_layout_dir(path) -> Path:
+    """Save the bundled toy's circuit inside a GPT-2 of GPT-2 small's layout; returns ``path``.
+
+    A Hugging Face GPT-2 (config.json + model.safetensors) of 12 layers of 12 heads and GPT-2's
+    vocabulary, ``n_embd`` = 12 x the toy's ``d_head``: layers 0-2 hold the toy's processed
+    weights in their first heads and the first ``d_model`` residual dimensions, every other
+    head, MLP and dimension is zero (so those blocks pass the residual stream on unchanged).
+    LayerNorm over the wider stream is rescaled to match the toy's (exact up to LayerNorm's eps,
+    because the toy's writing weights are centred, so the stream's mean stays 0). GPT-2 has no unembedding bias, so the toy's (which
+    masks tokens outside its vocabulary) is dropped: logit differences between names stay within
+    about 0.4 of the toy's, probabilities do not. Unlike `random_gpt2_dir` this model has a real
+    IOI circuit, so circuit discovery on it finds a few heads rather than almost every one.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from ioi.toy import load_toy
+
+    path = Path(path)
+    toy = load_toy(device=torch.device("cpu"))
+    c = toy.cfg
+    d, dh, nh = c.d_model, c.d_head, c.n_heads
+    n_embd = 12 * dh
+    config = GPT2Config(
+        n_layer=12,
+        n_head=12,
+        n_embd=n_embd,
+        n_positions=c.n_ctx,
+        vocab_size=c.d_vocab,
+        n_inner=c.d_mlp,
+        activation_function=c.act_fn,
+        tie_word_embeddings=False,
+    )
+    hf = GPT2LMHeadModel(config).eval()
+    ln_scale = (d / n_embd) ** 0.5  # LN over n_embd dims of a vector living in the first d
+    with torch.no_grad():
+        for param in hf.parameters():
+            param.zero_()
+        gpt = hf.transformer
+        gpt.wte.weight[:, :d] = toy.embed.W_E
+        gpt.wpe.weight[:, :d] = toy.pos_embed.W_pos
+        for norm in [gpt.ln_f] + [ln for block in gpt.h for ln in (block.ln_1, block.ln_2)]:
+            norm.weight[:] = 1.0  # blocks past the toy's read nothing, so any scale would do
+            norm.weight[:d] = ln_scale
+        hf.lm_head.weight[:, :d] = toy.unembed.W_U.T
+        for block, toy_block in zip(gpt.h, toy.blocks, strict=False):  # the toy is shallower
+            attn, mlp = toy_block.attn, toy_block.mlp
+            for head in range(nh):
+                cols = slice(head * dh, (head + 1) * dh)
+                for part, (W, bias) in enumerate(
+                    ((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V))
+                ):
+                    qkv = slice(part * n_embd + head * dh, part * n_embd + (head + 1) * dh)
+                    block.attn.c_attn.weight[:d, qkv] = W[head]
+                    block.attn.c_attn.bias[qkv] = bias[head]
+                block.attn.c_proj.weight[cols, :d] = attn.W_O[head]
+            block.attn.c_proj.bias[:d] = attn.b_O
+            block.mlp.c_fc.weight[:d] = mlp.W_in
+            block.mlp.c_fc.bias[:] = mlp.b_in
+            block.mlp.c_proj.weight[:, :d] = mlp.W_out
+            block.mlp.c_proj.bias[:d] = mlp.b_out
+    hf.save_pretrained(path)
+    return path

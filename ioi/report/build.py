@@ -103,7 +103,7 @@ def build_report(
         sections=sections,
         seconds=time.perf_counter() - start,
         performance=ctx.setup.performance,
-        reference=reference_rows(ctx) if ctx.is_gpt2 else None,
+        reference=reference_rows(ctx) if ctx.compares_with_paper else None,
     )
 
 

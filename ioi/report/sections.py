@@ -22,9 +22,8 @@ from ioi.circuit import (
     jaccard,
 )
 from ioi.head import Head
-from ioi.models import GPT2_ALIASES
 from ioi.patching import heatmap
-from ioi.reference import reference_figures
+from ioi.reference import comparison_basis, reference_figures
 from ioi.report import analysis as A
 from ioi.report import figures as F
 from ioi.report.document import Figure, Section, Table
@@ -83,9 +82,15 @@ class ReportContext:
         )
         self.setup = A.prepare(model, settings.n, settings.seed)
 
+    @cached_property
+    def comparison_basis(self) -> str | None:
+        """Why the published GPT-2 small figures apply here (`ioi.reference.comparison_basis`)."""
+        return comparison_basis(self.model_name, self.model.cfg)
+
     @property
-    def is_gpt2(self) -> bool:
-        return self.model_name in GPT2_ALIASES
+    def compares_with_paper(self) -> bool:
+        """True when the published GPT-2 small figures are set beside this model's."""
+        return self.comparison_basis is not None
 
     @cached_property
     def patch_setup(self) -> A.Setup:
@@ -129,7 +134,7 @@ class ReportContext:
         out = {}
         if chosen.discovered.circuit is not None:
             out["discovered"] = chosen.discovered.circuit
-        if self.is_gpt2:
+        if self.compares_with_paper:
             out["paper"] = gpt2_small_circuit()
         return out
 
@@ -558,7 +563,7 @@ def section_circuit(ctx: ReportContext) -> Section:
             for p in points
         ],
     }
-    if ctx.is_gpt2:
+    if ctx.compares_with_paper:
         paper = gpt2_small_circuit()
         overlap = jaccard(found.heads(), paper.all_heads())
         section.text.append(
@@ -659,19 +664,21 @@ def _knockout_json(score) -> dict:
 def section_reference(ctx: ReportContext) -> Section:
     """GPT-2 small only: our figures beside the published ones, with the difference."""
     title = "Comparison with the paper"
-    if not ctx.is_gpt2:
+    if not ctx.compares_with_paper:
         return Section.not_applicable(
             "reference",
             title,
             f"the published figures are GPT-2 small's; this report ran on {ctx.model_name}, "
-            "whose own circuit is shown under 'The circuit'",
+            "which is neither GPT-2 small nor of its layout (12 layers of 12 heads, GPT-2's "
+            "vocabulary); its own circuit is shown under 'The circuit'",
         )
     rows = reference_rows(ctx)
     section = Section("reference", title)
     section.text = [
+        f"Set beside the published figures because {ctx.comparison_basis}.",
         "Our numbers beside those of Wang et al. (2022) and ARENA's replication "
         "(`ioi/data/gpt2_small_ioi.json`). Differences come from the prompt set (theirs: "
-        "the paper's dataset or 8 hand-written prompts; ours: the seeded dataset above)."
+        "the paper's dataset or 8 hand-written prompts; ours: the seeded dataset above).",
     ]
     section.tables.append(
         Table.build(
@@ -681,7 +688,7 @@ def section_reference(ctx: ReportContext) -> Section:
         )
     )
     section.figures.append(Figure("reference", F.reference_figure(rows)))
-    section.numbers = {"rows": rows}
+    section.numbers = {"basis": ctx.comparison_basis, "rows": rows}
     return section
 
 

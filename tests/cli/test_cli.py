@@ -44,7 +44,7 @@ def test_replicate_happy_path_writes_results(tmp_path, capsys):
 
 
 def test_default_model_says_why_it_chose_the_toy(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("ioi.models.gpt2_small_available", lambda: False)
+    monkeypatch.setattr("ioi.models.cached_gpt2_dir", lambda: None)
     assert main(["replicate", "--n", "8", "--out", str(tmp_path)]) == 0
     out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
     assert "bundled IOI model is used" in out
