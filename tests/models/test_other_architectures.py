@@ -24,6 +24,8 @@ from ioi.testing import TEST_NAMES, hub_cache_with_gpt2, ioi_tokenizer, random_h
 
 ARCHS = ("llama", "neox")
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small forward passes
+
 
 @pytest.fixture(scope="module")
 def tokenizer():
