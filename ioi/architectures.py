@@ -165,7 +165,7 @@ def load_hf_dir(
     if weights is None:
         raise ValueError(f"{path} has no weights file ({', '.join(HF_WEIGHT_FILES)})")
     tokenizer = _read_tokenizer(path)
-    cfg = _tl_config(path, tl_name, device, dtype)
+    cfg = _tl_config(path, tl_name, device)
     if len(tokenizer) > cfg.d_vocab:
         raise ValueError(
             f"the tokenizer in {path} has {len(tokenizer)} tokens but the model's vocabulary "
@@ -183,13 +183,14 @@ def load_hf_dir(
     return model
 
 
-def _tl_config(
-    path: Path, tl_name: str | None, device, dtype: torch.dtype
-) -> HookedTransformerConfig:
-    """TransformerLens's config for the model in ``path`` (by ``tl_name``, if it has one)."""
+def _tl_config(path: Path, tl_name: str | None, device) -> HookedTransformerConfig:
+    """TransformerLens's config for the model in ``path`` (by ``tl_name``, if it has one).
+
+    In float32: the weights are processed in it, then cast (as `ioi.models.load_hf_gpt2_dir` does).
+    """
     from transformer_lens import loading_from_pretrained as tl_loading
 
-    common = dict(fold_ln=False, device=str(device), dtype=dtype)  # folding happens on loading
+    common = dict(fold_ln=False, device=str(device), dtype=torch.float32)  # folded on loading
     try:
         if tl_name is not None:
             from huggingface_hub import constants
