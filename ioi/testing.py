@@ -289,7 +289,9 @@ def ioi_tokenizer(names=TEST_NAMES, vocab_size: int = 600, seed: int = 0):
         for _ in range(10):
             a, b = rng.sample(list(names), 2)
             text = template.replace("[A]", a).replace("[B]", b)
-            text = text.replace("[PLACE]", rng.choice(PLACES)).replace("[OBJECT]", rng.choice(OBJECTS))
+            text = text.replace("[PLACE]", rng.choice(PLACES)).replace(
+                "[OBJECT]", rng.choice(OBJECTS)
+            )
             corpus.append(text)
     corpus += [" " + word for word in (*names, *PLACES, *OBJECTS)] * 5  # each one token
     bpe = Tokenizer(models.BPE())
@@ -308,7 +310,9 @@ def ioi_tokenizer(names=TEST_NAMES, vocab_size: int = 600, seed: int = 0):
     )
 
 
-def random_hf_dir(path, arch: str = "llama", seed: int = 0, tokenizer=None, d_model: int = 64) -> Path:
+def random_hf_dir(
+    path, arch: str = "llama", seed: int = 0, tokenizer=None, d_model: int = 64
+) -> Path:
     """Save a randomly initialised 2-layer Hugging Face model and its tokenizer to ``path``.
 
     ``arch`` is ``"llama"`` (grouped-query attention with 4 query and 2 key/value heads, rotary

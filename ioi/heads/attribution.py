@@ -143,7 +143,9 @@ def accumulated_resid_logit_diffs(
 ) -> tuple[Float[Tensor, " comp"], list[str]]:
     """Logit difference read from the accumulated residual stream after each sub-layer (after
     attention too, where the block has a residual between attention and MLP)."""
-    incl_mid = "resid_mid" in valid_components(model.cfg)  # not in parallel or attention-only blocks
+    incl_mid = "resid_mid" in valid_components(
+        model.cfg
+    )  # not in parallel or attention-only blocks
     stack, labels = cache.accumulated_resid(layer=-1, incl_mid=incl_mid, return_labels=True)
     directions = logit_diff_directions(model, answer_tokens)
     values = residual_stack_to_logit_diff(
