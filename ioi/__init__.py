@@ -13,7 +13,8 @@ The names a newcomer reaches for first are here; everything loads on first use, 
 The layers, each a subpackage or module reachable as ``ioi.<name>``:
 
 * data: `dataset` (IOI prompts), `metrics` (logit difference and the normalised metric),
-  `models` (GPT-2 small, local GPT-2 weights, the bundled toy model), `head` (`Head`);
+  `models` (GPT-2 small, local GPT-2 weights, the bundled toy model; other architectures and
+  TransformerLens model names through `architectures`), `head` (`Head`);
 * engines: `patching` (activation patching), `path_patching`;
 * analysis: `heads` (what single heads do), `circuit` (mean ablation, criteria, discovery);
 * products: `report` (``ioi replicate``), `checks` (the course's graded checkers), and the

@@ -83,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument(
         "--model",
         default=None,
-        help="toy | gpt2-small | PATH (HF GPT-2 directory or toy .safetensors); "
-        "default: gpt2-small if its weights are on disk, else toy",
+        help="toy | gpt2-small | a TransformerLens model name (pythia-160m, Qwen/Qwen2.5-0.5B, "
+        "...) | PATH (a Hugging Face directory with its tokenizer: GPT-2, Llama, GPT-NeoX, ...; "
+        "or a toy .safetensors); default: gpt2-small if its weights are on disk, else toy",
     )
     rep.add_argument(
         "--device", default="auto", type=_device, help="auto | cpu | cuda | cuda:N | mps"
@@ -125,6 +126,7 @@ def cmd_replicate(args: argparse.Namespace, console: Console) -> int:
     from ioi.models import load_model
     from ioi.replicate import replicate
     from ioi.report import check_out_dir
+    from ioi.report.sections import kept_words_text
 
     check_out_dir(args.out)  # before loading anything: a bad --out fails in a second
     name, why = choose_model(args.model)
@@ -135,6 +137,8 @@ def cmd_replicate(args: argparse.Namespace, console: Console) -> int:
     )
     print_summary(results, console)
     print_circuit(results, console)
+    words = results["sections"]["setup"]["numbers"]["dataset"]["words"]
+    console.print(kept_words_text(words), soft_wrap=True)
     files = ", ".join(str(path) for path in results.get("files", {}).values())
     console.print(f"report written: {files or args.out / 'results.json'}", soft_wrap=True)
     return 0

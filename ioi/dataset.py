@@ -87,10 +87,27 @@ def _template_words() -> set[str]:
     return set(re.findall(r"[A-Za-z']+", text))
 
 
-def _checked_words(kind: str, words, default, tokenizer) -> list[str]:
-    if words is None:
-        good, _ = single_token_names(default, tokenizer)  # defaults: drop multi-token ones
-        return good
+MIN_NAMES = 5  # a flip draws 3 fresh names besides the prompt's IO and S
+
+
+def _default_words(kind: str, default, tokenizer) -> tuple[list[str], list[str]]:
+    """The paper's ``kind`` that are single tokens for ``tokenizer``, and those dropped.
+
+    Another model's tokenizer may split some of them; IOI needs each to be one token, so
+    those are left out (and reported), and too few left is an error.
+    """
+    good, bad = single_token_names(default, tokenizer)
+    need = MIN_NAMES if kind == "names" else 1
+    if len(good) < need:
+        raise ValueError(
+            f"only {len(good)} of the paper's {len(default)} {kind} are single tokens (with a "
+            f"leading space) for this tokenizer ({good or 'none'}); IOI needs at least {need}. "
+            f"Pass {kind}=[...] with words this tokenizer keeps whole"
+        )
+    return good, bad
+
+
+def _checked_words(kind: str, words, tokenizer) -> list[str]:
     if isinstance(words, str) or not isinstance(words, Sequence):
         raise TypeError(f"{kind} must be a list of strings, got {type(words).__name__} {words!r}")
     words = list(words)
@@ -167,6 +184,8 @@ class IOIDataset:
         tokenizer: a ``HookedTransformer`` or Hugging Face tokenizer; None means GPT-2's.
         prepend_bos: put the tokenizer's BOS before every prompt (exactly once).
         names, places, objects: override the paper's lists; names must be single tokens.
+            Left as None, the paper's words that are not single tokens (with a leading space)
+            for this tokenizer are dropped (see ``dropped``).
 
     Attributes:
         sentences: the full sentences, ending with the answer name.
@@ -175,6 +194,8 @@ class IOIDataset:
         word_idx: dict of [N] position tensors for ``WORD_IDX_KEYS``.
         template_idx: [N] index into ``templates`` for each prompt.
         groups: list of [k] index tensors, prompts that share a template.
+        dropped: ``{"names": [...], "places": [...], "objects": [...]}``, the paper's words
+            left out because this tokenizer splits them (empty lists for words passed in).
     """
 
     def __init__(
@@ -211,9 +232,18 @@ class IOIDataset:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.N, self.prompt_type, self.seed, self.prepend_bos = N, prompt_type, seed, prepend_bos
         self.tokenizer = _resolve_tokenizer(tokenizer)
-        self.names = _checked_words("names", names, NAMES, self.tokenizer)
-        self.places = _checked_words("places", places, PLACES, self.tokenizer)
-        self.objects = _checked_words("objects", objects, OBJECTS, self.tokenizer)
+        self.dropped: dict[str, list[str]] = {}
+        chosen = {}
+        for kind, words, default in (
+            ("names", names, NAMES),
+            ("places", places, PLACES),
+            ("objects", objects, OBJECTS),
+        ):
+            if words is None:
+                chosen[kind], self.dropped[kind] = _default_words(kind, default, self.tokenizer)
+            else:
+                chosen[kind], self.dropped[kind] = _checked_words(kind, words, self.tokenizer), []
+        self.names, self.places, self.objects = chosen["names"], chosen["places"], chosen["objects"]
         for kind, words in (("places", self.places), ("objects", self.objects)):
             shared = sorted(set(self.names) & set(words))
             if shared:
@@ -221,9 +251,10 @@ class IOIDataset:
                     f"{shared} are both names and {kind}: a name must occur in the sentence only "
                     "as a name, or word_idx would point at the wrong word"
                 )
-        if len(self.names) < 5:
+        if len(self.names) < MIN_NAMES:
             raise ValueError(
-                f"need at least 5 distinct names (flips draw 3 fresh ones), got {len(self.names)}"
+                f"need at least {MIN_NAMES} distinct names (flips draw 3 fresh ones), "
+                f"got {len(self.names)}"
             )
         self.templates = list(BABA_TEMPLATES) + list(ABBA_TEMPLATES)
         self.prompts = list(_prompts) if _prompts is not None else self._sample_prompts()

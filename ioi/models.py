@@ -1,8 +1,10 @@
-"""Load the models the course studies: GPT-2 small, a local GPT-2 directory, or the bundled toy.
+"""Load the models the course studies: GPT-2 small, a local GPT-2 directory, or the bundled toy,
+and any other model TransformerLens converts (`ioi.architectures`).
 
-Every path returns a ``HookedTransformer`` with GPT-2's tokenizer, processed the way the IOI
-literature does (LayerNorm folded, writing weights and unembedding centred, attention matrices
-refactored), so one dataset and one set of metrics serve them all.
+GPT-2 and the toy come with GPT-2's tokenizer, other models with their own. Every path returns a
+``HookedTransformer`` processed the way the IOI literature does (LayerNorm folded, writing
+weights and unembedding centred, attention matrices refactored, where the architecture allows:
+`ioi.architectures.ioi_processing`), so one dataset and one set of metrics serve them all.
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ from ioi.toy import load_toy
 
 GPT2_ALIASES = ("gpt2-small", "gpt2")
 GPT2_HUB_REPOS = ("gpt2", "openai-community/gpt2")  # the hub's old and new name
-MODEL_CHOICES = ("toy", "gpt2-small", "a directory of HF GPT-2 weights", "a toy .safetensors file")
+MODEL_CHOICES = (
+    "toy",
+    "gpt2-small",
+    "a TransformerLens model name (e.g. pythia-160m, Qwen/Qwen2.5-0.5B)",
+    "a directory of HF weights and tokenizer (GPT-2, Llama, GPT-NeoX, ...)",
+    "a toy .safetensors file",
+)
 IOI_PROCESSING = dict(
     fold_ln=True,
     center_writing_weights=True,
@@ -47,7 +55,10 @@ def load_model(
     Args:
         name: ``"toy"`` (the bundled IOI model), ``"gpt2-small"`` (from the local Hugging Face
             cache, or the hub if reachable), a directory holding ``config.json`` and GPT-2
-            weights, or a toy ``.safetensors`` file.
+            weights, a directory of another architecture TransformerLens converts with its
+            tokenizer's files (`ioi.architectures.load_hf_dir`), a TransformerLens model name
+            such as ``"pythia-160m"`` (`ioi.architectures.load_tl_model`), or a toy
+            ``.safetensors`` file.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
         dtype: a torch dtype or one of ``"float32"``, ``"float16"``, ``"bfloat16"``.
 
@@ -55,6 +66,8 @@ def load_model(
         ValueError: unknown name, missing file, or weights that cannot be had offline
             (``ModelUnavailableError``, which says how to get them).
     """
+    from ioi.architectures import close_names, load_tl_model, official_name
+
     dev = resolve_device(device)
     dt = _resolve_dtype(dtype)
     name = os.fspath(name)
@@ -63,19 +76,32 @@ def load_model(
     elif name in GPT2_ALIASES:
         model = _load_gpt2_small(dev, dt)
     elif Path(name).is_dir():
-        model = load_hf_gpt2_dir(name, dev, dt)
+        model = _load_dir(Path(name), dev, dt)
     elif Path(name).suffix == ".safetensors":
         model = load_toy(name, device=dev, dtype=dt)
     elif Path(name).exists():
         raise ValueError(
             f"cannot load {name!r}: expected a directory of HF weights or a .safetensors file"
         )
+    elif official_name(name) is not None:
+        model = load_tl_model(name, dev, dt)
     else:
-        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODEL_CHOICES)}")
+        like = close_names(name)
+        hint = f" (did you mean {' or '.join(like)}?)" if like else ""
+        raise ValueError(f"unknown model {name!r}{hint}: choose one of {', '.join(MODEL_CHOICES)}")
     # Finite in the file can still overflow in a half-precision dtype.
     require_finite(model.named_parameters(), f"the weights of {name!r} (as {dt})")
     model.eval()
     return model
+
+
+def _load_dir(path: Path, device: torch.device, dtype: torch.dtype) -> HookedTransformer:
+    """A GPT-2 directory loads with GPT-2's tokenizer (as ever); any other through TransformerLens."""
+    from ioi.architectures import load_hf_dir
+
+    if read_config_json(path).get("model_type") == "gpt2":
+        return load_hf_gpt2_dir(path, device, dtype)
+    return load_hf_dir(path, device, dtype)
 
 
 def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -93,18 +119,24 @@ def cached_gpt2_dir() -> Path | None:
     ``huggingface_hub`` uses (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else
     ``~/.cache/huggingface/hub``); never the network.
     """
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - transformers always brings it
-        return None
     for repo in GPT2_HUB_REPOS:
-        config = try_to_load_from_cache(repo, "config.json")
-        if not isinstance(config, str):
-            continue
-        snapshot = Path(config).parent
-        if any((snapshot / f).is_file() for f in WEIGHT_FILES):
+        snapshot = cached_hub_dir(repo, WEIGHT_FILES)
+        if snapshot is not None:
             return snapshot
     return None
+
+
+def cached_hub_dir(repo: str, weight_files: tuple[str, ...]) -> Path | None:
+    """The local Hugging Face cache snapshot of hub ``repo`` with its config and one of
+    ``weight_files``, if one exists (in the cache `cached_gpt2_dir` describes; never the network).
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(repo, "config.json")
+    if not isinstance(config, str):
+        return None
+    snapshot = Path(config).parent
+    return snapshot if any((snapshot / f).is_file() for f in weight_files) else None
 
 
 def has_gpt2_small_layout(cfg: HookedTransformerConfig) -> bool:
@@ -161,6 +193,26 @@ GPT2_REQUIRED_KEYS = ("n_embd", "n_head", "n_layer", "vocab_size")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
+def read_config_json(path: str | os.PathLike) -> dict:
+    """The settings in a Hugging Face directory's ``config.json``, of any architecture.
+
+    Raises:
+        ValueError: the file is missing, is not JSON or not a JSON object.
+    """
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{path} has no config.json; expected a directory of HF weights")
+    try:
+        hf_config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_file} is not valid JSON: {err}") from None
+    if not isinstance(hf_config, dict):
+        raise ValueError(
+            f"{config_file} must hold a JSON object of settings, got {type(hf_config).__name__}"
+        )
+    return hf_config
+
+
 def read_hf_config(path: str | os.PathLike) -> dict:
     """The ``config.json`` of a GPT-2-family directory, checked for what loading needs.
 
@@ -170,20 +222,11 @@ def read_hf_config(path: str | os.PathLike) -> dict:
             has ``n_embd`` not divisible by ``n_head``.
     """
     config_file = Path(path) / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"{path} has no config.json; expected a directory of HF GPT-2 weights")
-    try:
-        hf_config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{config_file} is not valid JSON: {err}") from None
-    if not isinstance(hf_config, dict):
-        raise ValueError(
-            f"{config_file} must hold a JSON object of settings, got {type(hf_config).__name__}"
-        )
+    hf_config = read_config_json(path)
     if hf_config.get("model_type") != "gpt2":
         raise ValueError(
             f"{path} holds a {hf_config.get('model_type')!r} model (config.json 'model_type'); "
-            "only GPT-2-family directories ('gpt2') load offline here"
+            "this reader takes GPT-2-family directories ('gpt2'); load_model loads the others"
         )
     missing = [key for key in GPT2_REQUIRED_KEYS if key not in hf_config]
     if missing:
@@ -243,7 +286,9 @@ def load_hf_gpt2_dir(
     if weights is None:
         raise ValueError(f"{path} has no {' or '.join(WEIGHT_FILES)} weights file")
     cfg = gpt2_config_from_hf(hf_config)
-    hf_model = _read_hf_gpt2(path, weights)
+    from transformers import GPT2LMHeadModel
+
+    hf_model = read_hf_weights(path, weights, GPT2LMHeadModel)
     require_finite(hf_model.named_parameters(), f"the weights in {weights}")
     state_dict = convert_gpt2_weights(hf_model, cfg)
     model = HookedTransformer(cfg, tokenizer=gpt2_tokenizer(), move_to_device=False)
@@ -253,9 +298,13 @@ def load_hf_gpt2_dir(
     return model
 
 
-def _read_hf_gpt2(path: Path, weights: Path):
-    """``GPT2LMHeadModel`` from ``path``; every tensor the config implies, of the right shape."""
-    from transformers import GPT2LMHeadModel
+def read_hf_weights(path: Path, weights: Path, model_class):
+    """``model_class`` (e.g. ``GPT2LMHeadModel``) from ``path``, offline, in float32.
+
+    Raises:
+        ValueError: the weights cannot be read, or some tensor the config implies is missing,
+            extra or of another shape (the first one named).
+    """
     from transformers.utils import logging as hf_logging
 
     if weights.suffix == ".safetensors":
@@ -265,7 +314,7 @@ def _read_hf_gpt2(path: Path, weights: Path):
     hf_logging.set_verbosity_error()  # our error below replaces transformers' load report
     hf_logging.disable_progress_bar()  # one line per user error on the CLI, no loading bar
     try:
-        hf_model, info = GPT2LMHeadModel.from_pretrained(
+        hf_model, info = model_class.from_pretrained(
             path,
             local_files_only=True,
             dtype=torch.float32,

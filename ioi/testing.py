@@ -134,13 +134,15 @@ def gpt2_vocab_model(
     normalization: str = "LNPre",
     attn_only: bool = False,
     seed: int = 0,
+    **overrides,
 ) -> HookedTransformer:
     """A small 4-head model over GPT-2's 50257 ids (so IOI prompts tokenise), seeded weights.
 
     Weight matrices ~ N(0, 0.4), everything else ~ N(0, 0.1), norm scales near 1; the weights
     come from a private generator, so building a model never touches the global RNG.
+    ``overrides`` go to the config (e.g. ``parallel_attn_mlp=True``, ``n_key_value_heads=2``).
     """
-    cfg = HookedTransformerConfig(
+    settings = dict(
         n_layers=n_layers,
         n_heads=4,
         d_model=d_model,
@@ -154,6 +156,7 @@ def gpt2_vocab_model(
         init_weights=False,
         seed=None,
     )
+    cfg = HookedTransformerConfig(**{**settings, **overrides})
     model = HookedTransformer(cfg, tokenizer=gpt2_tokenizer(), move_to_device=False)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -320,4 +323,93 @@ def toy_in_gpt2_layout_dir(path) -> Path:
             block.mlp.c_proj.weight[:, :d] = mlp.W_out
             block.mlp.c_proj.bias[:d] = mlp.b_out
     hf.save_pretrained(path)
+
+
+TEST_NAMES = (
+    "Mary", "John", "Michael", "Jessica", "Daniel", "Sarah", "James", "Laura", "Kevin", "Emily",
+    "Thomas", "Rachel",
+)  # fmt: skip
+"""The names `ioi_tokenizer` keeps whole by default: a few of the paper's, so a dataset drops the rest."""
+
+
+def ioi_tokenizer(names=TEST_NAMES, vocab_size: int = 600, seed: int = 0):
+    """A small byte-level BPE tokenizer, trained offline on IOI sentences that use ``names``.
+
+    Every template word, place, object and name in ``names`` ends up one token with its leading
+    space; the paper's other names are split, as another model's tokenizer splits some. The
+    one special token ``<|endoftext|>`` is BOS, EOS and pad. Training is deterministic.
+    """
+    import random
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from ioi.templates import ABBA_TEMPLATES, BABA_TEMPLATES, OBJECTS, PLACES
+
+    rng = random.Random(seed)
+    corpus = []
+    for template in BABA_TEMPLATES + ABBA_TEMPLATES:
+        for _ in range(10):
+            a, b = rng.sample(list(names), 2)
+            text = template.replace("[A]", a).replace("[B]", b)
+            text = text.replace("[PLACE]", rng.choice(PLACES)).replace(
+                "[OBJECT]", rng.choice(OBJECTS)
+            )
+            corpus.append(text)
+    corpus += [" " + word for word in (*names, *PLACES, *OBJECTS)] * 5  # each one token
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(corpus, trainer)
+    eos = "<|endoftext|>"
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token=eos, eos_token=eos, unk_token=eos, pad_token=eos
+    )
+
+
+def random_hf_dir(
+    path, arch: str = "llama", seed: int = 0, tokenizer=None, d_model: int = 64
+) -> Path:
+    """Save a randomly initialised 2-layer Hugging Face model and its tokenizer to ``path``.
+
+    ``arch`` is ``"llama"`` (grouped-query attention with 4 query and 2 key/value heads, rotary
+    embeddings, RMSNorm, gated SiLU MLP, untied unembedding) or ``"neox"`` (GPT-NeoX: LayerNorm,
+    rotary on a quarter of each head, attention and MLP in parallel). The vocabulary is the
+    tokenizer's (default `ioi_tokenizer`). Weights: norm scales 1 + N(0, 0.1), the rest
+    N(0, 0.1), from a private generator. Returns ``path``.
+    """
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tokenizer if tokenizer is not None else ioi_tokenizer()
+    shared = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=d_model,
+        intermediate_size=2 * d_model,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    if arch == "llama":
+        config = LlamaConfig(**shared, num_key_value_heads=2, tie_word_embeddings=False)
+        hf = LlamaForCausalLM(config)
+    elif arch == "neox":
+        hf = GPTNeoXForCausalLM(GPTNeoXConfig(**shared, rotary_pct=0.25))
+    else:
+        raise ValueError(f"unknown arch {arch!r}; choose 'llama' or 'neox'")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            offset = 1.0 if "norm" in name and name.endswith("weight") else 0.0
+            p.copy_(offset + 0.1 * torch.randn(p.shape, generator=gen))
+    path = Path(path)
+    hf.eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return path

@@ -18,6 +18,8 @@ from torch import Tensor
 from transformer_lens import ActivationCache, HookedTransformer
 from transformer_lens.utilities import get_act_name
 
+from ioi.patching.sites import valid_components
+
 
 def logit_diff_directions(
     model: HookedTransformer, answer_tokens: Int[Tensor, "batch 2"]
@@ -139,8 +141,12 @@ def accumulated_resid_logit_diffs(
     answer_tokens: Int[Tensor, "batch 2"],
     positions: Int[Tensor, " batch"] | None = None,
 ) -> tuple[Float[Tensor, " comp"], list[str]]:
-    """Logit difference read from the accumulated residual stream after each sub-layer."""
-    stack, labels = cache.accumulated_resid(layer=-1, incl_mid=True, return_labels=True)
+    """Logit difference read from the accumulated residual stream after each sub-layer (after
+    attention too, where the block has a residual between attention and MLP)."""
+    incl_mid = "resid_mid" in valid_components(
+        model.cfg
+    )  # not in parallel or attention-only blocks
+    stack, labels = cache.accumulated_resid(layer=-1, incl_mid=incl_mid, return_labels=True)
     directions = logit_diff_directions(model, answer_tokens)
     values = residual_stack_to_logit_diff(
         _at_positions(stack, positions), cache, directions, positions

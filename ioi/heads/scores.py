@@ -140,7 +140,8 @@ def name_tokens(
     bad = [n for n, i in zip(names, ids, strict=True) if len(i) != 1]
     if bad or not names:
         raise ValueError(
-            f"names must be non-empty and single tokens with a leading space; bad: {bad}"
+            f"names must be non-empty and single tokens with a leading space; bad: {bad} "
+            "(for another tokenizer, pass the names an IOIDataset kept: names=ds.names)"
         )
     return torch.tensor([i[0] for i in ids])
 

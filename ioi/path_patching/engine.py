@@ -150,7 +150,7 @@ def _patched_logits_at_final(
 ) -> Float[Tensor, "sender row col"]:
     """Step 4 (to the logits): frozen propagation of each sender's change, then unembedding."""
     kind, layer = senders[0].kind, senders[0].layer
-    x = entry_residual(orig, kind, layer, rows.batch_idx, rows.pos_idx)[None] + deltas
+    x = entry_residual(model, orig, kind, layer, rows.batch_idx, rows.pos_idx)[None] + deltas
     x, _ = propagate_frozen(model, x, layer, kind, rows.attn_out, model.cfg.n_layers)
     return project_to_logits(model, x, readout)
 
@@ -169,7 +169,7 @@ def _patched_logits_via_receivers(
     kind, layer = senders[0].kind, senders[0].layer
     reached = [r for r in receivers if r.layer > layer]  # receivers at or below see no change
     layers = sorted({r.layer for r in reached})
-    x = entry_residual(orig, kind, layer, rows.batch_idx, rows.pos_idx)[None] + deltas
+    x = entry_residual(model, orig, kind, layer, rows.batch_idx, rows.pos_idx)[None] + deltas
     _, resid_pre = propagate_frozen(model, x, layer, kind, rows.attn_out, layers[-1], layers)
     values = {r: receiver_value(model, r, resid_pre[r.layer]) for r in reached}
     final = run_with_receivers(

@@ -11,6 +11,12 @@ the rows that are read later (the metric's positions, or the receivers' position
     resid_mid[l+1] = resid_post[l] + orig attn_out[l+1]
 
 Only MLPs and LayerNorms are recomputed, on stacked copies (one per sender).
+
+In a parallel block (GPT-J, GPT-NeoX: ``cfg.parallel_attn_mlp``) the MLP reads the block's input,
+not the sum after attention, so a head's change cannot reach the MLP of its own layer:
+
+    resid_post[L]  = orig resid_post[L] + delta         (head sender at layer L)
+    resid_post[l]  = resid_pre[l] + orig attn_out[l] + MLP_l(LN2_l(resid_pre[l]))
 """
 
 from __future__ import annotations
@@ -61,15 +67,23 @@ def mlp_delta(
     return ((new_mlp - orig_mlp) * keep.to(orig_mlp.device)[:, None])[None]
 
 
+def enters_before_mlp(model: HookedTransformer, kind: str) -> bool:
+    """Whether a sender's change reaches the MLP of its own layer: a head's, in a sequential block."""
+    return kind == "head" and not model.cfg.parallel_attn_mlp
+
+
 def entry_residual(
+    model: HookedTransformer,
     orig: RunActivations,
     kind: str,
     layer: int,
     batch_idx: Int[Tensor, " row"],
     pos_idx: Int[Tensor, " row"],
 ) -> Float[Tensor, "row d_model"]:
-    """The original residual where a sender's change enters: after attention (head) or MLP."""
-    resid = orig.resid_mid(layer) if kind == "head" else orig.resid_post(layer)
+    """The original residual where a sender's change enters: after attention (a head in a
+    sequential block) or after the whole block (an MLP, or a head in a parallel block)."""
+    before = enters_before_mlp(model, kind)
+    resid = orig.resid_mid(layer) if before else orig.resid_post(layer)
     return rows_of(resid, batch_idx, pos_idx)
 
 
@@ -81,6 +95,20 @@ def finish_mlp(
         return resid_mid
     block = model.blocks[layer]
     return resid_mid + block.apply_mlp(block.ln2(resid_mid))
+
+
+def finish_block(
+    model: HookedTransformer,
+    layer: int,
+    resid_pre: Float[Tensor, "sender row d_model"],
+    attn_out: Float[Tensor, "row d_model"],
+) -> Float[Tensor, "sender row d_model"]:
+    """A block with its attention output frozen: the MLP reads the sum after attention, or (in
+    a parallel block) the block's input."""
+    if not model.cfg.parallel_attn_mlp or model.cfg.attn_only:
+        return finish_mlp(model, layer, resid_pre + attn_out)
+    block = model.blocks[layer]
+    return resid_pre + attn_out + block.apply_mlp(block.ln2(resid_pre))
 
 
 def propagate_frozen(
@@ -95,8 +123,8 @@ def propagate_frozen(
     """Carry a patched residual from a sender at ``layer`` up to ``stop_layer``, attention frozen.
 
     Args:
-        x: the patched residual where the sender writes: after the attention of ``layer``
-            (``kind="head"``) or after its MLP (``kind="mlp"``).
+        x: the patched residual where the sender writes (`entry_residual`): after the
+            attention of ``layer`` (a head in a sequential block) or after the whole block.
         attn_out_rows: per layer, the original attention output at the same rows, [row, d_model].
         stop_layer: the residual returned is the input of this layer (``n_layers``: the final
             residual stream).
@@ -106,12 +134,12 @@ def propagate_frozen(
         The residual at the input of ``stop_layer`` and ``{layer: residual input}`` for ``capture``.
     """
     captured: dict[int, Tensor] = {}
-    if kind == "head":
+    if enters_before_mlp(model, kind):
         x = finish_mlp(model, layer, x)
     for lay in range(layer + 1, stop_layer):
         if lay in capture:
             captured[lay] = x
-        x = finish_mlp(model, lay, x + attn_out_rows[lay])
+        x = finish_block(model, lay, x, attn_out_rows[lay])
     if stop_layer in capture:
         captured[stop_layer] = x
     return x, captured

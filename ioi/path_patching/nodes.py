@@ -150,18 +150,22 @@ def check_supported(model: HookedTransformer) -> None:
     """Raise ValueError if the model's block layout is not the pre-norm GPT-2 layout.
 
     The fast engine reproduces a block by hand (attention output added, then the MLP on the
-    second LayerNorm of the sum), so architectures that differ from that are refused.
+    second LayerNorm of the sum, or of the block's input in a parallel block), so architectures
+    that differ from that are refused. Grouped-query attention needs its hooks ungrouped
+    (``cfg.ungroup_grouped_query_attention``, as `ioi.models.load_model` sets it), so that every
+    head has its own k and v to patch.
     """
     cfg = model.cfg
     problems = []
-    if cfg.parallel_attn_mlp:
-        problems.append("parallel attention and MLP (GPT-J style)")
     if getattr(cfg, "use_normalization_before_and_after", False):
         problems.append("LayerNorm before and after each sublayer")
     if cfg.original_architecture in POST_NORM_ARCHITECTURES:
         problems.append(f"post-norm architecture {cfg.original_architecture}")
-    if cfg.n_key_value_heads is not None:
-        problems.append("grouped-query attention")
+    if cfg.n_key_value_heads is not None and not cfg.ungroup_grouped_query_attention:
+        problems.append(
+            "grouped-query attention with grouped hooks (set "
+            "model.cfg.ungroup_grouped_query_attention = True)"
+        )
     if cfg.positional_embedding_type == "shortformer":
         problems.append("shortformer positional embeddings")
     if getattr(cfg, "output_logits_soft_cap", -1.0) > 0:
@@ -169,7 +173,8 @@ def check_supported(model: HookedTransformer) -> None:
     if problems:
         raise ValueError(
             "path patching supports pre-norm GPT-2-style blocks (LN/LNPre/RMS, absolute or "
-            f"rotary positions, standard multi-head attention); this model has: {', '.join(problems)}"
+            "rotary positions, sequential or parallel attention and MLP, one k and v per head); "
+            f"this model has: {', '.join(problems)}"
         )
 
 

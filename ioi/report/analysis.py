@@ -167,8 +167,9 @@ def logit_attribution(setup: Setup, copying: bool = True) -> Attribution:
         per_head=per_head.detach().cpu(),
         attention=attention,
         detectors=attention_detector_scores(model),
-        copying=get_copying_scores(model) if copying else None,
-        negative_copying=get_copying_scores(model, negative=True) if copying else None,
+        # The prompts' names: those of the paper's that are single tokens for this tokenizer.
+        copying=get_copying_scores(model, ds.names) if copying else None,
+        negative_copying=get_copying_scores(model, ds.names, negative=True) if copying else None,
     )
 
 

@@ -191,6 +191,7 @@ def section_setup(ctx: ReportContext) -> Section:
         f"prompts (*ABC*) replace the three names by fresh ones (flip `{A.ABC_FLIP}`), so every "
         "token keeps its position. The activation-patching sweeps use the first "
         f"{ctx.patch_setup.ds.N} of these prompts.",
+        kept_words_text(words_kept(ds)),
     ]
     section.tables.append(
         Table.build(
@@ -234,9 +235,33 @@ def section_setup(ctx: ReportContext) -> Section:
             "prompt_type": ds.prompt_type,
             "abc_flip": A.ABC_FLIP,
             "patch_prompts": ctx.patch_setup.ds.N,
+            "words": words_kept(ds),
         },
     }
     return section
+
+
+def words_kept(ds) -> dict[str, dict]:
+    """Per kind (names, places, objects): how many words the prompts use, and which of the
+    paper's were dropped because this model's tokenizer splits them."""
+    used = {"names": ds.names, "places": ds.places, "objects": ds.objects}
+    return {
+        kind: {"kept": len(words), "dropped": list(ds.dropped[kind])}
+        for kind, words in used.items()
+    }
+
+
+def kept_words_text(words: dict[str, dict]) -> str:
+    """One sentence: how many of the paper's names (places, objects) this tokenizer keeps whole."""
+    parts = []
+    for kind, counts in words.items():
+        kept, dropped = counts["kept"], counts["dropped"]
+        if kind == "names" or dropped:
+            parts.append(f"{kept} of {kept + len(dropped)} {kind}")
+    return (
+        f"Words: the prompts use {', '.join(parts)} of the paper's lists, those that are single "
+        "tokens (with a leading space) for this model's tokenizer; IOI needs each to be one token."
+    )
 
 
 def section_performance(ctx: ReportContext) -> Section:

@@ -34,17 +34,36 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(
-    normalization: str = "LN", attn_only: bool = False, seed: int = 0
+    normalization: str = "LN", attn_only: bool = False, seed: int = 0, **overrides
 ) -> HookedTransformer:
     """A 3-layer, 4-head model over GPT-2's ids."""
-    return gpt2_vocab_model(normalization=normalization, attn_only=attn_only, seed=seed)
+    return gpt2_vocab_model(
+        normalization=normalization, attn_only=attn_only, seed=seed, **overrides
+    )
+
+
+ROTARY = dict(positional_embedding_type="rotary", rotary_dim=4)
+VARIANTS = {
+    "LN": {},
+    "LNPre": dict(normalization="LNPre"),
+    "attn_only": dict(attn_only=True),
+    # GPT-NeoX's block: attention and MLP both read the block's input.
+    "parallel": dict(parallel_attn_mlp=True, **ROTARY),
+    # Llama's: RMSNorm, gated MLP, 2 key/value heads for 4 query heads (hooks ungrouped).
+    "grouped": dict(
+        normalization="RMS",
+        gated_mlp=True,
+        act_fn="silu",
+        n_key_value_heads=2,
+        ungroup_grouped_query_attention=True,
+        **ROTARY,
+    ),
+}
 
 
 def build_setup(variant: str):
     """A tiny model of one variant, 6 IOI prompts, their ABC version and the normalised metric."""
-    model = tiny_model(
-        normalization="LNPre" if variant == "LNPre" else "LN", attn_only=variant == "attn_only"
-    )
+    model = tiny_model(**VARIANTS[variant])
     ioi = IOIDataset(6, "mixed", seed=3, tokenizer=model)
     abc = ioi.gen_flipped_prompts(ABC)
     end = ioi.word_idx["end"]
@@ -61,9 +80,9 @@ def setup():
     return build_setup("LN")
 
 
-@pytest.fixture(scope="module", params=["LNPre", "attn_only"])
+@pytest.fixture(scope="module", params=["LNPre", "attn_only", "parallel", "grouped"])
 def variant(request):
-    """The other layouts: folded LayerNorm, and attention-only."""
+    """The other layouts: folded LayerNorm, attention-only, parallel and grouped-query blocks."""
     return build_setup(request.param)
 
 
@@ -110,9 +129,21 @@ def test_variants_match_plain(variant, no_hooks_after):
     receivers = make_receivers([(2, 1), (1, 3)], ["k", "v"])
     plain = plain_grid(model, metric, abc, ioi, senders, receivers)
     torch.testing.assert_close(fast[:2].flatten(), plain, atol=ATOL, rtol=0)
+    assert (plain - 1).abs().max() > 1e-3, "the test would pass trivially: no head has an effect"
     if model.cfg.attn_only:
         with pytest.raises(ValueError, match="attention-only"):
             path_patch(model, metric, abc, ioi, [Sender("mlp", 0)])
+    else:
+        mlps = [Sender("mlp", layer) for layer in range(2)]
+        fast = path_patch(model, metric, abc, ioi, mlps, receivers)
+        torch.testing.assert_close(fast, plain_grid(model, metric, abc, ioi, mlps, receivers))
+
+
+def test_grouped_hooks_are_refused_with_the_fix():
+    model, metric, ioi, abc = build_setup("grouped")
+    model.cfg.ungroup_grouped_query_attention = False
+    with pytest.raises(ValueError, match="ungroup_grouped_query_attention = True"):
+        get_path_patch_head_to_final_resid_post(model, metric, abc, ioi)
 
 
 def test_batch_size_does_not_change_results(setup):
