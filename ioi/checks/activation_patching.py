@@ -85,6 +85,22 @@ METRIC = exercise(
         "absolute_value": "you took the absolute value of the logit difference: a patch that "
         "makes the model prefer the S must score below the corrupted baseline, so the metric "
         "keeps the sign (IO - S)",
+        "one_baseline_swapped": "one of the two baselines is in the wrong place: "
+        "(logit_diff - clean) / (clean - corrupted) or (logit_diff - corrupted) / (corrupted - "
+        "clean). Subtract the corrupted baseline and divide by clean - corrupted (mind the "
+        "argument order: corrupted_logit_diff comes before clean_logit_diff)",
+        "wrong_sign": "you measured S minus IO (the columns of answer_tokens exchanged): "
+        "answer_tokens[:, 0] is the IO, [:, 1] the S, and the logit difference is IO - S",
+        "probabilities_not_logits": "you took the difference of probabilities (after a "
+        "softmax); the metric is built on the logit difference: use the logits as given "
+        "(log_softmax would do too: it shifts both logits of a prompt by the same amount)",
+        "not_divided": "you subtracted the corrupted baseline but did not divide by the gap "
+        "clean_logit_diff - corrupted_logit_diff, so the clean run does not give 1",
+        "first_prompt_answers": "you used the first prompt's answers for every prompt: "
+        "answer_tokens[0] is prompt 0's (IO, S) pair; every prompt's IO is answer_tokens[:, 0] "
+        "and its S answer_tokens[:, 1]",
+        "position_off_by_one": "you read the logits one position away from `positions`: the "
+        "answer is predicted *at* `positions` (the END token), so read logits[rows, positions]",
     },
     shared=("batch_by_batch_indexing", "sum_not_mean", "first_position_for_none"),
 )
@@ -154,6 +170,18 @@ def test_ioi_metric(ioi_metric_fn: Callable) -> None:
             "returned_per_prompt": lambda d=per_prompt: normalise(d),
             "sum_not_mean": lambda d=per_prompt: normalise(d.sum()),
             "batch_by_batch_indexing": lambda g=grid: normalise(g),
+            "one_baseline_swapped": lambda d=diff: [
+                (d - clean) / (clean - corrupted),
+                (d - corrupted) / (corrupted - clean),
+            ],
+            "wrong_sign": lambda d=diff: normalise(-d),
+            "probabilities_not_logits": lambda lg=logits, p=positions: normalise(
+                logits_to_ave_logit_diff(lg.softmax(-1), answers, positions=p)
+            ),
+            "not_divided": lambda d=diff: d - corrupted,
+            "first_prompt_answers": lambda f=final: normalise(
+                (f[:, answers[0, 0]] - f[:, answers[0, 1]]).mean()
+            ),
         }
         if positions is None:
             mistakes["first_position_for_none"] = lambda lg=logits: normalise(
@@ -163,6 +191,11 @@ def test_ioi_metric(ioi_metric_fn: Callable) -> None:
             mistakes["ignored_positions"] = lambda lg=logits: normalise(
                 logits_to_ave_logit_diff(lg, answers)
             )
+            last = logits.shape[1] - 1
+            mistakes["position_off_by_one"] = lambda lg=logits, p=positions: [
+                normalise(logits_to_ave_logit_diff(lg, answers, positions=q))
+                for q in ((p - 1).clamp(0, last), (p + 1).clamp(0, last))
+            ]
         expected = make_ioi_metric(clean, corrupted, answers, positions)(logits)
         ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
     ex.passed("clean -> 1, corrupted -> 0, flipped below 0, positions=end and None")

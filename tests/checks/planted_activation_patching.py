@@ -89,6 +89,68 @@ def metric_batch_by_batch(
     return (d - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
 
 
+@wrong("ioi_metric", "one_baseline_swapped")
+def metric_minus_clean(
+    logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None
+):
+    """(d - clean) / (clean - corrupted): the numerator's baseline mixed up."""
+    d = _diff(logits, answer_tokens, positions)
+    return (d - clean_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
+
+
+@wrong("ioi_metric", "wrong_sign")
+def metric_s_minus_io(
+    logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None
+):
+    """The answer columns read as (S, IO)."""
+    s_tok, io_tok = answer_tokens[:, 0], answer_tokens[:, 1]
+    final = _final(logits, positions)
+    rows = torch.arange(final.shape[0])
+    d = (final[rows, io_tok] - final[rows, s_tok]).mean()
+    return (d - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
+
+
+@wrong("ioi_metric", "probabilities_not_logits")
+def metric_probs(logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None):
+    """Softmax first: a difference of probabilities."""
+    d = _diff(logits.softmax(dim=-1), answer_tokens, positions)
+    return (d - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
+
+
+@wrong("ioi_metric", "not_divided")
+def metric_not_divided(
+    logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None
+):
+    """Only the corrupted baseline subtracted."""
+    return _diff(logits, answer_tokens, positions) - corrupted_logit_diff
+
+
+@wrong("ioi_metric", "first_prompt_answers")
+def metric_first_answers(
+    logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None
+):
+    """answer_tokens[0] where answer_tokens[:, 0] was meant."""
+    io_tok, s_tok = answer_tokens[0]
+    final = _final(logits, positions)
+    d = (final[:, io_tok] - final[:, s_tok]).mean()
+    return (d - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
+
+
+@wrong("ioi_metric", "position_off_by_one")
+def metric_before_end(
+    logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None
+):
+    """positions - 1: 'the token before the answer'."""
+    d = _diff(logits, answer_tokens, None if positions is None else positions - 1)
+    return (d - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
+
+
+@correct("ioi_metric", "log-probabilities: log_softmax shifts both logits of a prompt alike")
+def metric_log_probs(logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None):
+    d = _diff(logits.log_softmax(dim=-1), answer_tokens, positions)
+    return (d - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
+
+
 @correct("ioi_metric", "returns a python float")
 def metric_float(logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None):
     d = float(_diff(logits, answer_tokens, positions))
