@@ -8,6 +8,7 @@ them directly on a tensor, the way TransformerLens would.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -192,7 +193,7 @@ def test_ioi_metric(ioi_metric_fn: Callable) -> None:
                 logits_to_ave_logit_diff(lg, answers)
             )
             last = logits.shape[1] - 1
-            mistakes["position_off_by_one"] = lambda lg=logits, p=positions: [
+            mistakes["position_off_by_one"] = lambda lg=logits, p=positions, last=last: [
                 normalise(logits_to_ave_logit_diff(lg, answers, positions=q))
                 for q in ((p - 1).clamp(0, last), (p + 1).clamp(0, last))
             ]
@@ -436,6 +437,7 @@ def _check_sweep(
     holder: dict | None = None,
     library: Callable | None = None,
     toy_axes: dict[int, str] | None = None,
+    other_mistakes: Callable[[Tensor], dict] | None = None,
 ) -> None:
     """The body every sweep's checker shares: run it on the patching batch and compare.
 
@@ -444,7 +446,8 @@ def _check_sweep(
     before the comparison (for mistakes that look at it). With ``library`` (the library's
     function of the same signature), the sweep runs again on a random model of other sizes
     (`other_model_batch`): ``toy_axes`` maps an axis of the result to the size it counts
-    (``"layers"``, ``"heads"`` or ``"pos"``), so that sizes written as the toy's are named.
+    (``"layers"``, ``"heads"`` or ``"pos"``), so that sizes written as the toy's are named;
+    ``other_mistakes`` maps that run's expected result to more mistakes to name there.
     """
     b = _patching_batch()
     call = _patch_call(name, b)
@@ -491,7 +494,10 @@ def _check_sweep(
         got,
         want,
         call=call,
-        mistakes={"hard_coded_size": lambda: toy_sized(want, sizes)},
+        mistakes={
+            "hard_coded_size": lambda: toy_sized(want, sizes),
+            **(other_mistakes(want) if other_mistakes else {}),
+        },
         atol=atol,
         unchanged=baseline,
     )
@@ -653,12 +659,31 @@ BLOCK_EVERY = exercise(
         "attn_out, mlp_out",
         "missing_component": "one of the three components is missing",
         "resid_post_not_pre": "your first row patches resid_post (the stream leaving each "
-        "block); the first row is resid_pre, the stream entering it",
+        "block) or resid_mid (between attention and MLP: patched at one position it gives the "
+        "same, as the MLP works per position); the first row is resid_pre, the stream "
+        "entering the block",
+        "same_component_every_row": "two or more rows are the same sweep: the hook name does "
+        "not change with the component (say get_act_name('resid_pre', layer) written inside "
+        "the loop over components); build it from the loop's component: "
+        "get_act_name(component, layer)",
+        "wrong_layout": "the right numbers in the wrong axis order; return [component, layer, "
+        "pos] (stack the three [layer, pos] grids on a new first axis: torch.stack(rows))",
+        "patched_all_positions": "every row is constant along pos: you patched all positions "
+        "at once instead of one position per column",
+        "missed_last_position": "the last position is missing (or left at 0): a loop over "
+        "range(n_pos - 1) stops one position early; loop over range(corrupted_tokens.shape[1])",
     },
     shared=("missed_last_layer", "hard_coded_size"),
 )
 
 BLOCK_ORDER = ("resid_pre", "attn_out", "mlp_out")
+
+
+def _last_zeroed(grid: Tensor) -> Tensor:
+    """``grid`` with its last position (last axis) left at 0."""
+    out = grid.clone()
+    out[..., -1] = 0.0
+    return out
 
 
 @one_thread()
@@ -671,9 +696,19 @@ def test_get_act_patch_block_every(get_act_patch_block_every_fn: Callable) -> No
     mistakes = {
         "wrong_component_order": lambda: reorderings(expected),
         "missing_component": lambda: missing_rows(expected),
-        "resid_post_not_pre": lambda: torch.cat(
-            [_sweep_effect(b, "resid_post", positions="each")[None], expected[1:]]
-        ),
+        "resid_post_not_pre": lambda: [
+            torch.cat([_sweep_effect(b, c, positions="each")[None], expected[1:]])
+            for c in ("resid_post", "resid_mid")
+        ],
+        "same_component_every_row": lambda: [
+            expected[list(rows)]
+            for rows in itertools.product(range(3), repeat=3)
+            if len(set(rows)) < 3
+        ],
+        "wrong_layout": lambda: [expected.permute(*o) for o in ((1, 0, 2), (1, 2, 0))],
+        "patched_all_positions": lambda: torch.stack([_sweep_effect(b, c) for c in BLOCK_ORDER])[
+            ..., None
+        ].expand_as(expected),
         "missed_last_layer": lambda: [
             torch.stack(rows)
             for rows in zip(*(without_last_layer(e) for e in expected), strict=True)
@@ -687,6 +722,11 @@ def test_get_act_patch_block_every(get_act_patch_block_every_fn: Callable) -> No
         mistakes,
         library=patching.get_act_patch_block_every,
         toy_axes={1: "layers", 2: "pos"},
+        # The toy batch's last column is padding (no prediction reads it): only the other
+        # model, whose first prompt ends there, shows a loop that stops one position early.
+        other_mistakes=lambda want: {
+            "missed_last_position": lambda: [want[..., :-1], _last_zeroed(want)]
+        },
     )
 
 

@@ -872,6 +872,73 @@ variant(
 )
 
 
+@wrong("get_act_patch_block_every", "resid_post_not_pre")
+def block_resid_mid(model, corrupted_tokens, clean_cache, patching_metric):
+    """resid_mid as the first row."""
+    return _block(
+        model, corrupted_tokens, clean_cache, patching_metric, ("resid_mid", "attn_out", "mlp_out")
+    )
+
+
+@wrong("get_act_patch_block_every", "same_component_every_row")
+def block_hook_name_fixed(model, corrupted_tokens, clean_cache, patching_metric):
+    """The hook name written as resid_pre inside the loop over components."""
+    rows = []
+    for _component in ("resid_pre", "attn_out", "mlp_out"):
+        grid = torch.zeros(model.cfg.n_layers, corrupted_tokens.shape[1])
+        for layer in range(model.cfg.n_layers):
+            for pos in range(corrupted_tokens.shape[1]):
+                hook = partial(_resid_hook, pos=pos, cache=clean_cache)
+                with torch.no_grad():
+                    logits = model.run_with_hooks(
+                        corrupted_tokens, fwd_hooks=[(get_act_name("resid_pre", layer), hook)]
+                    )
+                grid[layer, pos] = patching_metric(logits)
+        rows.append(grid)
+    return torch.stack(rows)
+
+
+@wrong("get_act_patch_block_every", "wrong_layout")
+def block_stacked_on_dim1(model, corrupted_tokens, clean_cache, patching_metric):
+    """torch.stack(rows, dim=1): [layer, component, pos]."""
+    return _block(model, corrupted_tokens, clean_cache, patching_metric).transpose(0, 1)
+
+
+@wrong("get_act_patch_block_every", "patched_all_positions")
+def block_all_positions(model, corrupted_tokens, clean_cache, patching_metric):
+    """The hook copies the whole clean activation, whatever pos is."""
+    n_pos = corrupted_tokens.shape[1]
+    out = torch.zeros(3, model.cfg.n_layers, n_pos)
+    for i, name in enumerate(("resid_pre", "attn_out", "mlp_out")):
+        for layer in range(model.cfg.n_layers):
+            for pos in range(n_pos):
+                hook_name = get_act_name(name, layer)
+                with torch.no_grad():
+                    logits = model.run_with_hooks(
+                        corrupted_tokens,
+                        fwd_hooks=[(hook_name, lambda act, hook: clean_cache[hook.name])],
+                    )
+                out[i, layer, pos] = patching_metric(logits)
+    return out
+
+
+@wrong("get_act_patch_block_every", "missed_last_position")
+def block_positions_minus_one(model, corrupted_tokens, clean_cache, patching_metric):
+    """range(n_pos - 1): the last column stays 0."""
+    n_pos = corrupted_tokens.shape[1]
+    out = torch.zeros(3, model.cfg.n_layers, n_pos)
+    for i, name in enumerate(("resid_pre", "attn_out", "mlp_out")):
+        for layer in range(model.cfg.n_layers):
+            for pos in range(n_pos - 1):
+                hook = partial(_resid_hook, pos=pos, cache=clean_cache)
+                with torch.no_grad():
+                    logits = model.run_with_hooks(
+                        corrupted_tokens, fwd_hooks=[(get_act_name(name, layer), hook)]
+                    )
+                out[i, layer, pos] = patching_metric(logits)
+    return out
+
+
 @wrong("get_act_patch_block_every", "hard_coded_size")
 def block_toy_sizes(model, corrupted_tokens, clean_cache, patching_metric):
     """The toy's 3 layers written in."""
