@@ -351,6 +351,22 @@ HEAD_HOOK = exercise(
         "ignored_head_index": "you patched a fixed head, not the `head_index` you were given",
         "indexed_d_head_axis": "you indexed the last axis ([..., head_index]), which is d_head; "
         "heads are the third axis of z/q/k/v: [:, :, head_index]",
+        "indexed_batch_axis": "you replaced prompt number `head_index` ([head_index]) instead "
+        "of head `head_index` of every prompt ([:, :, head_index])",
+        "returned_clean_slice": "you returned only the clean head's slice [batch, pos, d_head]; "
+        "write it into the activation and return the whole activation, [batch, pos, head, "
+        "d_head] (TransformerLens replaces the activation by what the hook returns)",
+        "patched_one_position": "you patched the head at one position only (the last, say); "
+        "this hook patches head `head_index` at *every* position: [:, :, head_index]",
+        "inverted_patch": "everything except head `head_index` was patched: you copied the "
+        "corrupted head into the clean activation and returned that. Start from the corrupted "
+        "activation the hook was given and copy the clean head into it",
+        "added_not_replaced": "you added the clean values to the corrupted ones (+=); patching "
+        "replaces the head's values by the clean ones (=)",
+        "mean_over_prompts": "you wrote the clean head's mean over prompts into every prompt; "
+        "patching copies each prompt's own clean values: clean[:, :, head_index]",
+        "zeroed_head": "you set the head to zero (zero ablation); patching copies in the clean "
+        "run's values, clean_cache[hook.name][:, :, head_index]",
     },
     shared=("assignment_shapes_differ",),
 )
@@ -368,6 +384,21 @@ def test_patch_head_vector(patch_head_vector_fn: Callable) -> None:
             "indexed_position_axis": lambda: _patched(act, clean, (slice(None), head)),
             "indexed_d_head_axis": lambda: _patched(act, clean, (..., head)),
             "patched_all_heads": lambda: clean,
+            "indexed_batch_axis": lambda: _patched(act, clean, (head,)),
+            "returned_clean_slice": lambda: clean[:, :, head],
+            "patched_one_position": lambda: [
+                _patched(act, clean, (slice(None), pos, head)) for pos in range(act.shape[1])
+            ],
+            "inverted_patch": lambda: _patched(clean, act, (slice(None), slice(None), head)),
+            "added_not_replaced": lambda: _patched(
+                act, act + clean, (slice(None), slice(None), head)
+            ),
+            "mean_over_prompts": lambda: _patched(
+                act, clean.mean(0, keepdim=True).expand_as(clean), (slice(None), slice(None), head)
+            ),
+            "zeroed_head": lambda: _patched(
+                act, torch.zeros_like(clean), (slice(None), slice(None), head)
+            ),
         }
 
     cases = [("blocks.1.attn.hook_z", 3), ("blocks.2.attn.hook_z", 1), ("blocks.0.attn.hook_v", 2)]

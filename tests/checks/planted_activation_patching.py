@@ -273,6 +273,55 @@ def head_reads_own_input(corrupted_head_vector, hook, head_index, clean_cache):
     return corrupted_head_vector
 
 
+@wrong("patch_head_vector", "indexed_batch_axis")
+def head_batch_axis(corrupted_head_vector, hook, head_index, clean_cache):
+    """[head_index]: prompt number head_index."""
+    corrupted_head_vector[head_index] = clean_cache[hook.name][head_index]
+    return corrupted_head_vector
+
+
+@wrong("patch_head_vector", "returned_clean_slice")
+def head_returns_slice(corrupted_head_vector, hook, head_index, clean_cache):
+    """Returns the clean head alone."""
+    return clean_cache[hook.name][:, :, head_index]
+
+
+@wrong("patch_head_vector", "patched_one_position")
+def head_last_position(corrupted_head_vector, hook, head_index, clean_cache):
+    """Only the last position, as if it were the by-position exercise."""
+    corrupted_head_vector[:, -1, head_index] = clean_cache[hook.name][:, -1, head_index]
+    return corrupted_head_vector
+
+
+@wrong("patch_head_vector", "inverted_patch")
+def head_into_clean(corrupted_head_vector, hook, head_index, clean_cache):
+    """Starts from the clean activation and copies the corrupted head into it."""
+    patched = clean_cache[hook.name].clone()
+    patched[:, :, head_index] = corrupted_head_vector[:, :, head_index]
+    return patched
+
+
+@wrong("patch_head_vector", "added_not_replaced")
+def head_plus_equals(corrupted_head_vector, hook, head_index, clean_cache):
+    """+= where = was meant."""
+    corrupted_head_vector[:, :, head_index] += clean_cache[hook.name][:, :, head_index]
+    return corrupted_head_vector
+
+
+@wrong("patch_head_vector", "mean_over_prompts")
+def head_mean_clean(corrupted_head_vector, hook, head_index, clean_cache):
+    """The clean head averaged over prompts, as in mean ablation."""
+    corrupted_head_vector[:, :, head_index] = clean_cache[hook.name][:, :, head_index].mean(0)
+    return corrupted_head_vector
+
+
+@wrong("patch_head_vector", "zeroed_head")
+def head_zeroed(corrupted_head_vector, hook, head_index, clean_cache):
+    """Zero ablation instead of patching."""
+    corrupted_head_vector[:, :, head_index] = 0.0
+    return corrupted_head_vector
+
+
 @wrong("patch_head_vector", "ignored_hook_name")
 def head_layer_one(corrupted_head_vector, hook, head_index, clean_cache):
     """Reads blocks.1.attn.hook_z whatever the hook."""
