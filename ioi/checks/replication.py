@@ -92,6 +92,19 @@ COPYING = exercise(
         "stands, so use the token embedding alone",
         "mlp0_without_ln2": "you applied block 0's MLP to the raw embedding; the MLP reads its "
         "input through ln2 (blocks[0].ln2), as in the model's forward pass",
+        "added_b_O": "you added the attention layer's output bias b_O to the head's output: "
+        "b_O belongs to the layer, not to one head, and the copying score asks what the "
+        "head's OV circuit alone writes (normed @ W_V @ W_O)",
+        "kept_position_axis": "you took the top k of [name, 1, d_vocab] logits without "
+        "dropping the one-token position axis ([:, 0]): `top == tokens[:, None]` then "
+        "compares each name's top k with *every* name. Index [:, 0] first, so each name's "
+        "top k is compared with its own token",
+        "any_name_not_own": "you counted a name as copied when *any* name is in its top k "
+        "(torch.isin); the score asks whether the name's *own* token is: "
+        "(top == tokens[:, None]).any(-1)",
+        "count_not_fraction": "you returned how many names are copied; the score is the "
+        "fraction of names (.float().mean(), not .sum())",
+        "transposed": "the result is [head, layer]; return [layer, head]",
     },
     shared=("missed_last_layer",),
 )
@@ -110,8 +123,18 @@ def copying_variant(
     bottom: bool = False,
     position: bool = False,
     ln2: bool = True,
+    b_O: bool = False,
+    keep_pos_axis: bool = False,
+    any_name: bool = False,
+    count: bool = False,
 ) -> Float[Tensor, "layer head"]:
-    """The copying score of ``tokens`` with switches that reproduce common mistakes."""
+    """The copying score of ``tokens`` with switches that reproduce common mistakes.
+
+    ``b_O`` adds the layer's output bias to the head's output; ``keep_pos_axis`` leaves the
+    logits [name, 1, d_vocab] (the top-k indices then compare with every name);
+    ``any_name`` counts a name whose top k holds *any* name; ``count`` sums instead of
+    averaging over names.
+    """
     embed = model.embed(tokens[:, None])  # [name, 1, d_model]
     if position:
         embed = embed + model.W_pos[0]
@@ -122,10 +145,15 @@ def copying_variant(
         normed = model.blocks[layer].ln1(resid) if layer_norms else resid
         for head in range(model.cfg.n_heads):
             out = normed @ model.W_V[layer, head] @ model.W_O[layer, head]
+            if b_O:
+                out = out + model.b_O[layer]
             out = -out if negative and not bottom else out
-            logits = model.unembed(model.ln_final(out) if layer_norms and final_ln else out)[:, 0]
+            logits = model.unembed(model.ln_final(out) if layer_norms and final_ln else out)
+            logits = logits if keep_pos_axis else logits[:, 0]  # [name, d_vocab]
             top = (-logits if bottom else logits).topk(k, dim=-1).indices
-            scores[layer, head] = (top == tokens[:, None]).any(-1).float().mean()
+            hit = torch.isin(top, tokens) if any_name else top == tokens[:, None]
+            hit = hit.any(-1).float()
+            scores[layer, head] = hit.sum() if count else hit.mean()
     return scores
 
 
@@ -174,6 +202,11 @@ def test_get_copying_scores(get_copying_scores_fn: Callable) -> None:
             "added_position_embedding": lambda v=variant: v(position=True),
             "mlp0_without_ln2": lambda v=variant: v(ln2=False),
             "missed_last_layer": lambda e=expected: without_last_layer(e),
+            "added_b_O": lambda v=variant: v(b_O=True),
+            "kept_position_axis": lambda v=variant: v(keep_pos_axis=True),
+            "any_name_not_own": lambda v=variant: v(any_name=True),
+            "count_not_fraction": lambda v=variant: v(count=True),
+            "transposed": lambda e=expected: e.T,
         }
         # Scores count names: with or without the head's LayerNormPre before W_V a name or two
         # near the top-k edge can flip (LayerNorm-eps and centring effects); accept that.

@@ -124,6 +124,48 @@ variant(
 )
 
 
+def _copy_slip(model, names=None, k=5, negative=False, *, slip):
+    """A learner's copying score written out, with one slip (``slip``)."""
+    tokens = names if isinstance(names, torch.Tensor) else name_tokens(model, names)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    scores = torch.zeros((n_heads, n_layers) if slip == "head_layer" else (n_layers, n_heads))
+    with torch.no_grad():
+        e = model.embed(tokens[:, None])
+        e = e + model.blocks[0].apply_mlp(model.blocks[0].ln2(e))
+        for layer in range(n_layers):
+            x = model.blocks[layer].ln1(e)
+            for head in range(n_heads):
+                out = x @ model.W_V[layer, head] @ model.W_O[layer, head]
+                if slip == "b_O":
+                    out = out + model.b_O[layer]
+                if negative:
+                    out = -out
+                logits = model.unembed(model.ln_final(out))
+                if slip != "no_squeeze":
+                    logits = logits[:, 0]
+                top = logits.topk(k, dim=-1).indices
+                if slip == "isin":
+                    hit = torch.isin(top, tokens).any(-1)
+                else:
+                    hit = (top == tokens[:, None]).any(-1)
+                score = hit.float().sum() if slip == "sum" else hit.float().mean()
+                if slip == "head_layer":
+                    scores[head, layer] = score
+                else:
+                    scores[layer, head] = score
+    return scores
+
+
+for _diagnosis, _slip, _doc in (
+    ("added_b_O", "b_O", "Adds b_O[layer] to the head's OV output."),
+    ("kept_position_axis", "no_squeeze", "Forgot [:, 0]: top-k of [name, 1, d_vocab]."),
+    ("any_name_not_own", "isin", "torch.isin(top, tokens): any name in the top k."),
+    ("count_not_fraction", "sum", ".sum() of the hits, not .mean()."),
+    ("transposed", "head_layer", "scores[head, layer] in a [head, layer] tensor."),
+):
+    variant("get_copying_scores", _diagnosis, _copy_slip, _doc, fn_name=f"copy_{_slip}", slip=_slip)
+
+
 @correct("get_copying_scores", "the library's MLP0 embedding, in float64")
 def copy_float64(model, names=None, k=5, negative=False):
     from ioi.heads import name_embeddings_after_mlp0
