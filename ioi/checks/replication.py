@@ -235,11 +235,24 @@ DETECTORS = exercise(
         "ignored_seq_len": "your scores are those of another sequence length: pass `seq_len` on",
         "ignored_batch": "your scores are those of another batch size: pass `batch` on",
         "second_copy_off_by_one": "your destinations are one position away from the second "
-        "copy: with the BOS first, the second copy is positions L+1 .. 2L "
-        "(torch.arange(L + 1, 2 * L + 1))",
-        "above_the_diagonal": "the previous-token scores are all 0: you read the diagonal "
-        "above the main one (offset=+1), where a causal pattern is 0; the source is one "
-        "position *before* the destination (offset=-1)",
+        "copy (shifted, or one short at an end): with the BOS first, the second copy is "
+        "positions L+1 .. 2L (torch.arange(L + 1, 2 * L + 1))",
+        "above_the_diagonal": "the scores are all 0: you read above the main diagonal, where "
+        "a causal pattern is 0: a diagonal with offset=+1, or the pattern indexed [..., src, "
+        "dest]. The pattern is [batch, head, dest (query), src (key)] and the source comes "
+        "*before* the destination (offset=-1 for the previous token)",
+        "scores_not_pattern": "you read the attention scores before the softmax "
+        "(hook_attn_scores); the detectors average attention *probabilities*, "
+        "cache['pattern', layer]",
+        "induction_wrong_direction": "your induction source is d - L - 1, the token *before* "
+        "the first occurrence; an induction head attends to the token *after* it, d - L + 1",
+        "transposed": "the result is [head, layer]; stack the layers on the first axis: "
+        "[layer, head]",
+        "summed_not_averaged": "you summed over the prompts or over the destinations where "
+        "the score is their mean: .mean((0, -1)) of [batch, head, dest]",
+        "not_averaged": "you averaged over only one of the two axes (the prompts, or the "
+        "destinations); a head's score is the mean over both: .mean((0, -1)) of [batch, head, "
+        "dest], giving [layer, head]",
     },
     shared=("missed_last_layer",),
 )
@@ -280,6 +293,33 @@ def _detector_variant(
     return torch.stack(out)
 
 
+@torch.no_grad()
+def _diagonal_values(
+    model,
+    seq_len: int,
+    batch: int,
+    seed: int,
+    kind: str,
+    *,
+    hook: str = "pattern",
+    src_offset: int | None = None,
+    dests: Tensor | None = None,
+) -> Float[Tensor, "layer batch head dest"]:
+    """The values a detector averages, before the mean: from ``hook`` (the pattern, or the
+    scores before the softmax), at ``dests`` (default: the detector's own) and sources
+    ``src_offset`` before them (default: the detector's own)."""
+    toks = heads.repeated_tokens(model, seq_len, batch, seed)
+    _, cache = model.run_with_cache(toks)
+    offset = {"previous_token": 1, "duplicate_token": seq_len, "induction": seq_len - 1}[kind]
+    offset = offset if src_offset is None else src_offset
+    if dests is None:
+        first = 1 if kind == "previous_token" else seq_len + 1
+        dests = torch.arange(first, 2 * seq_len + 1)
+    return torch.stack(
+        [cache[hook, layer][:, :, dests, dests - offset] for layer in range(model.cfg.n_layers)]
+    )
+
+
 @one_thread()
 def test_get_attn_scores(get_attn_scores_fn: Callable) -> None:
     """Check ``get_attn_scores(model, seq_len, batch, seed, kind) -> [layer, head]``."""
@@ -312,10 +352,34 @@ def test_get_attn_scores(get_attn_scores_fn: Callable) -> None:
                 "second_copy_off_by_one": lambda L=seq_len, n=batch, s=seed, k=kind: [
                     _shifted_detector(model, L, n, s, k, shift) for shift in (-1, 1)
                 ],
-                "above_the_diagonal": lambda e=every, k=kind: (
-                    torch.zeros_like(e[k]) if k == "previous_token" else None
+                "above_the_diagonal": lambda e=every, k=kind: torch.zeros_like(e[k]),
+                "scores_not_pattern": lambda L=seq_len, n=batch, s=seed, k=kind: _diagonal_values(
+                    model, L, n, s, k, hook="attn_scores"
+                ).mean((1, -1)),
+                "induction_wrong_direction": lambda L=seq_len, n=batch, s=seed, k=kind: (
+                    _diagonal_values(model, L, n, s, k, src_offset=L + 1).mean((1, -1))
+                    if k == "induction"
+                    else None
                 ),
+                "transposed": lambda e=every, k=kind: e[k].T,
+                "summed_not_averaged": lambda L=seq_len, n=batch, s=seed, k=kind: [
+                    (v := _diagonal_values(model, L, n, s, k)).sum((1, -1)),
+                    v.sum(1).mean(-1),
+                    v.mean(1).sum(-1),
+                ],
+                "not_averaged": lambda L=seq_len, n=batch, s=seed, k=kind: [
+                    (v := _diagonal_values(model, L, n, s, k)).mean(1),
+                    v.mean(-1),
+                ],
             }
+            if kind != "previous_token":
+                mistakes["second_copy_off_by_one"] = lambda L=seq_len, n=batch, s=seed, k=kind: (
+                    [_shifted_detector(model, L, n, s, k, shift) for shift in (-1, 1)]
+                    + [
+                        _diagonal_values(model, L, n, s, k, dests=torch.arange(a, b)).mean((1, -1))
+                        for a, b in ((L + 1, 2 * L), (L + 2, 2 * L + 1))
+                    ]
+                )
             if kind == "previous_token":
                 mistakes["previous_token_second_copy_only"] = lambda L=seq_len, n=batch, s=seed: (
                     _detector_variant(model, L, n, s, "previous_token")

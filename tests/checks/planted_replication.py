@@ -291,6 +291,62 @@ variant(
 )
 
 
+def _detector_slip(model, seq_len, batch, seed, kind, *, slip):
+    """A learner's detector with one slip (``slip``), indexing dest and src by hand."""
+    toks = repeated_tokens(model, seq_len, batch, seed)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks)
+    L = seq_len
+    if kind == "previous_token":
+        dest = torch.arange(1, 2 * L + 1)
+        src = dest - 1
+    else:
+        dest = torch.arange(L + 1, 2 * L + (0 if slip == "short_range" else 1))
+        step = {"induction": -1 if slip == "induction_minus" else 1}.get(kind, 0)
+        src = dest - L + step
+    hook = "attn_scores" if slip == "pre_softmax" else "pattern"
+    rows = []
+    for layer in range(model.cfg.n_layers):
+        p = cache[hook, layer]
+        picked = p[:, :, src, dest] if slip == "key_first" else p[:, :, dest, src]
+        if slip == "summed":
+            rows.append(picked.sum((0, -1)))
+        elif slip == "batch_mean_only":
+            rows.append(picked.mean(0))
+        else:
+            rows.append(picked.mean((0, -1)))
+    return torch.stack(rows, dim=1 if slip == "stacked_dim1" else 0)
+
+
+for _diagnosis, _slip, _doc in (
+    ("scores_not_pattern", "pre_softmax", "hook_attn_scores (pre-softmax) instead of the pattern."),
+    ("induction_wrong_direction", "induction_minus", "Induction source d - L - 1."),
+    ("above_the_diagonal", "key_first", "pattern[:, :, src, dest]: query and key exchanged."),
+    ("summed_not_averaged", "summed", ".sum((0, -1)) instead of .mean."),
+    ("not_averaged", "batch_mean_only", ".mean(0): averaged over prompts only."),
+    ("transposed", "stacked_dim1", "torch.stack(rows, dim=1): [head, layer]."),
+    ("second_copy_off_by_one", "short_range", "torch.arange(L + 1, 2 * L): one short."),
+):
+    variant(
+        "get_attn_scores", _diagnosis, _detector_slip, _doc, fn_name=f"detect_{_slip}", slip=_slip
+    )
+
+
+@correct("get_attn_scores", "the pattern recomputed as the softmax of hook_attn_scores")
+def detect_softmax_of_scores(model, seq_len, batch, seed, kind):
+    toks = repeated_tokens(model, seq_len, batch, seed)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks)
+    first = 1 if kind == "previous_token" else seq_len + 1
+    dest = torch.arange(first, 2 * seq_len + 1)
+    src = dest - {"previous_token": 1, "duplicate_token": seq_len, "induction": seq_len - 1}[kind]
+    rows = []
+    for layer in range(model.cfg.n_layers):
+        pattern = cache["attn_scores", layer].softmax(dim=-1)
+        rows.append(pattern[:, :, dest, src].mean((0, -1)))
+    return torch.stack(rows)
+
+
 @correct("get_attn_scores", "diagonals sliced to the second copy")
 def detect_diagonal_slices(model, seq_len, batch, seed, kind):
     toks = repeated_tokens(model, seq_len, batch, seed)
