@@ -36,6 +36,7 @@ from ioi.circuit.ablation import (
     mean_ablation_hooks,
     replace_where,
 )
+from ioi.head import Head
 
 CHECK_CIRCUIT = Circuit(
     heads={
@@ -902,6 +903,19 @@ KEEP_AT = exercise(
         "the head stayed where its class keeps it",
         "position_not_tuple": "you set the keep entry to a position key itself ('S2'); an entry "
         "is a tuple of keys, ('S2',)",
+        "ratio_not_value": "you divided F by F(M) or by the circuit's own F(C); the exercise "
+        "asks for F(C) itself, the logit difference ablation.logit_diff(keep) returns",
+        "change_not_value": "you returned how much F(C) changed when the head moved (F minus "
+        "the circuit's own F(C)); return F(C) with the head kept at p, as it is",
+        "started_from_model": "you moved the head within the whole model (every other head "
+        "kept everywhere, as in ablation.all_heads_except([])); start from the circuit's keep "
+        "map, circuit.kept_positions(), so every other head is ablated outside its class",
+        "moved_every_head": "you kept *every* circuit head at p; move only `head` and leave "
+        "the other entries of circuit.kept_positions() as they are",
+        "accumulated_positions": "each position's keep map still holds the positions of the "
+        "ones before it: the keep map (or its entry) was built once, outside the loop, and "
+        "positions were added to it. Build a fresh circuit.kept_positions() for each p and "
+        "set the head's entry to (p,)",
     },
 )
 
@@ -910,6 +924,8 @@ KEEP_AT = exercise(
 def test_keep_head_at(keep_head_at_fn: Callable) -> None:
     """Check ``keep_head_at(ablation, circuit, head, positions) -> dict[str, float]``."""
     ex, (b, ablation) = KEEP_AT, _ablation()
+    f_model = float(ablation.logit_diff(None))
+    everything = ablation.all_heads_except([])
     cases = ((CHECK_CIRCUIT, (0, 0), ("S1+1", "S2", "end")), (OTHER_CIRCUIT, (0, 3), ("S2", "IO")))
     for circuit, head, positions in cases:
         call = (
@@ -955,6 +971,27 @@ def test_keep_head_at(keep_head_at_fn: Callable) -> None:
             "kept_everywhere": lambda: per_position(lambda p: f_with(None)),
             "head_removed": lambda: per_position(lambda p: f_with("removed")),
             "ignored_position_keys": lambda own=own: per_position(lambda p: f_with(own)),
+            "ratio_not_value": lambda e=expected, kept=kept: AnyOf(
+                SimpleNamespace(**{p: f / base for p, f in vars(e).items()})
+                for base in (f_model, float(ablation.logit_diff(kept)))
+            ),
+            "change_not_value": lambda e=expected, kept=kept: SimpleNamespace(
+                **{p: f - float(ablation.logit_diff(kept)) for p, f in vars(e).items()}
+            ),
+            "started_from_model": lambda head=head: per_position(
+                lambda p: float(ablation.logit_diff({**everything, Head(*head): (p,)}))
+            ),
+            "moved_every_head": lambda kept=kept: per_position(
+                lambda p: float(ablation.logit_diff({h: (p,) for h in kept}))
+            ),
+            "accumulated_positions": lambda own=own, positions=positions: AnyOf(
+                per_position(
+                    lambda p, start=start: f_with(
+                        tuple(dict.fromkeys(start + positions[: positions.index(p) + 1]))
+                    )
+                )
+                for start in (own, ())
+            ),
         }
         ex.expect_record(
             SimpleNamespace(**{k: float(v) for k, v in got.items()}),

@@ -6,6 +6,7 @@ import torch
 from transformer_lens.utilities import get_act_name
 
 from ioi.circuit import Faithfulness, KnockoutScore
+from ioi.head import Head
 from ioi.heads import name_tokens, repeated_tokens
 from tests.checks.corpus import correct, variant, wrong
 
@@ -878,6 +879,61 @@ def keep_own(ablation, circuit, head, positions):
 def keep_list(ablation, circuit, head, positions):
     """A list, not a dict."""
     return list(_keep_at(ablation, circuit, head, positions).values())
+
+
+@wrong("keep_head_at", "ratio_not_value")
+def keep_over_model(ablation, circuit, head, positions):
+    """F divided by F(M), as faithfulness reports it."""
+    f_model = float(ablation.logit_diff(None))
+    return {p: f / f_model for p, f in _keep_at(ablation, circuit, head, positions).items()}
+
+
+@wrong("keep_head_at", "change_not_value")
+def keep_change(ablation, circuit, head, positions):
+    """F(C) with the head moved minus F(C) with the head at home."""
+    home = float(ablation.logit_diff(circuit.kept_positions()))
+    return {p: f - home for p, f in _keep_at(ablation, circuit, head, positions).items()}
+
+
+@wrong("keep_head_at", "started_from_model")
+def keep_in_model(ablation, circuit, head, positions):
+    """Starts from every head kept everywhere."""
+    out = {}
+    for p in positions:
+        keep = ablation.all_heads_except([])
+        keep[Head(*head)] = (p,)
+        out[p] = float(ablation.logit_diff(keep))
+    return out
+
+
+@wrong("keep_head_at", "moved_every_head")
+def keep_all_at_p(ablation, circuit, head, positions):
+    """A comprehension that moves every head of the circuit."""
+    return {
+        p: float(ablation.logit_diff({h: (p,) for h in circuit.kept_positions()}))
+        for p in positions
+    }
+
+
+@wrong("keep_head_at", "accumulated_positions")
+def keep_map_outside_loop(ablation, circuit, head, positions):
+    """One keep map for all positions; each p appended to the head's entry."""
+    keep = circuit.kept_positions()
+    out = {}
+    for p in positions:
+        keep[Head(*head)] = keep[Head(*head)] + (p,)
+        out[p] = float(ablation.logit_diff(keep))
+    return out
+
+
+@correct("keep_head_at", "the head given as a plain tuple key (Head is a tuple)")
+def keep_tuple_key(ablation, circuit, head, positions):
+    out = {}
+    for p in positions:
+        keep = circuit.kept_positions()
+        keep[tuple(head)] = (p,)
+        out[p] = float(ablation.logit_diff(keep))
+    return out
 
 
 @correct("keep_head_at", "a Circuit rebuilt with the head in a class of its own")
