@@ -719,6 +719,13 @@ MINIMALITY = exercise(
         "(K + [v]))); minimality is relative to the whole circuit, F(C)",
         "k_from_whole_circuit": "your K is every other head of the circuit; in the 'class' mode "
         "K is the rest of v's own class",
+        "circuit_kept_everywhere": "you kept the circuit's heads at every position (keep None "
+        "for each) for F(C), or for every F; a circuit keeps each class only at its own "
+        "positions: F(C) = ablation.logit_diff(circuit.kept_positions()) and F(C \\ X) = "
+        "ablation.logit_diff(circuit.without(X))",
+        "knocked_out_of_model": "you knocked the heads out of the whole model "
+        "(ablation.all_heads_except, as completeness does for F(M \\ K)); minimality knocks "
+        "them out of the circuit: circuit.without([*K, v]) and circuit.without(K)",
     },
     shared=("swapped_fields", "wrong_heads_recorded"),
 )
@@ -729,19 +736,30 @@ def test_minimality(minimality_fn: Callable) -> None:
     """Check ``minimality(ablation, circuit, mode="class")``."""
     ex, (b, ablation) = MINIMALITY, _ablation()
     f_m = float(ablation.logit_diff(None))
-    for circuit in (CHECK_CIRCUIT, OTHER_CIRCUIT):
+    # The smaller circuit comes first: CHECK_CIRCUIT holds every head of the toy, so there
+    # its heads kept everywhere are the model, and F(C) taken that way is F(M).
+    for circuit in (OTHER_CIRCUIT, CHECK_CIRCUIT):
         call = f"minimality(ablation, circuit, mode='class')  [{circuit.name}; {b.describe()}]"
         ref = minimality(ablation, circuit, mode="class")
         f_c = float(ablation.logit_diff(circuit.kept_positions()))
+        everywhere = {h: None for h in circuit.all_heads()}  # the circuit's heads, unrestricted
 
         def fx(removed, circuit=circuit):
             return float(ablation.logit_diff(circuit.without(removed)))
 
-        def rows(k_of, over=f_c, signed=False, signed_relative=False, circuit=circuit):
+        def f_everywhere(removed, everywhere=everywhere):
+            return float(
+                ablation.logit_diff({h: p for h, p in everywhere.items() if h not in removed})
+            )
+
+        def f_model(removed):
+            return float(ablation.logit_diff(ablation.all_heads_except(removed)))
+
+        def rows(k_of, over=f_c, signed=False, signed_relative=False, circuit=circuit, f=fx):
             out = []
             for v in circuit.all_heads():
                 k = k_of(v)
-                a, c = fx([*k, v]), fx(k)
+                a, c = f([*k, v]), f(k)
                 gap = a - c if signed else abs(a - c)
                 rel = (gap if signed_relative else abs(a - c)) / abs(over)
                 out.append((str(v), a, c, gap, rel))
@@ -772,6 +790,16 @@ def test_minimality(minimality_fn: Callable) -> None:
             ),
             "not_absolute": lambda k=rest_of_class: AnyOf(
                 [rows(k, signed=True), rows(k, signed=True, signed_relative=True)]
+            ),
+            "circuit_kept_everywhere": lambda k=rest_of_class, e=everywhere: AnyOf(
+                [
+                    rows(k, over=float(ablation.logit_diff(e))),
+                    rows(k, over=float(ablation.logit_diff(e)), f=f_everywhere),
+                    rows(k, f=f_everywhere),
+                ]
+            ),
+            "knocked_out_of_model": lambda k=rest_of_class: AnyOf(
+                [rows(k, f=f_model), rows(k, over=f_m, f=f_model)]
             ),
         }
         _check_knockouts(

@@ -716,6 +716,34 @@ def minimal_tuple_labels(ablation, circuit, mode="class"):
     ]
 
 
+@wrong("minimality", "circuit_kept_everywhere")
+def minimal_fc_everywhere(ablation, circuit, mode="class"):
+    """F(C) with the circuit's heads kept at every position (keep None)."""
+    f_c = float(ablation.logit_diff({h: None for h in circuit.all_heads()}))
+    out = []
+    for v in circuit.all_heads():
+        k = [h for h in circuit.heads[circuit.classes_of(v)[0]] if h != v]
+        f_with = float(ablation.logit_diff(circuit.without([*k, v])))
+        f_without = float(ablation.logit_diff(circuit.without(k)))
+        gap = abs(f_with - f_without)
+        out.append(KnockoutScore(str(v), tuple(sorted(k)), f_with, f_without, gap, gap / f_c))
+    return out
+
+
+@wrong("minimality", "knocked_out_of_model")
+def minimal_from_model(ablation, circuit, mode="class"):
+    """The knockouts of completeness's F(M \\ K): all_heads_except."""
+    f_c = float(ablation.logit_diff(circuit.kept_positions()))
+    out = []
+    for v in circuit.all_heads():
+        k = [h for h in circuit.heads[circuit.classes_of(v)[0]] if h != v]
+        f_with = float(ablation.logit_diff(ablation.all_heads_except([*k, v])))
+        f_without = float(ablation.logit_diff(ablation.all_heads_except(k)))
+        gap = abs(f_with - f_without)
+        out.append(KnockoutScore(str(v), tuple(sorted(k)), f_with, f_without, gap, gap / f_c))
+    return out
+
+
 @correct("minimality", "the library's criterion")
 def minimal_library(ablation, circuit, mode="class"):
     from ioi.circuit import minimality
