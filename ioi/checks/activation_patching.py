@@ -8,6 +8,7 @@ them directly on a tensor, the way TransformerLens would.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -85,6 +86,22 @@ METRIC = exercise(
         "absolute_value": "you took the absolute value of the logit difference: a patch that "
         "makes the model prefer the S must score below the corrupted baseline, so the metric "
         "keeps the sign (IO - S)",
+        "one_baseline_swapped": "one of the two baselines is in the wrong place: "
+        "(logit_diff - clean) / (clean - corrupted) or (logit_diff - corrupted) / (corrupted - "
+        "clean). Subtract the corrupted baseline and divide by clean - corrupted (mind the "
+        "argument order: corrupted_logit_diff comes before clean_logit_diff)",
+        "wrong_sign": "you measured S minus IO (the columns of answer_tokens exchanged): "
+        "answer_tokens[:, 0] is the IO, [:, 1] the S, and the logit difference is IO - S",
+        "probabilities_not_logits": "you took the difference of probabilities (after a "
+        "softmax); the metric is built on the logit difference: use the logits as given "
+        "(log_softmax would do too: it shifts both logits of a prompt by the same amount)",
+        "not_divided": "you subtracted the corrupted baseline but did not divide by the gap "
+        "clean_logit_diff - corrupted_logit_diff, so the clean run does not give 1",
+        "first_prompt_answers": "you used the first prompt's answers for every prompt: "
+        "answer_tokens[0] is prompt 0's (IO, S) pair; every prompt's IO is answer_tokens[:, 0] "
+        "and its S answer_tokens[:, 1]",
+        "position_off_by_one": "you read the logits one position away from `positions`: the "
+        "answer is predicted *at* `positions` (the END token), so read logits[rows, positions]",
     },
     shared=("batch_by_batch_indexing", "sum_not_mean", "first_position_for_none"),
 )
@@ -154,6 +171,18 @@ def test_ioi_metric(ioi_metric_fn: Callable) -> None:
             "returned_per_prompt": lambda d=per_prompt: normalise(d),
             "sum_not_mean": lambda d=per_prompt: normalise(d.sum()),
             "batch_by_batch_indexing": lambda g=grid: normalise(g),
+            "one_baseline_swapped": lambda d=diff: [
+                (d - clean) / (clean - corrupted),
+                (d - corrupted) / (corrupted - clean),
+            ],
+            "wrong_sign": lambda d=diff: normalise(-d),
+            "probabilities_not_logits": lambda lg=logits, p=positions: normalise(
+                logits_to_ave_logit_diff(lg.softmax(-1), answers, positions=p)
+            ),
+            "not_divided": lambda d=diff: d - corrupted,
+            "first_prompt_answers": lambda f=final: normalise(
+                (f[:, answers[0, 0]] - f[:, answers[0, 1]]).mean()
+            ),
         }
         if positions is None:
             mistakes["first_position_for_none"] = lambda lg=logits: normalise(
@@ -163,6 +192,11 @@ def test_ioi_metric(ioi_metric_fn: Callable) -> None:
             mistakes["ignored_positions"] = lambda lg=logits: normalise(
                 logits_to_ave_logit_diff(lg, answers)
             )
+            last = logits.shape[1] - 1
+            mistakes["position_off_by_one"] = lambda lg=logits, p=positions, last=last: [
+                normalise(logits_to_ave_logit_diff(lg, answers, positions=q))
+                for q in ((p - 1).clamp(0, last), (p + 1).clamp(0, last))
+            ]
         expected = make_ioi_metric(clean, corrupted, answers, positions)(logits)
         ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
     ex.passed("clean -> 1, corrupted -> 0, flipped below 0, positions=end and None")
@@ -317,6 +351,22 @@ HEAD_HOOK = exercise(
         "ignored_head_index": "you patched a fixed head, not the `head_index` you were given",
         "indexed_d_head_axis": "you indexed the last axis ([..., head_index]), which is d_head; "
         "heads are the third axis of z/q/k/v: [:, :, head_index]",
+        "indexed_batch_axis": "you replaced prompt number `head_index` ([head_index]) instead "
+        "of head `head_index` of every prompt ([:, :, head_index])",
+        "returned_clean_slice": "you returned only the clean head's slice [batch, pos, d_head]; "
+        "write it into the activation and return the whole activation, [batch, pos, head, "
+        "d_head] (TransformerLens replaces the activation by what the hook returns)",
+        "patched_one_position": "you patched the head at one position only (the last, say); "
+        "this hook patches head `head_index` at *every* position: [:, :, head_index]",
+        "inverted_patch": "everything except head `head_index` was patched: you copied the "
+        "corrupted head into the clean activation and returned that. Start from the corrupted "
+        "activation the hook was given and copy the clean head into it",
+        "added_not_replaced": "you added the clean values to the corrupted ones (+=); patching "
+        "replaces the head's values by the clean ones (=)",
+        "mean_over_prompts": "you wrote the clean head's mean over prompts into every prompt; "
+        "patching copies each prompt's own clean values: clean[:, :, head_index]",
+        "zeroed_head": "you set the head to zero (zero ablation); patching copies in the clean "
+        "run's values, clean_cache[hook.name][:, :, head_index]",
     },
     shared=("assignment_shapes_differ",),
 )
@@ -334,6 +384,21 @@ def test_patch_head_vector(patch_head_vector_fn: Callable) -> None:
             "indexed_position_axis": lambda: _patched(act, clean, (slice(None), head)),
             "indexed_d_head_axis": lambda: _patched(act, clean, (..., head)),
             "patched_all_heads": lambda: clean,
+            "indexed_batch_axis": lambda: _patched(act, clean, (head,)),
+            "returned_clean_slice": lambda: clean[:, :, head],
+            "patched_one_position": lambda: [
+                _patched(act, clean, (slice(None), pos, head)) for pos in range(act.shape[1])
+            ],
+            "inverted_patch": lambda: _patched(clean, act, (slice(None), slice(None), head)),
+            "added_not_replaced": lambda: _patched(
+                act, act + clean, (slice(None), slice(None), head)
+            ),
+            "mean_over_prompts": lambda: _patched(
+                act, clean.mean(0, keepdim=True).expand_as(clean), (slice(None), slice(None), head)
+            ),
+            "zeroed_head": lambda: _patched(
+                act, torch.zeros_like(clean), (slice(None), slice(None), head)
+            ),
         }
 
     cases = [("blocks.1.attn.hook_z", 3), ("blocks.2.attn.hook_z", 1), ("blocks.0.attn.hook_v", 2)]
@@ -403,6 +468,7 @@ def _check_sweep(
     holder: dict | None = None,
     library: Callable | None = None,
     toy_axes: dict[int, str] | None = None,
+    other_mistakes: Callable[[Tensor], dict] | None = None,
 ) -> None:
     """The body every sweep's checker shares: run it on the patching batch and compare.
 
@@ -411,7 +477,8 @@ def _check_sweep(
     before the comparison (for mistakes that look at it). With ``library`` (the library's
     function of the same signature), the sweep runs again on a random model of other sizes
     (`other_model_batch`): ``toy_axes`` maps an axis of the result to the size it counts
-    (``"layers"``, ``"heads"`` or ``"pos"``), so that sizes written as the toy's are named.
+    (``"layers"``, ``"heads"`` or ``"pos"``), so that sizes written as the toy's are named;
+    ``other_mistakes`` maps that run's expected result to more mistakes to name there.
     """
     b = _patching_batch()
     call = _patch_call(name, b)
@@ -458,7 +525,10 @@ def _check_sweep(
         got,
         want,
         call=call,
-        mistakes={"hard_coded_size": lambda: toy_sized(want, sizes)},
+        mistakes={
+            "hard_coded_size": lambda: toy_sized(want, sizes),
+            **(other_mistakes(want) if other_mistakes else {}),
+        },
         atol=atol,
         unchanged=baseline,
     )
@@ -620,12 +690,31 @@ BLOCK_EVERY = exercise(
         "attn_out, mlp_out",
         "missing_component": "one of the three components is missing",
         "resid_post_not_pre": "your first row patches resid_post (the stream leaving each "
-        "block); the first row is resid_pre, the stream entering it",
+        "block) or resid_mid (between attention and MLP: patched at one position it gives the "
+        "same, as the MLP works per position); the first row is resid_pre, the stream "
+        "entering the block",
+        "same_component_every_row": "two or more rows are the same sweep: the hook name does "
+        "not change with the component (say get_act_name('resid_pre', layer) written inside "
+        "the loop over components); build it from the loop's component: "
+        "get_act_name(component, layer)",
+        "wrong_layout": "the right numbers in the wrong axis order; return [component, layer, "
+        "pos] (stack the three [layer, pos] grids on a new first axis: torch.stack(rows))",
+        "patched_all_positions": "every row is constant along pos: you patched all positions "
+        "at once instead of one position per column",
+        "missed_last_position": "the last position is missing (or left at 0): a loop over "
+        "range(n_pos - 1) stops one position early; loop over range(corrupted_tokens.shape[1])",
     },
     shared=("missed_last_layer", "hard_coded_size"),
 )
 
 BLOCK_ORDER = ("resid_pre", "attn_out", "mlp_out")
+
+
+def _last_zeroed(grid: Tensor) -> Tensor:
+    """``grid`` with its last position (last axis) left at 0."""
+    out = grid.clone()
+    out[..., -1] = 0.0
+    return out
 
 
 @one_thread()
@@ -638,9 +727,19 @@ def test_get_act_patch_block_every(get_act_patch_block_every_fn: Callable) -> No
     mistakes = {
         "wrong_component_order": lambda: reorderings(expected),
         "missing_component": lambda: missing_rows(expected),
-        "resid_post_not_pre": lambda: torch.cat(
-            [_sweep_effect(b, "resid_post", positions="each")[None], expected[1:]]
-        ),
+        "resid_post_not_pre": lambda: [
+            torch.cat([_sweep_effect(b, c, positions="each")[None], expected[1:]])
+            for c in ("resid_post", "resid_mid")
+        ],
+        "same_component_every_row": lambda: [
+            expected[list(rows)]
+            for rows in itertools.product(range(3), repeat=3)
+            if len(set(rows)) < 3
+        ],
+        "wrong_layout": lambda: [expected.permute(*o) for o in ((1, 0, 2), (1, 2, 0))],
+        "patched_all_positions": lambda: torch.stack([_sweep_effect(b, c) for c in BLOCK_ORDER])[
+            ..., None
+        ].expand_as(expected),
         "missed_last_layer": lambda: [
             torch.stack(rows)
             for rows in zip(*(without_last_layer(e) for e in expected), strict=True)
@@ -654,6 +753,11 @@ def test_get_act_patch_block_every(get_act_patch_block_every_fn: Callable) -> No
         mistakes,
         library=patching.get_act_patch_block_every,
         toy_axes={1: "layers", 2: "pos"},
+        # The toy batch's last column is padding (no prediction reads it): only the other
+        # model, whose first prompt ends there, shows a loop that stops one position early.
+        other_mistakes=lambda want: {
+            "missed_last_position": lambda: [want[..., :-1], _last_zeroed(want)]
+        },
     )
 
 

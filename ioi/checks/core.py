@@ -151,6 +151,9 @@ class Exercise:
     hint: str
     diagnoses: dict[str, str] = field(default_factory=dict)
     timeout_s: float = DEFAULT_TIMEOUT_S
+    no_effect_text: str | None = None
+    """What ``no_effect`` says for this exercise, where the checker knows more than the
+    generic text (default: ``GENERIC_DIAGNOSES["no_effect"]``)."""
 
     # ---- running the learner's code -----------------------------------------------------
 
@@ -347,7 +350,7 @@ class Exercise:
                 # A hook that never fires gives the baseline to rounding, not to tolerance:
                 # a real but tiny effect (a query that hardly matters) is not "no effect".
                 if known.any() and matches(got[known], baseline[known], 1e-5, 0.0):
-                    diagnose("no_effect", GENERIC_DIAGNOSES["no_effect"])
+                    diagnose("no_effect", self.no_effect_text or GENERIC_DIAGNOSES["no_effect"])
         for key, compute in (mistakes or {}).items():
             if key not in self.diagnoses:
                 raise AssertionError(f"checker bug: {self.name} has undeclared mistake {key}")

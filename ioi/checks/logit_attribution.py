@@ -385,6 +385,17 @@ def _check_resid_attribution(
             for how in ("cached", "per_component")
         ]
         mistakes["missed_last_layer"] = lambda v=want[0]: [v[:-2], v[:-1]]
+        mistakes["wrong_sign"] = lambda v=want[0]: -v
+        mistakes["returned_per_prompt"] = lambda r=right, p=positions: to_logit_diff(
+            r, cache, dirs, p, reduce="none"
+        )
+        mistakes["sum_not_mean"] = lambda r=right, p=positions: to_logit_diff(
+            r, cache, dirs, p, reduce="sum"
+        )
+        mistakes["averaged_components"] = lambda r=right, p=positions: [
+            to_logit_diff(r, cache, dirs, p, reduce="none").mean(0),
+            to_logit_diff(r, cache, dirs, p).mean(),
+        ]
         if positions is None:
             mistakes["first_position_for_none"] = lambda: to_logit_diff(
                 at_positions(stacks["right"], first), cache, dirs, first
@@ -396,6 +407,21 @@ def _check_resid_attribution(
             mistakes["stack_at_last_position"] = lambda p=positions: to_logit_diff(
                 at_positions(stacks["right"], None), cache, dirs, p
             )
+            mistakes["positions_not_passed_on"] = lambda r=right: to_logit_diff(
+                r, cache, dirs, None
+            )
+            last = stacks["right"].shape[-2] - 1
+            mistakes["position_off_by_one"] = lambda p=positions, last=last: [
+                to_logit_diff(at_positions(stacks["right"], q), cache, dirs, r)
+                for q in ((p - 1).clamp(0, last), (p + 1).clamp(0, last))
+                for r in (q, p)
+            ]
+            # stack[:, :, positions] keeps every prompt's row at every prompt's position
+            grid = stacks["right"][:, :, positions]  # [comp, batch, batch, d_model]
+            mistakes["position_grid"] = lambda g=grid, p=positions: [
+                heads.residual_stack_to_logit_diff(g, cache, dirs, p),
+                heads.residual_stack_to_logit_diff(g, cache, dirs, p).mean(-1),
+            ]
         _expect_values_and_labels(ex, got, want, call, mistakes)
 
 
@@ -405,6 +431,20 @@ RESID_DIAGNOSES = {
     "batch but the layer-norm scale at `positions`; read both at each prompt's position",
     "layer_norm_twice": "the final layer norm was applied twice: once by the cache "
     "(apply_ln=True) and again by residual_stack_to_logit_diff; apply it once",
+    "wrong_sign": "every value has the wrong sign: you measured S minus IO. answer_tokens[:, 0] "
+    "is the IO and [:, 1] the S, and the direction is W_U[:, IO] - W_U[:, S]",
+    "returned_per_prompt": "you returned one value per component *and prompt* ([component, "
+    "batch]); average over the batch (the last axis) to get one value per component",
+    "averaged_components": "you averaged over the components (or over everything); keep one "
+    "value per component and average over the prompts only",
+    "positions_not_passed_on": "you read the stream at `positions` but did not pass "
+    "`positions` on to residual_stack_to_logit_diff, which then divides by the layer-norm "
+    "scale of the last column (its default); pass the same positions to both",
+    "position_grid": "stack[:, :, positions] reads *every* prompt at *every* prompt's "
+    "position (a [batch, batch] grid); index the prompts and their positions together: "
+    "stack[:, torch.arange(batch), positions]",
+    "position_off_by_one": "you read one position away from `positions` (positions + 1 or "
+    "- 1): `positions` already holds the position that predicts the answer, use it as it is",
 }
 """Mistakes both residual-stream attribution exercises invite (declared by each)."""
 
@@ -416,13 +456,25 @@ ACCUMULATED = exercise(
     "residual_stack_to_logit_diff with logit_diff_directions.",
     diagnoses={
         **LN_DIAGNOSES,
+        "ln_per_component": LN_DIAGNOSES["ln_per_component"]
+        + " (cache.accumulated_resid(..., apply_ln=True) does the same: for the final stream "
+        "it recomputes the norm of each entry)",
         "missing_mid": "you have one entry per layer: include the residual stream between "
         "attention and MLP too (incl_mid=True), giving 2 * n_layers + 1 entries",
         "decomposed_not_accumulated": "these are the decomposed values (what each part added); "
         "this exercise wants the running total before each sub-layer (accumulated_resid)",
+        "missing_first_entry": "the first entry, the stream before layer 0 (the embeddings, "
+        "blocks.0.hook_resid_pre), is missing: a stack built from each layer's resid_mid and "
+        "resid_post starts one entry late; start from resid_pre of layer 0, or use "
+        "cache.accumulated_resid(layer=-1, incl_mid=True)",
         **RESID_DIAGNOSES,
     },
-    shared=("first_position_for_none", "missed_last_layer", "none_branch_raised"),
+    shared=(
+        "first_position_for_none",
+        "missed_last_layer",
+        "none_branch_raised",
+        "sum_not_mean",
+    ),
 )
 
 
@@ -434,8 +486,10 @@ def test_accumulated_resid_logit_diffs(accumulated_resid_logit_diffs_fn: Callabl
     def expected(positions):
         return heads.accumulated_resid_logit_diffs(b.model, cache, b.answer_tokens, positions)
 
+    right = cache.accumulated_resid(layer=-1, incl_mid=True)
     stacks = {
-        "right": cache.accumulated_resid(layer=-1, incl_mid=True),
+        "right": right,
+        "missing_first_entry": right[1:],
         "missing_mid": cache.accumulated_resid(layer=-1, incl_mid=False),
         "decomposed_not_accumulated": cache.decompose_resid(layer=-1),
     }
@@ -463,7 +517,12 @@ PER_LAYER = exercise(
         "attention and MLP outputs (mode='all')",
         **RESID_DIAGNOSES,
     },
-    shared=("first_position_for_none", "missed_last_layer", "none_branch_raised"),
+    shared=(
+        "first_position_for_none",
+        "missed_last_layer",
+        "none_branch_raised",
+        "sum_not_mean",
+    ),
 )
 
 

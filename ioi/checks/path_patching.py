@@ -527,8 +527,19 @@ AT_POSITIONS = exercise(
         "at word_idx[sender_position]",
         "receiver_positions_ignored": "the receivers' input was replaced at every position; "
         "replace it only at word_idx[receiver_position]",
+        "position_off_by_one": "the sender or the receivers were patched one position away "
+        "from the word (word_idx[key] - 1 or + 1): word_idx[key][i] already is prompt i's "
+        "position of the word, use it as it is",
     },
     shared=("same_position_for_all_prompts",),
+    no_effect_text="every value equals the run without any patch (the metric is 1 "
+    "everywhere). In this check the toy's receivers read nothing from the position one "
+    "*after* the word (S2 + 1, end + 1), so positions read one late (word_idx[key] + 1) look "
+    "exactly like a patch that never happens: check first that the masks use word_idx[key] "
+    "as it is. Otherwise a "
+    "hook never fired (hook names from get_act_name(receiver_input, layer)), a hook patched "
+    "a copy and returned the original, or the values were taken from orig_dataset's own run "
+    "instead of new_dataset's",
 )
 
 
@@ -578,6 +589,9 @@ def test_path_patch_head_to_heads_at(fn: Callable) -> None:
         def first_prompts(key):
             return None if key is None else b.ds.word_idx[key][:1].expand(b.ds.N).clone()
 
+        def shifted(key, by, last=b.ds.toks.shape[1] - 1):
+            return None if key is None else (b.ds.word_idx[key] + by).clamp(0, last)
+
         expected = library()
         shared = _to_heads_mistakes(b, metric, receivers, receiver_input, expected, top, **where)
         mistakes = {
@@ -589,6 +603,11 @@ def test_path_patch_head_to_heads_at(fn: Callable) -> None:
             "same_position_for_all_prompts": lambda lib=library, s=sender_key, r=receiver_key: [
                 lib(sender_positions=first_prompts(s)),
                 lib(sender_positions=first_prompts(s), receiver_positions=first_prompts(r)),
+            ],
+            "position_off_by_one": lambda lib=library, s=sender_key, r=receiver_key: [
+                lib(sender_positions=shifted(s, ks), receiver_positions=shifted(r, kr))
+                for ks, kr in ((-1, -1), (-1, 0), (0, -1), (1, 1), (1, 0), (0, 1))
+                if (ks == 0 or s is not None) and (kr == 0 or r is not None)
             ],
         }
         ex.expect_tensor(

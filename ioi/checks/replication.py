@@ -36,6 +36,7 @@ from ioi.circuit.ablation import (
     mean_ablation_hooks,
     replace_where,
 )
+from ioi.head import Head
 
 CHECK_CIRCUIT = Circuit(
     heads={
@@ -92,6 +93,19 @@ COPYING = exercise(
         "stands, so use the token embedding alone",
         "mlp0_without_ln2": "you applied block 0's MLP to the raw embedding; the MLP reads its "
         "input through ln2 (blocks[0].ln2), as in the model's forward pass",
+        "added_b_O": "you added the attention layer's output bias b_O to the head's output: "
+        "b_O belongs to the layer, not to one head, and the copying score asks what the "
+        "head's OV circuit alone writes (normed @ W_V @ W_O)",
+        "kept_position_axis": "you took the top k of [name, 1, d_vocab] logits without "
+        "dropping the one-token position axis ([:, 0]): `top == tokens[:, None]` then "
+        "compares each name's top k with *every* name. Index [:, 0] first, so each name's "
+        "top k is compared with its own token",
+        "any_name_not_own": "you counted a name as copied when *any* name is in its top k "
+        "(torch.isin); the score asks whether the name's *own* token is: "
+        "(top == tokens[:, None]).any(-1)",
+        "count_not_fraction": "you returned how many names are copied; the score is the "
+        "fraction of names (.float().mean(), not .sum())",
+        "transposed": "the result is [head, layer]; return [layer, head]",
     },
     shared=("missed_last_layer",),
 )
@@ -110,8 +124,18 @@ def copying_variant(
     bottom: bool = False,
     position: bool = False,
     ln2: bool = True,
+    b_O: bool = False,
+    keep_pos_axis: bool = False,
+    any_name: bool = False,
+    count: bool = False,
 ) -> Float[Tensor, "layer head"]:
-    """The copying score of ``tokens`` with switches that reproduce common mistakes."""
+    """The copying score of ``tokens`` with switches that reproduce common mistakes.
+
+    ``b_O`` adds the layer's output bias to the head's output; ``keep_pos_axis`` leaves the
+    logits [name, 1, d_vocab] (the top-k indices then compare with every name);
+    ``any_name`` counts a name whose top k holds *any* name; ``count`` sums instead of
+    averaging over names.
+    """
     embed = model.embed(tokens[:, None])  # [name, 1, d_model]
     if position:
         embed = embed + model.W_pos[0]
@@ -122,10 +146,15 @@ def copying_variant(
         normed = model.blocks[layer].ln1(resid) if layer_norms else resid
         for head in range(model.cfg.n_heads):
             out = normed @ model.W_V[layer, head] @ model.W_O[layer, head]
+            if b_O:
+                out = out + model.b_O[layer]
             out = -out if negative and not bottom else out
-            logits = model.unembed(model.ln_final(out) if layer_norms and final_ln else out)[:, 0]
+            logits = model.unembed(model.ln_final(out) if layer_norms and final_ln else out)
+            logits = logits if keep_pos_axis else logits[:, 0]  # [name, d_vocab]
             top = (-logits if bottom else logits).topk(k, dim=-1).indices
-            scores[layer, head] = (top == tokens[:, None]).any(-1).float().mean()
+            hit = torch.isin(top, tokens) if any_name else top == tokens[:, None]
+            hit = hit.any(-1).float()
+            scores[layer, head] = hit.sum() if count else hit.mean()
     return scores
 
 
@@ -174,6 +203,11 @@ def test_get_copying_scores(get_copying_scores_fn: Callable) -> None:
             "added_position_embedding": lambda v=variant: v(position=True),
             "mlp0_without_ln2": lambda v=variant: v(ln2=False),
             "missed_last_layer": lambda e=expected: without_last_layer(e),
+            "added_b_O": lambda v=variant: v(b_O=True),
+            "kept_position_axis": lambda v=variant: v(keep_pos_axis=True),
+            "any_name_not_own": lambda v=variant: v(any_name=True),
+            "count_not_fraction": lambda v=variant: v(count=True),
+            "transposed": lambda e=expected: e.T,
         }
         # Scores count names: with or without the head's LayerNormPre before W_V a name or two
         # near the top-k edge can flip (LayerNorm-eps and centring effects); accept that.
@@ -202,11 +236,24 @@ DETECTORS = exercise(
         "ignored_seq_len": "your scores are those of another sequence length: pass `seq_len` on",
         "ignored_batch": "your scores are those of another batch size: pass `batch` on",
         "second_copy_off_by_one": "your destinations are one position away from the second "
-        "copy: with the BOS first, the second copy is positions L+1 .. 2L "
-        "(torch.arange(L + 1, 2 * L + 1))",
-        "above_the_diagonal": "the previous-token scores are all 0: you read the diagonal "
-        "above the main one (offset=+1), where a causal pattern is 0; the source is one "
-        "position *before* the destination (offset=-1)",
+        "copy (shifted, or one short at an end): with the BOS first, the second copy is "
+        "positions L+1 .. 2L (torch.arange(L + 1, 2 * L + 1))",
+        "above_the_diagonal": "the scores are all 0: you read above the main diagonal, where "
+        "a causal pattern is 0: a diagonal with offset=+1, or the pattern indexed [..., src, "
+        "dest]. The pattern is [batch, head, dest (query), src (key)] and the source comes "
+        "*before* the destination (offset=-1 for the previous token)",
+        "scores_not_pattern": "you read the attention scores before the softmax "
+        "(hook_attn_scores); the detectors average attention *probabilities*, "
+        "cache['pattern', layer]",
+        "induction_wrong_direction": "your induction source is d - L - 1, the token *before* "
+        "the first occurrence; an induction head attends to the token *after* it, d - L + 1",
+        "transposed": "the result is [head, layer]; stack the layers on the first axis: "
+        "[layer, head]",
+        "summed_not_averaged": "you summed over the prompts or over the destinations where "
+        "the score is their mean: .mean((0, -1)) of [batch, head, dest]",
+        "not_averaged": "you averaged over only one of the two axes (the prompts, or the "
+        "destinations); a head's score is the mean over both: .mean((0, -1)) of [batch, head, "
+        "dest], giving [layer, head]",
     },
     shared=("missed_last_layer",),
 )
@@ -247,6 +294,33 @@ def _detector_variant(
     return torch.stack(out)
 
 
+@torch.no_grad()
+def _diagonal_values(
+    model,
+    seq_len: int,
+    batch: int,
+    seed: int,
+    kind: str,
+    *,
+    hook: str = "pattern",
+    src_offset: int | None = None,
+    dests: Tensor | None = None,
+) -> Float[Tensor, "layer batch head dest"]:
+    """The values a detector averages, before the mean: from ``hook`` (the pattern, or the
+    scores before the softmax), at ``dests`` (default: the detector's own) and sources
+    ``src_offset`` before them (default: the detector's own)."""
+    toks = heads.repeated_tokens(model, seq_len, batch, seed)
+    _, cache = model.run_with_cache(toks)
+    offset = {"previous_token": 1, "duplicate_token": seq_len, "induction": seq_len - 1}[kind]
+    offset = offset if src_offset is None else src_offset
+    if dests is None:
+        first = 1 if kind == "previous_token" else seq_len + 1
+        dests = torch.arange(first, 2 * seq_len + 1)
+    return torch.stack(
+        [cache[hook, layer][:, :, dests, dests - offset] for layer in range(model.cfg.n_layers)]
+    )
+
+
 @one_thread()
 def test_get_attn_scores(get_attn_scores_fn: Callable) -> None:
     """Check ``get_attn_scores(model, seq_len, batch, seed, kind) -> [layer, head]``."""
@@ -279,10 +353,34 @@ def test_get_attn_scores(get_attn_scores_fn: Callable) -> None:
                 "second_copy_off_by_one": lambda L=seq_len, n=batch, s=seed, k=kind: [
                     _shifted_detector(model, L, n, s, k, shift) for shift in (-1, 1)
                 ],
-                "above_the_diagonal": lambda e=every, k=kind: (
-                    torch.zeros_like(e[k]) if k == "previous_token" else None
+                "above_the_diagonal": lambda e=every, k=kind: torch.zeros_like(e[k]),
+                "scores_not_pattern": lambda L=seq_len, n=batch, s=seed, k=kind: _diagonal_values(
+                    model, L, n, s, k, hook="attn_scores"
+                ).mean((1, -1)),
+                "induction_wrong_direction": lambda L=seq_len, n=batch, s=seed, k=kind: (
+                    _diagonal_values(model, L, n, s, k, src_offset=L + 1).mean((1, -1))
+                    if k == "induction"
+                    else None
                 ),
+                "transposed": lambda e=every, k=kind: e[k].T,
+                "summed_not_averaged": lambda L=seq_len, n=batch, s=seed, k=kind: [
+                    (v := _diagonal_values(model, L, n, s, k)).sum((1, -1)),
+                    v.sum(1).mean(-1),
+                    v.mean(1).sum(-1),
+                ],
+                "not_averaged": lambda L=seq_len, n=batch, s=seed, k=kind: [
+                    (v := _diagonal_values(model, L, n, s, k)).mean(1),
+                    v.mean(-1),
+                ],
             }
+            if kind != "previous_token":
+                mistakes["second_copy_off_by_one"] = lambda L=seq_len, n=batch, s=seed, k=kind: (
+                    [_shifted_detector(model, L, n, s, k, shift) for shift in (-1, 1)]
+                    + [
+                        _diagonal_values(model, L, n, s, k, dests=torch.arange(a, b)).mean((1, -1))
+                        for a, b in ((L + 1, 2 * L), (L + 2, 2 * L + 1))
+                    ]
+                )
             if kind == "previous_token":
                 mistakes["previous_token_second_copy_only"] = lambda L=seq_len, n=batch, s=seed: (
                     _detector_variant(model, L, n, s, "previous_token")
@@ -621,6 +719,13 @@ MINIMALITY = exercise(
         "(K + [v]))); minimality is relative to the whole circuit, F(C)",
         "k_from_whole_circuit": "your K is every other head of the circuit; in the 'class' mode "
         "K is the rest of v's own class",
+        "circuit_kept_everywhere": "you kept the circuit's heads at every position (keep None "
+        "for each) for F(C), or for every F; a circuit keeps each class only at its own "
+        "positions: F(C) = ablation.logit_diff(circuit.kept_positions()) and F(C \\ X) = "
+        "ablation.logit_diff(circuit.without(X))",
+        "knocked_out_of_model": "you knocked the heads out of the whole model "
+        "(ablation.all_heads_except, as completeness does for F(M \\ K)); minimality knocks "
+        "them out of the circuit: circuit.without([*K, v]) and circuit.without(K)",
     },
     shared=("swapped_fields", "wrong_heads_recorded"),
 )
@@ -631,19 +736,30 @@ def test_minimality(minimality_fn: Callable) -> None:
     """Check ``minimality(ablation, circuit, mode="class")``."""
     ex, (b, ablation) = MINIMALITY, _ablation()
     f_m = float(ablation.logit_diff(None))
-    for circuit in (CHECK_CIRCUIT, OTHER_CIRCUIT):
+    # The smaller circuit comes first: CHECK_CIRCUIT holds every head of the toy, so there
+    # its heads kept everywhere are the model, and F(C) taken that way is F(M).
+    for circuit in (OTHER_CIRCUIT, CHECK_CIRCUIT):
         call = f"minimality(ablation, circuit, mode='class')  [{circuit.name}; {b.describe()}]"
         ref = minimality(ablation, circuit, mode="class")
         f_c = float(ablation.logit_diff(circuit.kept_positions()))
+        everywhere = {h: None for h in circuit.all_heads()}  # the circuit's heads, unrestricted
 
         def fx(removed, circuit=circuit):
             return float(ablation.logit_diff(circuit.without(removed)))
 
-        def rows(k_of, over=f_c, signed=False, signed_relative=False, circuit=circuit):
+        def f_everywhere(removed, everywhere=everywhere):
+            return float(
+                ablation.logit_diff({h: p for h, p in everywhere.items() if h not in removed})
+            )
+
+        def f_model(removed):
+            return float(ablation.logit_diff(ablation.all_heads_except(removed)))
+
+        def rows(k_of, over=f_c, signed=False, signed_relative=False, circuit=circuit, f=fx):
             out = []
             for v in circuit.all_heads():
                 k = k_of(v)
-                a, c = fx([*k, v]), fx(k)
+                a, c = f([*k, v]), f(k)
                 gap = a - c if signed else abs(a - c)
                 rel = (gap if signed_relative else abs(a - c)) / abs(over)
                 out.append((str(v), a, c, gap, rel))
@@ -674,6 +790,16 @@ def test_minimality(minimality_fn: Callable) -> None:
             ),
             "not_absolute": lambda k=rest_of_class: AnyOf(
                 [rows(k, signed=True), rows(k, signed=True, signed_relative=True)]
+            ),
+            "circuit_kept_everywhere": lambda k=rest_of_class, e=everywhere: AnyOf(
+                [
+                    rows(k, over=float(ablation.logit_diff(e))),
+                    rows(k, over=float(ablation.logit_diff(e)), f=f_everywhere),
+                    rows(k, f=f_everywhere),
+                ]
+            ),
+            "knocked_out_of_model": lambda k=rest_of_class: AnyOf(
+                [rows(k, f=f_model), rows(k, over=f_m, f=f_model)]
             ),
         }
         _check_knockouts(
@@ -805,6 +931,19 @@ KEEP_AT = exercise(
         "the head stayed where its class keeps it",
         "position_not_tuple": "you set the keep entry to a position key itself ('S2'); an entry "
         "is a tuple of keys, ('S2',)",
+        "ratio_not_value": "you divided F by F(M) or by the circuit's own F(C); the exercise "
+        "asks for F(C) itself, the logit difference ablation.logit_diff(keep) returns",
+        "change_not_value": "you returned how much F(C) changed when the head moved (F minus "
+        "the circuit's own F(C)); return F(C) with the head kept at p, as it is",
+        "started_from_model": "you moved the head within the whole model (every other head "
+        "kept everywhere, as in ablation.all_heads_except([])); start from the circuit's keep "
+        "map, circuit.kept_positions(), so every other head is ablated outside its class",
+        "moved_every_head": "you kept *every* circuit head at p; move only `head` and leave "
+        "the other entries of circuit.kept_positions() as they are",
+        "accumulated_positions": "each position's keep map still holds the positions of the "
+        "ones before it: the keep map (or its entry) was built once, outside the loop, and "
+        "positions were added to it. Build a fresh circuit.kept_positions() for each p and "
+        "set the head's entry to (p,)",
     },
 )
 
@@ -813,6 +952,8 @@ KEEP_AT = exercise(
 def test_keep_head_at(keep_head_at_fn: Callable) -> None:
     """Check ``keep_head_at(ablation, circuit, head, positions) -> dict[str, float]``."""
     ex, (b, ablation) = KEEP_AT, _ablation()
+    f_model = float(ablation.logit_diff(None))
+    everything = ablation.all_heads_except([])
     cases = ((CHECK_CIRCUIT, (0, 0), ("S1+1", "S2", "end")), (OTHER_CIRCUIT, (0, 3), ("S2", "IO")))
     for circuit, head, positions in cases:
         call = (
@@ -858,6 +999,27 @@ def test_keep_head_at(keep_head_at_fn: Callable) -> None:
             "kept_everywhere": lambda: per_position(lambda p: f_with(None)),
             "head_removed": lambda: per_position(lambda p: f_with("removed")),
             "ignored_position_keys": lambda own=own: per_position(lambda p: f_with(own)),
+            "ratio_not_value": lambda e=expected, kept=kept: AnyOf(
+                SimpleNamespace(**{p: f / base for p, f in vars(e).items()})
+                for base in (f_model, float(ablation.logit_diff(kept)))
+            ),
+            "change_not_value": lambda e=expected, kept=kept: SimpleNamespace(
+                **{p: f - float(ablation.logit_diff(kept)) for p, f in vars(e).items()}
+            ),
+            "started_from_model": lambda head=head: per_position(
+                lambda p: float(ablation.logit_diff({**everything, Head(*head): (p,)}))
+            ),
+            "moved_every_head": lambda kept=kept: per_position(
+                lambda p: float(ablation.logit_diff({h: (p,) for h in kept}))
+            ),
+            "accumulated_positions": lambda own=own, positions=positions: AnyOf(
+                per_position(
+                    lambda p, start=start: f_with(
+                        tuple(dict.fromkeys(start + positions[: positions.index(p) + 1]))
+                    )
+                )
+                for start in (own, ())
+            ),
         }
         ex.expect_record(
             SimpleNamespace(**{k: float(v) for k, v in got.items()}),

@@ -89,6 +89,68 @@ def metric_batch_by_batch(
     return (d - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
 
 
+@wrong("ioi_metric", "one_baseline_swapped")
+def metric_minus_clean(
+    logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None
+):
+    """(d - clean) / (clean - corrupted): the numerator's baseline mixed up."""
+    d = _diff(logits, answer_tokens, positions)
+    return (d - clean_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
+
+
+@wrong("ioi_metric", "wrong_sign")
+def metric_s_minus_io(
+    logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None
+):
+    """The answer columns read as (S, IO)."""
+    s_tok, io_tok = answer_tokens[:, 0], answer_tokens[:, 1]
+    final = _final(logits, positions)
+    rows = torch.arange(final.shape[0])
+    d = (final[rows, io_tok] - final[rows, s_tok]).mean()
+    return (d - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
+
+
+@wrong("ioi_metric", "probabilities_not_logits")
+def metric_probs(logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None):
+    """Softmax first: a difference of probabilities."""
+    d = _diff(logits.softmax(dim=-1), answer_tokens, positions)
+    return (d - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
+
+
+@wrong("ioi_metric", "not_divided")
+def metric_not_divided(
+    logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None
+):
+    """Only the corrupted baseline subtracted."""
+    return _diff(logits, answer_tokens, positions) - corrupted_logit_diff
+
+
+@wrong("ioi_metric", "first_prompt_answers")
+def metric_first_answers(
+    logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None
+):
+    """answer_tokens[0] where answer_tokens[:, 0] was meant."""
+    io_tok, s_tok = answer_tokens[0]
+    final = _final(logits, positions)
+    d = (final[:, io_tok] - final[:, s_tok]).mean()
+    return (d - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
+
+
+@wrong("ioi_metric", "position_off_by_one")
+def metric_before_end(
+    logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None
+):
+    """positions - 1: 'the token before the answer'."""
+    d = _diff(logits, answer_tokens, None if positions is None else positions - 1)
+    return (d - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
+
+
+@correct("ioi_metric", "log-probabilities: log_softmax shifts both logits of a prompt alike")
+def metric_log_probs(logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None):
+    d = _diff(logits.log_softmax(dim=-1), answer_tokens, positions)
+    return (d - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
+
+
 @correct("ioi_metric", "returns a python float")
 def metric_float(logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None):
     d = float(_diff(logits, answer_tokens, positions))
@@ -208,6 +270,55 @@ def head_all(corrupted_head_vector, hook, head_index, clean_cache):
 def head_reads_own_input(corrupted_head_vector, hook, head_index, clean_cache):
     """Copies the activation onto itself (the corrupted value)."""
     corrupted_head_vector[:, :, head_index] = corrupted_head_vector[:, :, head_index].clone()
+    return corrupted_head_vector
+
+
+@wrong("patch_head_vector", "indexed_batch_axis")
+def head_batch_axis(corrupted_head_vector, hook, head_index, clean_cache):
+    """[head_index]: prompt number head_index."""
+    corrupted_head_vector[head_index] = clean_cache[hook.name][head_index]
+    return corrupted_head_vector
+
+
+@wrong("patch_head_vector", "returned_clean_slice")
+def head_returns_slice(corrupted_head_vector, hook, head_index, clean_cache):
+    """Returns the clean head alone."""
+    return clean_cache[hook.name][:, :, head_index]
+
+
+@wrong("patch_head_vector", "patched_one_position")
+def head_last_position(corrupted_head_vector, hook, head_index, clean_cache):
+    """Only the last position, as if it were the by-position exercise."""
+    corrupted_head_vector[:, -1, head_index] = clean_cache[hook.name][:, -1, head_index]
+    return corrupted_head_vector
+
+
+@wrong("patch_head_vector", "inverted_patch")
+def head_into_clean(corrupted_head_vector, hook, head_index, clean_cache):
+    """Starts from the clean activation and copies the corrupted head into it."""
+    patched = clean_cache[hook.name].clone()
+    patched[:, :, head_index] = corrupted_head_vector[:, :, head_index]
+    return patched
+
+
+@wrong("patch_head_vector", "added_not_replaced")
+def head_plus_equals(corrupted_head_vector, hook, head_index, clean_cache):
+    """+= where = was meant."""
+    corrupted_head_vector[:, :, head_index] += clean_cache[hook.name][:, :, head_index]
+    return corrupted_head_vector
+
+
+@wrong("patch_head_vector", "mean_over_prompts")
+def head_mean_clean(corrupted_head_vector, hook, head_index, clean_cache):
+    """The clean head averaged over prompts, as in mean ablation."""
+    corrupted_head_vector[:, :, head_index] = clean_cache[hook.name][:, :, head_index].mean(0)
+    return corrupted_head_vector
+
+
+@wrong("patch_head_vector", "zeroed_head")
+def head_zeroed(corrupted_head_vector, hook, head_index, clean_cache):
+    """Zero ablation instead of patching."""
+    corrupted_head_vector[:, :, head_index] = 0.0
     return corrupted_head_vector
 
 
@@ -808,6 +919,73 @@ variant(
     fn_name="block_range_minus_one",
     layers=-1,
 )
+
+
+@wrong("get_act_patch_block_every", "resid_post_not_pre")
+def block_resid_mid(model, corrupted_tokens, clean_cache, patching_metric):
+    """resid_mid as the first row."""
+    return _block(
+        model, corrupted_tokens, clean_cache, patching_metric, ("resid_mid", "attn_out", "mlp_out")
+    )
+
+
+@wrong("get_act_patch_block_every", "same_component_every_row")
+def block_hook_name_fixed(model, corrupted_tokens, clean_cache, patching_metric):
+    """The hook name written as resid_pre inside the loop over components."""
+    rows = []
+    for _component in ("resid_pre", "attn_out", "mlp_out"):
+        grid = torch.zeros(model.cfg.n_layers, corrupted_tokens.shape[1])
+        for layer in range(model.cfg.n_layers):
+            for pos in range(corrupted_tokens.shape[1]):
+                hook = partial(_resid_hook, pos=pos, cache=clean_cache)
+                with torch.no_grad():
+                    logits = model.run_with_hooks(
+                        corrupted_tokens, fwd_hooks=[(get_act_name("resid_pre", layer), hook)]
+                    )
+                grid[layer, pos] = patching_metric(logits)
+        rows.append(grid)
+    return torch.stack(rows)
+
+
+@wrong("get_act_patch_block_every", "wrong_layout")
+def block_stacked_on_dim1(model, corrupted_tokens, clean_cache, patching_metric):
+    """torch.stack(rows, dim=1): [layer, component, pos]."""
+    return _block(model, corrupted_tokens, clean_cache, patching_metric).transpose(0, 1)
+
+
+@wrong("get_act_patch_block_every", "patched_all_positions")
+def block_all_positions(model, corrupted_tokens, clean_cache, patching_metric):
+    """The hook copies the whole clean activation, whatever pos is."""
+    n_pos = corrupted_tokens.shape[1]
+    out = torch.zeros(3, model.cfg.n_layers, n_pos)
+    for i, name in enumerate(("resid_pre", "attn_out", "mlp_out")):
+        for layer in range(model.cfg.n_layers):
+            for pos in range(n_pos):
+                hook_name = get_act_name(name, layer)
+                with torch.no_grad():
+                    logits = model.run_with_hooks(
+                        corrupted_tokens,
+                        fwd_hooks=[(hook_name, lambda act, hook: clean_cache[hook.name])],
+                    )
+                out[i, layer, pos] = patching_metric(logits)
+    return out
+
+
+@wrong("get_act_patch_block_every", "missed_last_position")
+def block_positions_minus_one(model, corrupted_tokens, clean_cache, patching_metric):
+    """range(n_pos - 1): the last column stays 0."""
+    n_pos = corrupted_tokens.shape[1]
+    out = torch.zeros(3, model.cfg.n_layers, n_pos)
+    for i, name in enumerate(("resid_pre", "attn_out", "mlp_out")):
+        for layer in range(model.cfg.n_layers):
+            for pos in range(n_pos - 1):
+                hook = partial(_resid_hook, pos=pos, cache=clean_cache)
+                with torch.no_grad():
+                    logits = model.run_with_hooks(
+                        corrupted_tokens, fwd_hooks=[(get_act_name(name, layer), hook)]
+                    )
+                out[i, layer, pos] = patching_metric(logits)
+    return out
 
 
 @wrong("get_act_patch_block_every", "hard_coded_size")

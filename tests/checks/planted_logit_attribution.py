@@ -729,6 +729,80 @@ for _exercise, _kind in (
     )
 
 
+def _resid_slip(model, cache, answer_tokens, positions, kind, *, slip):
+    """The residual attribution written by hand, with one slip (``slip``) a tired learner makes."""
+    method = cache.accumulated_resid if kind == "accumulated" else cache.decompose_resid
+    extra = {"incl_mid": True} if kind == "accumulated" else {}
+    stack, labels = method(layer=-1, return_labels=True, **extra)
+    read_at, scale_at = positions, positions
+    if positions is not None and slip == "shift":  # "the token after END"
+        read_at = scale_at = positions + 1
+    if positions is not None and slip == "grid":
+        x = stack[:, :, positions]  # [comp, batch, batch, d]: every prompt at every position
+    else:
+        x = _at(stack, read_at)
+    if slip == "no_positions":  # forgot to hand positions on: the scale of the last column
+        scale_at = None
+    x = (x - x.mean(-1, keepdim=True)) / _scale(cache, scale_at)
+    directions = _dirs(model, answer_tokens)
+    if slip == "s_minus_io":
+        directions = -directions
+    per = einops.einsum(x, directions, "... b d, b d -> ... b")
+    values = {
+        "per_prompt": per,
+        "summed": per.sum(-1),
+        "mean_dim0": per.mean(0),
+    }.get(slip, per.mean(-1))
+    return values, labels
+
+
+for _exercise, _kind in (
+    ("accumulated_resid_logit_diffs", "accumulated"),
+    ("per_layer_logit_diffs", "decomposed"),
+):
+    for _diagnosis, _slip, _doc in (
+        ("wrong_sign", "s_minus_io", "S - IO directions: every value flipped."),
+        ("returned_per_prompt", "per_prompt", "Forgot the mean over prompts."),
+        ("sum_not_mean", "summed", ".sum(-1) over the prompts."),
+        ("averaged_components", "mean_dim0", ".mean(0): averaged over the components."),
+        ("positions_not_passed_on", "no_positions", "positions not passed to the scale."),
+        ("position_off_by_one", "shift", "positions + 1, the token after END."),
+        ("position_grid", "grid", "stack[:, :, positions]: a [batch, batch] grid."),
+    ):
+        variant(
+            _exercise,
+            _diagnosis,
+            _resid_slip,
+            _doc,
+            fn_name=f"{_kind}_{_slip}",
+            kind=_kind,
+            slip=_slip,
+        )
+
+
+@wrong("accumulated_resid_logit_diffs", "missing_first_entry")
+def acc_by_hand_from_mid_and_post(model, cache, answer_tokens, positions=None):
+    """Built by hand from each layer's resid_mid and resid_post: the embeddings entry is lost."""
+    parts, labels = [], []
+    for layer in range(model.cfg.n_layers):
+        parts += [cache["resid_mid", layer], cache["resid_post", layer]]
+        labels += [f"{layer}_mid", f"{layer}_post"]
+    stack = _at(torch.stack(parts), positions)
+    return _attribute(stack, cache, _dirs(model, answer_tokens), positions), labels
+
+
+@correct("accumulated_resid_logit_diffs", "built by hand from resid_pre, resid_mid, resid_post")
+def acc_by_hand(model, cache, answer_tokens, positions=None):
+    parts, labels = [], []
+    for layer in range(model.cfg.n_layers):
+        parts += [cache["resid_pre", layer], cache["resid_mid", layer]]
+        labels += [f"{layer}_pre", f"{layer}_mid"]
+    parts.append(cache["resid_post", model.cfg.n_layers - 1])
+    labels.append("final_post")
+    stack = _at(torch.stack(parts), positions)
+    return _attribute(stack, cache, _dirs(model, answer_tokens), positions), labels
+
+
 @wrong("per_layer_logit_diffs", "missed_last_layer")
 def layer_stops_early(model, cache, answer_tokens, positions=None):
     """decompose_resid(layer=n_layers - 1): the last layer's attention and MLP are missing."""

@@ -503,15 +503,18 @@ def _at(
     top=None,
     sender_all=False,
     receiver_all=False,
+    shift=0,
 ):
     sender_position = None if sender_all else sender_position
     receiver_position = None if receiver_all else receiver_position
     ds = orig_dataset
-    if first:
+    if first or shift:
         import copy
 
         ds = copy.copy(orig_dataset)
-        ds.word_idx = {k: v[:1].expand_as(v) for k, v in orig_dataset.word_idx.items()}
+        ds.word_idx = {
+            k: v[:1].expand_as(v) if first else v + shift for k, v in orig_dataset.word_idx.items()
+        }
     _, new_cache = model.run_with_cache(new_dataset.toks)
     _, orig_cache = model.run_with_cache(orig_dataset.toks)
     names = {get_act_name(receiver_input, layer) for layer, _ in receiver_heads}
@@ -558,6 +561,14 @@ variant(AT, "receiver_positions_ignored", _at, "Receivers at every position.", r
 variant(AT, "same_position_for_all_prompts", _at, "Prompt 0's positions for all.", first=True)
 variant(AT, "unreachable_rows_zero", _at, "Unreachable rows left at 0.", fill=0.0)
 variant(AT, "kept_freeze_hooks", _at, "The freezing hooks kept on in step 3.", keep_freeze=True)
+variant(AT, "position_off_by_one", _at, "Both masks at word_idx[key] - 1.", shift=-1)
+variant(
+    AT,
+    "no_effect",
+    _at,
+    "Both masks at word_idx[key] + 1: the toy reads nothing there, so nothing changes.",
+    shift=1,
+)
 
 
 @wrong("path_patch_head_to_heads_at", "measured_unreachable_rows")

@@ -6,6 +6,7 @@ import torch
 from transformer_lens.utilities import get_act_name
 
 from ioi.circuit import Faithfulness, KnockoutScore
+from ioi.head import Head
 from ioi.heads import name_tokens, repeated_tokens
 from tests.checks.corpus import correct, variant, wrong
 
@@ -122,6 +123,48 @@ variant(
     fn_name="copy_without_ln_final",
     lnf=False,
 )
+
+
+def _copy_slip(model, names=None, k=5, negative=False, *, slip):
+    """A learner's copying score written out, with one slip (``slip``)."""
+    tokens = names if isinstance(names, torch.Tensor) else name_tokens(model, names)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    scores = torch.zeros((n_heads, n_layers) if slip == "head_layer" else (n_layers, n_heads))
+    with torch.no_grad():
+        e = model.embed(tokens[:, None])
+        e = e + model.blocks[0].apply_mlp(model.blocks[0].ln2(e))
+        for layer in range(n_layers):
+            x = model.blocks[layer].ln1(e)
+            for head in range(n_heads):
+                out = x @ model.W_V[layer, head] @ model.W_O[layer, head]
+                if slip == "b_O":
+                    out = out + model.b_O[layer]
+                if negative:
+                    out = -out
+                logits = model.unembed(model.ln_final(out))
+                if slip != "no_squeeze":
+                    logits = logits[:, 0]
+                top = logits.topk(k, dim=-1).indices
+                if slip == "isin":
+                    hit = torch.isin(top, tokens).any(-1)
+                else:
+                    hit = (top == tokens[:, None]).any(-1)
+                score = hit.float().sum() if slip == "sum" else hit.float().mean()
+                if slip == "head_layer":
+                    scores[head, layer] = score
+                else:
+                    scores[layer, head] = score
+    return scores
+
+
+for _diagnosis, _slip, _doc in (
+    ("added_b_O", "b_O", "Adds b_O[layer] to the head's OV output."),
+    ("kept_position_axis", "no_squeeze", "Forgot [:, 0]: top-k of [name, 1, d_vocab]."),
+    ("any_name_not_own", "isin", "torch.isin(top, tokens): any name in the top k."),
+    ("count_not_fraction", "sum", ".sum() of the hits, not .mean()."),
+    ("transposed", "head_layer", "scores[head, layer] in a [head, layer] tensor."),
+):
+    variant("get_copying_scores", _diagnosis, _copy_slip, _doc, fn_name=f"copy_{_slip}", slip=_slip)
 
 
 @correct("get_copying_scores", "the library's MLP0 embedding, in float64")
@@ -247,6 +290,62 @@ variant(
     fn_name="detect_range_minus_one",
     layers=-1,
 )
+
+
+def _detector_slip(model, seq_len, batch, seed, kind, *, slip):
+    """A learner's detector with one slip (``slip``), indexing dest and src by hand."""
+    toks = repeated_tokens(model, seq_len, batch, seed)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks)
+    L = seq_len
+    if kind == "previous_token":
+        dest = torch.arange(1, 2 * L + 1)
+        src = dest - 1
+    else:
+        dest = torch.arange(L + 1, 2 * L + (0 if slip == "short_range" else 1))
+        step = {"induction": -1 if slip == "induction_minus" else 1}.get(kind, 0)
+        src = dest - L + step
+    hook = "attn_scores" if slip == "pre_softmax" else "pattern"
+    rows = []
+    for layer in range(model.cfg.n_layers):
+        p = cache[hook, layer]
+        picked = p[:, :, src, dest] if slip == "key_first" else p[:, :, dest, src]
+        if slip == "summed":
+            rows.append(picked.sum((0, -1)))
+        elif slip == "batch_mean_only":
+            rows.append(picked.mean(0))
+        else:
+            rows.append(picked.mean((0, -1)))
+    return torch.stack(rows, dim=1 if slip == "stacked_dim1" else 0)
+
+
+for _diagnosis, _slip, _doc in (
+    ("scores_not_pattern", "pre_softmax", "hook_attn_scores (pre-softmax) instead of the pattern."),
+    ("induction_wrong_direction", "induction_minus", "Induction source d - L - 1."),
+    ("above_the_diagonal", "key_first", "pattern[:, :, src, dest]: query and key exchanged."),
+    ("summed_not_averaged", "summed", ".sum((0, -1)) instead of .mean."),
+    ("not_averaged", "batch_mean_only", ".mean(0): averaged over prompts only."),
+    ("transposed", "stacked_dim1", "torch.stack(rows, dim=1): [head, layer]."),
+    ("second_copy_off_by_one", "short_range", "torch.arange(L + 1, 2 * L): one short."),
+):
+    variant(
+        "get_attn_scores", _diagnosis, _detector_slip, _doc, fn_name=f"detect_{_slip}", slip=_slip
+    )
+
+
+@correct("get_attn_scores", "the pattern recomputed as the softmax of hook_attn_scores")
+def detect_softmax_of_scores(model, seq_len, batch, seed, kind):
+    toks = repeated_tokens(model, seq_len, batch, seed)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks)
+    first = 1 if kind == "previous_token" else seq_len + 1
+    dest = torch.arange(first, 2 * seq_len + 1)
+    src = dest - {"previous_token": 1, "duplicate_token": seq_len, "induction": seq_len - 1}[kind]
+    rows = []
+    for layer in range(model.cfg.n_layers):
+        pattern = cache["attn_scores", layer].softmax(dim=-1)
+        rows.append(pattern[:, :, dest, src].mean((0, -1)))
+    return torch.stack(rows)
 
 
 @correct("get_attn_scores", "diagonals sliced to the second copy")
@@ -617,6 +716,34 @@ def minimal_tuple_labels(ablation, circuit, mode="class"):
     ]
 
 
+@wrong("minimality", "circuit_kept_everywhere")
+def minimal_fc_everywhere(ablation, circuit, mode="class"):
+    """F(C) with the circuit's heads kept at every position (keep None)."""
+    f_c = float(ablation.logit_diff({h: None for h in circuit.all_heads()}))
+    out = []
+    for v in circuit.all_heads():
+        k = [h for h in circuit.heads[circuit.classes_of(v)[0]] if h != v]
+        f_with = float(ablation.logit_diff(circuit.without([*k, v])))
+        f_without = float(ablation.logit_diff(circuit.without(k)))
+        gap = abs(f_with - f_without)
+        out.append(KnockoutScore(str(v), tuple(sorted(k)), f_with, f_without, gap, gap / f_c))
+    return out
+
+
+@wrong("minimality", "knocked_out_of_model")
+def minimal_from_model(ablation, circuit, mode="class"):
+    """The knockouts of completeness's F(M \\ K): all_heads_except."""
+    f_c = float(ablation.logit_diff(circuit.kept_positions()))
+    out = []
+    for v in circuit.all_heads():
+        k = [h for h in circuit.heads[circuit.classes_of(v)[0]] if h != v]
+        f_with = float(ablation.logit_diff(ablation.all_heads_except([*k, v])))
+        f_without = float(ablation.logit_diff(ablation.all_heads_except(k)))
+        gap = abs(f_with - f_without)
+        out.append(KnockoutScore(str(v), tuple(sorted(k)), f_with, f_without, gap, gap / f_c))
+    return out
+
+
 @correct("minimality", "the library's criterion")
 def minimal_library(ablation, circuit, mode="class"):
     from ioi.circuit import minimality
@@ -780,6 +907,61 @@ def keep_own(ablation, circuit, head, positions):
 def keep_list(ablation, circuit, head, positions):
     """A list, not a dict."""
     return list(_keep_at(ablation, circuit, head, positions).values())
+
+
+@wrong("keep_head_at", "ratio_not_value")
+def keep_over_model(ablation, circuit, head, positions):
+    """F divided by F(M), as faithfulness reports it."""
+    f_model = float(ablation.logit_diff(None))
+    return {p: f / f_model for p, f in _keep_at(ablation, circuit, head, positions).items()}
+
+
+@wrong("keep_head_at", "change_not_value")
+def keep_change(ablation, circuit, head, positions):
+    """F(C) with the head moved minus F(C) with the head at home."""
+    home = float(ablation.logit_diff(circuit.kept_positions()))
+    return {p: f - home for p, f in _keep_at(ablation, circuit, head, positions).items()}
+
+
+@wrong("keep_head_at", "started_from_model")
+def keep_in_model(ablation, circuit, head, positions):
+    """Starts from every head kept everywhere."""
+    out = {}
+    for p in positions:
+        keep = ablation.all_heads_except([])
+        keep[Head(*head)] = (p,)
+        out[p] = float(ablation.logit_diff(keep))
+    return out
+
+
+@wrong("keep_head_at", "moved_every_head")
+def keep_all_at_p(ablation, circuit, head, positions):
+    """A comprehension that moves every head of the circuit."""
+    return {
+        p: float(ablation.logit_diff({h: (p,) for h in circuit.kept_positions()}))
+        for p in positions
+    }
+
+
+@wrong("keep_head_at", "accumulated_positions")
+def keep_map_outside_loop(ablation, circuit, head, positions):
+    """One keep map for all positions; each p appended to the head's entry."""
+    keep = circuit.kept_positions()
+    out = {}
+    for p in positions:
+        keep[Head(*head)] = keep[Head(*head)] + (p,)
+        out[p] = float(ablation.logit_diff(keep))
+    return out
+
+
+@correct("keep_head_at", "the head given as a plain tuple key (Head is a tuple)")
+def keep_tuple_key(ablation, circuit, head, positions):
+    out = {}
+    for p in positions:
+        keep = circuit.kept_positions()
+        keep[tuple(head)] = (p,)
+        out[p] = float(ablation.logit_diff(keep))
+    return out
 
 
 @correct("keep_head_at", "a Circuit rebuilt with the head in a class of its own")
