@@ -237,6 +237,7 @@ def random_gpt2_dir(
                 p.copy_(0.05 * torch.randn(p.shape, generator=gen))
     hf.save_pretrained(path)
     return path
+    return path
 
 
 def hub_cache_with_gpt2(cache: Path, model_dir: Path, repo: str = "gpt2") -> Path:
@@ -323,6 +324,7 @@ def toy_in_gpt2_layout_dir(path) -> Path:
             block.mlp.c_proj.weight[:, :d] = mlp.W_out
             block.mlp.c_proj.bias[:d] = mlp.b_out
     hf.save_pretrained(path)
+    return path
 
 
 TEST_NAMES = (

@@ -82,8 +82,11 @@ def test_compare_with_exact_reports_agreement():
     assert comparison.max_abs_error == pytest.approx(
         float((estimate.change - exact.change).abs().max())
     )
-    # Positions the two runs share change nothing, in either method.
-    assert torch.all(exact.change[:, :-2] == 0) and torch.all(estimate.change[:, :-2] == 0)
+    # Positions the two runs share change nothing, in either method, up to float64 rounding:
+    # the batched patched runs and the gradient run may take other kernels than the unpatched
+    # run (2e-16 seen on some CPUs).
+    assert exact.change[:, :-2].abs().max() < 1e-12
+    assert estimate.change[:, :-2].abs().max() < 1e-12
     assert torch.any(exact.change[:, -2:] != 0)
     assert not hooks_left(model)
 
