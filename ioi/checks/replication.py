@@ -58,6 +58,41 @@ OTHER_CIRCUIT = Circuit(
     name="a second toy circuit used by the checkers",
 )
 
+OVERLAP_CIRCUIT = Circuit(
+    heads={
+        "s2_writer": ("0.3", "1.2", "0.1"),
+        "mover": ("2.2", "1.2", "2.1", "0.3"),
+        "previous_token": ("0.2", "0.0", "0.3"),
+    },
+    positions={"s2_writer": "S2", "mover": "end", "previous_token": "S1+1"},
+    name="a toy circuit whose heads 0.3 and 1.2 sit in several classes, listed unsorted",
+)
+"""A head may sit in several classes (kept at each of their positions); here two do, at
+different positions, and no class lists its heads in order, so an answer that keeps a head
+at one position only, or reads its class from the wrong end, differs."""
+
+
+def _one_position_per_head(circuit: Circuit) -> AnyOf:
+    """Keep maps that keep each head at one of its classes' positions only (first, or last)."""
+    first: dict = {}
+    last: dict = {}
+    for cls, members in circuit.heads.items():
+        for h in members:
+            first.setdefault(h, (circuit.positions[cls],))
+            last[h] = (circuit.positions[cls],)
+    return AnyOf([first, last])
+
+
+def _without_class(circuit: Circuit, name: str) -> dict:
+    """The keep map of the circuit's *other* classes: K's heads stay where another class keeps them."""
+    out: dict = {}
+    for cls, members in circuit.heads.items():
+        if cls != name:
+            for h in members:
+                if circuit.positions[cls] not in out.get(h, ()):
+                    out[h] = out.get(h, ()) + (circuit.positions[cls],)
+    return out
+
 
 @functools.lru_cache(maxsize=1)
 def _ablation() -> tuple[IOIBatch, MeanAblation]:
@@ -548,6 +583,10 @@ FAITHFULNESS = exercise(
         "only at its class's position (circuit.kept_positions())",
         "complement_kept": "your F(C) keeps every head *except* the circuit's "
         "(ablation.all_heads_except is the keep map of M \\ K); F(C) keeps the circuit only",
+        "one_position_per_head": "a head that sits in several classes was kept at one of "
+        "their positions only (a keep map built class by class, each class overwriting the "
+        "entry): it is kept at *each* of its classes' positions, as circuit.kept_positions() "
+        "gives",
     },
     shared=("swapped_fields",),
 )
@@ -560,7 +599,7 @@ def test_faithfulness(faithfulness_fn: Callable) -> None:
     """Check ``faithfulness(ablation, circuit) -> Faithfulness(f_model, f_circuit)``."""
     ex, (b, ablation) = FAITHFULNESS, _ablation()
     f_m = float(ablation.logit_diff(None))
-    for circuit in (CHECK_CIRCUIT, OTHER_CIRCUIT):
+    for circuit in (CHECK_CIRCUIT, OTHER_CIRCUIT, OVERLAP_CIRCUIT):
         call = f"faithfulness(ablation, circuit)  [{circuit.name}; {b.describe()}]"
         got = ex.call(faithfulness_fn, ablation, circuit, call=call, model=b.model)
         ref = faithfulness(ablation, circuit)
@@ -577,6 +616,9 @@ def test_faithfulness(faithfulness_fn: Callable) -> None:
             ),
             "complement_kept": lambda c=circuit: with_circuit(
                 ablation.all_heads_except(c.all_heads())
+            ),
+            "one_position_per_head": lambda c=circuit: AnyOf(
+                with_circuit(keep) for keep in _one_position_per_head(c)
             ),
         }
         ex.expect_record(got, ref, FAITH_FIELDS, call=call, mistakes=mistakes, atol=1e-3)
@@ -629,6 +671,9 @@ COMPLETENESS = exercise(
         "(circuit.without(K))",
         "relative_to_circuit": "your relative score divides by F(C) or F(C \\ K); "
         "incompleteness is relative to the model, F(M)",
+        "k_kept_in_other_classes": "your F(C \\ K) keeps a head of K that also sits in "
+        "another class at that class's position (a keep map built from the other classes): "
+        "C \\ K removes K's heads from the circuit altogether, circuit.without(K)",
     },
     shared=("swapped_fields", "wrong_heads_recorded"),
 )
@@ -639,7 +684,7 @@ def test_completeness(completeness_fn: Callable) -> None:
     """Check ``completeness(ablation, circuit, modes=("class",))`` (the 'class' mode)."""
     ex, (b, ablation) = COMPLETENESS, _ablation()
     f_m = float(ablation.logit_diff(None))
-    for circuit in (CHECK_CIRCUIT, OTHER_CIRCUIT):
+    for circuit in (CHECK_CIRCUIT, OTHER_CIRCUIT, OVERLAP_CIRCUIT):
         call = (
             f"completeness(ablation, circuit, modes=('class',))  [{circuit.name}; {b.describe()}]"
         )
@@ -659,6 +704,9 @@ def test_completeness(completeness_fn: Callable) -> None:
             )
 
         mistakes = {
+            "k_kept_in_other_classes": lambda c=f_m_k, circuit=circuit: rows(
+                [float(ablation.logit_diff(_without_class(circuit, n))) for n in circuit.heads], c
+            ),
             "model_not_knocked_out": lambda a=f_c_k: rows(a, [f_m] * len(a)),
             "circuit_not_knocked_out": lambda c=f_m_k, fc=f_c: rows([fc] * len(c), c),
             "relative_to_circuit": lambda a=f_c_k, c=f_m_k, fc=f_c: AnyOf(
@@ -726,6 +774,12 @@ MINIMALITY = exercise(
         "knocked_out_of_model": "you knocked the heads out of the whole model "
         "(ablation.all_heads_except, as completeness does for F(M \\ K)); minimality knocks "
         "them out of the circuit: circuit.without([*K, v]) and circuit.without(K)",
+        "k_not_first_class": "for a head in several classes your K is not the rest of its "
+        "*first* class (you took the last class, or every class it sits in): K = [h for h in "
+        "circuit.heads[circuit.classes_of(v)[0]] if h != v]",
+        "v_kept_at_other_positions": "you knocked v out only at its class's position and kept "
+        "it where its other classes keep it: C \\ (K + v) removes v from the circuit "
+        "altogether, circuit.without([*K, v])",
     },
     shared=("swapped_fields", "wrong_heads_recorded"),
 )
@@ -738,7 +792,7 @@ def test_minimality(minimality_fn: Callable) -> None:
     f_m = float(ablation.logit_diff(None))
     # The smaller circuit comes first: CHECK_CIRCUIT holds every head of the toy, so there
     # its heads kept everywhere are the model, and F(C) taken that way is F(M).
-    for circuit in (OTHER_CIRCUIT, CHECK_CIRCUIT):
+    for circuit in (OTHER_CIRCUIT, CHECK_CIRCUIT, OVERLAP_CIRCUIT):
         call = f"minimality(ablation, circuit, mode='class')  [{circuit.name}; {b.describe()}]"
         ref = minimality(ablation, circuit, mode="class")
         f_c = float(ablation.logit_diff(circuit.kept_positions()))
@@ -768,7 +822,31 @@ def test_minimality(minimality_fn: Callable) -> None:
         def rest_of_class(v, circuit=circuit):
             return [h for h in circuit.heads[circuit.classes_of(v)[0]] if h != v]
 
+        def v_only_at_its_class(circuit=circuit, f_c=f_c):
+            """Minimality's rows with v dropped at its first class's position only."""
+            out = []
+            for v in circuit.all_heads():
+                k = rest_of_class(v)
+                keep = circuit.without(k)
+                own = circuit.positions[circuit.classes_of(v)[0]]
+                rest = tuple(p for p in keep[v] if p != own)
+                keep = {h: p for h, p in keep.items() if h != v} | ({v: rest} if rest else {})
+                a, c = float(ablation.logit_diff(keep)), fx(k)
+                out.append((str(v), a, c, abs(a - c), abs(a - c) / abs(f_c)))
+            return _scores(out)
+
         mistakes = {
+            "k_not_first_class": lambda c=circuit: AnyOf(
+                [
+                    rows(lambda v: [h for h in c.heads[c.classes_of(v)[-1]] if h != v]),
+                    rows(
+                        lambda v: sorted(
+                            {h for cls in c.classes_of(v) for h in c.heads[cls] if h != v}
+                        )
+                    ),
+                ]
+            ),
+            "v_kept_at_other_positions": v_only_at_its_class,
             "k_includes_v": lambda r=ref: _scores(
                 [(s.label, s.f_with, s.f_with, 0.0, 0.0) for s in r]
             ),
