@@ -449,6 +449,10 @@ ABLATION_HOOKS = exercise(
         "means the opposite: keep the head's output at every position",
         "template_not_row": "you indexed means.z by the template number itself; means.z has one "
         "row per template that occurs, so read its row as means.row_of[template]",
+        "kept_layers_only": "a layer where no head is kept got no hook, so its heads were "
+        "never ablated: every layer needs its hook (keep={} ablates every head of the model)",
+        "empty_kept_everywhere": "a head whose keep entry is () (no positions) kept its output "
+        "everywhere, as if it were None; () keeps it nowhere: only None means every position",
     },
     shared=("same_position_for_all_prompts", "zero_ablation", "global_mean_ablation"),
 )
@@ -489,6 +493,9 @@ def test_mean_ablation_hooks(mean_ablation_hooks_fn: Callable) -> None:
     keeps = (
         CHECK_CIRCUIT.without([(2, 0), (2, 3), (0, 2)]),
         {**OTHER_CIRCUIT.kept_positions(), (0, 0): None},
+        # Layers 0 and 1 keep no head (0.0's entry keeps it nowhere), and nothing at all.
+        {(0, 0): (), (2, 1): ("end",)},
+        {},
     )
     for keep in keeps:
         call = (
@@ -540,7 +547,17 @@ def test_mean_ablation_hooks(mean_ablation_hooks_fn: Callable) -> None:
             first.word_idx = {key: value[:1].expand_as(value) for key, value in ds.word_idx.items()}
             return run(mean_ablation_hooks(model, first, means, keep))
 
+        def kept_layers_only(keep=keep):
+            layers = {get_act_name("z", h[0]) for h in keep}
+            return run([h for h in mean_ablation_hooks(model, ds, means, keep) if h[0] in layers])
+
         mistakes = {
+            "kept_layers_only": kept_layers_only,
+            "empty_kept_everywhere": lambda keep=keep: (
+                with_keep({h: None if p == () else p for h, p in keep.items()})
+                if () in keep.values()
+                else None
+            ),
             "ignored_keep": lambda: with_keep({}),
             "kept_every_position": lambda keep=keep: with_keep({h: None for h in keep}),
             "same_position_for_all_prompts": same_positions,

@@ -450,6 +450,20 @@ def ablate_batch_mean(model, ds, means, keep):
     return [(name, wrap(fn)) for name, fn in masks]
 
 
+@wrong("mean_ablation_hooks", "kept_layers_only")
+def ablate_only_layers_in_keep(model, ds, means, keep):
+    """Loops over the layers that appear in keep, so a layer with no kept head gets no hook."""
+    hooks = dict(_ablation_hooks(model, ds, means, keep))
+    layers = sorted({layer for layer, _ in keep})
+    return [(get_act_name("z", layer), hooks[get_act_name("z", layer)]) for layer in layers]
+
+
+@wrong("mean_ablation_hooks", "empty_kept_everywhere")
+def ablate_empty_means_all(model, ds, means, keep):
+    """`if not keys:` keeps the head everywhere, which catches () as well as None."""
+    return _ablation_hooks(model, ds, means, {h: (p or None) for h, p in keep.items()})
+
+
 variant(
     "mean_ablation_hooks",
     "ignored_keep",
