@@ -887,6 +887,9 @@ ATTRIBUTION = exercise(
         "(clean - corrupted) * grad over the batch",
         "clean_baseline": "you added the clean run's metric; the estimate is a step away from "
         "the corrupted run, so add the corrupted run's metric",
+        "absolute_change": "you took the absolute value of each head's estimated change: a "
+        "head whose patch would lower the metric must show a value below the corrupted run's. "
+        "Keep the sign of (clean - corrupted) * grad",
     },
 )
 
@@ -912,33 +915,42 @@ def test_attribution_patch_attn_head_out_all_pos(
 ) -> None:
     """Check ``attribution_patch_attn_head_out_all_pos(model, clean_tokens, corrupted_tokens, patching_metric)``."""
     ex, b = ATTRIBUTION, _patching_batch()
-    call = (
-        "attribution_patch_attn_head_out_all_pos(model, clean_tokens, corrupted_tokens, "
-        f"patching_metric)  where the metric is the mean logit difference at end  [{b.describe()}]"
+    # Also the other way round (the ABC prompts patched into the IOI run), where some heads'
+    # estimated changes are negative.
+    directions = (
+        ("clean_tokens, corrupted_tokens", b.ds.toks, b.abc.toks, b.corrupted_logit_diff),
+        ("corrupted_tokens, clean_tokens", b.abc.toks, b.ds.toks, b.clean_logit_diff),
     )
-    got = ex.call(
-        attribution_patch_attn_head_out_all_pos_fn,
-        b.model,
-        b.ds.toks.clone(),
-        b.abc.toks.clone(),
-        _raw_metric(b),
-        call=call,
-        model=b.model,
-    )
-    grid = patching.sweep(b.model, "z", b.ds.toks.shape[1])
-    expected = patching.attribution_patching(
-        b.model, b.ds.toks, b.abc.toks, _raw_metric(b), grid, mode="denoise"
-    ).effect.cpu()
-    corrupted_value = b.corrupted_logit_diff
-    mistakes = {
-        "change_not_value": lambda: expected - corrupted_value,
-        "wrong_delta_sign": lambda: 2 * corrupted_value - expected,
-        # gradient of the clean run, stepping from corrupted to clean values
-        "gradient_in_clean_run": lambda: (
-            corrupted_value - _attribution_change(b, b.ds.toks, b.corrupted_cache)
-        ),
-        "mean_not_sum": lambda: corrupted_value + (expected - corrupted_value) / b.ds.N,
-        "clean_baseline": lambda: expected - corrupted_value + b.clean_logit_diff,
-    }
-    ex.expect_tensor(got, expected, call=call, mistakes=mistakes, atol=1e-3)
+    for i, (shown, clean_toks, corrupted_toks, corrupted_value) in enumerate(directions):
+        call = (
+            f"attribution_patch_attn_head_out_all_pos(model, {shown}, patching_metric)  where "
+            f"the metric is the mean logit difference at end  [{b.describe()}]"
+        )
+        got = ex.call(
+            attribution_patch_attn_head_out_all_pos_fn,
+            b.model,
+            clean_toks.clone(),
+            corrupted_toks.clone(),
+            _raw_metric(b),
+            call=call,
+            model=b.model,
+        )
+        grid = patching.sweep(b.model, "z", b.ds.toks.shape[1])
+        expected = patching.attribution_patching(
+            b.model, clean_toks, corrupted_toks, _raw_metric(b), grid, mode="denoise"
+        ).effect.cpu()
+        other_value = b.clean_logit_diff if i == 0 else b.corrupted_logit_diff
+        receiver, donor = (b.ds.toks, b.corrupted_cache) if i == 0 else (b.abc.toks, b.clean_cache)
+        mistakes = {
+            "change_not_value": lambda e=expected, c=corrupted_value: e - c,
+            "wrong_delta_sign": lambda e=expected, c=corrupted_value: 2 * c - e,
+            # gradient of the clean run, stepping from corrupted to clean values
+            "gradient_in_clean_run": lambda c=corrupted_value, r=receiver, d=donor: (
+                c - _attribution_change(b, r, d)
+            ),
+            "mean_not_sum": lambda e=expected, c=corrupted_value: c + (e - c) / b.ds.N,
+            "clean_baseline": lambda e=expected, c=corrupted_value, o=other_value: e - c + o,
+            "absolute_change": lambda e=expected, c=corrupted_value: c + (e - c).abs(),
+        }
+        ex.expect_tensor(got, expected, call=call, mistakes=mistakes, atol=1e-3)
     ex.passed()

@@ -776,6 +776,18 @@ variant(
 )
 
 
+@wrong(
+    "attribution_patch_attn_head_out_all_pos",
+    "absolute_change",
+    "each head's estimated change made positive before the corrupted metric is added",
+)
+def attribution_abs_change(model, clean_tokens, corrupted_tokens, patching_metric):
+    with torch.no_grad():
+        base = patching_metric(model(corrupted_tokens))
+    change = _attribution(model, clean_tokens, corrupted_tokens, patching_metric, add_value=False)
+    return base + torch.abs(change)
+
+
 @correct(
     "attribution_patch_attn_head_out_all_pos", "gradients read from tensor hooks (.register_hook)"
 )
