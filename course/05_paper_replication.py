@@ -177,6 +177,9 @@ print(provenance("paper"))
 #
 # **Difficulty:** ●●○○○ · **Time:** about 15 minutes
 #
+# Any other `kind` (a typo such as `"induction_head"`) raises `ValueError` naming the valid
+# kinds, rather than silently returning another detector's scores.
+#
 # <details><summary>Hint 1: a nudge</summary>
 #
 # All three scores are means along one diagonal of the pattern; they differ in the offset and

@@ -19,7 +19,7 @@ from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
 from ioi import heads
-from ioi.checks.core import AnyOf, exercise, one_thread, without_last_layer
+from ioi.checks.core import AnyOf, describe, exercise, one_thread, without_last_layer
 from ioi.checks.fixtures import IOIBatch, ioi_batch
 from ioi.circuit import (
     Circuit,
@@ -289,6 +289,9 @@ DETECTORS = exercise(
         "not_averaged": "you averaged over only one of the two axes (the prompts, or the "
         "destinations); a head's score is the mean over both: .mean((0, -1)) of [batch, head, "
         "dest], giving [layer, head]",
+        "unknown_kind_accepted": "an unknown kind returned scores instead of raising "
+        "ValueError: a typo in `kind` must not silently give another detector's scores; check "
+        "kind against the three valid ones first and raise ValueError listing them",
     },
     shared=("missed_last_layer",),
 )
@@ -427,6 +430,23 @@ def test_get_attn_scores(get_attn_scores_fn: Callable) -> None:
                     )
                 )
             ex.expect_tensor(got, every[kind], call=call, mistakes=mistakes, atol=1e-5)
+    call = "get_attn_scores(model, seq_len=8, batch=4, seed=3, kind='induction_head')  [toy model]"
+    # Any exception will do (a KeyError from a lookup table also stops the typo); the mistake
+    # is returning scores.
+    try:
+        got = get_attn_scores_fn(model, 8, 4, 3, "induction_head")
+    except Exception:  # noqa: BLE001
+        got = None
+    if got is not None:
+        ex.fail(
+            "unknown_kind_accepted",
+            call=call,
+            expected="ValueError (unknown kind)",
+            got=describe(got),
+            explanation=ex.diagnoses["unknown_kind_accepted"],
+            hint=ex.hint,
+        )
+    model.reset_hooks(including_permanent=False)
     ex.passed("two (seq_len, batch, seed) settings, three kinds")
 
 

@@ -250,6 +250,13 @@ variant(
 )
 
 
+@wrong("get_attn_scores", "unknown_kind_accepted")
+def detect_else_induction(model, seq_len, batch, seed, kind):
+    """An if/elif chain whose final else treats any other kind as induction."""
+    known = ("previous_token", "duplicate_token")
+    return _detector(model, seq_len, batch, seed, kind if kind in known else "induction")
+
+
 variant(
     "get_attn_scores",
     "diagonal_includes_first_copy",
