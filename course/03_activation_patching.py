@@ -83,7 +83,10 @@ print(f"clean logit diff {clean_logit_diff:.3f}, corrupted {corrupted_logit_diff
 # $$\text{ioi\_metric} = \frac{\text{logit diff} - \text{corrupted logit diff}}{\text{clean logit diff} - \text{corrupted logit diff}}$$
 #
 # where the logit difference is your section-1 mean at `positions`, for the IO/S answers of
-# the *clean* prompts (the corrupted run is scored against the same answers).
+# the *clean* prompts (the corrupted run is scored against the same answers). Return a 0-d
+# tensor computed from `logits` by torch operations (no `.item()`, `float()` or `.detach()`):
+# attribution patching, at the end of this section, takes its gradient. The formula holds
+# whichever baseline is larger; a clean logit difference below the corrupted one is allowed.
 #
 # <details><summary>Hint 1: a nudge</summary>
 #

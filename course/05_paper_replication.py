@@ -177,6 +177,9 @@ print(provenance("paper"))
 #
 # **Difficulty:** ●●○○○ · **Time:** about 15 minutes
 #
+# Any other `kind` (a typo such as `"induction_head"`) raises `ValueError` naming the valid
+# kinds, rather than silently returning another detector's scores.
+#
 # <details><summary>Hint 1: a nudge</summary>
 #
 # All three scores are means along one diagonal of the pattern; they differ in the offset and
@@ -490,6 +493,9 @@ print(f"logit diff with only the circuit working: {with_circuit:.3f}")
 #
 # **Difficulty:** ●○○○○ · **Time:** about 5 minutes
 #
+# A head may sit in several classes of a circuit; it is then kept at each of their positions
+# (`circuit.kept_positions()` lists them).
+#
 # <details><summary>Hint 1: a nudge</summary>
 #
 # $F(M)$ ablates nothing; $F(C)$ ablates everything except the circuit, at its positions.
@@ -616,7 +622,9 @@ if moves:  # keep every previous-token head where it does most
 # Implement the `"class"` mode: $K$ is each class of the circuit in turn. Return one
 # `KnockoutScore(label, removed, f_with, f_without, score, relative)` per class, labelled
 # `"class NAME"`, with `f_with` $= F(C \setminus K)$, `f_without` $= F(M \setminus K)$,
-# `score` their absolute difference and `relative` the score over $F(M)$. (The library's
+# `score` their absolute difference and `relative` the score over $F(M)$. A head may sit in
+# several classes (it is then kept at each of their positions); $C \setminus K$ removes $K$'s
+# heads from the circuit altogether, at every position. (The library's
 # `ioi.circuit.completeness` also samples random subsets and grows $K$ greedily.)
 #
 # <details><summary>Hint 1: a nudge</summary>
@@ -666,7 +674,8 @@ checks.test_completeness(completeness)
 #
 # **Difficulty:** ●●●○○ · **Time:** about 15 minutes
 #
-# Implement the `"class"` mode: for each head $v$, $K$ is the rest of $v$'s class. Return one
+# Implement the `"class"` mode: for each head $v$, $K$ is the rest of $v$'s class (of its
+# first class, `circuit.classes_of(v)[0]`, when $v$ sits in several). Return one
 # `KnockoutScore` per head of `circuit.all_heads()`, labelled `"layer.head"`, with `f_with`
 # $= F(C \setminus (K \cup \{v\}))$, `f_without` $= F(C \setminus K)$, `score` their absolute
 # difference and `relative` the score over $F(C)$.

@@ -18,6 +18,7 @@ from torch import Tensor
 from ioi import patching
 from ioi.checks.core import (
     Exercise,
+    describe,
     exercise,
     missing_rows,
     one_thread,
@@ -102,6 +103,13 @@ METRIC = exercise(
         "and its S answer_tokens[:, 1]",
         "position_off_by_one": "you read the logits one position away from `positions`: the "
         "answer is predicted *at* `positions` (the END token), so read logits[rows, positions]",
+        "abs_denominator": "you divided by the size of the gap, |clean - corrupted|: with a "
+        "clean logit difference below the corrupted one the sign flips, and the clean run no "
+        "longer gives 1. Divide by clean_logit_diff - corrupted_logit_diff itself",
+        "not_differentiable": "the value is right, but it carries no gradient back to the "
+        "logits (a Python float, .item(), .detach(), torch.tensor(...) of a number, or a "
+        "computation under torch.no_grad()): attribution patching takes the metric's gradient. "
+        "Return the 0-d tensor that torch operations on `logits` give",
     },
     shared=("batch_by_batch_indexing", "sum_not_mean", "first_position_for_none"),
 )
@@ -131,75 +139,122 @@ def test_ioi_metric(ioi_metric_fn: Callable) -> None:
         ("corrupted_logits", b.corrupted_logits, end),
         ("flipped_logits (IO and S columns exchanged)", _flipped(b.clean_logits, answers), end),
         (f"clean_logits[:, :{short.shape[1]}]", short, None),
+        # The two baselines exchanged: a clean logit difference below the corrupted one.
+        ("halfway_logits, baselines exchanged", halfway, end, clean, corrupted),
     )
-    for label, logits, positions in cases:
-        where = "positions=end" if positions is not None else "positions=None"
-        call = (
-            f"ioi_metric({label}, answer_tokens, corrupted_logit_diff={corrupted:.3f}, "
-            f"clean_logit_diff={clean:.3f}, {where})  [{b.describe()}]"
-        )
-        got = ex.call(
-            ioi_metric_fn,
-            logits.clone(),
-            answers.clone(),
-            corrupted,
-            clean,
-            positions=None if positions is None else positions.clone(),
-            call=call,
-        )
-        per_prompt = logits_to_ave_logit_diff(logits, answers, per_prompt=True, positions=positions)
-        diff = per_prompt.mean()
-        final = final_logits(logits, positions)
-        grid = (final[:, answers[:, 0]] - final[:, answers[:, 1]]).mean()
-
-        def normalise(d):
-            return (d - corrupted) / (clean - corrupted)
-
-        mistakes = {
-            "not_normalised": lambda d=diff: d,
-            "baselines_swapped": lambda d=diff: (d - clean) / (corrupted - clean),
-            "forgot_corrupted_baseline": lambda d=diff: d / clean,
-            "wrong_denominator": lambda d=diff: (d - corrupted) / clean,
-            "absolute_value": lambda d=diff, p=per_prompt: [
-                normalise(d.abs()),
-                normalise(p.abs().mean()),
-            ],
-            "clamped": lambda d=diff, p=per_prompt: [
-                normalise(d).clamp(0, 1),
-                normalise(p).clamp(0, 1).mean(),
-            ],
-            "returned_per_prompt": lambda d=per_prompt: normalise(d),
-            "sum_not_mean": lambda d=per_prompt: normalise(d.sum()),
-            "batch_by_batch_indexing": lambda g=grid: normalise(g),
-            "one_baseline_swapped": lambda d=diff: [
-                (d - clean) / (clean - corrupted),
-                (d - corrupted) / (corrupted - clean),
-            ],
-            "wrong_sign": lambda d=diff: normalise(-d),
-            "probabilities_not_logits": lambda lg=logits, p=positions: normalise(
-                logits_to_ave_logit_diff(lg.softmax(-1), answers, positions=p)
-            ),
-            "not_divided": lambda d=diff: d - corrupted,
-            "first_prompt_answers": lambda f=final: normalise(
-                (f[:, answers[0, 0]] - f[:, answers[0, 1]]).mean()
-            ),
-        }
-        if positions is None:
-            mistakes["first_position_for_none"] = lambda lg=logits: normalise(
-                logits_to_ave_logit_diff(lg, answers, positions=torch.zeros_like(end))
-            )
-        else:
-            mistakes["ignored_positions"] = lambda lg=logits: normalise(
-                logits_to_ave_logit_diff(lg, answers)
-            )
-            last = logits.shape[1] - 1
-            mistakes["position_off_by_one"] = lambda lg=logits, p=positions, last=last: [
-                normalise(logits_to_ave_logit_diff(lg, answers, positions=q))
-                for q in ((p - 1).clamp(0, last), (p + 1).clamp(0, last))
-            ]
-        expected = make_ioi_metric(clean, corrupted, answers, positions)(logits)
-        ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
+    for label, logits, positions, *baselines in cases:
+        corrupted, clean = baselines or (b.corrupted_logit_diff, b.clean_logit_diff)
+        _check_metric_case(ex, ioi_metric_fn, b, label, logits, positions, corrupted, clean)
+    _check_metric_gradient(ex, ioi_metric_fn, b, halfway)
     ex.passed("clean -> 1, corrupted -> 0, flipped below 0, positions=end and None")
+
+
+def _check_metric_case(
+    ex: Exercise,
+    ioi_metric_fn: Callable,
+    b,
+    label: str,
+    logits: Tensor,
+    positions: Tensor | None,
+    corrupted: float,
+    clean: float,
+) -> None:
+    """One ioi_metric call: its value against the library's, and the mistakes it may match."""
+    answers, end = b.answer_tokens, b.end
+    where = "positions=end" if positions is not None else "positions=None"
+    call = (
+        f"ioi_metric({label}, answer_tokens, corrupted_logit_diff={corrupted:.3f}, "
+        f"clean_logit_diff={clean:.3f}, {where})  [{b.describe()}]"
+    )
+    got = ex.call(
+        ioi_metric_fn,
+        logits.clone(),
+        answers.clone(),
+        corrupted,
+        clean,
+        positions=None if positions is None else positions.clone(),
+        call=call,
+    )
+    per_prompt = logits_to_ave_logit_diff(logits, answers, per_prompt=True, positions=positions)
+    diff = per_prompt.mean()
+    final = final_logits(logits, positions)
+    grid = (final[:, answers[:, 0]] - final[:, answers[:, 1]]).mean()
+
+    def normalise(d):
+        return (d - corrupted) / (clean - corrupted)
+
+    mistakes = {
+        "abs_denominator": lambda d=diff, c=corrupted, g=clean - corrupted: (d - c) / abs(g),
+        "not_normalised": lambda d=diff: d,
+        "baselines_swapped": lambda d=diff: (d - clean) / (corrupted - clean),
+        "forgot_corrupted_baseline": lambda d=diff: d / clean,
+        "wrong_denominator": lambda d=diff: (d - corrupted) / clean,
+        "absolute_value": lambda d=diff, p=per_prompt: [
+            normalise(d.abs()),
+            normalise(p.abs().mean()),
+        ],
+        "clamped": lambda d=diff, p=per_prompt: [
+            normalise(d).clamp(0, 1),
+            normalise(p).clamp(0, 1).mean(),
+        ],
+        "returned_per_prompt": lambda d=per_prompt: normalise(d),
+        "sum_not_mean": lambda d=per_prompt: normalise(d.sum()),
+        "batch_by_batch_indexing": lambda g=grid: normalise(g),
+        "one_baseline_swapped": lambda d=diff: [
+            (d - clean) / (clean - corrupted),
+            (d - corrupted) / (corrupted - clean),
+        ],
+        "wrong_sign": lambda d=diff: normalise(-d),
+        "probabilities_not_logits": lambda lg=logits, p=positions: normalise(
+            logits_to_ave_logit_diff(lg.softmax(-1), answers, positions=p)
+        ),
+        "not_divided": lambda d=diff: d - corrupted,
+        "first_prompt_answers": lambda f=final: normalise(
+            (f[:, answers[0, 0]] - f[:, answers[0, 1]]).mean()
+        ),
+    }
+    if positions is None:
+        mistakes["first_position_for_none"] = lambda lg=logits: normalise(
+            logits_to_ave_logit_diff(lg, answers, positions=torch.zeros_like(end))
+        )
+    else:
+        mistakes["ignored_positions"] = lambda lg=logits: normalise(
+            logits_to_ave_logit_diff(lg, answers)
+        )
+        last = logits.shape[1] - 1
+        mistakes["position_off_by_one"] = lambda lg=logits, p=positions, last=last: [
+            normalise(logits_to_ave_logit_diff(lg, answers, positions=q))
+            for q in ((p - 1).clamp(0, last), (p + 1).clamp(0, last))
+        ]
+    expected = make_ioi_metric(clean, corrupted, answers, positions)(logits)
+    ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
+
+
+def _check_metric_gradient(ex: Exercise, fn: Callable, b, logits: Tensor) -> None:
+    """Fail ``not_differentiable`` unless the metric is a tensor with a gradient to ``logits``."""
+    clean, corrupted = b.clean_logit_diff, b.corrupted_logit_diff
+    given = logits.clone().requires_grad_(True)
+    call = (
+        f"ioi_metric(halfway_logits.requires_grad_(), answer_tokens, corrupted_logit_diff="
+        f"{corrupted:.3f}, clean_logit_diff={clean:.3f}, positions=end)  then "
+        f"torch.autograd.grad(result, halfway_logits)  [{b.describe()}]"
+    )
+    with torch.enable_grad():
+        got = ex.call(
+            fn, given, b.answer_tokens.clone(), corrupted, clean, b.end.clone(), call=call
+        )
+        grad = None
+        if isinstance(got, Tensor) and got.requires_grad:
+            (grad,) = torch.autograd.grad(got.sum(), given, allow_unused=True)
+    if grad is None or not bool(grad.abs().sum() > 0):
+        ex.fail(
+            "not_differentiable",
+            call=call,
+            expected="a 0-d tensor with a gradient with respect to the logits",
+            got=describe(got) + (", requires_grad=False" if isinstance(got, Tensor) else ""),
+            explanation=ex.diagnoses["not_differentiable"],
+            hint=ex.hint,
+        )
 
 
 # ---- hook functions ---------------------------------------------------------------------------
@@ -832,6 +887,9 @@ ATTRIBUTION = exercise(
         "(clean - corrupted) * grad over the batch",
         "clean_baseline": "you added the clean run's metric; the estimate is a step away from "
         "the corrupted run, so add the corrupted run's metric",
+        "absolute_change": "you took the absolute value of each head's estimated change: a "
+        "head whose patch would lower the metric must show a value below the corrupted run's. "
+        "Keep the sign of (clean - corrupted) * grad",
     },
 )
 
@@ -857,33 +915,42 @@ def test_attribution_patch_attn_head_out_all_pos(
 ) -> None:
     """Check ``attribution_patch_attn_head_out_all_pos(model, clean_tokens, corrupted_tokens, patching_metric)``."""
     ex, b = ATTRIBUTION, _patching_batch()
-    call = (
-        "attribution_patch_attn_head_out_all_pos(model, clean_tokens, corrupted_tokens, "
-        f"patching_metric)  where the metric is the mean logit difference at end  [{b.describe()}]"
+    # Also the other way round (the ABC prompts patched into the IOI run), where some heads'
+    # estimated changes are negative.
+    directions = (
+        ("clean_tokens, corrupted_tokens", b.ds.toks, b.abc.toks, b.corrupted_logit_diff),
+        ("corrupted_tokens, clean_tokens", b.abc.toks, b.ds.toks, b.clean_logit_diff),
     )
-    got = ex.call(
-        attribution_patch_attn_head_out_all_pos_fn,
-        b.model,
-        b.ds.toks.clone(),
-        b.abc.toks.clone(),
-        _raw_metric(b),
-        call=call,
-        model=b.model,
-    )
-    grid = patching.sweep(b.model, "z", b.ds.toks.shape[1])
-    expected = patching.attribution_patching(
-        b.model, b.ds.toks, b.abc.toks, _raw_metric(b), grid, mode="denoise"
-    ).effect.cpu()
-    corrupted_value = b.corrupted_logit_diff
-    mistakes = {
-        "change_not_value": lambda: expected - corrupted_value,
-        "wrong_delta_sign": lambda: 2 * corrupted_value - expected,
-        # gradient of the clean run, stepping from corrupted to clean values
-        "gradient_in_clean_run": lambda: (
-            corrupted_value - _attribution_change(b, b.ds.toks, b.corrupted_cache)
-        ),
-        "mean_not_sum": lambda: corrupted_value + (expected - corrupted_value) / b.ds.N,
-        "clean_baseline": lambda: expected - corrupted_value + b.clean_logit_diff,
-    }
-    ex.expect_tensor(got, expected, call=call, mistakes=mistakes, atol=1e-3)
+    for i, (shown, clean_toks, corrupted_toks, corrupted_value) in enumerate(directions):
+        call = (
+            f"attribution_patch_attn_head_out_all_pos(model, {shown}, patching_metric)  where "
+            f"the metric is the mean logit difference at end  [{b.describe()}]"
+        )
+        got = ex.call(
+            attribution_patch_attn_head_out_all_pos_fn,
+            b.model,
+            clean_toks.clone(),
+            corrupted_toks.clone(),
+            _raw_metric(b),
+            call=call,
+            model=b.model,
+        )
+        grid = patching.sweep(b.model, "z", b.ds.toks.shape[1])
+        expected = patching.attribution_patching(
+            b.model, clean_toks, corrupted_toks, _raw_metric(b), grid, mode="denoise"
+        ).effect.cpu()
+        other_value = b.clean_logit_diff if i == 0 else b.corrupted_logit_diff
+        receiver, donor = (b.ds.toks, b.corrupted_cache) if i == 0 else (b.abc.toks, b.clean_cache)
+        mistakes = {
+            "change_not_value": lambda e=expected, c=corrupted_value: e - c,
+            "wrong_delta_sign": lambda e=expected, c=corrupted_value: 2 * c - e,
+            # gradient of the clean run, stepping from corrupted to clean values
+            "gradient_in_clean_run": lambda c=corrupted_value, r=receiver, d=donor: (
+                c - _attribution_change(b, r, d)
+            ),
+            "mean_not_sum": lambda e=expected, c=corrupted_value: c + (e - c) / b.ds.N,
+            "clean_baseline": lambda e=expected, c=corrupted_value, o=other_value: e - c + o,
+            "absolute_change": lambda e=expected, c=corrupted_value: c + (e - c).abs(),
+        }
+        ex.expect_tensor(got, expected, call=call, mistakes=mistakes, atol=1e-3)
     ex.passed()

@@ -19,7 +19,7 @@ from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
 from ioi import heads
-from ioi.checks.core import AnyOf, exercise, one_thread, without_last_layer
+from ioi.checks.core import AnyOf, describe, exercise, one_thread, without_last_layer
 from ioi.checks.fixtures import IOIBatch, ioi_batch
 from ioi.circuit import (
     Circuit,
@@ -57,6 +57,41 @@ OTHER_CIRCUIT = Circuit(
     positions={"late_mover": "end", "early_mover": "end", "s2_writer": "S2"},
     name="a second toy circuit used by the checkers",
 )
+
+OVERLAP_CIRCUIT = Circuit(
+    heads={
+        "s2_writer": ("0.3", "1.2", "0.1"),
+        "mover": ("2.2", "1.2", "2.1", "0.3"),
+        "previous_token": ("0.2", "0.0", "0.3"),
+    },
+    positions={"s2_writer": "S2", "mover": "end", "previous_token": "S1+1"},
+    name="a toy circuit whose heads 0.3 and 1.2 sit in several classes, listed unsorted",
+)
+"""A head may sit in several classes (kept at each of their positions); here two do, at
+different positions, and no class lists its heads in order, so an answer that keeps a head
+at one position only, or reads its class from the wrong end, differs."""
+
+
+def _one_position_per_head(circuit: Circuit) -> AnyOf:
+    """Keep maps that keep each head at one of its classes' positions only (first, or last)."""
+    first: dict = {}
+    last: dict = {}
+    for cls, members in circuit.heads.items():
+        for h in members:
+            first.setdefault(h, (circuit.positions[cls],))
+            last[h] = (circuit.positions[cls],)
+    return AnyOf([first, last])
+
+
+def _without_class(circuit: Circuit, name: str) -> dict:
+    """The keep map of the circuit's *other* classes: K's heads stay where another class keeps them."""
+    out: dict = {}
+    for cls, members in circuit.heads.items():
+        if cls != name:
+            for h in members:
+                if circuit.positions[cls] not in out.get(h, ()):
+                    out[h] = out.get(h, ()) + (circuit.positions[cls],)
+    return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -254,6 +289,9 @@ DETECTORS = exercise(
         "not_averaged": "you averaged over only one of the two axes (the prompts, or the "
         "destinations); a head's score is the mean over both: .mean((0, -1)) of [batch, head, "
         "dest], giving [layer, head]",
+        "unknown_kind_accepted": "an unknown kind returned scores instead of raising "
+        "ValueError: a typo in `kind` must not silently give another detector's scores; check "
+        "kind against the three valid ones first and raise ValueError listing them",
     },
     shared=("missed_last_layer",),
 )
@@ -392,6 +430,23 @@ def test_get_attn_scores(get_attn_scores_fn: Callable) -> None:
                     )
                 )
             ex.expect_tensor(got, every[kind], call=call, mistakes=mistakes, atol=1e-5)
+    call = "get_attn_scores(model, seq_len=8, batch=4, seed=3, kind='induction_head')  [toy model]"
+    # Any exception will do (a KeyError from a lookup table also stops the typo); the mistake
+    # is returning scores.
+    try:
+        got = get_attn_scores_fn(model, 8, 4, 3, "induction_head")
+    except Exception:  # noqa: BLE001
+        got = None
+    if got is not None:
+        ex.fail(
+            "unknown_kind_accepted",
+            call=call,
+            expected="ValueError (unknown kind)",
+            got=describe(got),
+            explanation=ex.diagnoses["unknown_kind_accepted"],
+            hint=ex.hint,
+        )
+    model.reset_hooks(including_permanent=False)
     ex.passed("two (seq_len, batch, seed) settings, three kinds")
 
 
@@ -414,6 +469,10 @@ ABLATION_HOOKS = exercise(
         "means the opposite: keep the head's output at every position",
         "template_not_row": "you indexed means.z by the template number itself; means.z has one "
         "row per template that occurs, so read its row as means.row_of[template]",
+        "kept_layers_only": "a layer where no head is kept got no hook, so its heads were "
+        "never ablated: every layer needs its hook (keep={} ablates every head of the model)",
+        "empty_kept_everywhere": "a head whose keep entry is () (no positions) kept its output "
+        "everywhere, as if it were None; () keeps it nowhere: only None means every position",
     },
     shared=("same_position_for_all_prompts", "zero_ablation", "global_mean_ablation"),
 )
@@ -454,6 +513,9 @@ def test_mean_ablation_hooks(mean_ablation_hooks_fn: Callable) -> None:
     keeps = (
         CHECK_CIRCUIT.without([(2, 0), (2, 3), (0, 2)]),
         {**OTHER_CIRCUIT.kept_positions(), (0, 0): None},
+        # Layers 0 and 1 keep no head (0.0's entry keeps it nowhere), and nothing at all.
+        {(0, 0): (), (2, 1): ("end",)},
+        {},
     )
     for keep in keeps:
         call = (
@@ -505,7 +567,17 @@ def test_mean_ablation_hooks(mean_ablation_hooks_fn: Callable) -> None:
             first.word_idx = {key: value[:1].expand_as(value) for key, value in ds.word_idx.items()}
             return run(mean_ablation_hooks(model, first, means, keep))
 
+        def kept_layers_only(keep=keep):
+            layers = {get_act_name("z", h[0]) for h in keep}
+            return run([h for h in mean_ablation_hooks(model, ds, means, keep) if h[0] in layers])
+
         mistakes = {
+            "kept_layers_only": kept_layers_only,
+            "empty_kept_everywhere": lambda keep=keep: (
+                with_keep({h: None if p == () else p for h, p in keep.items()})
+                if () in keep.values()
+                else None
+            ),
             "ignored_keep": lambda: with_keep({}),
             "kept_every_position": lambda keep=keep: with_keep({h: None for h in keep}),
             "same_position_for_all_prompts": same_positions,
@@ -548,6 +620,10 @@ FAITHFULNESS = exercise(
         "only at its class's position (circuit.kept_positions())",
         "complement_kept": "your F(C) keeps every head *except* the circuit's "
         "(ablation.all_heads_except is the keep map of M \\ K); F(C) keeps the circuit only",
+        "one_position_per_head": "a head that sits in several classes was kept at one of "
+        "their positions only (a keep map built class by class, each class overwriting the "
+        "entry): it is kept at *each* of its classes' positions, as circuit.kept_positions() "
+        "gives",
     },
     shared=("swapped_fields",),
 )
@@ -560,7 +636,7 @@ def test_faithfulness(faithfulness_fn: Callable) -> None:
     """Check ``faithfulness(ablation, circuit) -> Faithfulness(f_model, f_circuit)``."""
     ex, (b, ablation) = FAITHFULNESS, _ablation()
     f_m = float(ablation.logit_diff(None))
-    for circuit in (CHECK_CIRCUIT, OTHER_CIRCUIT):
+    for circuit in (CHECK_CIRCUIT, OTHER_CIRCUIT, OVERLAP_CIRCUIT):
         call = f"faithfulness(ablation, circuit)  [{circuit.name}; {b.describe()}]"
         got = ex.call(faithfulness_fn, ablation, circuit, call=call, model=b.model)
         ref = faithfulness(ablation, circuit)
@@ -577,6 +653,9 @@ def test_faithfulness(faithfulness_fn: Callable) -> None:
             ),
             "complement_kept": lambda c=circuit: with_circuit(
                 ablation.all_heads_except(c.all_heads())
+            ),
+            "one_position_per_head": lambda c=circuit: AnyOf(
+                with_circuit(keep) for keep in _one_position_per_head(c)
             ),
         }
         ex.expect_record(got, ref, FAITH_FIELDS, call=call, mistakes=mistakes, atol=1e-3)
@@ -629,6 +708,9 @@ COMPLETENESS = exercise(
         "(circuit.without(K))",
         "relative_to_circuit": "your relative score divides by F(C) or F(C \\ K); "
         "incompleteness is relative to the model, F(M)",
+        "k_kept_in_other_classes": "your F(C \\ K) keeps a head of K that also sits in "
+        "another class at that class's position (a keep map built from the other classes): "
+        "C \\ K removes K's heads from the circuit altogether, circuit.without(K)",
     },
     shared=("swapped_fields", "wrong_heads_recorded"),
 )
@@ -639,7 +721,7 @@ def test_completeness(completeness_fn: Callable) -> None:
     """Check ``completeness(ablation, circuit, modes=("class",))`` (the 'class' mode)."""
     ex, (b, ablation) = COMPLETENESS, _ablation()
     f_m = float(ablation.logit_diff(None))
-    for circuit in (CHECK_CIRCUIT, OTHER_CIRCUIT):
+    for circuit in (CHECK_CIRCUIT, OTHER_CIRCUIT, OVERLAP_CIRCUIT):
         call = (
             f"completeness(ablation, circuit, modes=('class',))  [{circuit.name}; {b.describe()}]"
         )
@@ -659,6 +741,9 @@ def test_completeness(completeness_fn: Callable) -> None:
             )
 
         mistakes = {
+            "k_kept_in_other_classes": lambda c=f_m_k, circuit=circuit: rows(
+                [float(ablation.logit_diff(_without_class(circuit, n))) for n in circuit.heads], c
+            ),
             "model_not_knocked_out": lambda a=f_c_k: rows(a, [f_m] * len(a)),
             "circuit_not_knocked_out": lambda c=f_m_k, fc=f_c: rows([fc] * len(c), c),
             "relative_to_circuit": lambda a=f_c_k, c=f_m_k, fc=f_c: AnyOf(
@@ -726,6 +811,12 @@ MINIMALITY = exercise(
         "knocked_out_of_model": "you knocked the heads out of the whole model "
         "(ablation.all_heads_except, as completeness does for F(M \\ K)); minimality knocks "
         "them out of the circuit: circuit.without([*K, v]) and circuit.without(K)",
+        "k_not_first_class": "for a head in several classes your K is not the rest of its "
+        "*first* class (you took the last class, or every class it sits in): K = [h for h in "
+        "circuit.heads[circuit.classes_of(v)[0]] if h != v]",
+        "v_kept_at_other_positions": "you knocked v out only at its class's position and kept "
+        "it where its other classes keep it: C \\ (K + v) removes v from the circuit "
+        "altogether, circuit.without([*K, v])",
     },
     shared=("swapped_fields", "wrong_heads_recorded"),
 )
@@ -738,7 +829,7 @@ def test_minimality(minimality_fn: Callable) -> None:
     f_m = float(ablation.logit_diff(None))
     # The smaller circuit comes first: CHECK_CIRCUIT holds every head of the toy, so there
     # its heads kept everywhere are the model, and F(C) taken that way is F(M).
-    for circuit in (OTHER_CIRCUIT, CHECK_CIRCUIT):
+    for circuit in (OTHER_CIRCUIT, CHECK_CIRCUIT, OVERLAP_CIRCUIT):
         call = f"minimality(ablation, circuit, mode='class')  [{circuit.name}; {b.describe()}]"
         ref = minimality(ablation, circuit, mode="class")
         f_c = float(ablation.logit_diff(circuit.kept_positions()))
@@ -768,7 +859,31 @@ def test_minimality(minimality_fn: Callable) -> None:
         def rest_of_class(v, circuit=circuit):
             return [h for h in circuit.heads[circuit.classes_of(v)[0]] if h != v]
 
+        def v_only_at_its_class(circuit=circuit, f_c=f_c):
+            """Minimality's rows with v dropped at its first class's position only."""
+            out = []
+            for v in circuit.all_heads():
+                k = rest_of_class(v)
+                keep = circuit.without(k)
+                own = circuit.positions[circuit.classes_of(v)[0]]
+                rest = tuple(p for p in keep[v] if p != own)
+                keep = {h: p for h, p in keep.items() if h != v} | ({v: rest} if rest else {})
+                a, c = float(ablation.logit_diff(keep)), fx(k)
+                out.append((str(v), a, c, abs(a - c), abs(a - c) / abs(f_c)))
+            return _scores(out)
+
         mistakes = {
+            "k_not_first_class": lambda c=circuit: AnyOf(
+                [
+                    rows(lambda v: [h for h in c.heads[c.classes_of(v)[-1]] if h != v]),
+                    rows(
+                        lambda v: sorted(
+                            {h for cls in c.classes_of(v) for h in c.heads[cls] if h != v}
+                        )
+                    ),
+                ]
+            ),
+            "v_kept_at_other_positions": v_only_at_its_class,
             "k_includes_v": lambda r=ref: _scores(
                 [(s.label, s.f_with, s.f_with, 0.0, 0.0) for s in r]
             ),

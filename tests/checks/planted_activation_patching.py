@@ -151,10 +151,30 @@ def metric_log_probs(logits, answer_tokens, corrupted_logit_diff, clean_logit_di
     return (d - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
 
 
-@correct("ioi_metric", "returns a python float")
+@wrong(
+    "ioi_metric",
+    "not_differentiable",
+    "returns a python float: right value, but attribution patching cannot take its gradient",
+)
 def metric_float(logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None):
     d = float(_diff(logits, answer_tokens, positions))
     return (d - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)
+
+
+@wrong("ioi_metric", "abs_denominator", "divides by abs(clean - corrupted), to be safe")
+def metric_abs_gap(logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None):
+    d = _diff(logits, answer_tokens, positions)
+    return (d - corrupted_logit_diff) / abs(clean_logit_diff - corrupted_logit_diff)
+
+
+@correct("ioi_metric", "one value per prompt rescaled, then averaged (the same, as it is linear)")
+def metric_rescale_each(
+    logits, answer_tokens, corrupted_logit_diff, clean_logit_diff, positions=None
+):
+    rows = torch.arange(logits.shape[0])
+    final = logits[:, -1] if positions is None else logits[rows, positions]
+    per = final[rows, answer_tokens[:, 0]] - final[rows, answer_tokens[:, 1]]
+    return ((per - corrupted_logit_diff) / (clean_logit_diff - corrupted_logit_diff)).mean()
 
 
 @correct("ioi_metric", "the library's logit difference, in float64")
@@ -754,6 +774,18 @@ variant(
     fn_name="attribution_clean_gradient",
     base="clean",
 )
+
+
+@wrong(
+    "attribution_patch_attn_head_out_all_pos",
+    "absolute_change",
+    "each head's estimated change made positive before the corrupted metric is added",
+)
+def attribution_abs_change(model, clean_tokens, corrupted_tokens, patching_metric):
+    with torch.no_grad():
+        base = patching_metric(model(corrupted_tokens))
+    change = _attribution(model, clean_tokens, corrupted_tokens, patching_metric, add_value=False)
+    return base + torch.abs(change)
 
 
 @correct(

@@ -250,6 +250,13 @@ variant(
 )
 
 
+@wrong("get_attn_scores", "unknown_kind_accepted")
+def detect_else_induction(model, seq_len, batch, seed, kind):
+    """An if/elif chain whose final else treats any other kind as induction."""
+    known = ("previous_token", "duplicate_token")
+    return _detector(model, seq_len, batch, seed, kind if kind in known else "induction")
+
+
 variant(
     "get_attn_scores",
     "diagonal_includes_first_copy",
@@ -450,6 +457,20 @@ def ablate_batch_mean(model, ds, means, keep):
     return [(name, wrap(fn)) for name, fn in masks]
 
 
+@wrong("mean_ablation_hooks", "kept_layers_only")
+def ablate_only_layers_in_keep(model, ds, means, keep):
+    """Loops over the layers that appear in keep, so a layer with no kept head gets no hook."""
+    hooks = dict(_ablation_hooks(model, ds, means, keep))
+    layers = sorted({layer for layer, _ in keep})
+    return [(get_act_name("z", layer), hooks[get_act_name("z", layer)]) for layer in layers]
+
+
+@wrong("mean_ablation_hooks", "empty_kept_everywhere")
+def ablate_empty_means_all(model, ds, means, keep):
+    """`if not keys:` keeps the head everywhere, which catches () as well as None."""
+    return _ablation_hooks(model, ds, means, {h: (p or None) for h, p in keep.items()})
+
+
 variant(
     "mean_ablation_hooks",
     "ignored_keep",
@@ -569,6 +590,17 @@ def faith_ratio(ablation, circuit):
     return float(ablation.logit_diff(circuit.kept_positions())) / float(ablation.logit_diff(None))
 
 
+@wrong("faithfulness", "one_position_per_head")
+def faith_first_class_position(ablation, circuit):
+    """Keep map built class by class; a head already in it keeps its first class's position only."""
+    keep = {}
+    for cls, heads in circuit.heads.items():
+        for head in heads:
+            if head not in keep:
+                keep[head] = (circuit.positions[cls],)
+    return Faithfulness(float(ablation.logit_diff(None)), float(ablation.logit_diff(keep)))
+
+
 @correct("faithfulness", "keep map built by hand from heads and positions")
 def faith_by_hand(ablation, circuit):
     keep = {}
@@ -659,6 +691,28 @@ def complete_by_hand(ablation, circuit, modes=("class",)):
     return out
 
 
+@wrong("completeness", "k_kept_in_other_classes")
+def complete_other_classes_circuit(ablation, circuit, modes=("class",)):
+    """C \\ K as the circuit of the other classes: K's heads stay where another class keeps them."""
+    from ioi.circuit import Circuit
+
+    f_m = float(ablation.logit_diff(None))
+    out = []
+    for name, members in circuit.heads.items():
+        rest = Circuit(
+            {c: hs for c, hs in circuit.heads.items() if c != name},
+            {c: p for c, p in circuit.positions.items() if c != name},
+        )
+        a = float(ablation.logit_diff(rest.kept_positions()))
+        b = float(ablation.logit_diff(ablation.all_heads_except(members)))
+        out.append(
+            KnockoutScore(
+                f"class {name}", tuple(sorted(members)), a, b, abs(a - b), abs(a - b) / abs(f_m)
+            )
+        )
+    return out
+
+
 def _minimal(ablation, circuit, *, how="right"):
     f_m = float(ablation.logit_diff(None))
     f_c = float(ablation.logit_diff(circuit.kept_positions()))
@@ -739,6 +793,42 @@ def minimal_from_model(ablation, circuit, mode="class"):
         k = [h for h in circuit.heads[circuit.classes_of(v)[0]] if h != v]
         f_with = float(ablation.logit_diff(ablation.all_heads_except([*k, v])))
         f_without = float(ablation.logit_diff(ablation.all_heads_except(k)))
+        gap = abs(f_with - f_without)
+        out.append(KnockoutScore(str(v), tuple(sorted(k)), f_with, f_without, gap, gap / f_c))
+    return out
+
+
+@wrong("minimality", "k_not_first_class")
+def minimal_k_of_each_class(ablation, circuit, mode="class"):
+    """Loops over v's classes to build K, so the last class's K is the one used."""
+    f_c = float(ablation.logit_diff(circuit.kept_positions()))
+    out = []
+    for v in circuit.all_heads():
+        for cls in circuit.classes_of(v):
+            k = [h for h in circuit.heads[cls] if h != v]
+        f_with = float(ablation.logit_diff(circuit.without([*k, v])))
+        f_without = float(ablation.logit_diff(circuit.without(k)))
+        gap = abs(f_with - f_without)
+        out.append(KnockoutScore(str(v), tuple(sorted(k)), f_with, f_without, gap, gap / f_c))
+    return out
+
+
+@wrong("minimality", "v_kept_at_other_positions")
+def minimal_v_out_at_own_position(ablation, circuit, mode="class"):
+    """Knocks v out at its class's position only; its other classes still keep it."""
+    f_c = float(ablation.logit_diff(circuit.kept_positions()))
+    out = []
+    for v in circuit.all_heads():
+        cls = circuit.classes_of(v)[0]
+        k = [h for h in circuit.heads[cls] if h != v]
+        without_k = circuit.without(k)
+        positions = list(without_k[v])
+        positions.remove(circuit.positions[cls])
+        with_v_out = {h: p for h, p in without_k.items() if h != v}
+        if positions:
+            with_v_out[v] = tuple(positions)
+        f_with = float(ablation.logit_diff(with_v_out))
+        f_without = float(ablation.logit_diff(without_k))
         gap = abs(f_with - f_without)
         out.append(KnockoutScore(str(v), tuple(sorted(k)), f_with, f_without, gap, gap / f_c))
     return out
