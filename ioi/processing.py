@@ -195,7 +195,11 @@ def _measure(model: HookedTransformer, ds: IOIDataset, abc: IOIDataset) -> dict[
     metric = make_ioi_metric(
         clean_ld, logits_to_ave_logit_diff(corrupted, answers, positions=end), answers, end
     )
-    every = patching.get_act_patch_attn_head_all_pos_every(model, abc.toks, cache, metric)
+    # denoise each head's q, k and v at all positions: the three sweeps share passes
+    grids = [patching.sweep(model, c, ds.toks.shape[1]) for c in ("q", "k", "v")]
+    qkv = patching.activation_patching(
+        model, ds.toks, abc.toks, metric, [site for grid in grids for site in grid.sites]
+    )
     z_norm = torch.stack(
         [cache["z", layer].norm(dim=-1).mean((0, 1)) for layer in range(model.cfg.n_layers)]
     )
@@ -205,7 +209,7 @@ def _measure(model: HookedTransformer, ds: IOIDataset, abc: IOIDataset) -> dict[
         "head_dla": attribute(results, directions),
         "head_dla_not_centred": attribute(results, directions, centre=False),
         "io_logit_dla": attribute(results, io_dirs),
-        "qkv_patching": every[1:4],
+        "qkv_patching": qkv.effect,  # one value per (component, layer, head)
         "z_norm": z_norm,
         "output_norm": results.norm(dim=-1).mean(-1),
     }

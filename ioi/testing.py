@@ -237,7 +237,6 @@ def random_gpt2_dir(
                 p.copy_(0.05 * torch.randn(p.shape, generator=gen))
     hf.save_pretrained(path)
     return path
-    return path
 
 
 def hub_cache_with_gpt2(cache: Path, model_dir: Path, repo: str = "gpt2") -> Path:
