@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import torch
 from torch import Tensor
+from transformer_lens import ActivationCache
 from transformer_lens.utilities import get_act_name
 
 from ioi.checks.core import AnyOf, exercise, one_thread
@@ -38,6 +39,12 @@ BACKUP = exercise(
         "direct_effects_summed": "your logit difference is the sum of the heads' direct "
         "attributions; measure it from the model's logits (it also contains the embeddings, "
         "the MLPs, the biases and every indirect effect)",
+        "none_at_raised": "at=None raised: with at=None the name movers are knocked out at "
+        "every position, which keep_masks spells as None for the head ({head: None}), not as "
+        "a position key inside a tuple ((None,))",
+        "stale_ln_scale": "dla_after divides by the final layer norm's scale of the run "
+        "*without* the knockout; the knockout changes the residual stream and so its scale: "
+        "attribute the knocked-out run with its own cache",
     },
     shared=("zero_ablation", "global_mean_ablation", "swapped_fields", "wrong_heads_recorded"),
 )
@@ -46,10 +53,17 @@ BACKUP_FIELDS = ("dla_before", "dla_after", "logit_diff_before", "logit_diff_aft
 
 
 def knockout_variant(
-    ablation, heads, at: str | None, *, values: str = "template", dla_at: str = "end"
+    ablation,
+    heads,
+    at: str | None,
+    *,
+    values: str = "template",
+    dla_at: str = "end",
+    stale_scale: bool = False,
 ) -> SimpleNamespace:
     """The experiment's four fields, with switches for the mistakes: ``values`` ``"zero"`` or
-    ``"global"`` (one mean over all templates), ``dla_at="last"`` (the last column)."""
+    ``"global"`` (one mean over all templates), ``dla_at="last"`` (the last column),
+    ``stale_scale`` (dla_after divided by the unablated run's layer-norm scale)."""
     model, ds, means = ablation.model, ablation.ds, ablation.means
     n_pos = ds.toks.shape[1]
     rows = torch.tensor([means.row_of[int(t)] for t in ds.template_idx])
@@ -72,14 +86,18 @@ def knockout_variant(
     names = [get_act_name("z", lay) for lay in range(model.cfg.n_layers)]
     names.append("ln_final.hook_scale")
 
-    def dla(hook_list):
+    def run(hook_list):
         with torch.no_grad(), model.hooks(fwd_hooks=hook_list):
-            _, cache = model.run_with_cache(ds.toks, names_filter=names)
-        return per_head_logit_diffs(model, cache, ds.answer_tokens, end).cpu()
+            return model.run_with_cache(ds.toks, names_filter=names)[1]
+
+    before, after = run([]), run(hooks)
+    if stale_scale:
+        scale = {"ln_final.hook_scale": before["ln_final.hook_scale"]}
+        after = ActivationCache({**after.cache_dict, **scale}, model)
 
     return SimpleNamespace(
-        dla_before=dla([]),
-        dla_after=dla(hooks),
+        dla_before=per_head_logit_diffs(model, before, ds.answer_tokens, end).cpu(),
+        dla_after=per_head_logit_diffs(model, after, ds.answer_tokens, end).cpu(),
         logit_diff_before=float(logit_diff_with_hooks(model, ds).mean()),
         logit_diff_after=float(logit_diff_with_hooks(model, ds, hooks).mean()),
     )
@@ -94,6 +112,7 @@ def test_backup_name_mover_experiment(backup_name_mover_experiment_fn: Callable)
         ([(2, 1), (1, 3)], "end"),
         ([(0, 1), (0, 3)], "S2"),
         ([(2, 0), (1, 2), (2, 0)], "end"),  # a head named twice is ablated (and counted) once
+        ([(1, 0), (2, 1)], None),  # at every position
     )
     for movers, at in cases:
         call = (
@@ -101,7 +120,13 @@ def test_backup_name_mover_experiment(backup_name_mover_experiment_fn: Callable)
             f"[{b.describe()}]"
         )
         raw = ex.call(
-            backup_name_mover_experiment_fn, ablation, movers, at, call=call, model=b.model
+            backup_name_mover_experiment_fn,
+            ablation,
+            movers,
+            at,
+            call=call,
+            model=b.model,
+            raised_as="none_at_raised" if at is None else None,
         )
         expected: BackupResult = backup_name_mover_experiment(ablation, movers, at)
         others = [m for m, _ in cases if m != movers]
@@ -129,6 +154,9 @@ def test_backup_name_mover_experiment(backup_name_mover_experiment_fn: Callable)
             ),
             "ignored_at": lambda m=movers, a=at: (
                 None if a == "end" else knockout_variant(ablation, m, "end")
+            ),
+            "stale_ln_scale": lambda m=movers, a=at: knockout_variant(
+                ablation, m, a, stale_scale=True
             ),
             "direct_effects_summed": lambda e=expected: AnyOf(
                 [

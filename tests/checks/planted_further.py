@@ -25,12 +25,14 @@ def _backup(
     swap=False,
     last_column=False,
     movers=None,
+    none_in_tuple=False,
+    stale_scale=False,
 ):
     model, ds, means = ablation.model, ablation.ds, ablation.means
     heads = tuple((int(a), int(b)) for a, b in (movers or name_movers))
     n_pos = ds.toks.shape[1]
     rows = torch.tensor([means.row_of[int(t)] for t in ds.template_idx])
-    where = None if (at is None or everywhere) else (at,)
+    where = None if ((at is None and not none_in_tuple) or everywhere) else (at,)
     masks = keep_masks(model, ds, {h: where for h in heads})
     hooks = []
     for layer, mask in enumerate(masks):
@@ -48,13 +50,20 @@ def _backup(
         torch.full_like(ds.word_idx["end"], n_pos - 1) if last_column else ds.word_idx["end"]
     )
 
-    def dla(hook_list):
+    def dla(hook_list, scale_of=None):
         with torch.no_grad(), model.hooks(fwd_hooks=hook_list):
             _, cache = model.run_with_cache(ds.toks)
+        if scale_of is not None:  # another run's final layer-norm scale
+            cache.cache_dict["ln_final.hook_scale"] = scale_of["ln_final.hook_scale"]
         return per_head_logit_diffs(model, cache, ds.answer_tokens, positions).cpu()
 
     before = dla([])
-    after = before.clone() if after_from_before else dla(hooks)
+    if stale_scale:
+        with torch.no_grad():
+            _, unablated = model.run_with_cache(ds.toks)
+        after = dla(hooks, scale_of=unablated)
+    else:
+        after = before.clone() if after_from_before else dla(hooks)
     ld_before = float(logit_diff_with_hooks(model, ds).mean())
     ld_after = float(logit_diff_with_hooks(model, ds, hooks).mean())
     if swap:
@@ -129,6 +138,32 @@ variant(
     "name_movers hard-coded to 1.0 and 1.1.",
     fn_name="backup_fixed_movers",
     movers=[(1, 0), (1, 1)],
+)
+
+
+def _backup_once(ablation, name_movers, at="end", **how):
+    """`_backup` of each name mover once."""
+    heads = list(dict.fromkeys((int(a), int(b)) for a, b in name_movers))
+    return _backup(ablation, heads, at, **how)
+
+
+variant(
+    "backup_name_mover_experiment",
+    "none_at_raised",
+    _backup_once,
+    "at=None passed on as a position key: {head: (None,)}.",
+    fn_name="backup_none_as_key",
+    none_in_tuple=True,
+)
+
+
+variant(
+    "backup_name_mover_experiment",
+    "stale_ln_scale",
+    _backup_once,
+    "dla_after uses the unablated run's final layer-norm scale.",
+    fn_name="backup_old_scale",
+    stale_scale=True,
 )
 
 
