@@ -209,6 +209,14 @@ PERMUTATION = exercise(
         "never shuffled. Compute each null value from labels[perm], the shuffled labels",
         "wrong_tail": "your p-value counts null <= observed; a large statistic is the extreme "
         "one here, so count null >= observed",
+        "observed_in_null": "null holds the observed statistic as well as the n_permutations "
+        "shuffled ones; the observed labelling enters only the p-value's + 1: return the "
+        "n_permutations shuffled statistics alone",
+        "f_statistic": "you computed an F statistic (between-group over within-group "
+        "variance); the statistic asked is the between-group sum of squares, sum over groups "
+        "of n_g * ||mean_g - overall mean||^2",
+        "group_means_flattened": "group_means is [group, layer * head]: the means are right, "
+        "but keep the importances' [layer, head] shape: [group, layer, head]",
     },
 )
 
@@ -216,7 +224,12 @@ PERM_FIELDS = ("statistic", "p_value", "group_means", "null", "n_permutations")
 
 
 def _stat(
-    values: Tensor, labels: Tensor, n_groups: int, weighted: bool = True, grand: str = "prompts"
+    values: Tensor,
+    labels: Tensor,
+    n_groups: int,
+    weighted: bool = True,
+    grand: str = "prompts",
+    f: bool = False,
 ) -> Tensor:
     flat = values.reshape(values.shape[0], -1)
     onehot = torch.nn.functional.one_hot(labels, n_groups).float()
@@ -224,7 +237,11 @@ def _stat(
     means = (onehot.T @ flat) / counts[:, None]
     weights = counts[:, None] if weighted else torch.ones_like(counts)[:, None]
     overall = flat.mean(0) if grand == "prompts" else means.mean(0)
-    return (weights * (means - overall) ** 2).sum()
+    between = (weights * (means - overall) ** 2).sum()
+    if not f:
+        return between
+    within = ((flat - means[labels]) ** 2).sum()
+    return (between / (n_groups - 1)) / (within / (len(labels) - n_groups))
 
 
 def permutation_variant(
@@ -240,12 +257,13 @@ def permutation_variant(
     strict: bool = False,
     grand: str = "prompts",
     recorded: int | None = None,
+    f: bool = False,
 ) -> SimpleNamespace:
-    """The permutation test with switches for the mistakes."""
+    """The permutation test with switches for the mistakes (``f``: the F statistic)."""
     if renumber:
         _, labels = labels.unique(return_inverse=True)
     n_groups = int(labels.max()) + 1
-    observed = _stat(importance, labels, n_groups, weighted, grand)
+    observed = _stat(importance, labels, n_groups, weighted, grand, f)
     gen = torch.Generator().manual_seed(seed)
     null = torch.stack(
         [
@@ -255,6 +273,7 @@ def permutation_variant(
                 n_groups,
                 weighted,
                 grand,
+                f,
             )
             for _ in range(n_perm)
         ]
@@ -337,6 +356,20 @@ def test_permutation_test(permutation_test_fn: Callable) -> None:
                 **{
                     **{f: getattr(e, f) for f in PERM_FIELDS},
                     "p_value": (1 + int((e.null <= e.statistic).sum())) / (1 + n),
+                }
+            ),
+            "observed_in_null": lambda e=expected: AnyOf(
+                SimpleNamespace(**{**{f: getattr(e, f) for f in PERM_FIELDS}, "null": null})
+                for null in (
+                    torch.cat([torch.tensor([e.statistic]), e.null]),
+                    torch.cat([e.null, torch.tensor([e.statistic])]),
+                )
+            ),
+            "f_statistic": lambda v=variant: v(f=True),
+            "group_means_flattened": lambda e=expected: SimpleNamespace(
+                **{
+                    **{f: getattr(e, f) for f in PERM_FIELDS},
+                    "group_means": e.group_means.reshape(e.group_means.shape[0], -1),
                 }
             ),
             "different_shuffles": other_shuffles,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import torch
 from transformer_lens.utilities import get_act_name
@@ -316,3 +318,48 @@ def perm_loop(importance, labels, n_permutations=1000, seed=0):
     means = torch.stack([importance[index == g].mean(0) for g in range(len(groups))])
     p = (1 + int((null >= observed).sum())) / (1 + n_permutations)
     return PermutationTest(float(observed), p, n_permutations, means, null)
+
+
+# ---- more permutation_test mistakes ------------------------------------------------------------
+
+
+@wrong("permutation_test", "observed_in_null")
+def perm_null_with_observed(importance, labels, n_permutations=1000, seed=0):
+    """Appends the observed statistic to the null."""
+    r = _perm(importance, labels, n_permutations, seed)
+    null = torch.cat([r.null, torch.tensor([r.statistic])])
+    return PermutationTest(r.statistic, r.p_value, r.n_permutations, r.group_means, null)
+
+
+@wrong("permutation_test", "group_means_flattened")
+def perm_flat_means(importance, labels, n_permutations=1000, seed=0):
+    """group_means left as [group, layer * head] (in a record of its own)."""
+    r = _perm(importance, labels, n_permutations, seed)
+    return SimpleNamespace(**{**vars(r), "group_means": r.group_means.flatten(1)})
+
+
+def _f_ratio(flat, labels, n_groups):
+    onehot = torch.nn.functional.one_hot(labels, n_groups).float()
+    means = (onehot.T @ flat) / onehot.sum(0)[:, None]
+    between = (onehot.sum(0)[:, None] * (means - flat.mean(0)) ** 2).sum() / (n_groups - 1)
+    within = ((flat - onehot @ means) ** 2).sum() / (len(labels) - n_groups)
+    return between / within
+
+
+@wrong("permutation_test", "f_statistic")
+def perm_anova_f(importance, labels, n_permutations=1000, seed=0):
+    """The ANOVA F ratio as the statistic."""
+    _, labels = labels.long().unique(return_inverse=True)
+    n_groups = int(labels.max()) + 1
+    flat = importance.reshape(importance.shape[0], -1)
+    observed = _f_ratio(flat, labels, n_groups)
+    gen = torch.Generator().manual_seed(seed)
+    null = torch.stack(
+        [
+            _f_ratio(flat, labels[torch.randperm(len(labels), generator=gen)], n_groups)
+            for _ in range(n_permutations)
+        ]
+    )
+    base = _perm(importance, labels, n_permutations, seed)
+    p = (1 + int((null >= observed).sum())) / (1 + n_permutations)
+    return PermutationTest(float(observed), p, n_permutations, base.group_means, null)
