@@ -24,6 +24,7 @@ from ioi.checks.core import (
     one_thread,
     reorderings,
     toy_sized,
+    without_last,
     without_last_layer,
 )
 from ioi.checks.fixtures import IOIBatch, fresh_cache, ioi_batch, other_model_batch
@@ -62,6 +63,43 @@ def _patch_call(name: str, b: IOIBatch) -> str:
         f"{name}(model, corrupted_tokens, clean_cache, patching_metric)  where the metric is "
         f"make_ioi_metric(...) at end  [{b.describe()}]"
     )
+
+
+def _copy_clean(act: Tensor, hook, where: tuple, cache) -> Tensor:
+    act[where] = cache[hook.name][where]
+    return act
+
+
+def _patch_runs(b: IOIBatch, runs: list[list[tuple[str, tuple]]]) -> Tensor:
+    """The metric of the corrupted run once per entry of ``runs``, each run patching its list
+    of (hook name, index) sites with the clean values (an empty list: no patch)."""
+    metric, out = _metric(b), []
+    with torch.inference_mode():
+        for sites in runs:
+            hooks = [
+                (n, functools.partial(_copy_clean, where=w, cache=b.clean_cache)) for n, w in sites
+            ]
+            out.append(float(metric(b.model.run_with_hooks(b.abc.toks, fwd_hooks=hooks))))
+    return torch.tensor(out)
+
+
+def _hooks_kept(b: IOIBatch, sites: list[tuple[str, tuple]], shape: tuple[int, ...]) -> Tensor:
+    """What a sweep gives whose hooks stay on the model from one run to the next (added with
+    model.add_hook, never reset): entry k patches sites 0..k, in the loop's order."""
+    return _patch_runs(b, [sites[: k + 1] for k in range(len(sites))]).reshape(shape)
+
+
+SWEEP_DIAGNOSES = {
+    "subtracted_baseline": "you subtracted the corrupted run's metric from every entry; store "
+    "patching_metric(patched logits) itself (with the normalised IOI metric the corrupted run "
+    "already gives 0, so the two agree only there)",
+}
+
+HOOKS_KEPT = {
+    "hooks_not_removed": "each run still had the hooks of the runs before it: entry k patches "
+    "every site up to k (hooks added with model.add_hook stay until model.reset_hooks()); run "
+    "model.run_with_hooks(tokens, fwd_hooks=[...]), which removes them after each run",
+}
 
 
 # ---- ioi_metric -------------------------------------------------------------------------------
@@ -263,6 +301,13 @@ HOOK_DIAGNOSES = {
     "ignored_hook_name": "you read the clean values of a fixed hook point; read "
     "clean_cache[hook.name], the hook point this hook is attached to (it is called for "
     "every layer)",
+    "inverted_patch": "everything except the slice you were asked to patch was patched: you "
+    "copied the corrupted slice into the clean activation and returned that. Start from the "
+    "corrupted activation the hook was given and copy the clean slice into it",
+    "added_not_replaced": "you added the clean values to the corrupted ones (+=); patching "
+    "replaces the slice's values by the clean ones (=)",
+    "mean_over_prompts": "you wrote the clean slice's mean over prompts into every prompt; "
+    "patching copies each prompt's own clean values (no .mean(0))",
 }
 
 
@@ -281,7 +326,8 @@ def _check_patch_hook(
     For each (hook name, index): call the hook on the corrupted activation with the clean
     cache (read only), expect ``patch(corrupted, clean, index)``, and name the mistakes of
     ``mistakes_of`` plus the shared ones: the index ignored (the right patch at another
-    index), the hook name ignored (the right patch from another hook point's clean values).
+    index), the hook name ignored (the right patch from another hook point's clean values),
+    the patch inverted, added instead of copied, or of the mean over prompts.
     """
     b = ioi_batch()
     for hook_name, index in cases:
@@ -309,6 +355,11 @@ def _check_patch_hook(
         ]
         mistakes = {
             **mistakes_of(corrupted, clean, index),
+            "inverted_patch": lambda c=corrupted, k=clean, i=index: patch(k, c, i),
+            "added_not_replaced": lambda c=corrupted, k=clean, i=index: patch(c, c + k, i),
+            "mean_over_prompts": lambda c=corrupted, k=clean, i=index: patch(
+                c, k.mean(0, keepdim=True).expand_as(k), i
+            ),
             f"ignored_{index_name}": lambda c=corrupted, k=clean, i=index, n=n_index: [
                 patch(c, k, j) for j in range(n) if j != i
             ],
@@ -444,13 +495,6 @@ def test_patch_head_vector(patch_head_vector_fn: Callable) -> None:
             "patched_one_position": lambda: [
                 _patched(act, clean, (slice(None), pos, head)) for pos in range(act.shape[1])
             ],
-            "inverted_patch": lambda: _patched(clean, act, (slice(None), slice(None), head)),
-            "added_not_replaced": lambda: _patched(
-                act, act + clean, (slice(None), slice(None), head)
-            ),
-            "mean_over_prompts": lambda: _patched(
-                act, clean.mean(0, keepdim=True).expand_as(clean), (slice(None), slice(None), head)
-            ),
             "zeroed_head": lambda: _patched(
                 act, torch.zeros_like(clean), (slice(None), slice(None), head)
             ),
@@ -479,6 +523,9 @@ PATTERN_HOOK = exercise(
         "pattern the head is the second axis: [:, head_index]",
         "patched_all_heads": "every head's pattern was replaced; patch only head `head_index`",
         "ignored_head_index": "you patched a fixed head, not the `head_index` you were given",
+        "transposed_pattern": "you copied the clean pattern transposed (.T or .transpose(-1, "
+        "-2)): a pattern is [batch, head, query_pos, key_pos] in both the cache and the hook, "
+        "so copy clean_cache[hook.name][:, head_index] as it is",
     },
     shared=("assignment_shapes_differ",),
 )
@@ -495,6 +542,7 @@ def test_patch_attn_patterns(patch_attn_patterns_fn: Callable) -> None:
         return {
             "indexed_wrong_axis": lambda: _patched(act, clean, (slice(None), slice(None), head)),
             "patched_all_heads": lambda: clean,
+            "transposed_pattern": lambda: patch(act, clean.transpose(-1, -2), head),
         }
 
     cases = [("blocks.2.attn.hook_pattern", 3), ("blocks.1.attn.hook_pattern", 0)]
@@ -524,6 +572,7 @@ def _check_sweep(
     library: Callable | None = None,
     toy_axes: dict[int, str] | None = None,
     other_mistakes: Callable[[Tensor], dict] | None = None,
+    raised_as: Callable[[Exception], str | None] | None = None,
 ) -> None:
     """The body every sweep's checker shares: run it on the patching batch and compare.
 
@@ -533,7 +582,9 @@ def _check_sweep(
     function of the same signature), the sweep runs again on a random model of other sizes
     (`other_model_batch`): ``toy_axes`` maps an axis of the result to the size it counts
     (``"layers"``, ``"heads"`` or ``"pos"``), so that sizes written as the toy's are named;
-    ``other_mistakes`` maps that run's expected result to more mistakes to name there.
+    ``other_mistakes`` maps that run's expected result to more mistakes to name there; an
+    exercise that declares ``subtracted_baseline`` gets it named there (where the corrupted
+    run's metric is not 0). ``raised_as`` names an exception's diagnosis (`Exercise.call`).
     """
     b = _patching_batch()
     call = _patch_call(name, b)
@@ -547,6 +598,7 @@ def _check_sweep(
         call=call,
         model=b.model,
         read_only={"clean_cache": given},
+        raised_as=raised_as,
     )
     if holder is not None:
         holder["got"] = got
@@ -570,20 +622,21 @@ def _check_sweep(
         call=call,
         model=other.model,
         read_only={"clean_cache": given},
+        raised_as=raised_as,
     )
     with torch.inference_mode():
         want = library(other.model, other.corrupted_tokens, other.clean_cache, metric).cpu()
         baseline = float(metric(other.model(other.corrupted_tokens)))
     toy = {"layers": b.model.cfg.n_layers, "heads": b.model.cfg.n_heads, "pos": b.abc.toks.shape[1]}
     sizes = {axis: toy[what] for axis, what in (toy_axes or {}).items()}
+    more = other_mistakes(want) if other_mistakes else {}
+    if "subtracted_baseline" in ex.diagnoses:
+        more["subtracted_baseline"] = lambda: want - baseline
     ex.expect_tensor(
         got,
         want,
         call=call,
-        mistakes={
-            "hard_coded_size": lambda: toy_sized(want, sizes),
-            **(other_mistakes(want) if other_mistakes else {}),
-        },
+        mistakes={"hard_coded_size": lambda: toy_sized(want, sizes), **more},
         atol=atol,
         unchanged=baseline,
     )
@@ -603,9 +656,21 @@ RESID_PRE = exercise(
         "patch 'resid_pre' of `layer`, the stream entering the block",
         "patched_all_positions": "every row is constant along pos: you patched all positions "
         "at once instead of one position per column",
+        **SWEEP_DIAGNOSES,
+        **HOOKS_KEPT,
     },
-    shared=("missed_last_layer", "hard_coded_size"),
+    shared=("missed_last_layer", "missed_last_position", "hard_coded_size"),
 )
+
+
+def _resid_sites(b: IOIBatch, point: str = "hook_resid_pre") -> list[tuple[str, tuple]]:
+    """Every (layer, pos) site of a residual sweep, in loop order (layer, then position)."""
+    n_pos = b.abc.toks.shape[1]
+    return [
+        (f"blocks.{layer}.{point}", (slice(None), pos))
+        for layer in range(b.model.cfg.n_layers)
+        for pos in range(n_pos)
+    ]
 
 
 @one_thread()
@@ -621,6 +686,7 @@ def test_get_act_patch_resid_pre(get_act_patch_resid_pre_fn: Callable) -> None:
         "missed_last_layer": lambda: without_last_layer(expected),
         "off_by_one_layer": lambda: _sweep_effect(b, "resid_post", positions="each"),
         "patched_all_positions": lambda: _sweep_effect(b, "resid_pre")[:, None].expand(-1, n_pos),
+        "hooks_not_removed": lambda: _hooks_kept(b, _resid_sites(b), tuple(expected.shape)),
     }
     _check_sweep(
         RESID_PRE,
@@ -630,6 +696,8 @@ def test_get_act_patch_resid_pre(get_act_patch_resid_pre_fn: Callable) -> None:
         mistakes,
         library=patching.get_act_patch_resid_pre,
         toy_axes={0: "layers", 1: "pos"},
+        # The toy batch's last column is padding: only the other model shows it missing.
+        other_mistakes=lambda want: {"missed_last_position": lambda: without_last(want, 1)},
     )
 
 
@@ -644,8 +712,10 @@ HEAD_OUT = exercise(
         "for each head",
         "patched_other_component": "these are the effects of patching another input of the "
         "heads (q, k or v); a head's output is its z (hook_z)",
+        **SWEEP_DIAGNOSES,
+        **HOOKS_KEPT,
     },
-    shared=("missed_last_layer", "hard_coded_size"),
+    shared=("missed_last_layer", "missed_last_head", "hard_coded_size"),
 )
 
 
@@ -666,6 +736,16 @@ def test_get_act_patch_attn_head_out_all_pos(
             -1, n_heads
         ),
         "patched_other_component": lambda: [_sweep_effect(b, c) for c in ("q", "k", "v")],
+        "missed_last_head": lambda: without_last(expected, 1),
+        "hooks_not_removed": lambda: _hooks_kept(
+            b,
+            [
+                (f"blocks.{layer}.attn.hook_z", (slice(None), slice(None), head))
+                for layer in range(b.model.cfg.n_layers)
+                for head in range(n_heads)
+            ],
+            tuple(expected.shape),
+        ),
     }
     _check_sweep(
         HEAD_OUT,
@@ -692,8 +772,16 @@ BY_POS = exercise(
         "patched_a_range": "column `pos` patches a range of positions (z[:, :pos + 1] or "
         "z[:, pos:]); a slice runs to the start or the end, while z[:, pos, head] is the one "
         "position",
+        "indexed_batch_axis": "column `pos` patches prompt number `pos` (z[pos, :, head]) "
+        "instead of position `pos` of every prompt; z is [batch, pos, head, d_head], so "
+        "index z[:, pos, head]",
+        "head_and_pos_swapped": "the hook indexes z[:, head, pos]: the position and head "
+        "indices are exchanged. z is [batch, pos, head, d_head]: z[:, pos, head]",
+        "patched_other_component": "these are the effects of patching another input of the "
+        "heads (q, k or v) at each position; a head's output is its z (hook_z)",
+        **SWEEP_DIAGNOSES,
     },
-    shared=("missed_last_layer", "hard_coded_size"),
+    shared=("missed_last_layer", "missed_last_position", "hard_coded_size"),
 )
 
 
@@ -724,6 +812,25 @@ def test_get_act_patch_attn_head_out_by_pos(
             )
             for span in (lambda p: range(p + 1), lambda p: range(p, n_pos))
         ],
+        "indexed_batch_axis": lambda: _patch_runs(
+            b,
+            [
+                [(f"blocks.{layer}.attn.hook_z", (pos, slice(None), head))] if pos < b.ds.N else []
+                for layer in range(n_layers)
+                for pos in range(n_pos)
+                for head in range(n_heads)
+            ],
+        ).reshape(expected.shape),
+        "head_and_pos_swapped": lambda: torch.cat(
+            [
+                expected[:, :n_heads].transpose(1, 2),
+                torch.zeros(n_layers, n_pos - n_heads, n_heads),
+            ],
+            1,
+        ),
+        "patched_other_component": lambda: [
+            _sweep_effect(b, c, positions="each") for c in ("q", "k", "v")
+        ],
     }
     _check_sweep(
         BY_POS,
@@ -733,6 +840,7 @@ def test_get_act_patch_attn_head_out_by_pos(
         mistakes,
         library=patching.get_act_patch_attn_head_out_by_pos,
         toy_axes={0: "layers", 1: "pos", 2: "heads"},
+        other_mistakes=lambda want: {"missed_last_position": lambda: without_last(want, 1)},
     )
 
 
@@ -756,19 +864,25 @@ BLOCK_EVERY = exercise(
         "pos] (stack the three [layer, pos] grids on a new first axis: torch.stack(rows))",
         "patched_all_positions": "every row is constant along pos: you patched all positions "
         "at once instead of one position per column",
-        "missed_last_position": "the last position is missing (or left at 0): a loop over "
-        "range(n_pos - 1) stops one position early; loop over range(corrupted_tokens.shape[1])",
+        "wrong_hook_point": "a row patches another hook point than its component's: the "
+        "attn_out row is get_act_name('attn_out', layer) (get_act_name('attn', layer) is the "
+        "attention *pattern*, [batch, head, query, key]) and the mlp_out row "
+        "get_act_name('mlp_out', layer), not resid_mid or resid_post",
+        "skipped_first_position": "position 0 is left at 0: every position is patched, the "
+        "first (BOS) one too; its clean and corrupted values differ wherever the two runs' "
+        "first tokens do",
+        **SWEEP_DIAGNOSES,
     },
-    shared=("missed_last_layer", "hard_coded_size"),
+    shared=("missed_last_layer", "missed_last_position", "hard_coded_size"),
 )
 
 BLOCK_ORDER = ("resid_pre", "attn_out", "mlp_out")
 
 
-def _last_zeroed(grid: Tensor) -> Tensor:
-    """``grid`` with its last position (last axis) left at 0."""
+def _first_zeroed(grid: Tensor) -> Tensor:
+    """``grid`` with its first position (last axis) left at 0."""
     out = grid.clone()
-    out[..., -1] = 0.0
+    out[..., 0] = 0.0
     return out
 
 
@@ -799,6 +913,14 @@ def test_get_act_patch_block_every(get_act_patch_block_every_fn: Callable) -> No
             torch.stack(rows)
             for rows in zip(*(without_last_layer(e) for e in expected), strict=True)
         ],
+        "wrong_hook_point": lambda: [
+            torch.cat(
+                [expected[:i], _sweep_effect(b, c, positions="each")[None], expected[i + 1 :]]
+            )
+            for i in (1, 2)
+            for c in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+            if c != BLOCK_ORDER[i]
+        ],
     }
     _check_sweep(
         BLOCK_EVERY,
@@ -811,8 +933,11 @@ def test_get_act_patch_block_every(get_act_patch_block_every_fn: Callable) -> No
         # The toy batch's last column is padding (no prediction reads it): only the other
         # model, whose first prompt ends there, shows a loop that stops one position early.
         other_mistakes=lambda want: {
-            "missed_last_position": lambda: [want[..., :-1], _last_zeroed(want)]
+            "missed_last_position": lambda: without_last(want, 2),
+            "skipped_first_position": lambda: _first_zeroed(want),
         },
+        # get_act_name("attn", layer) is the pattern: [:, pos] runs past its head axis.
+        raised_as=lambda err: "wrong_hook_point" if isinstance(err, IndexError) else None,
     )
 
 

@@ -24,7 +24,8 @@ Generic diagnoses, which any checker can give:
 Shared diagnoses, which an exercise opts into with ``exercise(..., shared=(...))`` because
 they name mistakes many exercises invite (`SHARED_DIAGNOSES`): ``swapped_fields``,
 ``sum_not_mean``, ``batch_by_batch_indexing``,
-``missed_last_layer``, ``same_position_for_all_prompts``, ``first_position_for_none``,
+``missed_last_layer``, ``missed_last_position``, ``missed_last_head``,
+``same_position_for_all_prompts``, ``first_position_for_none``,
 ``none_branch_raised``, ``assignment_shapes_differ``, ``wrong_heads_recorded``,
 ``hard_coded_size``, ``zero_ablation`` and ``global_mean_ablation``.
 """
@@ -83,6 +84,10 @@ SHARED_DIAGNOSES: dict[str, str] = {
     "same_position_for_all_prompts": "you used the first prompt's position for every prompt; "
     "prompts of different templates put their words at different positions, so read "
     "word_idx[key][i] for prompt i",
+    "missed_last_position": "the last position is missing (or left at 0): a loop over "
+    "range(n_pos - 1) stops one position early; loop over range(corrupted_tokens.shape[1])",
+    "missed_last_head": "the last head is missing (or left at 0): a loop over "
+    "range(n_heads - 1) stops one head early; range(model.cfg.n_heads) covers them all",
     "first_position_for_none": "with positions=None the predicting position is the *last* "
     "column ([:, -1]); you read the first one ([:, 0])",
     "assignment_shapes_differ": "an assignment `a[...] = b[...]` failed because the two sides "
@@ -542,9 +547,16 @@ def one_thread() -> Iterator[None]:
 
 def without_last_layer(expected: Tensor) -> list[Tensor]:
     """What a loop over range(n_layers - 1) gives: the last row cut, or left at 0 or NaN."""
+    return without_last(expected, 0)
+
+
+def without_last(expected: Tensor, axis: int) -> list[Tensor]:
+    """What a loop that stops one short on ``axis`` gives: the last entry cut, or left at 0 or
+    NaN."""
     zero, nan = expected.clone(), expected.clone()
-    zero[-1], nan[-1] = 0.0, float("nan")
-    return [expected[:-1], zero, nan]
+    zero.select(axis, -1).fill_(0.0)
+    nan.select(axis, -1).fill_(float("nan"))
+    return [expected.narrow(axis, 0, expected.shape[axis] - 1), zero, nan]
 
 
 def reorderings(expected: Tensor) -> list[Tensor]:

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import torch
 from torch import Tensor
+from transformer_lens import ActivationCache
 from transformer_lens.utilities import get_act_name
 
 from ioi.checks.core import AnyOf, exercise, one_thread
@@ -38,6 +39,12 @@ BACKUP = exercise(
         "direct_effects_summed": "your logit difference is the sum of the heads' direct "
         "attributions; measure it from the model's logits (it also contains the embeddings, "
         "the MLPs, the biases and every indirect effect)",
+        "none_at_raised": "at=None raised: with at=None the name movers are knocked out at "
+        "every position, which keep_masks spells as None for the head ({head: None}), not as "
+        "a position key inside a tuple ((None,))",
+        "stale_ln_scale": "dla_after divides by the final layer norm's scale of the run "
+        "*without* the knockout; the knockout changes the residual stream and so its scale: "
+        "attribute the knocked-out run with its own cache",
     },
     shared=("zero_ablation", "global_mean_ablation", "swapped_fields", "wrong_heads_recorded"),
 )
@@ -46,10 +53,17 @@ BACKUP_FIELDS = ("dla_before", "dla_after", "logit_diff_before", "logit_diff_aft
 
 
 def knockout_variant(
-    ablation, heads, at: str | None, *, values: str = "template", dla_at: str = "end"
+    ablation,
+    heads,
+    at: str | None,
+    *,
+    values: str = "template",
+    dla_at: str = "end",
+    stale_scale: bool = False,
 ) -> SimpleNamespace:
     """The experiment's four fields, with switches for the mistakes: ``values`` ``"zero"`` or
-    ``"global"`` (one mean over all templates), ``dla_at="last"`` (the last column)."""
+    ``"global"`` (one mean over all templates), ``dla_at="last"`` (the last column),
+    ``stale_scale`` (dla_after divided by the unablated run's layer-norm scale)."""
     model, ds, means = ablation.model, ablation.ds, ablation.means
     n_pos = ds.toks.shape[1]
     rows = torch.tensor([means.row_of[int(t)] for t in ds.template_idx])
@@ -72,14 +86,18 @@ def knockout_variant(
     names = [get_act_name("z", lay) for lay in range(model.cfg.n_layers)]
     names.append("ln_final.hook_scale")
 
-    def dla(hook_list):
+    def run(hook_list):
         with torch.no_grad(), model.hooks(fwd_hooks=hook_list):
-            _, cache = model.run_with_cache(ds.toks, names_filter=names)
-        return per_head_logit_diffs(model, cache, ds.answer_tokens, end).cpu()
+            return model.run_with_cache(ds.toks, names_filter=names)[1]
+
+    before, after = run([]), run(hooks)
+    if stale_scale:
+        scale = {"ln_final.hook_scale": before["ln_final.hook_scale"]}
+        after = ActivationCache({**after.cache_dict, **scale}, model)
 
     return SimpleNamespace(
-        dla_before=dla([]),
-        dla_after=dla(hooks),
+        dla_before=per_head_logit_diffs(model, before, ds.answer_tokens, end).cpu(),
+        dla_after=per_head_logit_diffs(model, after, ds.answer_tokens, end).cpu(),
         logit_diff_before=float(logit_diff_with_hooks(model, ds).mean()),
         logit_diff_after=float(logit_diff_with_hooks(model, ds, hooks).mean()),
     )
@@ -94,6 +112,7 @@ def test_backup_name_mover_experiment(backup_name_mover_experiment_fn: Callable)
         ([(2, 1), (1, 3)], "end"),
         ([(0, 1), (0, 3)], "S2"),
         ([(2, 0), (1, 2), (2, 0)], "end"),  # a head named twice is ablated (and counted) once
+        ([(1, 0), (2, 1)], None),  # at every position
     )
     for movers, at in cases:
         call = (
@@ -101,7 +120,13 @@ def test_backup_name_mover_experiment(backup_name_mover_experiment_fn: Callable)
             f"[{b.describe()}]"
         )
         raw = ex.call(
-            backup_name_mover_experiment_fn, ablation, movers, at, call=call, model=b.model
+            backup_name_mover_experiment_fn,
+            ablation,
+            movers,
+            at,
+            call=call,
+            model=b.model,
+            raised_as="none_at_raised" if at is None else None,
         )
         expected: BackupResult = backup_name_mover_experiment(ablation, movers, at)
         others = [m for m, _ in cases if m != movers]
@@ -129,6 +154,9 @@ def test_backup_name_mover_experiment(backup_name_mover_experiment_fn: Callable)
             ),
             "ignored_at": lambda m=movers, a=at: (
                 None if a == "end" else knockout_variant(ablation, m, "end")
+            ),
+            "stale_ln_scale": lambda m=movers, a=at: knockout_variant(
+                ablation, m, a, stale_scale=True
             ),
             "direct_effects_summed": lambda e=expected: AnyOf(
                 [
@@ -181,6 +209,14 @@ PERMUTATION = exercise(
         "never shuffled. Compute each null value from labels[perm], the shuffled labels",
         "wrong_tail": "your p-value counts null <= observed; a large statistic is the extreme "
         "one here, so count null >= observed",
+        "observed_in_null": "null holds the observed statistic as well as the n_permutations "
+        "shuffled ones; the observed labelling enters only the p-value's + 1: return the "
+        "n_permutations shuffled statistics alone",
+        "f_statistic": "you computed an F statistic (between-group over within-group "
+        "variance); the statistic asked is the between-group sum of squares, sum over groups "
+        "of n_g * ||mean_g - overall mean||^2",
+        "group_means_flattened": "group_means is [group, layer * head]: the means are right, "
+        "but keep the importances' [layer, head] shape: [group, layer, head]",
     },
 )
 
@@ -188,7 +224,12 @@ PERM_FIELDS = ("statistic", "p_value", "group_means", "null", "n_permutations")
 
 
 def _stat(
-    values: Tensor, labels: Tensor, n_groups: int, weighted: bool = True, grand: str = "prompts"
+    values: Tensor,
+    labels: Tensor,
+    n_groups: int,
+    weighted: bool = True,
+    grand: str = "prompts",
+    f: bool = False,
 ) -> Tensor:
     flat = values.reshape(values.shape[0], -1)
     onehot = torch.nn.functional.one_hot(labels, n_groups).float()
@@ -196,7 +237,11 @@ def _stat(
     means = (onehot.T @ flat) / counts[:, None]
     weights = counts[:, None] if weighted else torch.ones_like(counts)[:, None]
     overall = flat.mean(0) if grand == "prompts" else means.mean(0)
-    return (weights * (means - overall) ** 2).sum()
+    between = (weights * (means - overall) ** 2).sum()
+    if not f:
+        return between
+    within = ((flat - means[labels]) ** 2).sum()
+    return (between / (n_groups - 1)) / (within / (len(labels) - n_groups))
 
 
 def permutation_variant(
@@ -212,12 +257,13 @@ def permutation_variant(
     strict: bool = False,
     grand: str = "prompts",
     recorded: int | None = None,
+    f: bool = False,
 ) -> SimpleNamespace:
-    """The permutation test with switches for the mistakes."""
+    """The permutation test with switches for the mistakes (``f``: the F statistic)."""
     if renumber:
         _, labels = labels.unique(return_inverse=True)
     n_groups = int(labels.max()) + 1
-    observed = _stat(importance, labels, n_groups, weighted, grand)
+    observed = _stat(importance, labels, n_groups, weighted, grand, f)
     gen = torch.Generator().manual_seed(seed)
     null = torch.stack(
         [
@@ -227,6 +273,7 @@ def permutation_variant(
                 n_groups,
                 weighted,
                 grand,
+                f,
             )
             for _ in range(n_perm)
         ]
@@ -309,6 +356,20 @@ def test_permutation_test(permutation_test_fn: Callable) -> None:
                 **{
                     **{f: getattr(e, f) for f in PERM_FIELDS},
                     "p_value": (1 + int((e.null <= e.statistic).sum())) / (1 + n),
+                }
+            ),
+            "observed_in_null": lambda e=expected: AnyOf(
+                SimpleNamespace(**{**{f: getattr(e, f) for f in PERM_FIELDS}, "null": null})
+                for null in (
+                    torch.cat([torch.tensor([e.statistic]), e.null]),
+                    torch.cat([e.null, torch.tensor([e.statistic])]),
+                )
+            ),
+            "f_statistic": lambda v=variant: v(f=True),
+            "group_means_flattened": lambda e=expected: SimpleNamespace(
+                **{
+                    **{f: getattr(e, f) for f in PERM_FIELDS},
+                    "group_means": e.group_means.reshape(e.group_means.shape[0], -1),
                 }
             ),
             "different_shuffles": other_shuffles,

@@ -149,6 +149,12 @@ DIRECTIONS = exercise(
         "columns; transpose it (.T) so each prompt's direction is a row",
         "added_unembed_bias": "you added the unembedding bias b_U to the direction; b_U adds a "
         "constant to each logit and is no direction in the residual stream, so it stays out",
+        "halved": "the result is half the expected one: (IO - S) / 2, or IO minus the mean of "
+        "the two answers' directions; the logit difference direction is W_U[:, IO] - "
+        "W_U[:, S] itself",
+        "indexed_batch_axis": "you indexed the first axis of the [batch, 2, d_model] answer "
+        "directions ([0] - [1]: prompts 0 and 1); the IO and S are the second axis: "
+        "dirs[:, 0] - dirs[:, 1]",
     },
 )
 
@@ -170,6 +176,11 @@ def test_logit_diff_directions(logit_diff_directions_fn: Callable) -> None:
         "added_unembed_bias": lambda: (
             expected + (model.b_U[answers[:, 0]] - model.b_U[answers[:, 1]])[:, None]
         ),
+        "halved": lambda: expected / 2,
+        "indexed_batch_axis": lambda: [
+            (both := model.tokens_to_residual_directions(answers))[0] - both[1],
+            model.W_U[:, answers[0]].T - model.W_U[:, answers[1]].T,
+        ],
     }
     ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
     ex.passed()
@@ -193,8 +204,14 @@ FINAL_LN = exercise(
         "centred_wrong_axis": "you subtracted a mean over another axis (the batch or the "
         "components); the layer norm centres each vector over d_model (mean(-1))",
         "position_off_by_one": "you took the scale one position away from `positions`",
+        "sqrt_of_scale": "you divided by the square root (or the square) of the scale; "
+        "cache['ln_final.hook_scale'] already is the standard deviation sqrt(var + eps): "
+        "divide by it as it is",
+        "recomputed_scale": "you recomputed the scale from the residual stream with .std(): "
+        "torch's std is the unbiased one (divides by d_model - 1) and leaves out eps, so it "
+        "is not the layer norm's scale. Divide by the cached cache['ln_final.hook_scale']",
     },
-    shared=("batch_by_batch_indexing", "same_position_for_all_prompts"),
+    shared=("batch_by_batch_indexing", "same_position_for_all_prompts", "first_position_for_none"),
 )
 
 
@@ -234,12 +251,20 @@ def test_apply_final_ln(apply_final_ln_fn: Callable) -> None:
                 for n in other_scales
             ]
 
+        scale = final_ln_scale(cache, positions)
+        final_resid = at_positions(
+            cache[f"blocks.{b.model.cfg.n_layers - 1}.hook_resid_post"], positions
+        )
         mistakes = {
             **ln_mistakes(stack, cache, positions, lambda normed: normed),
             "not_centred": lambda s=stack, p=positions: s / final_ln_scale(cache, p),
             "wrong_layer_norm_scale": other_scale,
+            "sqrt_of_scale": lambda c=centred, k=scale: [c / k.sqrt(), c / k**2],
+            "recomputed_scale": lambda c=centred, r=final_resid: [
+                c / r.std(-1, keepdim=True),
+                c / (r - r.mean(-1, keepdim=True)).norm(dim=-1, keepdim=True),
+            ],
         }
-        scale = final_ln_scale(cache, positions)
         mistakes["centred_wrong_axis"] = lambda s=stack, k=scale: [
             (s - s.mean(axis, keepdim=True)) / k for axis in range(s.ndim - 1)
         ]
@@ -255,6 +280,10 @@ def test_apply_final_ln(apply_final_ln_fn: Callable) -> None:
                 c / g.mean(0)[:, None],
             ]
             mistakes["same_position_for_all_prompts"] = lambda c=centred, g=grid: c / g[:, :1]
+        else:
+            mistakes["first_position_for_none"] = lambda c=centred: (
+                c / final_ln_scale(cache, torch.zeros_like(b.end))
+            )
         expected = heads.apply_final_ln(stack, cache, positions)
         ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
     ex.passed()
@@ -262,19 +291,32 @@ def test_apply_final_ln(apply_final_ln_fn: Callable) -> None:
 
 # ---- residual_stack_to_logit_diff -----------------------------------------------------------
 
+SCALE_AT_LAST = (
+    "you took the layer-norm scale at the last position of the padded batch, not at each "
+    "prompt's `positions` (pass `positions` on to apply_final_ln / residual_stack_to_logit_diff)"
+)
+NORMALISED_DIRECTIONS = (
+    "you scaled the directions to unit length (or divided by their norm); the logit "
+    "difference is the dot product with the directions as given"
+)
+
 STACK = exercise(
     "residual_stack_to_logit_diff",
     hint="apply_final_ln(residual_stack, cache, positions), dot with the directions over "
     "d_model (einops.einsum), and average over the batch.",
     diagnoses={
         **LN_DIAGNOSES,
-        "scale_at_last_position": "you took the layer-norm scale at the last position of the "
-        "padded batch, not at each prompt's `positions`",
+        "scale_at_last_position": SCALE_AT_LAST,
         "returned_per_prompt": "you returned one value per prompt; average over the batch",
-        "normalised_directions": "you scaled the directions to unit length; the logit "
-        "difference is the dot product with the directions as given",
+        "normalised_directions": NORMALISED_DIRECTIONS,
         "averaged_components": "you averaged over the components as well; return one value "
         "per component (average over the batch only)",
+        "all_pairs_of_prompts": "you dotted every prompt's vector with every prompt's "
+        "direction (a [batch, batch] product, `@ directions.T`) and averaged all the pairs; "
+        "pair each prompt with its own direction: einops.einsum(scaled, directions, '... "
+        "batch d, batch d -> ... batch'), then average over the batch",
+        "mean_over_wrong_axis": "you averaged over the first axis (the components) and kept "
+        "the prompts; average over the batch, the last axis of the per-prompt values",
     },
     shared=("sum_not_mean",),
 )
@@ -314,12 +356,19 @@ def test_residual_stack_to_logit_diff(residual_stack_to_logit_diff_fn: Callable)
             **ln_mistakes(stack, cache, positions, dot),
             "returned_per_prompt": wrong(reduce="none"),
             "sum_not_mean": wrong(reduce="sum"),
-            "normalised_directions": lambda s=stack, p=positions: to_logit_diff(
-                s, cache, dirs / dirs.norm(dim=-1, keepdim=True), p
-            ),
+            "normalised_directions": lambda s=stack, p=positions: [
+                to_logit_diff(s, cache, dirs / dirs.norm(dim=-1, keepdim=True), p),
+                to_logit_diff(s, cache, dirs, p) / dirs.norm(dim=-1).mean(),
+            ],
             "averaged_components": lambda s=stack, p=positions: to_logit_diff(
                 s, cache, dirs, p
             ).mean(),
+            "all_pairs_of_prompts": lambda s=stack, p=positions: (
+                final_ln_variant(s, cache, p) @ dirs.T
+            ).mean((-1, -2)),
+            "mean_over_wrong_axis": lambda s=stack, p=positions: to_logit_diff(
+                s, cache, dirs, p, reduce="none"
+            ).mean(0),
         }
         if positions is not None:
             mistakes["scale_at_last_position"] = wrong(p=None)
@@ -566,6 +615,13 @@ HEAD_RESULTS = exercise(
         "summed_heads": "you summed over heads (that is the attention layer's output, minus its "
         "bias); keep one vector per head",
         "added_b_O": B_O_DIAGNOSIS,
+        "wrong_layer_weights": "every layer's z was multiplied by one layer's W_O (say "
+        "model.W_O[0]); layer `layer`'s heads write through their own model.W_O[layer]",
+        "position_off_by_one": "you read z one position away from `positions` (positions + 1 "
+        "or - 1): `positions` already holds the position that predicts the answer",
+        "v_not_z": "you multiplied v (each position's value vectors, before the attention "
+        "pattern mixes them) by W_O; a head's output is its z (hook_z, the pattern-weighted "
+        "sum of the values) times W_O",
     },
     shared=(
         "missed_last_layer",
@@ -603,6 +659,14 @@ def test_head_results_at(head_results_at_fn: Callable) -> None:
         rows = torch.arange(cache["z", 0].shape[0])
         at = (lambda t: t[:, -1]) if positions is None else (lambda t, p=positions, r=rows: t[r, p])
         z = torch.stack([at(cache["z", layer]) for layer in range(model.cfg.n_layers)])
+        w_o = model.W_O.detach()
+
+        def through(zs, weights):
+            return einops.einsum(zs, weights, "l b h d, l h d m -> l h b m")
+
+        def z_at(p, name="z", c=cache, m=model, r=rows):
+            picked = (lambda t: t[:, -1]) if p is None else (lambda t: t[r, p])
+            return torch.stack([picked(c[name, layer]) for layer in range(m.cfg.n_layers)])
 
         def same_numbers_other_layout(expected=expected, got=got):
             shape = tuple(getattr(got, "shape", ()))
@@ -611,10 +675,21 @@ def test_head_results_at(head_results_at_fn: Callable) -> None:
         mistakes = {
             "z_not_output": lambda z=z: z.permute(0, 2, 1, 3),  # [layer, head, batch, d_head]
             "summed_heads": lambda e=expected: e.sum(1),
-            "added_b_O": lambda e=expected, m=model: e + m.b_O.detach()[:, None, None, :],
+            "added_b_O": lambda e=expected, m=model: [
+                e + m.b_O.detach()[:, None, None, :] / k for k in (1, m.cfg.n_heads)
+            ],
             "missed_last_layer": lambda e=expected: without_last_layer(e),
             "wrong_layout": same_numbers_other_layout,
+            "wrong_layer_weights": lambda z=z, w=w_o: [
+                through(z, w[k : k + 1].expand_as(w)) for k in range(w.shape[0])
+            ],
+            "v_not_z": lambda p=positions, w=w_o: through(z_at(p, "v"), w),
         }
+        if positions is not None:
+            n_pos = cache["z", 0].shape[1]
+            mistakes["position_off_by_one"] = lambda p=positions, w=w_o, n=n_pos: [
+                through(z_at((p + d).clamp(0, n - 1)), w) for d in (1, -1)
+            ]
         if positions is None:
             mistakes["first_position_for_none"] = lambda m=model, c=cache: heads.head_results_at(
                 m, c, torch.zeros(c["z", 0].shape[0], dtype=torch.long)
@@ -641,6 +716,12 @@ PER_HEAD = exercise(
         "ignored_positions": "you read the last position of the padded batch, not `positions`",
         "stack_at_last_position": RESID_DIAGNOSES["stack_at_last_position"],
         "added_b_O": B_O_DIAGNOSIS,
+        "scale_at_last_position": SCALE_AT_LAST,
+        "normalised_directions": NORMALISED_DIRECTIONS,
+        "wrong_sign": RESID_DIAGNOSES["wrong_sign"],
+        "layer_split_evenly": "every head of a layer got the same value, the layer's "
+        "attention output split evenly between its heads; attribute each head's own output "
+        "(head_results_at) instead",
     },
     shared=("missed_last_layer", "sum_not_mean", "first_position_for_none", "none_branch_raised"),
 )
@@ -689,6 +770,18 @@ def test_per_head_logit_diffs(per_head_logit_diffs_fn: Callable) -> None:
             ],
             "sum_not_mean": wrong(reduce="sum"),
             "missed_last_layer": lambda e=expected: without_last_layer(e),
+            "normalised_directions": lambda r=results, p=positions: [
+                to_logit_diff(r, cache, dirs / dirs.norm(dim=-1, keepdim=True), p),
+                to_logit_diff(r, cache, dirs, p) / dirs.norm(dim=-1).mean(),
+            ],
+            "wrong_sign": lambda e=expected: -e,
+            "layer_split_evenly": lambda r=results, p=positions, e=expected: [
+                to_logit_diff(r.sum(1) + model.b_O.detach()[:, None, :] * k, cache, dirs, p)[
+                    :, None
+                ].expand_as(e)
+                / model.cfg.n_heads
+                for k in (0, 1)
+            ],
         }
         if positions is None:
             mistakes["first_position_for_none"] = lambda first=first, results=results: [
@@ -703,6 +796,7 @@ def test_per_head_logit_diffs(per_head_logit_diffs_fn: Callable) -> None:
             mistakes["stack_at_last_position"] = lambda p=positions: to_logit_diff(
                 heads.head_results_at(model, cache, None), cache, dirs, p
             )
+            mistakes["scale_at_last_position"] = wrong(p=None)
         ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
     ex.passed("positions=end and None")
 

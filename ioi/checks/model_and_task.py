@@ -133,8 +133,14 @@ IO_PROB = exercise(
         "s_probability": "you returned the probability of the S token; the IO is answer_tokens[:, 0]",
         "no_softmax": "you returned the raw IO logit; a probability needs a softmax first",
         "log_probability": "you returned the log-probability (log_softmax); exponentiate, or use softmax",
-        "softmax_wrong_dim": "the probabilities were normalised over the batch (dim=0) or over "
-        "the whole tensor, not over each prompt's vocabulary (softmax(dim=-1))",
+        "softmax_wrong_dim": "the probabilities were normalised over the batch (dim=0), over "
+        "the positions (dim=1 of [batch, pos, d_vocab]) or over the whole tensor, not over "
+        "each prompt's vocabulary (softmax(dim=-1))",
+        "not_normalised": "exp() or sigmoid() of the IO logit alone is no probability over the "
+        "vocabulary: softmax divides exp(logit) by the sum of exp over all d_vocab tokens "
+        "(logits.softmax(dim=-1))",
+        "both_answers": "you returned the probabilities of both answers ([batch, 2]); the "
+        "exercise asks for the IO's only, column answer_tokens[:, 0]: [batch]",
         "softmax_over_answers": "you normalised over the two answers only (IO vs S); the "
         "probability the model gives the IO is a softmax over the whole vocabulary",
         "ignored_positions": "you read one fixed column for every prompt, not positions[i]",
@@ -168,16 +174,23 @@ def test_io_probability(io_probability_fn: Callable) -> None:
         )
         final = final_logits(b.clean_logits, positions)
         grid = final.softmax(-1)[:, answers[:, 0]]  # [batch, batch]
+        over_positions = final_logits(b.clean_logits.softmax(1), positions)
         reading = reading_mistakes(b.clean_logits, positions, lambda f: pick(f.softmax(-1)))
         mistakes = {
             "s_probability": lambda f=final: pick(f.softmax(-1), 1),
             "no_softmax": lambda f=final: pick(f),
             "log_probability": lambda f=final: pick(f.log_softmax(-1)),
             "batch_by_batch_indexing": lambda g=grid: [g, g.mean(0), g.mean(1)],
-            "softmax_wrong_dim": lambda f=final: [
+            "softmax_wrong_dim": lambda f=final, o=over_positions: [
                 pick(f.softmax(0)),
                 pick(f.exp() / f.exp().sum()),
                 pick(f.softmax(-1) / f.softmax(-1).sum()),
+                pick(o),
+            ],
+            "not_normalised": lambda f=final: [pick(f).exp(), pick(f).sigmoid()],
+            "both_answers": lambda f=final: [
+                f.softmax(-1).gather(1, answers),
+                f.softmax(-1).gather(1, answers).T,
             ],
             "kept_column_dim": lambda f=final: pick(f.softmax(-1))[:, None],
             "max_probability": lambda f=final: f.softmax(-1).max(-1).values,
@@ -210,6 +223,14 @@ PROMPT_SCORES = exercise(
         "the IO, the correct answer, and the difference is IO - S",
         "io_over_s_from_probability": "io_over_s reads the IO's probability against a "
         "threshold (io_prob > 0.5); it asks whether the IO's logit beats the S's (logit_diff > 0)",
+        "io_over_s_without_s": "io_over_s looks at the IO alone (its logit or probability "
+        "above 0); it asks whether the IO's logit beats the S's: logit_diff > 0",
+        "top1_of_s": "io_top1 says whether the *S* is the top token; it asks about the IO, "
+        "answer_tokens[:, 0] (ds.io_tokenIDs)",
+        "softmax_wrong_dim": "io_prob was normalised over the batch (softmax(dim=0)) or the "
+        "positions, not over each prompt's vocabulary (softmax(dim=-1) of the logits at end)",
+        "reduced_to_mean": "a score is one number (its mean over prompts); every score is "
+        "per prompt, a tensor of shape [N]",
         "top_k_not_top1": "io_top1 says whether the IO is among the model's top few tokens; "
         "it asks whether the IO *is* the top token (argmax over d_vocab equals the IO)",
     },
@@ -260,6 +281,9 @@ def _scores_at(logits: Tensor, ds: IOIDataset, positions: Tensor) -> SimpleNames
         io_top1=(final.argmax(-1) == ds.answer_tokens[:, 0]).float(),
         io_prob=probs.gather(1, ds.answer_tokens[:, :1])[:, 0],
         s_prob=probs.gather(1, ds.answer_tokens[:, 1:])[:, 0],
+        io_logit=picked[:, 0],
+        s_top1=(final.argmax(-1) == ds.answer_tokens[:, 1]).float(),
+        batch_prob=final.softmax(0).gather(1, ds.answer_tokens[:, :1])[:, 0],
     )
 
 
@@ -278,14 +302,16 @@ def test_prompt_scores(prompt_scores_fn: Callable) -> None:
     ex, b = PROMPT_SCORES, ioi_batch()
     cases = (
         ("ds", b.ds, b.clean_logits),
-        (
-            "decoy  (ds with each IO id replaced by the likeliest name absent from the prompt)",
-            _decoy(b.ds, b.clean_logits),
-            b.clean_logits,
-        ),
+        # runner_up before decoy: on the decoy prompts no IO logit is above 0 and no IO
+        # probability above 0.5, so io_over_s read either way looks the same there.
         (
             "runner_up  (ds with each IO id replaced by the model's second choice at end)",
             _runner_up(b.ds, b.clean_logits),
+            b.clean_logits,
+        ),
+        (
+            "decoy  (ds with each IO id replaced by the likeliest name absent from the prompt)",
+            _decoy(b.ds, b.clean_logits),
             b.clean_logits,
         ),
     )
@@ -333,8 +359,16 @@ def test_prompt_scores(prompt_scores_fn: Callable) -> None:
                     _with(r, logit_diff=-r.logit_diff, io_over_s=(r.logit_diff < 0).float()),
                 ]
             ),
-            "io_over_s_from_probability": lambda r=right: AnyOf(
-                [_with(r, io_over_s=(r.io_prob > t).float()) for t in (0.5, 0.0)]
+            "io_over_s_from_probability": lambda r=right: _with(
+                r, io_over_s=(r.io_prob > 0.5).float()
+            ),
+            "io_over_s_without_s": lambda r=right: AnyOf(
+                [_with(r, io_over_s=(v > 0).float()) for v in (r.io_logit, r.io_prob)]
+            ),
+            "top1_of_s": lambda r=right: _with(r, io_top1=r.s_top1),
+            "softmax_wrong_dim": lambda r=right: _with(r, io_prob=r.batch_prob),
+            "reduced_to_mean": lambda r=right: AnyOf(
+                [_with(r, **{k: getattr(r, k).mean()}) for k in SCORE_KEYS]
             ),
             "top_k_not_top1": lambda r=right, lg=logits, d=ds: AnyOf(
                 [_with(r, io_top1=_in_top(lg, d, k)) for k in (2, 3, 5)]

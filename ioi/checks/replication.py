@@ -19,7 +19,7 @@ from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
 from ioi import heads
-from ioi.checks.core import AnyOf, describe, exercise, one_thread, without_last_layer
+from ioi.checks.core import AnyOf, describe, exercise, matches, one_thread, without_last_layer
 from ioi.checks.fixtures import IOIBatch, ioi_batch
 from ioi.circuit import (
     Circuit,
@@ -141,6 +141,12 @@ COPYING = exercise(
         "count_not_fraction": "you returned how many names are copied; the score is the "
         "fraction of names (.float().mean(), not .sum())",
         "transposed": "the result is [head, layer]; return [layer, head]",
+        "skipped_unembed_bias": "you unembedded with W_U alone, leaving out the unembedding "
+        "bias b_U: the toy's b_U favours some tokens, and the top k of the logits must see "
+        "it. Use model.unembed (x @ W_U + b_U)",
+        "topk_among_names": "you took the top k among the name tokens only (the logits' "
+        "columns cut to the names); the question is whether the name is among the top k of "
+        "the whole vocabulary: topk over d_vocab",
     },
     shared=("missed_last_layer",),
 )
@@ -163,13 +169,17 @@ def copying_variant(
     keep_pos_axis: bool = False,
     any_name: bool = False,
     count: bool = False,
+    ln1: bool = True,
+    b_U: bool = True,
+    among_names: bool = False,
 ) -> Float[Tensor, "layer head"]:
     """The copying score of ``tokens`` with switches that reproduce common mistakes.
 
     ``b_O`` adds the layer's output bias to the head's output; ``keep_pos_axis`` leaves the
     logits [name, 1, d_vocab] (the top-k indices then compare with every name);
     ``any_name`` counts a name whose top k holds *any* name; ``count`` sums instead of
-    averaging over names.
+    averaging over names; ``ln1=False`` skips the head's layer norm only; ``b_U=False``
+    unembeds without the bias; ``among_names`` takes the top k among the name tokens only.
     """
     embed = model.embed(tokens[:, None])  # [name, 1, d_model]
     if position:
@@ -178,14 +188,19 @@ def copying_variant(
     resid = embed + model.blocks[0].apply_mlp(mlp_in) if mlp0 else embed
     scores = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
     for layer in range(model.cfg.n_layers):
-        normed = model.blocks[layer].ln1(resid) if layer_norms else resid
+        normed = model.blocks[layer].ln1(resid) if layer_norms and ln1 else resid
         for head in range(model.cfg.n_heads):
             out = normed @ model.W_V[layer, head] @ model.W_O[layer, head]
             if b_O:
                 out = out + model.b_O[layer]
             out = -out if negative and not bottom else out
-            logits = model.unembed(model.ln_final(out) if layer_norms and final_ln else out)
+            x = model.ln_final(out) if layer_norms and final_ln else out
+            logits = model.unembed(x) if b_U else x @ model.W_U
             logits = logits if keep_pos_axis else logits[:, 0]  # [name, d_vocab]
+            if among_names:  # top k of the names' columns, as token ids
+                logits = torch.full_like(logits, -torch.inf).index_copy(
+                    -1, tokens, logits[..., tokens]
+                )
             top = (-logits if bottom else logits).topk(k, dim=-1).indices
             hit = torch.isin(top, tokens) if any_name else top == tokens[:, None]
             hit = hit.any(-1).float()
@@ -225,8 +240,27 @@ def test_get_copying_scores(get_copying_scores_fn: Callable) -> None:
         def variant(t=tokens, kk=k, neg=negative, **how):
             return copying_variant(model, t, k=kk, negative=neg, **how)
 
+        # Within the tolerance below, but a score computed without b_U exactly is that mistake.
+        no_bias = variant(b_U=False)
+        tight = {"atol": 1e-6, "rtol": 0.0}
+        if (
+            isinstance(got, Tensor)
+            and matches(got.detach().float().cpu(), no_bias, **tight)
+            and not any(
+                matches(no_bias, right, **tight) for right in (expected, variant(ln1=False))
+            )
+        ):
+            ex.fail(
+                "skipped_unembed_bias",
+                call=call,
+                expected=describe(expected),
+                got=describe(got),
+                explanation=ex.diagnoses["skipped_unembed_bias"],
+                hint=ex.hint,
+            )
         mistakes = {
             "bottom_k_not_negated": lambda v=variant, neg=negative: v(bottom=True) if neg else None,
+            "topk_among_names": lambda v=variant: v(among_names=True),
             "skipped_mlp0": lambda v=variant: v(mlp0=False),
             "skipped_final_ln": lambda v=variant: v(final_ln=False),
             "skipped_layer_norms": lambda v=variant: v(layer_norms=False),
@@ -950,6 +984,16 @@ SCATTER = exercise(
         "the name's unembedding",
         "ignored_positions": "you read the head at the last column of the padded batch; read it "
         "at each prompt's word_idx['end']",
+        "swapped_dest_src": "you read the pattern as [..., key, query]: the attention from "
+        "the names to end, not from end to the names. A pattern is [batch, head, query "
+        "(dest), key (src)]: pattern[i, head, end[i], IO[i]]",
+        "s_attention_averaged": "attn_to_s is the mean of the attention to S1 and S2; the "
+        "attention the head pays the S is their sum",
+        "normalised_unembed": "you projected on unit-length unembeddings; the scatter uses the "
+        "raw dot product with W_U[:, name id], as the logits do",
+        "whole_layer_output": "you projected the whole attention layer's output (attn_out, "
+        "every head plus b_O); the scatter is about one head: z[i, end, head] @ W_O[layer, "
+        "head]",
     },
     shared=("swapped_fields", "same_position_for_all_prompts"),
 )
@@ -959,14 +1003,30 @@ SCATTER_FIELDS = ("attn_to_io", "attn_to_s", "proj_io", "proj_s")
 
 @torch.no_grad()
 def scatter_variant(
-    model, ds, layer: int, head: int, *, end=None, bias=False, ld=False, ln=False
+    model,
+    ds,
+    layer: int,
+    head: int,
+    *,
+    end=None,
+    bias=False,
+    ld=False,
+    ln=False,
+    swap=False,
+    unit=False,
+    layer_out=False,
 ) -> SimpleNamespace:
-    """The scatter's four fields, with switches for the mistakes."""
+    """The scatter's four fields, with switches for the mistakes (``swap``: the pattern read
+    [key, query]; ``unit``: unit-length unembeddings; ``layer_out``: attn_out, not the head)."""
     _, cache = model.run_with_cache(ds.toks)
     rows = torch.arange(ds.N)
     end = ds.word_idx["end"] if end is None else end
     pattern = cache["pattern", layer][:, head]
     out = cache["z", layer][rows, end, head] @ model.W_O[layer, head]
+    if layer_out:
+        out = cache["attn_out", layer][rows, end]
+    if swap:
+        pattern = pattern.transpose(-1, -2)
     if bias:
         out = out + model.b_O[layer]
     if ln == "module":
@@ -974,6 +1034,9 @@ def scatter_variant(
     elif ln:
         out = out / cache["ln_final.hook_scale"][rows, end]
     io_dir, s_dir = model.W_U[:, ds.io_tokenIDs].T, model.W_U[:, ds.s_tokenIDs].T
+    if unit:
+        io_dir = io_dir / io_dir.norm(dim=-1, keepdim=True)
+        s_dir = s_dir / s_dir.norm(dim=-1, keepdim=True)
     idx = ds.word_idx
     return SimpleNamespace(
         attn_to_io=pattern[rows, end, idx["IO"]],
@@ -1023,6 +1086,10 @@ def test_name_mover_scatter(name_mover_scatter_fn: Callable) -> None:
             "scaled_by_final_ln": lambda w=wrong: AnyOf([w(ln=True), w(ln="module")]),
             "same_position_for_all_prompts": lambda w=wrong: w(end=end[:1].expand_as(end)),
             "ignored_positions": lambda w=wrong, last=last: w(end=last),
+            "swapped_dest_src": lambda w=wrong: w(swap=True),
+            "s_attention_averaged": lambda r=right: _fields(r, attn_to_s=r.attn_to_s / 2),
+            "normalised_unembed": lambda w=wrong: w(unit=True),
+            "whole_layer_output": lambda w=wrong: w(layer_out=True),
         }
         ex.expect_record(got, expected, SCATTER_FIELDS, call=call, mistakes=mistakes, atol=1e-4)
         ex.expect_record(got, expected, ("layer", "head"), call=call)

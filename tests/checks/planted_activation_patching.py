@@ -1087,3 +1087,249 @@ def block_tl(model, corrupted_tokens, clean_cache, patching_metric):
 @correct("get_act_patch_block_every", "one resid_pre-style sweep per hook point, stacked")
 def block_stacked(model, corrupted_tokens, clean_cache, patching_metric):
     return _block(model, corrupted_tokens, clean_cache, patching_metric)
+
+
+# ---- more hook and sweep mistakes ------------------------------------------------------------
+
+
+@wrong("patch_residual_component", "inverted_patch")
+def resid_corrupted_into_clean(corrupted_residual_component, hook, pos, clean_cache):
+    """Starts from the clean activation and puts the corrupted position back."""
+    out = clean_cache[hook.name].clone()
+    out[:, pos] = corrupted_residual_component[:, pos]
+    return out
+
+
+@wrong("patch_residual_component", "added_not_replaced")
+def resid_plus_equals(corrupted_residual_component, hook, pos, clean_cache):
+    """+= instead of =."""
+    corrupted_residual_component[:, pos] += clean_cache[hook.name][:, pos]
+    return corrupted_residual_component
+
+
+@wrong("patch_residual_component", "mean_over_prompts")
+def resid_prompt_mean(corrupted_residual_component, hook, pos, clean_cache):
+    """The clean position averaged over the batch."""
+    corrupted_residual_component[:, pos] = clean_cache[hook.name][:, pos].mean(0, keepdim=True)
+    return corrupted_residual_component
+
+
+@wrong("patch_attn_patterns", "inverted_patch")
+def pattern_corrupted_into_clean(corrupted_head_vector, hook, head_index, clean_cache):
+    """Every other head's pattern comes from the clean run."""
+    out = clean_cache[hook.name].clone()
+    out[:, head_index] = corrupted_head_vector[:, head_index]
+    return out
+
+
+@wrong("patch_attn_patterns", "added_not_replaced")
+def pattern_summed(corrupted_head_vector, hook, head_index, clean_cache):
+    """Adds the clean pattern on top."""
+    corrupted_head_vector[:, head_index] = (
+        corrupted_head_vector[:, head_index] + clean_cache[hook.name][:, head_index]
+    )
+    return corrupted_head_vector
+
+
+@wrong("patch_attn_patterns", "mean_over_prompts")
+def pattern_batch_mean(corrupted_head_vector, hook, head_index, clean_cache):
+    """One mean pattern for every prompt."""
+    mean = clean_cache[hook.name][:, head_index].mean(dim=0)
+    corrupted_head_vector[:, head_index] = mean
+    return corrupted_head_vector
+
+
+@wrong("patch_attn_patterns", "transposed_pattern")
+def pattern_key_query(corrupted_head_vector, hook, head_index, clean_cache):
+    """Reads the clean pattern as [key, query]."""
+    corrupted_head_vector[:, head_index] = clean_cache[hook.name][:, head_index].mT
+    return corrupted_head_vector
+
+
+def _resid_sweep_short(model, corrupted_tokens, clean_cache, patching_metric):
+    """Positions up to the one before last."""
+    n_pos = corrupted_tokens.shape[1]
+    out = torch.zeros(model.cfg.n_layers, n_pos)
+    with torch.inference_mode():
+        for layer in range(model.cfg.n_layers):
+            for pos in range(n_pos - 1):
+                hook = partial(_resid_hook, pos=pos, cache=clean_cache)
+                name = f"blocks.{layer}.hook_resid_pre"
+                out[layer, pos] = patching_metric(
+                    model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)])
+                )
+    return out
+
+
+wrong("get_act_patch_resid_pre", "missed_last_position")(_resid_sweep_short)
+
+
+@wrong("get_act_patch_resid_pre", "subtracted_baseline")
+def resid_pre_relative(model, corrupted_tokens, clean_cache, patching_metric):
+    """Each entry minus the unpatched corrupted run's metric."""
+    grid = _resid_sweep(model, corrupted_tokens, clean_cache, patching_metric)
+    with torch.inference_mode():
+        return grid - patching_metric(model(corrupted_tokens))
+
+
+@wrong("get_act_patch_resid_pre", "hooks_not_removed")
+def resid_pre_add_hook(model, corrupted_tokens, clean_cache, patching_metric):
+    """model.add_hook in the loop, reset only at the end."""
+    out = torch.zeros(model.cfg.n_layers, corrupted_tokens.shape[1])
+    with torch.inference_mode():
+        for layer in range(model.cfg.n_layers):
+            for pos in range(corrupted_tokens.shape[1]):
+                model.add_hook(
+                    get_act_name("resid_pre", layer),
+                    partial(_resid_hook, pos=pos, cache=clean_cache),
+                )
+                out[layer, pos] = patching_metric(model(corrupted_tokens))
+    model.reset_hooks()
+    return out
+
+
+@wrong("get_act_patch_attn_head_out_all_pos", "missed_last_head")
+def head_out_heads_minus_one(model, corrupted_tokens, clean_cache, patching_metric):
+    """range(n_heads - 1)."""
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    with torch.inference_mode():
+        for layer in range(model.cfg.n_layers):
+            for head in range(model.cfg.n_heads - 1):
+                hook = partial(_head_hook, head=head, cache=clean_cache)
+                logits = model.run_with_hooks(
+                    corrupted_tokens, fwd_hooks=[(get_act_name("z", layer), hook)]
+                )
+                out[layer, head] = patching_metric(logits)
+    return out
+
+
+@wrong("get_act_patch_attn_head_out_all_pos", "subtracted_baseline")
+def head_out_relative(model, corrupted_tokens, clean_cache, patching_metric):
+    """The TransformerLens grid minus the corrupted run's metric."""
+    grid = tl_patching.get_act_patch_attn_head_out_all_pos(
+        model, corrupted_tokens, clean_cache, patching_metric
+    )
+    with torch.inference_mode():
+        return grid - patching_metric(model(corrupted_tokens))
+
+
+@wrong("get_act_patch_attn_head_out_all_pos", "hooks_not_removed")
+def head_out_add_hook(model, corrupted_tokens, clean_cache, patching_metric):
+    """Hooks added with model.add_hook pile up."""
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    with torch.inference_mode():
+        for layer in range(model.cfg.n_layers):
+            for head in range(model.cfg.n_heads):
+                hook = partial(_head_hook, head=head, cache=clean_cache)
+                model.add_hook(f"blocks.{layer}.attn.hook_z", hook)
+                out[layer, head] = patching_metric(model(corrupted_tokens))
+    model.reset_hooks()
+    return out
+
+
+def _by_pos_indexed(model, tokens, cache, metric, *, index):
+    """A [layer, pos, head] sweep whose hook patches z[index(pos, head)] where it exists."""
+    n_layers, n_pos, n_heads = model.cfg.n_layers, tokens.shape[1], model.cfg.n_heads
+    out = torch.zeros(n_layers, n_pos, n_heads)
+    for layer in range(n_layers):
+        for pos in range(n_pos):
+            for head in range(n_heads):
+                site = index(pos, head)
+
+                def hook(act, hook, where=site):
+                    try:
+                        act[where] = cache[hook.name][where]
+                    except IndexError:
+                        pass
+                    return act
+
+                with torch.no_grad():
+                    logits = model.run_with_hooks(
+                        tokens, fwd_hooks=[(get_act_name("z", layer), hook)]
+                    )
+                out[layer, pos, head] = metric(logits)
+    return out
+
+
+variant(
+    "get_act_patch_attn_head_out_by_pos",
+    "indexed_batch_axis",
+    _by_pos_indexed,
+    "z[pos, :, head], skipping positions past the batch.",
+    index=lambda pos, head: (pos, slice(None), head),
+)
+
+
+variant(
+    "get_act_patch_attn_head_out_by_pos",
+    "head_and_pos_swapped",
+    _by_pos_indexed,
+    "z[:, head, pos], skipping what does not exist.",
+    index=lambda pos, head: (slice(None), head, pos),
+)
+
+
+variant(
+    "get_act_patch_attn_head_out_by_pos",
+    "patched_other_component",
+    _by_pos,
+    "Patches the queries at each position.",
+    fn_name="by_pos_queries",
+    name="q",
+)
+
+
+@wrong("get_act_patch_attn_head_out_by_pos", "missed_last_position")
+def by_pos_positions_minus_one(model, corrupted_tokens, clean_cache, patching_metric):
+    """The TransformerLens grid with the last position never filled in."""
+    grid = tl_patching.get_act_patch_attn_head_out_by_pos(
+        model, corrupted_tokens[:, :], clean_cache, patching_metric
+    ).clone()
+    grid[:, -1] = 0.0
+    return grid
+
+
+@wrong("get_act_patch_attn_head_out_by_pos", "subtracted_baseline")
+def by_pos_relative(model, corrupted_tokens, clean_cache, patching_metric):
+    """Each entry relative to the corrupted run."""
+    grid = _by_pos(model, corrupted_tokens, clean_cache, patching_metric)
+    with torch.no_grad():
+        return grid - patching_metric(model(corrupted_tokens))
+
+
+variant(
+    "get_act_patch_block_every",
+    "wrong_hook_point",
+    _block,
+    "resid_mid for the attention row.",
+    fn_name="block_resid_mid_for_attention",
+    order=("resid_pre", "resid_mid", "mlp_out"),
+)
+
+
+variant(
+    "get_act_patch_block_every",
+    "wrong_hook_point",
+    _block,
+    "get_act_name('attn', layer) (the pattern) for the attention row.",
+    fn_name="block_attn_is_pattern",
+    order=("resid_pre", "attn", "mlp_out"),
+)
+
+
+@wrong("get_act_patch_block_every", "skipped_first_position")
+def block_without_bos(model, corrupted_tokens, clean_cache, patching_metric):
+    """Position 0 is never patched."""
+    grid = _block(model, corrupted_tokens, clean_cache, patching_metric)
+    grid[..., 0] = 0.0
+    return grid
+
+
+@wrong("get_act_patch_block_every", "subtracted_baseline")
+def block_relative(model, corrupted_tokens, clean_cache, patching_metric):
+    """The TransformerLens grid minus the corrupted run's metric."""
+    grid = tl_patching.get_act_patch_block_every(
+        model, corrupted_tokens, clean_cache, patching_metric
+    )
+    with torch.no_grad():
+        return grid - patching_metric(model(corrupted_tokens))

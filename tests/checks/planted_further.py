@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import torch
 from transformer_lens.utilities import get_act_name
@@ -25,12 +27,14 @@ def _backup(
     swap=False,
     last_column=False,
     movers=None,
+    none_in_tuple=False,
+    stale_scale=False,
 ):
     model, ds, means = ablation.model, ablation.ds, ablation.means
     heads = tuple((int(a), int(b)) for a, b in (movers or name_movers))
     n_pos = ds.toks.shape[1]
     rows = torch.tensor([means.row_of[int(t)] for t in ds.template_idx])
-    where = None if (at is None or everywhere) else (at,)
+    where = None if ((at is None and not none_in_tuple) or everywhere) else (at,)
     masks = keep_masks(model, ds, {h: where for h in heads})
     hooks = []
     for layer, mask in enumerate(masks):
@@ -48,13 +52,20 @@ def _backup(
         torch.full_like(ds.word_idx["end"], n_pos - 1) if last_column else ds.word_idx["end"]
     )
 
-    def dla(hook_list):
+    def dla(hook_list, scale_of=None):
         with torch.no_grad(), model.hooks(fwd_hooks=hook_list):
             _, cache = model.run_with_cache(ds.toks)
+        if scale_of is not None:  # another run's final layer-norm scale
+            cache.cache_dict["ln_final.hook_scale"] = scale_of["ln_final.hook_scale"]
         return per_head_logit_diffs(model, cache, ds.answer_tokens, positions).cpu()
 
     before = dla([])
-    after = before.clone() if after_from_before else dla(hooks)
+    if stale_scale:
+        with torch.no_grad():
+            _, unablated = model.run_with_cache(ds.toks)
+        after = dla(hooks, scale_of=unablated)
+    else:
+        after = before.clone() if after_from_before else dla(hooks)
     ld_before = float(logit_diff_with_hooks(model, ds).mean())
     ld_after = float(logit_diff_with_hooks(model, ds, hooks).mean())
     if swap:
@@ -129,6 +140,32 @@ variant(
     "name_movers hard-coded to 1.0 and 1.1.",
     fn_name="backup_fixed_movers",
     movers=[(1, 0), (1, 1)],
+)
+
+
+def _backup_once(ablation, name_movers, at="end", **how):
+    """`_backup` of each name mover once."""
+    heads = list(dict.fromkeys((int(a), int(b)) for a, b in name_movers))
+    return _backup(ablation, heads, at, **how)
+
+
+variant(
+    "backup_name_mover_experiment",
+    "none_at_raised",
+    _backup_once,
+    "at=None passed on as a position key: {head: (None,)}.",
+    fn_name="backup_none_as_key",
+    none_in_tuple=True,
+)
+
+
+variant(
+    "backup_name_mover_experiment",
+    "stale_ln_scale",
+    _backup_once,
+    "dla_after uses the unablated run's final layer-norm scale.",
+    fn_name="backup_old_scale",
+    stale_scale=True,
 )
 
 
@@ -281,3 +318,48 @@ def perm_loop(importance, labels, n_permutations=1000, seed=0):
     means = torch.stack([importance[index == g].mean(0) for g in range(len(groups))])
     p = (1 + int((null >= observed).sum())) / (1 + n_permutations)
     return PermutationTest(float(observed), p, n_permutations, means, null)
+
+
+# ---- more permutation_test mistakes ------------------------------------------------------------
+
+
+@wrong("permutation_test", "observed_in_null")
+def perm_null_with_observed(importance, labels, n_permutations=1000, seed=0):
+    """Appends the observed statistic to the null."""
+    r = _perm(importance, labels, n_permutations, seed)
+    null = torch.cat([r.null, torch.tensor([r.statistic])])
+    return PermutationTest(r.statistic, r.p_value, r.n_permutations, r.group_means, null)
+
+
+@wrong("permutation_test", "group_means_flattened")
+def perm_flat_means(importance, labels, n_permutations=1000, seed=0):
+    """group_means left as [group, layer * head] (in a record of its own)."""
+    r = _perm(importance, labels, n_permutations, seed)
+    return SimpleNamespace(**{**vars(r), "group_means": r.group_means.flatten(1)})
+
+
+def _f_ratio(flat, labels, n_groups):
+    onehot = torch.nn.functional.one_hot(labels, n_groups).float()
+    means = (onehot.T @ flat) / onehot.sum(0)[:, None]
+    between = (onehot.sum(0)[:, None] * (means - flat.mean(0)) ** 2).sum() / (n_groups - 1)
+    within = ((flat - onehot @ means) ** 2).sum() / (len(labels) - n_groups)
+    return between / within
+
+
+@wrong("permutation_test", "f_statistic")
+def perm_anova_f(importance, labels, n_permutations=1000, seed=0):
+    """The ANOVA F ratio as the statistic."""
+    _, labels = labels.long().unique(return_inverse=True)
+    n_groups = int(labels.max()) + 1
+    flat = importance.reshape(importance.shape[0], -1)
+    observed = _f_ratio(flat, labels, n_groups)
+    gen = torch.Generator().manual_seed(seed)
+    null = torch.stack(
+        [
+            _f_ratio(flat, labels[torch.randperm(len(labels), generator=gen)], n_groups)
+            for _ in range(n_permutations)
+        ]
+    )
+    base = _perm(importance, labels, n_permutations, seed)
+    p = (1 + int((null >= observed).sum())) / (1 + n_permutations)
+    return PermutationTest(float(observed), p, n_permutations, base.group_means, null)

@@ -846,3 +846,162 @@ def ln_scale_grid_mean(residual_stack, cache, positions=None):
     scale = cache["ln_final.hook_scale"]
     scale = scale[:, -1] if positions is None else scale[:, positions].mean(1)
     return (residual_stack - residual_stack.mean(-1, keepdim=True)) / scale
+
+
+# ---- more directions, layer-norm and attribution mistakes --------------------------------------
+
+
+@wrong("logit_diff_directions", "halved")
+def dirs_minus_answer_mean(model, answer_tokens):
+    """IO minus the mean of the two answers' directions."""
+    both = model.W_U[:, answer_tokens].permute(1, 2, 0)  # [batch, 2, d_model]
+    return both[:, 0] - both.mean(1)
+
+
+@wrong("logit_diff_directions", "indexed_batch_axis")
+def dirs_first_two_prompts(model, answer_tokens):
+    """[0] - [1] on the [batch, 2, d_model] directions: prompts, not answers."""
+    both = model.tokens_to_residual_directions(answer_tokens)
+    return both[0] - both[1]
+
+
+def _final_ln_with(residual_stack, cache, positions=None, *, scale_of=None, none_at=-1):
+    scale = cache["ln_final.hook_scale"]
+    rows = torch.arange(scale.shape[0])
+    scale = scale[:, none_at] if positions is None else scale[rows, positions]
+    if scale_of is not None:
+        scale = scale_of(scale, cache, positions)
+    return (residual_stack - residual_stack.mean(-1, keepdim=True)) / scale
+
+
+variant(
+    "apply_final_ln",
+    "first_position_for_none",
+    _final_ln_with,
+    "positions=None reads the scale at column 0.",
+    fn_name="final_ln_none_first",
+    none_at=0,
+)
+
+
+variant(
+    "apply_final_ln",
+    "sqrt_of_scale",
+    _final_ln_with,
+    "Divides by sqrt(scale), as if the cache held the variance.",
+    fn_name="final_ln_sqrt_scale",
+    scale_of=lambda scale, cache, positions: scale**0.5,
+)
+
+
+def _std_of_final_stream(scale, cache, positions):
+    resid = cache[f"blocks.{cache.model.cfg.n_layers - 1}.hook_resid_post"]
+    at = resid[:, -1] if positions is None else resid[torch.arange(resid.shape[0]), positions]
+    return at.std(dim=-1, keepdim=True)
+
+
+variant(
+    "apply_final_ln",
+    "recomputed_scale",
+    _final_ln_with,
+    "Recomputes the scale with torch.std of the final residual stream.",
+    fn_name="final_ln_torch_std",
+    scale_of=_std_of_final_stream,
+)
+
+
+@wrong("residual_stack_to_logit_diff", "all_pairs_of_prompts")
+def stack_dla_outer(residual_stack, cache, logit_diff_directions, positions=None):
+    """A matrix product with the directions: every prompt against every direction."""
+    normed = _final_ln_with(residual_stack, cache, positions)
+    return torch.matmul(normed, logit_diff_directions.T).mean(dim=(-2, -1))
+
+
+@wrong("residual_stack_to_logit_diff", "mean_over_wrong_axis")
+def stack_dla_mean_first(residual_stack, cache, logit_diff_directions, positions=None):
+    """Averages the per-prompt values over axis 0."""
+    per = _attribute(residual_stack, cache, logit_diff_directions, positions, reduce="none")
+    return per.mean(0)
+
+
+@wrong("residual_stack_to_logit_diff", "normalised_directions")
+def stack_dla_over_mean_norm(residual_stack, cache, logit_diff_directions, positions=None):
+    """Divides by the directions' mean norm afterwards."""
+    value = _attribute(residual_stack, cache, logit_diff_directions, positions)
+    return value / logit_diff_directions.norm(dim=-1).mean()
+
+
+def _results_through(model, cache, positions, *, weights_of=lambda layer: layer, name="z", shift=0):
+    out = []
+    for layer in range(model.cfg.n_layers):
+        act = cache[name, layer]
+        at = act[:, -1] if positions is None else act[_rows(act.shape[0]), positions + shift]
+        out.append(einops.einsum(at, model.W_O[weights_of(layer)], "b h d, h d m -> h b m"))
+    return torch.stack(out)
+
+
+variant(
+    "head_results_at",
+    "wrong_layer_weights",
+    _results_through,
+    "The last layer's W_O for every layer.",
+    fn_name="results_last_w_o",
+    weights_of=lambda layer: -1,
+)
+
+
+variant(
+    "head_results_at",
+    "position_off_by_one",
+    _results_through,
+    "z read at positions - 1.",
+    fn_name="results_position_before",
+    shift=-1,
+)
+
+
+variant(
+    "head_results_at",
+    "v_not_z",
+    _results_through,
+    "The values v, not z, through W_O.",
+    fn_name="results_of_values",
+    name="v",
+)
+
+
+@wrong("head_results_at", "added_b_O")
+def results_bias_shared(model, cache, positions):
+    """b_O split between the heads so that they sum to attn_out."""
+    return _results(model, cache, positions) + model.b_O[:, None, None] / model.cfg.n_heads
+
+
+@wrong("per_head_logit_diffs", "scale_at_last_position")
+def head_dla_scale_last(model, cache, answer_tokens, positions=None):
+    """Head outputs at positions, layer-norm scale at the last column."""
+    res = _results(model, cache, positions)
+    return _attribute(res, cache, _dirs(model, answer_tokens), None)
+
+
+@wrong("per_head_logit_diffs", "normalised_directions")
+def head_dla_unit_dirs(model, cache, answer_tokens, positions=None):
+    """Unit-length directions."""
+    d = _dirs(model, answer_tokens)
+    d = d / d.norm(dim=1, keepdim=True)
+    return _attribute(_results(model, cache, positions), cache, d, positions)
+
+
+@wrong("per_head_logit_diffs", "wrong_sign")
+def head_dla_s_minus_io(model, cache, answer_tokens, positions=None):
+    """S - IO directions."""
+    return _attribute(
+        _results(model, cache, positions), cache, -_dirs(model, answer_tokens), positions
+    )
+
+
+@wrong("per_head_logit_diffs", "layer_split_evenly")
+def head_dla_layer_share(model, cache, answer_tokens, positions=None):
+    """Each layer's attn_out attributed, then shared equally by its heads."""
+    attn = torch.stack([cache["attn_out", layer] for layer in range(model.cfg.n_layers)])
+    per_layer = _attribute(_at(attn, positions), cache, _dirs(model, answer_tokens), positions)
+    return per_layer[:, None].repeat(1, model.cfg.n_heads) / model.cfg.n_heads

@@ -301,3 +301,97 @@ def scores_bools(model, ds):
         "io_top1": final.argmax(-1) == io,
         "io_prob": probs[rows, io],
     }
+
+
+# ---- more io_probability and prompt_scores mistakes --------------------------------------------
+
+
+def _io_logit(logits, answer_tokens, positions):
+    return _final(logits, positions)[torch.arange(logits.shape[0]), answer_tokens[:, 0]]
+
+
+@wrong("io_probability", "not_normalised")
+def io_prob_exp(logits, answer_tokens, positions=None):
+    """exp of the IO logit, never divided by the sum."""
+    return torch.exp(_io_logit(logits, answer_tokens, positions))
+
+
+@wrong("io_probability", "not_normalised")
+def io_prob_sigmoid(logits, answer_tokens, positions=None):
+    """torch.sigmoid of the IO logit."""
+    return torch.sigmoid(_io_logit(logits, answer_tokens, positions))
+
+
+@wrong("io_probability", "softmax_wrong_dim")
+def io_prob_over_positions(logits, answer_tokens, positions=None):
+    """softmax(dim=1) of [batch, pos, d_vocab]: over positions."""
+    probs = _final(torch.softmax(logits, dim=1), positions)
+    return probs[torch.arange(probs.shape[0]), answer_tokens[:, 0]]
+
+
+@wrong("io_probability", "both_answers")
+def io_prob_both(logits, answer_tokens, positions=None):
+    """The probabilities of the IO and of the S, side by side."""
+    probs = _final(logits, positions).softmax(-1)
+    return torch.stack([probs[torch.arange(len(probs)), answer_tokens[:, i]] for i in (0, 1)], 1)
+
+
+def _scores_then(model, ds, change):
+    with torch.inference_mode():
+        final = _final(model(ds.toks), ds.word_idx["end"])
+    picked = final.gather(1, ds.answer_tokens)
+    diff = picked[:, 0] - picked[:, 1]
+    scores = {
+        "logit_diff": diff,
+        "io_over_s": (diff > 0).float(),
+        "io_top1": (final.argmax(-1) == ds.answer_tokens[:, 0]).float(),
+        "io_prob": final.softmax(-1).gather(1, ds.answer_tokens[:, :1])[:, 0],
+    }
+    change(scores, final, ds)
+    return scores
+
+
+variant(
+    "prompt_scores",
+    "io_over_s_without_s",
+    _scores_then,
+    "io_over_s is IO logit > 0.",
+    fn_name="scores_io_logit_positive",
+    change=lambda s, final, ds: s.update(
+        io_over_s=(final.gather(1, ds.answer_tokens[:, :1])[:, 0] > 0).float()
+    ),
+)
+
+
+variant(
+    "prompt_scores",
+    "top1_of_s",
+    _scores_then,
+    "io_top1 compares the argmax with the S token.",
+    fn_name="scores_top1_is_s",
+    change=lambda s, final, ds: s.update(
+        io_top1=(final.argmax(-1) == ds.answer_tokens[:, 1]).float()
+    ),
+)
+
+
+variant(
+    "prompt_scores",
+    "softmax_wrong_dim",
+    _scores_then,
+    "io_prob from a softmax over the batch.",
+    fn_name="scores_prob_over_batch",
+    change=lambda s, final, ds: s.update(
+        io_prob=final.softmax(0)[torch.arange(final.shape[0]), ds.answer_tokens[:, 0]]
+    ),
+)
+
+
+variant(
+    "prompt_scores",
+    "reduced_to_mean",
+    _scores_then,
+    "logit_diff averaged over the prompts.",
+    fn_name="scores_mean_logit_diff",
+    change=lambda s, final, ds: s.update(logit_diff=s["logit_diff"].mean()),
+)

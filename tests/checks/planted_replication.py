@@ -1070,3 +1070,120 @@ def keep_rebuilt(ablation, circuit, head, positions):
         )
         out[p] = float(ablation.logit_diff(moved.kept_positions()))
     return out
+
+
+# ---- more name_mover_scatter mistakes ----------------------------------------------------------
+
+
+def _scatter_read(
+    model, ds, layer, head, *, key_query=False, s_mean=False, unit=False, layer_out=False
+):
+    """A scatter whose reads can each go wrong."""
+    from ioi.heads import NameMoverScatter
+
+    with torch.no_grad():
+        _, cache = model.run_with_cache(ds.toks)
+    i, end, idx = torch.arange(ds.N), ds.word_idx["end"], ds.word_idx
+    pattern = cache["pattern", layer][:, head]
+
+    def attn(word):
+        return pattern[i, idx[word], end] if key_query else pattern[i, end, idx[word]]
+
+    to_s = attn("S1") + attn("S2")
+    if s_mean:
+        to_s = to_s / 2
+    if layer_out:
+        out = cache["attn_out", layer][i, end]
+    else:
+        out = torch.einsum("bd,dm->bm", cache["z", layer][i, end, head], model.W_O[layer, head])
+    io_u, s_u = model.W_U[:, ds.io_tokenIDs], model.W_U[:, ds.s_tokenIDs]
+    if unit:
+        io_u, s_u = io_u / io_u.norm(dim=0), s_u / s_u.norm(dim=0)
+    return NameMoverScatter(
+        layer, head, attn("IO"), to_s, (out * io_u.T).sum(-1), (out * s_u.T).sum(-1)
+    )
+
+
+variant(
+    "name_mover_scatter",
+    "swapped_dest_src",
+    _scatter_read,
+    "pattern[i, name, end]: from the names to end.",
+    fn_name="scatter_key_query",
+    key_query=True,
+)
+
+
+variant(
+    "name_mover_scatter",
+    "s_attention_averaged",
+    _scatter_read,
+    "Mean of the two S mentions.",
+    fn_name="scatter_s_mean",
+    s_mean=True,
+)
+
+
+variant(
+    "name_mover_scatter",
+    "normalised_unembed",
+    _scatter_read,
+    "Unit-length unembedding columns.",
+    fn_name="scatter_unit_unembed",
+    unit=True,
+)
+
+
+variant(
+    "name_mover_scatter",
+    "whole_layer_output",
+    _scatter_read,
+    "The layer's attn_out at end instead of the head's output.",
+    fn_name="scatter_attn_out",
+    layer_out=True,
+)
+
+
+# ---- more get_copying_scores mistakes ----------------------------------------------------------
+
+
+def _copying_logits(model, names=None, k=5, negative=False, *, bias=True, names_only=False):
+    """Copying scores from logits built by hand, the top k taken over a chosen set of columns."""
+    tokens = name_tokens(model, names) if isinstance(names, list) else names
+    tokens = name_tokens(model) if tokens is None else tokens
+    scores = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    with torch.no_grad():
+        embed = model.embed(tokens[:, None])
+        resid = embed + model.blocks[0].apply_mlp(model.blocks[0].ln2(embed))
+        for layer in range(model.cfg.n_layers):
+            x = model.blocks[layer].ln1(resid)
+            for head in range(model.cfg.n_heads):
+                out = x @ model.W_V[layer, head] @ model.W_O[layer, head]
+                y = model.ln_final(-out if negative else out)[:, 0]
+                logits = y @ model.W_U + (model.b_U if bias else 0.0)
+                if names_only:
+                    top = tokens[logits[:, tokens].topk(min(k, len(tokens)), dim=-1).indices]
+                else:
+                    top = logits.topk(k, dim=-1).indices
+                scores[layer, head] = (top == tokens[:, None]).any(-1).float().mean()
+    return scores
+
+
+variant(
+    "get_copying_scores",
+    "skipped_unembed_bias",
+    _copying_logits,
+    "Unembeds with y @ W_U, no b_U.",
+    fn_name="copying_no_b_U",
+    bias=False,
+)
+
+
+variant(
+    "get_copying_scores",
+    "topk_among_names",
+    _copying_logits,
+    "Ranks each name among the name tokens only.",
+    fn_name="copying_rank_among_names",
+    names_only=True,
+)
