@@ -121,7 +121,10 @@ def copies_that_fit(
     Args:
         cfg: the model's config (its widest activation sets the CPU bound).
         copy_bytes: rough peak memory of one copy in a pass.
-        copy_rows: token rows one copy runs through the model's layers.
+        copy_rows: token rows one copy runs through whole blocks (attention included); 0 for
+            copies that only go through MLPs (path patching to the logits), which the CPU bound
+            leaves alone: on 2 EPYC threads, GPT-2-wide MLP-only passes of 5 x 100 rows cost
+            58 CPU-s for 144 heads against 43 s for 12 x 100 rows.
         device: where the pass runs.
         memory_budget: bytes a pass may use (`check_memory_budget`); None: `default_memory_budget`.
         max_copies: the caller's own limit (>= 1), or None.
@@ -134,9 +137,9 @@ def copies_that_fit(
     capacity = max(1, budget // max(copy_bytes, 1))
     if max_copies is not None:
         capacity = min(capacity, max_copies)
-    elif device.type == "cpu":
+    elif device.type == "cpu" and copy_rows > 0:
         widest = max(cfg.d_mlp or 0, 4 * cfg.d_model)
-        capacity = min(capacity, max(1, CPU_PASS_ACTIVATION // (widest * max(copy_rows, 1))))
+        capacity = min(capacity, max(1, CPU_PASS_ACTIVATION // (widest * copy_rows)))
     return capacity
 
 

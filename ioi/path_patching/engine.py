@@ -191,7 +191,8 @@ def senders_per_pass(
     batch_size: int | None,
 ) -> int:
     """How many senders one pass stacks: `ioi.patching.plan.copies_that_fit` (the policy
-    activation patching uses), for one sender's rough bytes and token rows."""
+    activation patching uses), for one sender's rough bytes and the token rows it runs through
+    whole blocks (none to the logits: only MLPs, which the CPU cache bound leaves alone)."""
     cfg = model.cfg
     width = (cfg.d_mlp or 0) + 4 * cfg.d_model
     n_cols = cfg.d_vocab if readout.vocab_idx is None else len(readout.vocab_idx)
@@ -205,9 +206,7 @@ def senders_per_pass(
     run_rows = batch * n_pos if full_run else 0
     device = torch.device(cfg.device or "cpu")
     copy_bytes = itemsize * (per_row + per_run)
-    return copies_that_fit(
-        cfg, copy_bytes, max(n_rows, run_rows), device, memory_budget, batch_size
-    )
+    return copies_that_fit(cfg, copy_bytes, run_rows, device, memory_budget, batch_size)
 
 
 def _activations_and_readout(

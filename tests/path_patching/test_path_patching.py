@@ -215,6 +215,7 @@ def test_the_cpu_bound_is_activation_patchings():
     cpu, gib = torch.device("cpu"), 1024**3
     assert copies_that_fit(gpt2, 1, 100, cpu, 64 * gib, None) == 5  # 100 rows per sender
     assert copies_that_fit(gpt2, 1, 100, cpu, 64 * gib, 12) == 12  # batch_size replaces it
+    assert copies_that_fit(gpt2, 1, 0, cpu, 64 * gib, None) == 64 * gib  # MLP-only rows
     assert copies_that_fit(gpt2, 1, 100, torch.device("cuda"), 64 * gib, None) == 64 * gib
 
 
