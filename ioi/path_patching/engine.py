@@ -27,6 +27,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from ioi.inputs import check_metric_finite, check_token_pair
+from ioi.patching.plan import check_memory_budget, copies_that_fit
 from ioi.patching.readout import (
     Metric,
     MetricOnEntries,
@@ -57,8 +58,6 @@ from ioi.path_patching.nodes import (
 )
 from ioi.path_patching.receivers import receiver_value, run_with_receivers
 
-_MEMORY_BUDGET = 512 * 2**20  # bytes of intermediate activations per stacked pass
-
 
 @dataclass(frozen=True)
 class _Rows:
@@ -84,6 +83,7 @@ def _validate(
     new_toks: Tensor,
     orig_toks: Tensor,
     batch_size: int | None,
+    memory_budget: int | None,
 ) -> None:
     check_supported(model)
     if not senders:
@@ -107,18 +107,14 @@ def _validate(
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
         raise ValueError(f"batch_size must be None (automatic) or an int >= 1, got {batch_size!r}")
+    check_memory_budget(memory_budget)
 
 
-def _chunks(
-    senders: Sequence[Sender],
-    batch_size: int | None,
-    per_sender_bytes: int,
-) -> list[list[int]]:
-    """Indices of senders grouped by (kind, layer), split into stacked passes."""
+def _chunks(senders: Sequence[Sender], size: int) -> list[list[int]]:
+    """Indices of senders grouped by (kind, layer), split into stacked passes of ``size``."""
     groups: dict[tuple[str, int], list[int]] = {}
     for i, s in enumerate(senders):
         groups.setdefault((s.kind, s.layer), []).append(i)
-    size = batch_size or max(1, _MEMORY_BUDGET // max(per_sender_bytes, 1))
     return [idx[i : i + size] for idx in groups.values() for i in range(0, len(idx), size)]
 
 
@@ -186,20 +182,31 @@ def _patched_logits_via_receivers(
     return project_to_logits(model, at_readout, readout)
 
 
-def _bytes_per_sender(
-    model: HookedTransformer, rows: _Rows, readout: Readout, full_run: bool
+def senders_per_pass(
+    model: HookedTransformer,
+    rows: _Rows,
+    readout: Readout,
+    full_run: bool,
+    memory_budget: int | None,
+    batch_size: int | None,
 ) -> int:
-    """Rough bytes of intermediate activations one stacked sender costs (for chunking)."""
+    """How many senders one pass stacks: `ioi.patching.plan.copies_that_fit` (the policy
+    activation patching uses), for one sender's rough bytes and the token rows it runs through
+    whole blocks (none to the logits: only MLPs, which the CPU cache bound leaves alone)."""
     cfg = model.cfg
     width = (cfg.d_mlp or 0) + 4 * cfg.d_model
     n_cols = cfg.d_vocab if readout.vocab_idx is None else len(readout.vocab_idx)
     itemsize = torch.empty((), dtype=cfg.dtype).element_size()
-    per_row = max(len(rows.keep), readout.n_rows) * (width + n_cols)
+    n_rows = max(len(rows.keep), readout.n_rows)
+    per_row = n_rows * (width + n_cols)
     batch, n_pos = readout.shape[:2]
     # A clean run over the whole batch (to heads): activations plus scores and patterns.
     per_run = batch * n_pos * (width + 4 * cfg.n_heads * cfg.d_head + 2 * cfg.n_heads * n_pos)
     per_run = per_run if full_run else 0
-    return itemsize * (per_row + per_run)
+    run_rows = batch * n_pos if full_run else 0
+    device = torch.device(cfg.device or "cpu")
+    copy_bytes = itemsize * (per_row + per_run)
+    return copies_that_fit(cfg, copy_bytes, run_rows, device, memory_budget, batch_size)
 
 
 def _activations_and_readout(
@@ -256,6 +263,7 @@ def path_patch(
     receiver_positions: PositionSpec = None,
     readout: str | Readout = "auto",
     batch_size: int | None = None,
+    memory_budget: int | None = None,
 ) -> Float[Tensor, " sender *metric"]:
     """Path patching from each sender to the logits, or to the receivers' inputs.
 
@@ -284,23 +292,27 @@ def path_patch(
         readout: ``"auto"`` computes only the logits the metric reads (see
             `ioi.patching.readout`), ``"all"`` computes every logit; a `Readout` from
             `detect_readout` is reused as it is (for many calls with one metric).
-        batch_size: senders per stacked pass; None picks it from a memory budget.
+        batch_size: at most this many senders per stacked pass; None: as many as the memory
+            budget allows (on a CPU also a cache-sized pass, as in activation patching).
+        memory_budget: bytes a pass may use; None: half the free GPU memory, or a quarter of
+            free RAM up to 2 GiB (`ioi.patching.plan.default_memory_budget`, the policy
+            activation patching uses). Anything but None or an int > 0 raises.
 
     Returns:
         [sender, *metric_shape] metric values on the CPU, in the order of ``senders``.
     """
     new_toks = dataset_tokens(new_dataset, "new_dataset")
     orig_toks = dataset_tokens(orig_dataset, "orig_dataset")
-    _validate(model, senders, receivers, new_toks, orig_toks, batch_size)
+    _validate(model, senders, receivers, new_toks, orig_toks, batch_size, memory_budget)
     sender_pos = resolve_positions(sender_positions, orig_dataset, "sender_positions")
     receiver_pos = resolve_positions(receiver_positions, orig_dataset, "receiver_positions")
     orig, new, out, metric_view = _activations_and_readout(  # 1. and 2.
         model, patching_metric, senders, new_toks, orig_toks, new_cache, orig_cache, readout
     )
     rows = _rows_for(orig, out, receivers, sender_pos, receiver_pos)
-    per_sender = _bytes_per_sender(model, rows, out, receivers is not None)
+    size = senders_per_pass(model, rows, out, receivers is not None, memory_budget, batch_size)
     results: list[Tensor | None] = [None] * len(senders)
-    for chunk in _chunks(senders, batch_size, per_sender):
+    for chunk in _chunks(senders, size):
         group = [senders[i] for i in chunk]
         deltas = _sender_deltas(model, group, orig, new, rows)  # 3.
         if receivers is None:  # 4.
@@ -334,11 +346,14 @@ def get_path_patch_head_to_final_resid_post(
     sender_positions: PositionSpec = None,
     readout: str | Readout = "auto",
     batch_size: int | None = None,
+    memory_budget: int | None = None,
 ) -> Float[Tensor, "layer head"]:
     """Path patching from every head to the final residual stream (the head's direct path).
 
     Each head's output takes its new-run value (at ``sender_positions``); every other head is
     frozen at the original run and MLPs are recomputed; the metric reads the resulting logits.
+    ``batch_size`` and ``memory_budget`` (bytes; None: the default policy) size the stacked
+    passes as in `path_patch`.
 
     Returns:
         [layer, head] metric of the patched logits. With the normalised IOI metric (1 = orig,
@@ -360,6 +375,7 @@ def get_path_patch_head_to_final_resid_post(
         sender_positions=sender_positions,
         readout=readout,
         batch_size=batch_size,
+        memory_budget=memory_budget,
     )
     return _scalar_grid(values, (model.cfg.n_layers, model.cfg.n_heads))
 
@@ -375,11 +391,14 @@ def get_path_patch_mlp_to_final_resid_post(
     sender_positions: PositionSpec = None,
     readout: str | Readout = "auto",
     batch_size: int | None = None,
+    memory_budget: int | None = None,
 ) -> Float[Tensor, " layer"]:
     """Path patching from every MLP to the final residual stream: [layer] metric values.
 
     The MLP's output takes its new-run value; all heads are frozen at the original run and
     the MLPs after it are recomputed.
+    ``batch_size`` and ``memory_budget`` (bytes; None: the default policy) size the stacked
+    passes as in `path_patch`.
     """
     senders = all_mlp_senders(model)
     values = path_patch(
@@ -393,6 +412,7 @@ def get_path_patch_mlp_to_final_resid_post(
         sender_positions=sender_positions,
         readout=readout,
         batch_size=batch_size,
+        memory_budget=memory_budget,
     )
     return _scalar_grid(values, (model.cfg.n_layers,))
 
@@ -411,12 +431,15 @@ def get_path_patch_head_to_heads(
     receiver_positions: PositionSpec = None,
     readout: str | Readout = "auto",
     batch_size: int | None = None,
+    memory_budget: int | None = None,
 ) -> Float[Tensor, "layer head"]:
     """Path patching from every earlier head to the receivers' ``q``, ``k`` and/or ``v``.
 
     For each sender: its output takes the new-run value with all other heads frozen (MLPs
     recomputed); the receivers' inputs are recomputed from that residual stream and patched
     into a clean original run (at ``receiver_positions``); the metric reads its logits.
+    ``batch_size`` and ``memory_budget`` (bytes; None: the default policy) size the stacked
+    passes as in `path_patch`.
 
     Returns:
         [layer, head] metric values. Only senders in layers below the highest receiver layer
@@ -425,8 +448,9 @@ def get_path_patch_head_to_heads(
         NaN as blank; ``grid.nan_to_num()`` or ``grid[:top]`` if you need plain numbers.
 
     Raises:
-        ValueError: unknown receiver input, receiver out of range, no receivers, or a
-            positions key that is not in the dataset's word_idx.
+        ValueError: unknown receiver input, receiver out of range, no receivers, a
+            positions key that is not in the dataset's word_idx, or a memory_budget <= 0.
+        TypeError: a memory_budget that is not None or an int.
 
     Example:
         >>> grid = get_path_patch_head_to_heads([(9, 9), (9, 6)], "q", model, metric, abc, ioi,
@@ -452,6 +476,7 @@ def get_path_patch_head_to_heads(
         receiver_positions=receiver_positions,
         readout=readout,
         batch_size=batch_size,
+        memory_budget=memory_budget,
     )
     grid[:top] = _scalar_grid(values, (top, model.cfg.n_heads))
     return grid
@@ -471,11 +496,14 @@ def get_path_patch_mlp_to_heads(
     receiver_positions: PositionSpec = None,
     readout: str | Readout = "auto",
     batch_size: int | None = None,
+    memory_budget: int | None = None,
 ) -> Float[Tensor, " layer"]:
     """Path patching from every earlier MLP to the receivers' inputs: [layer] metric values.
 
     Entries for MLPs at or above the highest receiver layer are NaN: no path leads from
     them to a receiver (see `get_path_patch_head_to_heads`).
+    ``batch_size`` and ``memory_budget`` (bytes; None: the default policy) size the stacked
+    passes as in `path_patch`.
     """
     receivers = make_receivers(receiver_heads, receiver_input)
     for receiver in receivers:
@@ -497,6 +525,7 @@ def get_path_patch_mlp_to_heads(
         receiver_positions=receiver_positions,
         readout=readout,
         batch_size=batch_size,
+        memory_budget=memory_budget,
     )
     grid[:top] = _scalar_grid(values, (top,))
     return grid

@@ -4,7 +4,8 @@ with a clear error by class, as a user sees it, never as a raw torch error or a 
 Classes: a metric that is not finite (on the unpatched run, or at some sites: the first such
 site is named, checked against a plain per-site loop), token batches that are empty, of the
 wrong dtype, outside the vocabulary or longer than the context, caches of the wrong type or
-run, a sweep built for another sequence length, and receiver heads that are not int pairs.
+run, a sweep built for another sequence length, receiver heads that are not int pairs, and a
+memory_budget that is not None or a positive int.
 """
 
 from __future__ import annotations
@@ -227,6 +228,26 @@ OTHER = {
         "must have the same shape",
     ),
 }
+# A bad memory_budget: both engines refuse it through one check, naming the valid choices.
+BUDGETS = {"zero": "0", "negative": "-1", "float": "1.5e9", "str": "'1GiB'", "bool": "True"}
+BUDGET_CALLS = {
+    "act": "activation_patching(m, clean, corr, logit_diff, grid, memory_budget={})",
+    "dropin": "get_act_patch_resid_pre(m, corr, cache, logit_diff, memory_budget={})",
+    "path": "get_path_patch_head_to_final_resid_post(m, logit_diff, corr, clean, memory_budget={})",
+    "path_heads": "get_path_patch_mlp_to_heads([(1, 0)], 'q', m, logit_diff, corr, clean, "
+    "memory_budget={})",
+}
+OTHER.update(
+    {
+        f"budget-{call}-{name}": (
+            template.format(budget),
+            "ValueError" if name in ("zero", "negative") else "TypeError",
+            r"memory_budget must be None \(the default: .*\) or a positive int of bytes",
+        )
+        for call, template in BUDGET_CALLS.items()
+        for name, budget in BUDGETS.items()
+    }
+)
 
 
 def _cases() -> dict[str, tuple[str, str, str]]:

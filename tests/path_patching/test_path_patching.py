@@ -10,11 +10,13 @@ from transformer_lens import HookedTransformer
 
 from ioi.dataset import IOIDataset
 from ioi.metrics import logits_to_ave_logit_diff, make_ioi_metric, make_logit_diff_metric
+from ioi.patching.plan import copies_that_fit
 from ioi.path_patching import (
     Receiver,
     Sender,
     cache_for_path_patching,
     detect_readout,
+    engine,
     get_path_patch_head_to_final_resid_post,
     get_path_patch_head_to_heads,
     get_path_patch_mlp_to_final_resid_post,
@@ -151,6 +153,83 @@ def test_batch_size_does_not_change_results(setup):
     one = get_path_patch_head_to_final_resid_post(model, metric, abc, ioi, batch_size=1)
     many = get_path_patch_head_to_final_resid_post(model, metric, abc, ioi, batch_size=3)
     torch.testing.assert_close(one, many, atol=ATOL, rtol=0)
+
+
+@pytest.fixture
+def stacked(monkeypatch):
+    """Records how many senders each pass stacks, and one sender's bytes as the engine asks
+    the shared policy (`ioi.patching.plan.copies_that_fit`) about them."""
+    seen = {"sizes": [], "sender_bytes": []}
+    propagate, fit = engine.propagate_frozen, engine.copies_that_fit
+
+    def counting_propagate(model, x, *args):
+        seen["sizes"].append(x.shape[0])
+        return propagate(model, x, *args)
+
+    def recording_fit(cfg, copy_bytes, *args):
+        seen["sender_bytes"].append(copy_bytes)
+        return fit(cfg, copy_bytes, *args)
+
+    monkeypatch.setattr(engine, "propagate_frozen", counting_propagate)
+    monkeypatch.setattr(engine, "copies_that_fit", recording_fit)
+    return seen
+
+
+def test_memory_budget_sets_senders_per_pass_not_results(setup, stacked):
+    """3 layers x 4 heads: passes stack one layer's heads, as many as the budget holds."""
+    model, metric, ioi, abc = setup
+    plain = plain_path_patch_head_to_final_resid_post(model, metric, abc, ioi)
+    default = get_path_patch_head_to_final_resid_post(model, metric, abc, ioi)
+    assert stacked["sizes"] == [4, 4, 4]
+    torch.testing.assert_close(default, plain, atol=ATOL, rtol=0)
+    sender = stacked["sender_bytes"][0]
+    for knobs, sizes in [
+        (dict(memory_budget=3 * sender), [3, 1] * 3),
+        (dict(memory_budget=2 * sender + 1), [2, 2] * 3),
+        (dict(memory_budget=1), [1] * 12),
+        (dict(memory_budget=2 * sender, batch_size=3), [2, 2] * 3),  # the budget bounds both
+        (dict(memory_budget=2**40, batch_size=3), [3, 1] * 3),
+    ]:
+        stacked["sizes"].clear()
+        got = get_path_patch_head_to_final_resid_post(model, metric, abc, ioi, **knobs)
+        assert stacked["sizes"] == sizes, knobs
+        torch.testing.assert_close(got, plain, atol=ATOL, rtol=0)
+
+
+def test_memory_budget_to_heads_matches_plain(setup, stacked):
+    model, metric, ioi, abc = setup
+    fast = get_path_patch_head_to_heads([(2, 1)], "v", model, metric, abc, ioi, memory_budget=1)
+    assert stacked["sizes"] == [1] * 8
+    senders = [Sender("head", layer, h) for layer in range(2) for h in range(4)]
+    plain = plain_grid(model, metric, abc, ioi, senders, make_receivers([(2, 1)], "v"))
+    torch.testing.assert_close(fast[:2].flatten(), plain, atol=ATOL, rtol=0)
+    mlps = [Sender("mlp", layer) for layer in range(2)]
+    fast = path_patch(model, metric, abc, ioi, mlps, make_receivers([(2, 1)], "v"), memory_budget=1)
+    plain = plain_grid(model, metric, abc, ioi, mlps, make_receivers([(2, 1)], "v"))
+    torch.testing.assert_close(fast, plain, atol=ATOL, rtol=0)
+
+
+def test_the_cpu_bound_is_activation_patchings():
+    """On a CPU a pass holds about 512 GPT-2-wide token rows, whichever engine plans it."""
+    gpt2 = tiny_model(d_model=768, d_head=64, n_heads=12, d_mlp=3072, n_layers=1).cfg
+    cpu, gib = torch.device("cpu"), 1024**3
+    assert copies_that_fit(gpt2, 1, 100, cpu, 64 * gib, None) == 5  # 100 rows per sender
+    assert copies_that_fit(gpt2, 1, 100, cpu, 64 * gib, 12) == 12  # batch_size replaces it
+    assert copies_that_fit(gpt2, 1, 0, cpu, 64 * gib, None) == 64 * gib  # MLP-only rows
+    assert copies_that_fit(gpt2, 1, 100, torch.device("cuda"), 64 * gib, None) == 64 * gib
+
+
+@pytest.mark.parametrize("budget", [0, -1])
+def test_a_budget_that_is_not_positive_is_refused(setup, budget):
+    """(Types other than int are refused with a TypeError, tested in a user session in
+    tests/patching/test_engine_bad_inputs.py: here the runtime type checker stops them first.)"""
+    model, metric, ioi, abc = setup
+    choices = r"memory_budget must be None \(the default: .*\) or a positive int of bytes"
+    with pytest.raises(ValueError, match=choices):
+        get_path_patch_head_to_final_resid_post(model, metric, abc, ioi, memory_budget=budget)
+    with pytest.raises(ValueError, match=choices):
+        get_path_patch_mlp_to_heads([(2, 0)], "q", model, metric, abc, ioi, memory_budget=budget)
+    assert hook_count(model) == 0
 
 
 @pytest.mark.parametrize("receiver_input", ["q", "k", "v"])
