@@ -51,9 +51,7 @@ def run_with_receivers(
     copy = torch.arange(n_senders, device=device)[:, None] * batch  # [sender, 1] batch offset
     flat_b = (copy + batch_idx.to(device)[None, :]).flatten()  # [sender * row] stacked batch index
     flat_p = pos_idx.to(device).repeat(n_senders)  # [sender * row]
-    writes = [
-        Write(r, flat_b, flat_p, v.reshape(-1, v.shape[-1])) for r, v in values.items()
-    ]
+    writes = [Write(r, flat_b, flat_p, v.reshape(-1, v.shape[-1])) for r, v in values.items()]
     return run_with_writes(model, resid_pre, start_layer, writes, n_senders)
 
 
