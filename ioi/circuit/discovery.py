@@ -104,21 +104,33 @@ def find_senders(
 ) -> list[Edge]:
     """Step 2: earlier heads whose path into the receivers' q (at ``position``), k or v
     (at every position) has ``|effect| >= threshold``."""
-    top = max(layer for layer, _ in receivers)
-    if top == 0:
-        return []
-    senders = all_head_senders(oracle.model, below_layer=top)
-    edges = []
-    for inp in RECEIVER_INPUTS:
-        where = position if inp == "q" else None  # a head's query matters where it is kept
-        targets = [Receiver(layer, h, inp) for layer, h in receivers]
-        effects = oracle.effects(senders, targets, receiver_positions=where)
-        edges += [
-            Edge(Head(s.layer, s.head), tuple(map(Head._make, receivers)), inp, where, float(e))
-            for s, e in zip(senders, effects.tolist(), strict=True)
-            if abs(e) >= threshold
-        ]
-    return edges
+    return find_senders_many(oracle, [(receivers, position)], threshold)
+
+
+def find_senders_many(
+    oracle: PathPatchingOracle,
+    groups: Sequence[tuple[Sequence[tuple[int, int]], str]],
+    threshold: float,
+) -> list[Edge]:
+    """`find_senders` for many ``(receivers, position)`` groups, asked of the oracle at once
+    (so that the engine stacks all of them into few passes); edges in the order of the groups."""
+    asked = []  # (receivers, input, receiver position, senders, targets)
+    for receivers, position in groups:
+        top = max(layer for layer, _ in receivers)
+        if top == 0:
+            continue
+        senders = all_head_senders(oracle.model, below_layer=top)
+        for inp in RECEIVER_INPUTS:
+            where = position if inp == "q" else None  # a head's query matters where it is kept
+            targets = [Receiver(layer, h, inp) for layer, h in receivers]
+            asked.append((tuple(map(Head._make, receivers)), inp, where, senders, targets))
+    all_effects = oracle.effects_many([(s, t, None, where) for _, _, where, s, t in asked])
+    return [
+        Edge(Head(s.layer, s.head), heads, inp, where, float(e))
+        for (heads, inp, where, senders, _), effects in zip(asked, all_effects, strict=True)
+        for s, e in zip(senders, effects.tolist(), strict=True)
+        if abs(e) >= threshold
+    ]
 
 
 def best_positions(
@@ -129,15 +141,15 @@ def best_positions(
     groups: dict[tuple, list[int]] = {}
     for i, edge in enumerate(edges):
         groups.setdefault((edge.receivers, edge.input, edge.receiver_position), []).append(i)
+    asked = []  # (members, key, senders, targets, receiver position)
     for (receivers, inp, where), members in groups.items():
         senders = [Sender("head", *edges[i].sender) for i in members]
         targets = None if inp == "logits" else [Receiver(lay, h, inp) for lay, h in receivers]
-        for key in keys:
-            effects = oracle.effects(
-                senders, targets, sender_positions=key, receiver_positions=where
-            )
-            for i, value in zip(members, effects.tolist(), strict=True):
-                out[i][key] = value
+        asked += [(members, key, senders, targets, where) for key in keys]
+    all_effects = oracle.effects_many([(s, t, key, w) for _, key, s, t, w in asked])
+    for (members, key, *_), effects in zip(asked, all_effects, strict=True):
+        for i, value in zip(members, effects.tolist(), strict=True):
+            out[i][key] = value
     return out
 
 
@@ -233,11 +245,9 @@ def discover_circuit(
         groups: dict[tuple[str, str], list[Head]] = {}
         for f in frontier:
             groups.setdefault((f.role, f.position), []).append(f.head)
-        new_edges = [
-            e
-            for (_, position), heads in groups.items()
-            for e in find_senders(oracle, heads, position, threshold)  # 2.
-        ]
+        new_edges = find_senders_many(  # 2.
+            oracle, [(heads, position) for (_, position), heads in groups.items()], threshold
+        )
         edges += new_edges
         frontier = [
             f for f in _findings_for(oracle, new_edges) if (f.head, f.position) not in findings

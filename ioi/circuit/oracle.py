@@ -25,6 +25,10 @@ from ioi.path_patching import (
     cache_for_path_patching,
     path_patch,
 )
+from ioi.path_patching.batched import PathQuery, Track, path_patch_queries
+
+Request = tuple[Sequence[Sender], Sequence[Receiver] | None, str | None, str | None]
+"""``(senders, receivers, sender_positions, receiver_positions)``: one `effects` call."""
 
 
 def make_rows_ioi_metric(
@@ -55,6 +59,9 @@ def make_rows_ioi_metric(
 
 class PathPatchingOracle:
     """Memoised path-patching effects: ``metric(patched) - metric(original)`` per sender.
+
+    Effects are memoised per sender (and receivers and positions), so a request that shares
+    senders with an earlier one (e.g. at a smaller threshold) computes only the new ones.
 
     With the normalised metric an effect of -1 means the sender alone carries the whole gap
     between the IOI and the ABC logit difference; effects near 0 mean no effect.
@@ -90,7 +97,8 @@ class PathPatchingOracle:
             shape=(ioi.N, ioi.toks.shape[1], model.cfg.d_vocab),
         )
         self.baseline = 1.0  # the normalised metric of the unpatched run, by construction
-        self._memo: dict[tuple, Tensor] = {}
+        self._memo: dict[tuple, Tensor] = {}  # (sender, receivers, positions) -> effect
+        self.track: Track | None = None  # wraps the engine's passes, e.g. with a progress bar
 
     def for_rows(self, rows: Int[Tensor, " row"]) -> PathPatchingOracle:
         """An oracle for a subset of the prompts, sharing this one's caches."""
@@ -106,23 +114,57 @@ class PathPatchingOracle:
         receiver_positions: str | None = None,
     ) -> Float[Tensor, " sender"]:
         """Path-patching effect of each sender (to the logits, or via the receivers)."""
-        key = (tuple(senders), tuple(receivers or ()), sender_positions, receiver_positions)
-        if key not in self._memo:
+        return self.effects_many([(senders, receivers, sender_positions, receiver_positions)])[0]
+
+    def effects_many(self, requests: Sequence[Request]) -> list[Float[Tensor, " sender"]]:
+        """`effects` for many ``(senders, receivers, sender_positions, receiver_positions)``
+        requests at once: each sender's effect is memoised on its own, and those not known yet
+        are computed together, in as few stacked passes as the engine can make of them."""
+        to_logits: dict[tuple, dict[Sender, None]] = {}  # positions -> senders (ordered set)
+        to_heads: dict[tuple, PathQuery] = {}
+        for senders, receivers, sp, rp in requests:
+            targets = tuple(receivers or ())
+            for s in senders:
+                key = (s, targets, sp, rp)
+                if key in self._memo:
+                    continue
+                if targets:
+                    to_heads[key] = PathQuery(s, targets, sp, rp)
+                else:
+                    to_logits.setdefault((sp, rp), {})[s] = None
+        for (sp, rp), senders in to_logits.items():
             values = path_patch(
                 self.model,
                 self.metric,
                 self.abc,
                 self.ioi,
                 list(senders),
-                list(receivers) if receivers else None,
                 new_cache=self.new_cache,
                 orig_cache=self.orig_cache,
-                sender_positions=sender_positions,
-                receiver_positions=receiver_positions,
+                sender_positions=sp,
+                receiver_positions=rp,
                 readout=self.readout,
             )
-            self._memo[key] = values - self.baseline
-        return self._memo[key]
+            for s, v in zip(senders, values, strict=True):
+                self._memo[(s, (), sp, rp)] = v - self.baseline
+        if to_heads:
+            values = path_patch_queries(
+                self.model,
+                self.metric,
+                self.abc,
+                self.ioi,
+                list(to_heads.values()),
+                new_cache=self.new_cache,
+                orig_cache=self.orig_cache,
+                readout=self.readout,
+                track=self.track,
+            )
+            for key, v in zip(to_heads, values, strict=True):
+                self._memo[key] = v - self.baseline
+        return [
+            torch.stack([self._memo[(s, tuple(rs or ()), sp, rp)] for s in senders])
+            for senders, rs, sp, rp in requests
+        ]
 
     def attention(
         self, head: tuple[int, int], dest: str, sources: Sequence[str]

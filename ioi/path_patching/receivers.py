@@ -9,6 +9,7 @@ original input, one stacked copy per sender, from the lowest receiver layer upwa
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import einops
 import torch
@@ -45,26 +46,53 @@ def run_with_receivers(
 
     The hooks live only inside this call (``model.hooks`` removes them, also on errors).
     """
-    batch, n_pos, d_model = resid_pre.shape
+    batch = resid_pre.shape[0]
     device = resid_pre.device
     copy = torch.arange(n_senders, device=device)[:, None] * batch  # [sender, 1] batch offset
     flat_b = (copy + batch_idx.to(device)[None, :]).flatten()  # [sender * row] stacked batch index
     flat_p = pos_idx.to(device).repeat(n_senders)  # [sender * row]
-    by_hook: dict[str, list[Receiver]] = {}
-    for receiver in values:
-        by_hook.setdefault(get_act_name(receiver.input, receiver.layer), []).append(receiver)
+    writes = [Write(r, flat_b, flat_p, v.reshape(-1, v.shape[-1])) for r, v in values.items()]
+    return run_with_writes(model, resid_pre, start_layer, writes, n_senders)
 
-    def make_hook(receivers: Sequence[Receiver]):
-        def overwrite(act: Tensor, hook) -> Tensor:  # act: [sender * batch, pos, head, d_head]
-            for r in receivers:
-                act[flat_b, flat_p, r.head] = values[r].reshape(-1, act.shape[-1]).to(act.dtype)
+
+@dataclass(frozen=True)
+class Write:
+    """Values for one receiver at entries (``flat_b``: copy * batch + prompt, ``flat_p``)."""
+
+    receiver: Receiver
+    flat_b: Int[Tensor, " entry"]
+    flat_p: Int[Tensor, " entry"]
+    values: Float[Tensor, "entry d_head"]
+
+
+def run_with_writes(
+    model: HookedTransformer,
+    resid_pre: Float[Tensor, "batch pos d_model"],
+    start_layer: int,
+    writes: Sequence[Write],
+    n_copies: int,
+) -> Float[Tensor, "copy batch pos d_model"]:
+    """Run layers ``start_layer..`` on ``n_copies`` stacked copies of the original residual,
+    each `Write` overwriting its receiver's input at its entries of the stacked batch.
+
+    The hooks live only inside this call (``model.hooks`` removes them, also on errors).
+    """
+    batch, n_pos, d_model = resid_pre.shape
+    by_hook: dict[str, list[Write]] = {}
+    for w in writes:
+        by_hook.setdefault(get_act_name(w.receiver.input, w.receiver.layer), []).append(w)
+
+    def make_hook(group: Sequence[Write]):
+        def overwrite(act: Tensor, hook) -> Tensor:  # act: [copy * batch, pos, head, d_head]
+            for w in group:
+                act[w.flat_b, w.flat_p, w.receiver.head] = w.values.to(act.dtype)
             return act
 
         return overwrite
 
-    x = resid_pre.repeat(n_senders, 1, 1)  # [sender * batch, pos, d_model]
-    hooks = [(name, make_hook(rs)) for name, rs in by_hook.items()]
+    x = resid_pre.repeat(n_copies, 1, 1)  # [copy * batch, pos, d_model]
+    hooks = [(name, make_hook(group)) for name, group in by_hook.items()]
     with model.hooks(fwd_hooks=hooks):
         for layer in range(start_layer, model.cfg.n_layers):
             x = model.blocks[layer](x)
-    return x.reshape(n_senders, batch, n_pos, d_model)
+    return x.reshape(n_copies, batch, n_pos, d_model)

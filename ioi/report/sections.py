@@ -105,7 +105,9 @@ class ReportContext:
 
     @cached_property
     def oracle(self):
-        return A.path_patching_oracle(self.setup)
+        oracle = A.path_patching_oracle(self.setup)
+        oracle.track = self.tracker.steps  # a bar over each batch of path-patching passes
+        return oracle
 
     @cached_property
     def to_logits(self) -> torch.Tensor:

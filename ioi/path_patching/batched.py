@@ -1,0 +1,231 @@
+"""Many path-patching questions to heads in few passes: one stacked copy per question.
+
+`path_patch` stacks the senders of *one* question (one receiver set, one pair of positions).
+Circuit discovery asks many such questions at once (the senders into every group's q, k and
+v, each sender's effect at six positions): here each question is a `PathQuery` (one sender,
+its receivers, its positions), and questions with senders of one kind and layer share one
+frozen propagation, while the clean runs with the receivers patched in are stacked over all
+of them, as many copies per pass as the memory budget allows. The numbers are those of
+`path_patch`, one query at a time, up to float rounding (tests check both against
+`ioi.path_patching.plain`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from ioi.inputs import check_metric_finite
+from ioi.patching.readout import Metric, Readout, project_to_logits
+from ioi.path_patching.activations import RunActivations
+from ioi.path_patching.engine import (
+    _MEMORY_BUDGET,
+    _activations_and_readout,
+    _bytes_per_sender,
+    _Rows,
+    _validate,
+)
+from ioi.path_patching.frozen import entry_residual, propagate_frozen, rows_of
+from ioi.path_patching.nodes import (
+    DatasetLike,
+    PositionSpec,
+    Receiver,
+    Sender,
+    dataset_tokens,
+    position_mask,
+    resolve_positions,
+)
+from ioi.path_patching.receivers import Write, receiver_value, run_with_writes
+
+Track = Callable[[Iterable, str], Iterable]
+"""Wraps an iterable of passes with a progress display, e.g. `ioi.report.progress.Tracker.steps`."""
+
+
+@dataclass(frozen=True)
+class PathQuery:
+    """One path-patching question: a sender's effect via its receivers' inputs.
+
+    Positions are as in `path_patch`: None (everywhere) or a ``word_idx`` key.
+    """
+
+    sender: Sender
+    receivers: tuple[Receiver, ...]
+    sender_positions: str | None = None
+    receiver_positions: str | None = None
+
+
+def _start_layer(query: PathQuery) -> int:
+    """The lowest layer where the query's receivers see its sender's change."""
+    return min(r.layer for r in query.receivers if r.layer > query.sender.layer)
+
+
+def _masks(
+    specs: Sequence[PositionSpec], orig_dataset: DatasetLike, rows: _Rows, what: str
+) -> Bool[Tensor, "query row"]:
+    """Each query's positions as a mask over the rows (every (prompt, position))."""
+    batch, n_pos = dataset_tokens(orig_dataset, "orig_dataset").shape
+    by_spec: dict = {}
+    for spec in specs:
+        if spec not in by_spec:
+            pos = resolve_positions(spec, orig_dataset, what)
+            by_spec[spec] = position_mask(pos, batch, n_pos)[rows.batch_idx, rows.pos_idx]
+    return torch.stack([by_spec[spec] for spec in specs])
+
+
+def _deltas(
+    model: HookedTransformer,
+    senders: Sequence[Sender],
+    orig: RunActivations,
+    new: RunActivations,
+    rows: _Rows,
+    keep: Bool[Tensor, "copy row"],
+) -> Float[Tensor, "copy row d_model"]:
+    """What each sender (all of one kind and layer) changes at the rows it is patched at."""
+    kind, layer = senders[0].kind, senders[0].layer
+    device = orig.resid_pre[0].device
+    mask = keep.to(device)[:, :, None]
+    if kind == "head":
+        idx = torch.tensor([s.head for s in senders], device=device)
+        orig_z = rows_of(orig.z[layer], rows.batch_idx, rows.pos_idx)[:, idx]  # [row, copy, d]
+        new_z = rows_of(new.z[layer], rows.batch_idx, rows.pos_idx)[:, idx]
+        dz = (new_z - orig_z).transpose(0, 1) * mask  # [copy, row, d_head]
+        return torch.einsum("crh,chd->crd", dz, model.W_O[layer][idx])
+    orig_m = rows_of(orig.mlp_out[layer], rows.batch_idx, rows.pos_idx)
+    new_m = rows_of(new.mlp_out[layer], rows.batch_idx, rows.pos_idx)
+    return (new_m - orig_m)[None] * mask
+
+
+def _writes(
+    model: HookedTransformer,
+    queries: Sequence[PathQuery],
+    copies: Sequence[int],
+    orig: RunActivations,
+    new: RunActivations,
+    rows: _Rows,
+    send: Bool[Tensor, "copy row"],
+) -> list[Write]:
+    """Frozen propagation for queries whose senders share a kind and layer, and the receivers'
+    new inputs at the rows as writes into the stacked clean run (copy ``copies[j]`` for
+    query ``j``)."""
+    kind, layer = queries[0].sender.kind, queries[0].sender.layer
+    deltas = _deltas(model, [q.sender for q in queries], orig, new, rows, send)
+    x = entry_residual(model, orig, kind, layer, rows.batch_idx, rows.pos_idx)[None] + deltas
+    reached: dict[Receiver, list[int]] = {}  # receiver -> queries (indices here) it is in
+    for j, q in enumerate(queries):
+        for r in q.receivers:
+            if r.layer > layer:  # receivers at or below the sender see no change
+                reached.setdefault(r, []).append(j)
+    layers = sorted({r.layer for r in reached})
+    _, resid_pre = propagate_frozen(model, x, layer, kind, rows.attn_out, layers[-1], layers)
+    batch = orig.resid_pre[0].shape[0]
+    device = x.device
+    batch_idx, pos_idx = rows.batch_idx.to(device), rows.pos_idx.to(device)
+    writes = []
+    for r, members in reached.items():
+        idx = torch.tensor(members, device=device)
+        value = receiver_value(model, r, resid_pre[r.layer][idx])  # [member, row, d_head]
+        copy = torch.tensor([copies[j] for j in members], device=device)[:, None] * batch
+        flat_b = (copy + batch_idx[None]).flatten()  # [member * row] stacked batch index
+        flat_p = pos_idx.repeat(len(members))
+        writes.append(Write(r, flat_b, flat_p, value.reshape(-1, value.shape[-1])))
+    return writes
+
+
+def _pass(
+    model: HookedTransformer,
+    queries: Sequence[PathQuery],
+    orig: RunActivations,
+    new: RunActivations,
+    rows: _Rows,
+    send: Bool[Tensor, "copy row"],
+    readout: Readout,
+) -> Float[Tensor, "copy readout col"]:
+    """One stacked pass: every query's receivers patched into its own copy of the clean run."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for j, q in enumerate(queries):
+        groups.setdefault((q.sender.kind, q.sender.layer), []).append(j)
+    writes: list[Write] = []
+    for members in groups.values():
+        sub = [queries[j] for j in members]
+        writes += _writes(model, sub, members, orig, new, rows, send[members])
+    start = min(w.receiver.layer for w in writes)
+    final = run_with_writes(model, orig.resid_pre[start], start, writes, len(queries))
+    device = final.device
+    at_readout = final[:, readout.batch_idx.to(device), readout.pos_idx.to(device)]
+    return project_to_logits(model, at_readout, readout)
+
+
+@torch.no_grad()
+def path_patch_queries(
+    model: HookedTransformer,
+    patching_metric: Metric,
+    new_dataset: DatasetLike,
+    orig_dataset: DatasetLike,
+    queries: Sequence[PathQuery],
+    *,
+    new_cache=None,
+    orig_cache=None,
+    readout: str | Readout = "auto",
+    batch_size: int | None = None,
+    track: Track | None = None,
+) -> Float[Tensor, " query *metric"]:
+    """Path patching for many `PathQuery`s to heads, stacked into few passes.
+
+    Each query's value is what ``path_patch(..., [query.sender], list(query.receivers),
+    sender_positions=..., receiver_positions=...)`` returns for it.
+
+    Args:
+        queries: the questions; each needs a receiver above its sender's layer.
+        batch_size: queries per stacked pass; None picks it from a memory budget.
+        track: wraps the passes, e.g. to show a progress bar.
+
+    Returns:
+        [query, *metric_shape] metric values on the CPU, in the order of ``queries``.
+    """
+    if not queries:
+        raise ValueError("no queries given; e.g. [PathQuery(Sender('head', 0, 1), receivers)]")
+    new_toks = dataset_tokens(new_dataset, "new_dataset")
+    orig_toks = dataset_tokens(orig_dataset, "orig_dataset")
+    for receivers in {q.receivers for q in queries}:
+        senders = list({q.sender for q in queries if q.receivers == receivers})
+        _validate(model, senders, list(receivers), new_toks, orig_toks, batch_size)
+    orig, new, out, metric_view = _activations_and_readout(
+        model,
+        patching_metric,
+        [q.sender for q in queries],
+        new_toks,
+        orig_toks,
+        new_cache,
+        orig_cache,
+        readout,
+    )
+    batch, n_pos = orig_toks.shape
+    # Passes hold queries with one receiver position (whose rows the frozen propagation
+    # rebuilds) and one start layer (a lower start costs whole layers for every copy).
+    groups: dict[tuple, list[int]] = {}
+    for i, q in enumerate(queries):
+        groups.setdefault((q.receiver_positions, _start_layer(q)), []).append(i)
+    results: list[Tensor | None] = [None] * len(queries)
+    passes = []
+    for (where, _), members in groups.items():
+        pos = resolve_positions(where, orig_dataset, "receiver_positions")
+        grid = position_mask(pos, batch, n_pos).nonzero(as_tuple=True)
+        rows = _Rows.build(orig, grid[0], grid[1], None)
+        per_copy = _bytes_per_sender(model, rows, out, True)
+        size = batch_size or max(1, _MEMORY_BUDGET // max(per_copy, 1))
+        members.sort(key=lambda i: (queries[i].sender.kind, queries[i].sender.layer))
+        passes += [(rows, members[i : i + size]) for i in range(0, len(members), size)]
+    for rows, chunk in track(passes, "path-patching passes") if track else passes:
+        sub = [queries[i] for i in chunk]
+        send = _masks([q.sender_positions for q in sub], orig_dataset, rows, "sender_positions")
+        logits = _pass(model, sub, orig, new, rows, send, out)
+        for i, values in zip(chunk, logits, strict=True):
+            results[i] = metric_view(values)
+    values = torch.stack(results)
+    check_metric_finite(values, lambda i: f"query {queries[i]}")
+    return values
