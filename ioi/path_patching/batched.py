@@ -24,11 +24,10 @@ from ioi.inputs import check_metric_finite
 from ioi.patching.readout import Metric, Readout, project_to_logits
 from ioi.path_patching.activations import RunActivations
 from ioi.path_patching.engine import (
-    _MEMORY_BUDGET,
     _activations_and_readout,
-    _bytes_per_sender,
     _Rows,
     _validate,
+    senders_per_pass,
 )
 from ioi.path_patching.frozen import entry_residual, propagate_frozen, rows_of
 from ioi.path_patching.nodes import (
@@ -172,6 +171,7 @@ def path_patch_queries(
     orig_cache=None,
     readout: str | Readout = "auto",
     batch_size: int | None = None,
+    memory_budget: int | None = None,
     track: Track | None = None,
 ) -> Float[Tensor, " query *metric"]:
     """Path patching for many `PathQuery`s to heads, stacked into few passes.
@@ -181,7 +181,9 @@ def path_patch_queries(
 
     Args:
         queries: the questions; each needs a receiver above its sender's layer.
-        batch_size: queries per stacked pass; None picks it from a memory budget.
+        batch_size: at most this many queries per stacked pass (None: no limit but the budget).
+        memory_budget: bytes a pass may use, as in `ioi.path_patching.path_patch` (None: the
+            policy of `ioi.patching.plan.default_memory_budget`).
         track: wraps the passes, e.g. to show a progress bar.
 
     Returns:
@@ -193,7 +195,7 @@ def path_patch_queries(
     orig_toks = dataset_tokens(orig_dataset, "orig_dataset")
     for receivers in {q.receivers for q in queries}:
         senders = list({q.sender for q in queries if q.receivers == receivers})
-        _validate(model, senders, list(receivers), new_toks, orig_toks, batch_size)
+        _validate(model, senders, list(receivers), new_toks, orig_toks, batch_size, memory_budget)
     orig, new, out, metric_view = _activations_and_readout(
         model,
         patching_metric,
@@ -216,8 +218,7 @@ def path_patch_queries(
         pos = resolve_positions(where, orig_dataset, "receiver_positions")
         grid = position_mask(pos, batch, n_pos).nonzero(as_tuple=True)
         rows = _Rows.build(orig, grid[0], grid[1], None)
-        per_copy = _bytes_per_sender(model, rows, out, True)
-        size = batch_size or max(1, _MEMORY_BUDGET // max(per_copy, 1))
+        size = senders_per_pass(model, rows, out, True, memory_budget, batch_size)
         members.sort(key=lambda i: (queries[i].sender.kind, queries[i].sender.layer))
         passes += [(rows, members[i : i + size]) for i in range(0, len(members), size)]
     for rows, chunk in track(passes, "path-patching passes") if track else passes:
