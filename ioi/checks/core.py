@@ -592,6 +592,24 @@ class AnyOf(tuple):
     """Several records a mistake may give (for `Exercise.expect_record`'s mistakes)."""
 
 
+# float16 arithmetic, or a LayerNorm scale recomputed with another eps, moves a value by up to
+# about 1.6e-3 of the magnitudes it is computed from: far more than ``rtol`` of an entry near 0.
+SCALE_RTOL = 2e-3
+
+
+def rounding_atol(expected: Tensor, floor: float = 1e-4) -> float:
+    """An ``atol`` that accepts rounding-level differences: `SCALE_RTOL` of the largest finite
+    magnitude in ``expected``, at least ``floor``.
+
+    Only for results computed from numbers as large as themselves (logits, probabilities,
+    residual vectors); not for a patched metric near its baseline, whose meaningful part is a
+    small deviation from that baseline.
+    """
+    finite = expected.detach().float()
+    finite = finite[finite.isfinite()]
+    return max(floor, SCALE_RTOL * float(finite.abs().max())) if finite.numel() else floor
+
+
 def matches(got: Tensor, expected: Tensor, atol: float, rtol: float) -> bool:
     """Same shape and close; NaN counts as equal only to NaN (unreachable entries)."""
     if got.shape != expected.shape:

@@ -15,7 +15,7 @@ from torch import Tensor
 from transformer_lens import ActivationCache
 
 from ioi import heads
-from ioi.checks.core import Exercise, exercise, toy_sized, without_last_layer
+from ioi.checks.core import Exercise, exercise, rounding_atol, toy_sized, without_last_layer
 from ioi.checks.fixtures import IOIBatch, fresh_cache, ioi_batch, other_model_batch
 
 
@@ -285,7 +285,9 @@ def test_apply_final_ln(apply_final_ln_fn: Callable) -> None:
                 c / final_ln_scale(cache, torch.zeros_like(b.end))
             )
         expected = heads.apply_final_ln(stack, cache, positions)
-        ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
+        # a scale recomputed with another LayerNorm eps is a right answer too
+        atol = rounding_atol(expected)
+        ex.expect_tensor(got, expected, call=call, mistakes=mistakes, atol=atol)
     ex.passed()
 
 
@@ -700,7 +702,8 @@ def test_head_results_at(head_results_at_fn: Callable) -> None:
             )
         if model is other.model:
             mistakes = {"hard_coded_size": lambda e=expected: toy_sized(e, toy), **mistakes}
-        ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
+        atol = rounding_atol(expected)  # z @ W_O in float16 is a right answer too
+        ex.expect_tensor(got, expected, call=call, mistakes=mistakes, atol=atol)
     ex.passed("positions=end and None; the toy and a model of another size")
 
 

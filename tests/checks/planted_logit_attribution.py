@@ -1005,3 +1005,26 @@ def head_dla_layer_share(model, cache, answer_tokens, positions=None):
     attn = torch.stack([cache["attn_out", layer] for layer in range(model.cfg.n_layers)])
     per_layer = _attribute(_at(attn, positions), cache, _dirs(model, answer_tokens), positions)
     return per_layer[:, None].repeat(1, model.cfg.n_heads) / model.cfg.n_heads
+
+
+# ---- right up to rounding or LayerNorm eps -------------------------------------------------------
+
+
+@correct("apply_final_ln", "scale recomputed from the last resid_post with eps 1e-2")
+def ln_scale_recomputed(residual_stack, cache, positions=None):
+    resid = cache["resid_post", -1]  # [batch, pos, d_model]
+    rows = torch.arange(resid.shape[0])
+    at = resid[:, -1] if positions is None else resid[rows, positions]
+    at = at - at.mean(-1, keepdim=True)
+    scale = (at.pow(2).mean(-1, keepdim=True) + 1e-2).sqrt()
+    return (residual_stack - residual_stack.mean(-1, keepdim=True)) / scale
+
+
+@correct("head_results_at", "z @ W_O in float16 (rounding only)")
+def results_half(model, cache, positions):
+    out = []
+    for layer in range(model.cfg.n_layers):
+        z = cache["z", layer]
+        at = z[:, -1] if positions is None else z[torch.arange(z.shape[0]), positions]
+        out.append(einops.einsum(at.half(), model.W_O[layer].half(), "b h e, h e d -> h b d"))
+    return torch.stack(out).float()

@@ -395,3 +395,19 @@ variant(
     fn_name="scores_mean_logit_diff",
     change=lambda s, final, ds: s.update(logit_diff=s["logit_diff"].mean()),
 )
+
+
+# ---- right up to rounding (half precision) -----------------------------------------------------
+
+
+@correct("logits_to_ave_logit_diff", "computed in float16 (rounding only)")
+def diff_half(logits, answer_tokens, per_prompt=False, positions=None):
+    half = _final(logits, positions).half().gather(1, answer_tokens)
+    diff = (half[:, 0] - half[:, 1]).float()
+    return diff if per_prompt else diff.mean()
+
+
+@correct("io_probability", "softmax in float16 (rounding only)")
+def prob_half(logits, answer_tokens, positions=None):
+    probs = _final(logits, positions).half().softmax(-1).float()
+    return probs[torch.arange(len(probs)), answer_tokens[:, 0]]
