@@ -552,8 +552,12 @@ def execute_notebook(
         )
         start = time.perf_counter()
         try:
-            client.execute()
+            # cleanup_kc: nbclient shuts down only kernels of managers it made itself; without
+            # it every call would leave its kernel running (about 1 GB each) until we exit
+            client.execute(cleanup_kc=True)
         finally:
+            if manager.has_kernel:
+                manager.shutdown_kernel(now=True)
             if save_to is not None:
                 nbformat.write(notebook, save_to)
         return time.perf_counter() - start
