@@ -558,7 +558,9 @@ print("(each entry: the largest change of that measurement, over prompts and hea
 # **Difficulty:** ●●○○○ · **Time:** about 10 minutes
 #
 # Return, for every head, the attention probability from word `dest` to word `src`, averaged
-# over the prompts of `ds`: `[layer, head]`. Use `cache` if one is given, else run the model.
+# over the prompts of `ds`: `[layer, head]`. Use `cache` if one is given, else run the model:
+# a given cache may come from a hooked or patched run of these prompts (the checker passes one
+# whose layer-0 head outputs were patched), and re-running would measure a plain run instead.
 # `cache["pattern", layer]` has shape `[batch, head, dest, src]`.
 #
 # <details><summary>Hint 1: a nudge</summary>

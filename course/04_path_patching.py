@@ -129,7 +129,10 @@ checks.test_patch_or_freeze_head_vectors(patch_or_freeze_head_vectors)
 #
 # Apply step 2 to every head. A filter function can stand for a hook name:
 # `fwd_hooks=[(lambda name: name.endswith("z"), hook_fn)]` hooks every layer's `z`. The
-# datasets are `IOIDataset`s (use `.toks`); run the model yourself if a cache is `None`.
+# datasets are `IOIDataset`s (use `.toks`). Use the caches you are given: they may come from
+# a hooked or patched run (the checker passes one whose layer-0 head outputs were patched), and
+# re-running the model would silently replace them with a plain run. Run the model yourself only
+# for a cache that is `None`.
 #
 # <details><summary>Hint 1: a nudge</summary>
 #
@@ -305,7 +308,8 @@ checks.test_patch_head_input(patch_head_input)
 # grid whose rows at and above the highest receiver layer are **NaN**: nothing there can
 # reach the receivers, and a 0 would read as a measured value (for this metric, a huge one:
 # "no effect" is 1). Record the receivers' inputs with `run_with_cache` inside
-# `with model.hooks(fwd_hooks=...)`.
+# `with model.hooks(fwd_hooks=...)`. As before, read `new_cache` and `orig_cache` when they are
+# given, and run the model only for a cache that is `None`.
 #
 # <details><summary>Hint 1: a nudge</summary>
 #

@@ -73,6 +73,9 @@ GENERIC_DIAGNOSES: dict[str, str] = {
 }
 
 SHARED_DIAGNOSES: dict[str, str] = {
+    "ignored_given_cache": "these are the values of a plain run of the prompts, but the cache "
+    "you were given came from a patched run: when a cache is given, read from it (it may come "
+    "from a hooked or patched run); run the model only for a cache that is None",
     "swapped_fields": "two fields of the result hold each other's values",
     "sum_not_mean": "the result is the expected one times the number of prompts: you summed "
     "over the batch where the mean is asked",

@@ -148,6 +148,33 @@ def other_model_batch() -> OtherModelBatch:
     )
 
 
+@functools.lru_cache(maxsize=4)
+def _patched_run(b: IOIBatch, run: str) -> ActivationCache:
+    tokens, other = (
+        (b.ds.toks, b.corrupted_cache) if run == "clean" else (b.abc.toks, b.clean_cache)
+    )
+    name = "blocks.0.attn.hook_z"
+
+    def from_other(z: Tensor, hook) -> Tensor:
+        return other[name].clone()
+
+    with torch.inference_mode(), b.model.hooks(fwd_hooks=[(name, from_other)]):
+        _, cache = b.model.run_with_cache(tokens)
+    return fresh_cache(cache)
+
+
+def patched_run_cache(b: IOIBatch, run: str) -> ActivationCache:
+    """A fresh copy of the cache of a *patched* run of ``run``'s prompts ("clean" or "corrupted").
+
+    Layer 0's head outputs are taken from the other run, so every activation from layer 0's
+    attention output on differs from the plain run's. Checkers pass it as a given cache: a
+    function told to use the cache it is given must read it, not re-run the model.
+    """
+    if run not in ("clean", "corrupted"):
+        raise ValueError(f"run must be 'clean' or 'corrupted', not {run!r}")
+    return fresh_cache(_patched_run(b, run))
+
+
 def fresh_cache(cache: ActivationCache) -> ActivationCache:
     """A deep copy of ``cache`` (ordinary tensors, outside inference mode) the learner may change."""
     copied = {name: value.clone() for name, value in cache.items()}

@@ -16,7 +16,13 @@ from transformer_lens import ActivationCache
 
 from ioi import heads
 from ioi.checks.core import Exercise, exercise, rounding_atol, toy_sized, without_last_layer
-from ioi.checks.fixtures import IOIBatch, fresh_cache, ioi_batch, other_model_batch
+from ioi.checks.fixtures import (
+    IOIBatch,
+    fresh_cache,
+    ioi_batch,
+    other_model_batch,
+    patched_run_cache,
+)
 
 
 def at_positions(
@@ -824,7 +830,12 @@ ATTENTION = exercise(
         "position_off_by_one": "a query or key position is one away from the word asked for: "
         "word_idx already holds each word's own position",
     },
-    shared=("sum_not_mean", "same_position_for_all_prompts", "missed_last_layer"),
+    shared=(
+        "sum_not_mean",
+        "same_position_for_all_prompts",
+        "missed_last_layer",
+        "ignored_given_cache",
+    ),
 )
 
 
@@ -848,13 +859,16 @@ WORDS = ("IO", "S1", "S2", "end", "S1+1")
 def test_ioi_attention(ioi_attention_fn: Callable) -> None:
     """Check ``ioi_attention(model, ds, dest, src, cache=None) -> [layer, head]``."""
     ex, b = ATTENTION, ioi_batch()
-    cache, idx = b.clean_cache, b.ds.word_idx
-    last = torch.full_like(idx["end"], cache["pattern", 0].shape[-1] - 1)
+    plain, idx = b.clean_cache, b.ds.word_idx
+    last = torch.full_like(idx["end"], plain["pattern", 0].shape[-1] - 1)
     n = int(last[0])
-    for dest, src, with_cache in (("end", "S2", True), ("S2", "IO", False), ("end", "IO", True)):
-        given = "cache" if with_cache else "None"
-        call = f"ioi_attention(model, ds, {dest!r}, {src!r}, cache={given})  [{b.describe()}]"
-        passed = fresh_cache(cache) if with_cache else None
+    cases = (("end", "S2", "cache"), ("S2", "IO", "None"), ("end", "IO", "cache"))
+    for dest, src, given in cases + (("end", "IO", "patched"),):
+        patched = given == "patched"
+        cache = patched_run_cache(b, "clean") if patched else plain
+        shown = "cache of a patched run" if patched else given
+        call = f"ioi_attention(model, ds, {dest!r}, {src!r}, cache={shown})  [{b.describe()}]"
+        passed = None if given == "None" else fresh_cache(cache)
         got = ex.call(
             ioi_attention_fn,
             b.model,
@@ -864,35 +878,39 @@ def test_ioi_attention(ioi_attention_fn: Callable) -> None:
             cache=passed,
             call=call,
             model=b.model,
-            read_only={"ds": b.ds} | ({"cache": passed} if with_cache else {}),
+            read_only={"ds": b.ds} | ({} if passed is None else {"cache": passed}),
         )
         d, s = idx[dest], idx[src]
         mistakes = {
-            "swapped_dest_src": lambda d=d, s=s: attention_between(cache, s, d),
-            "scores_not_pattern": lambda d=d, s=s: attention_between(cache, d, s, "attn_scores"),
-            "sum_not_mean": lambda d=d, s=s: attention_between(cache, d, s, reduce="sum"),
-            "max_not_mean": lambda d=d, s=s: attention_between(cache, d, s, reduce="max"),
-            "position_off_by_one": lambda d=d, s=s: [
-                attention_between(cache, (d + i).clamp(0, n), (s + j).clamp(0, n))
+            "swapped_dest_src": lambda c=cache, d=d, s=s: attention_between(c, s, d),
+            "scores_not_pattern": lambda c=cache, d=d, s=s: attention_between(
+                c, d, s, "attn_scores"
+            ),
+            "sum_not_mean": lambda c=cache, d=d, s=s: attention_between(c, d, s, reduce="sum"),
+            "max_not_mean": lambda c=cache, d=d, s=s: attention_between(c, d, s, reduce="max"),
+            "position_off_by_one": lambda c=cache, d=d, s=s: [
+                attention_between(c, (d + i).clamp(0, n), (s + j).clamp(0, n))
                 for i in (-1, 0, 1)
                 for j in (-1, 0, 1)
                 if (i, j) != (0, 0)
             ],
-            "same_position_for_all_prompts": lambda d=d, s=s: attention_between(
-                cache, d[:1].expand_as(d), s[:1].expand_as(s)
+            "same_position_for_all_prompts": lambda c=cache, d=d, s=s: attention_between(
+                c, d[:1].expand_as(d), s[:1].expand_as(s)
             ),
-            "missed_last_layer": lambda d=d, s=s: without_last_layer(
-                attention_between(cache, d, s)
+            "missed_last_layer": lambda c=cache, d=d, s=s: without_last_layer(
+                attention_between(c, d, s)
             ),
-            "wrong_word": lambda dest=dest, src=src: [
-                attention_between(cache, idx[x], idx[y])
+            "wrong_word": lambda c=cache, dest=dest, src=src: [
+                attention_between(c, idx[x], idx[y])
                 for x in WORDS
                 for y in WORDS
                 if (x, y) != (dest, src) and (x, y) != (src, dest)
             ],
         }
         if dest == "end":
-            mistakes["ignored_positions"] = lambda s=s: attention_between(cache, last, s)
+            mistakes["ignored_positions"] = lambda c=cache, s=s: attention_between(c, last, s)
+        if patched:
+            mistakes["ignored_given_cache"] = lambda d=d, s=s: attention_between(plain, d, s)
         expected = heads.ioi_attention(b.model, b.ds, dest, src, cache=cache)
         ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
     ex.passed()

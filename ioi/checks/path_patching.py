@@ -17,7 +17,7 @@ from transformer_lens.utilities import get_act_name
 
 from ioi import patching, path_patching
 from ioi.checks.core import exercise, one_thread, without_last_layer
-from ioi.checks.fixtures import IOIBatch, fresh_cache, ioi_batch
+from ioi.checks.fixtures import IOIBatch, fresh_cache, ioi_batch, patched_run_cache
 from ioi.metrics import make_ioi_metric
 
 
@@ -260,7 +260,7 @@ TO_LOGITS = exercise(
         "(a typo such as run_with_cache(new_dataset.toks) for orig_cache): orig_cache comes "
         "from orig_dataset, new_cache from new_dataset",
     },
-    shared=("missed_last_layer",),
+    shared=("missed_last_layer", "ignored_given_cache"),
 )
 
 
@@ -281,19 +281,31 @@ def _whole_layer_patched(model, metric, orig_toks, orig_cache, new_cache) -> Ten
     return torch.tensor(out)[:, None].expand(-1, model.cfg.n_heads)
 
 
-def _call_text(name: str, b: IOIBatch, extra: str = "", caches: bool = True) -> str:
-    given = "new_cache, orig_cache" if caches else "new_cache=None, orig_cache=None"
+CACHE_ARGS = {
+    "plain": "new_cache, orig_cache",
+    "none": "new_cache=None, orig_cache=None",
+    "patched": "new_cache=<cache of a patched ABC run: layer 0's z from the IOI run>, orig_cache",
+}
+
+
+def _call_text(name: str, b: IOIBatch, extra: str = "", caches: str = "plain") -> str:
     return (
-        f"{name}({extra}model, patching_metric, new_dataset=abc, orig_dataset=ioi, {given})  "
-        f"where patching_metric is the normalised IOI metric  [{b.describe()}]"
+        f"{name}({extra}model, patching_metric, new_dataset=abc, orig_dataset=ioi, "
+        f"{CACHE_ARGS[caches]})  where patching_metric is the normalised IOI metric  "
+        f"[{b.describe()}]"
     )
 
 
-def _cache_args(b: IOIBatch, with_caches: bool) -> tuple[tuple, dict]:
-    """The (new_cache, orig_cache) arguments, fresh copies or None, and their read-only map."""
-    if not with_caches:
+def _cache_args(b: IOIBatch, caches: str) -> tuple[tuple, dict]:
+    """The (new_cache, orig_cache) arguments (fresh copies, or None) and their read-only map.
+
+    ``caches``: "plain" (both runs' caches), "none", or "patched" (new_cache from a patched run:
+    a function that ignores the given cache and re-runs the model then gives the plain answer).
+    """
+    if caches == "none":
         return (None, None), {}
-    new, orig = fresh_cache(b.corrupted_cache), fresh_cache(b.clean_cache)
+    new_run = patched_run_cache(b, "corrupted") if caches == "patched" else b.corrupted_cache
+    new, orig = fresh_cache(new_run), fresh_cache(b.clean_cache)
     return (new, orig), {"new_cache": new, "orig_cache": orig}
 
 
@@ -328,15 +340,19 @@ def test_get_path_patch_head_to_final_resid_post(fn: Callable) -> None:
             naive_path_patch(model, metric, b.ds.toks, b.clean_cache, b.clean_cache),
         ],
     }
-    for with_caches in (True, False):
-        call = _call_text("get_path_patch_head_to_final_resid_post", b, caches=with_caches)
-        caches, read_only = _cache_args(b, with_caches)
+    for given in ("plain", "none", "patched"):
+        call = _call_text("get_path_patch_head_to_final_resid_post", b, caches=given)
+        caches, read_only = _cache_args(b, given)
         got = ex.call(
             fn, model, metric, b.abc, b.ds, *caches, call=call, model=model, read_only=read_only
         )
-        ex.expect_tensor(
-            got, expected, call=call, mistakes=mistakes, atol=1e-4, rtol=1e-4, unchanged=1.0
-        )
+        want, known = expected, mistakes
+        if given == "patched":
+            want = path_patching.get_path_patch_head_to_final_resid_post(
+                model, metric, b.abc, b.ds, caches[0], b.clean_cache
+            )
+            known = {"ignored_given_cache": lambda: expected}
+        ex.expect_tensor(got, want, call=call, mistakes=known, atol=1e-4, rtol=1e-4, unchanged=1.0)
     ex.passed()
 
 
@@ -387,11 +403,17 @@ TO_HEADS = exercise(
         "wrong_receiver_input": "you patched a different input of the receivers than "
         "`receiver_input` asks for",
     },
+    shared=("ignored_given_cache",),
 )
 
 
-def _library_grid(b: IOIBatch, metric, receivers, receiver_input: str, **positions) -> Tensor:
-    """The library's head -> heads grid on the checkers' batch, unreachable rows NaN."""
+def _library_grid(
+    b: IOIBatch, metric, receivers, receiver_input: str, new_cache=None, **positions
+) -> Tensor:
+    """The library's head -> heads grid on the checkers' batch, unreachable rows NaN.
+
+    ``new_cache``: the new run's cache (default: the plain ABC run's).
+    """
     grid = path_patching.get_path_patch_head_to_heads(
         receivers,
         receiver_input,
@@ -399,7 +421,7 @@ def _library_grid(b: IOIBatch, metric, receivers, receiver_input: str, **positio
         metric,
         b.abc,
         b.ds,
-        b.corrupted_cache,
+        b.corrupted_cache if new_cache is None else new_cache,
         b.clean_cache,
         **positions,
     )
@@ -480,16 +502,18 @@ def test_get_path_patch_head_to_heads(fn: Callable) -> None:
     # Layer 2's values: a sender in layer 0 also reaches them through layer 1, so freezing
     # matters there; layer 1's values are where the toy's layer-0 heads have their effect;
     # receivers in two layers tell the highest layer from the lowest.
+    # The last case's new_cache comes from a patched run: it must be read, not re-computed.
     cases = (
-        ([(2, 0), (2, 1), (2, 2), (2, 3)], "v", True),
-        ([(1, 0), (1, 1), (1, 2), (1, 3)], "v", False),
-        ([(1, 2), (2, 1)], "k", True),
+        ([(2, 0), (2, 1), (2, 2), (2, 3)], "v", "plain"),
+        ([(1, 0), (1, 1), (1, 2), (1, 3)], "v", "none"),
+        ([(1, 2), (2, 1)], "k", "plain"),
+        ([(2, 0), (2, 1), (2, 2), (2, 3)], "v", "patched"),
     )
-    for receivers, receiver_input, with_caches in cases:
+    for receivers, receiver_input, given in cases:
         call = _call_text(
-            "get_path_patch_head_to_heads", b, f"{receivers}, {receiver_input!r}, ", with_caches
+            "get_path_patch_head_to_heads", b, f"{receivers}, {receiver_input!r}, ", given
         )
-        caches, read_only = _cache_args(b, with_caches)
+        caches, read_only = _cache_args(b, given)
         got = ex.call(
             fn,
             receivers,
@@ -506,6 +530,9 @@ def test_get_path_patch_head_to_heads(fn: Callable) -> None:
         top = max(layer for layer, _ in receivers)
         expected = _library_grid(b, metric, receivers, receiver_input)
         mistakes = _to_heads_mistakes(b, metric, receivers, receiver_input, expected, top)
+        if given == "patched":
+            mistakes = {"ignored_given_cache": lambda e=expected: e}
+            expected = _library_grid(b, metric, receivers, receiver_input, new_cache=caches[0])
         ex.expect_tensor(
             got, expected, call=call, mistakes=mistakes, atol=1e-4, rtol=1e-4, unchanged=1.0
         )

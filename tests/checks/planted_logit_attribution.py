@@ -640,7 +640,7 @@ variant(
 )
 
 
-@correct("ioi_attention", "always recomputes, ignoring the cache")
+@wrong("ioi_attention", "ignored_given_cache")
 def attn_recompute(model, ds, dest, src, cache=None):
     return _attention(model, ds, dest, src, None)
 

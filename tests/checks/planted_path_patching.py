@@ -260,12 +260,11 @@ def to_logits_caches_required(
     return _to_logits(model, patching_metric, new_dataset, orig_dataset, new_cache, orig_cache)
 
 
-@correct(
-    "get_path_patch_head_to_final_resid_post", "the library's plain reference, one sender at a time"
-)
+@wrong("get_path_patch_head_to_final_resid_post", "ignored_given_cache")
 def to_logits_plain(
     model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None
 ):
+    """The library's plain reference, which runs both prompts itself: given caches are ignored."""
     from ioi.path_patching import plain_path_patch_head_to_final_resid_post
 
     return plain_path_patch_head_to_final_resid_post(
@@ -278,9 +277,12 @@ def to_logits_per_layer_hooks(
     model, patching_metric, new_dataset, orig_dataset, new_cache=None, orig_cache=None
 ):
     names = [get_act_name("z", layer) for layer in range(model.cfg.n_layers)]
+    new, orig = new_cache, orig_cache
     with torch.no_grad():
-        _, new = model.run_with_cache(new_dataset.toks, names_filter=names)
-        _, orig = model.run_with_cache(orig_dataset.toks, names_filter=names)
+        if new is None:
+            _, new = model.run_with_cache(new_dataset.toks, names_filter=names)
+        if orig is None:
+            _, orig = model.run_with_cache(orig_dataset.toks, names_filter=names)
     out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
     for layer in range(model.cfg.n_layers):
         for head in range(model.cfg.n_heads):
@@ -410,8 +412,25 @@ def to_heads_always_q(
     )
 
 
-@correct("get_path_patch_head_to_heads", "the library's engine")
+@wrong("get_path_patch_head_to_heads", "ignored_given_cache")
 def to_heads_library(
+    receiver_heads,
+    receiver_input,
+    model,
+    patching_metric,
+    new_dataset,
+    orig_dataset,
+    new_cache=None,
+    orig_cache=None,
+):
+    """The library's engine, not given the caches (it runs both prompts itself)."""
+    return to_heads_library_with_caches(
+        receiver_heads, receiver_input, model, patching_metric, new_dataset, orig_dataset
+    )
+
+
+@correct("get_path_patch_head_to_heads", "the library's engine, given the caches")
+def to_heads_library_with_caches(
     receiver_heads,
     receiver_input,
     model,
@@ -424,7 +443,14 @@ def to_heads_library(
     from ioi.path_patching import get_path_patch_head_to_heads
 
     grid = get_path_patch_head_to_heads(
-        receiver_heads, receiver_input, model, patching_metric, new_dataset, orig_dataset
+        receiver_heads,
+        receiver_input,
+        model,
+        patching_metric,
+        new_dataset,
+        orig_dataset,
+        new_cache,
+        orig_cache,
     )
     top = max(layer for layer, _ in receiver_heads)
     grid[top:] = float("nan")

@@ -424,7 +424,7 @@ def w_att_endm1(model, ds, dest, src, cache=None):
     )
 
 
-@correct("ioi_attention", "ignores the given cache, always reruns the model")
+@wrong("ioi_attention", "ignored_given_cache")
 def c_att_rerun(model, ds, dest, src, cache=None):
     _, cache = model.run_with_cache(ds.toks)
     rows = torch.arange(ds.N)
