@@ -8,6 +8,7 @@ import streamlit as st
 
 from ioi import site
 from ioi.report import figures as F
+from ioi.report import tables as T
 
 st.set_page_config(page_title="IOI: the circuit, taught and reproduced", layout="wide")
 choice = ioi_site.sidebar()
@@ -48,7 +49,7 @@ left, middle, right = st.columns(3)
 left.metric("mean logit diff (IO - S)", f"{perf['overall']['logit_diff']:.2f}")
 middle.metric("ABC baseline", f"{perf['abc_logit_diff']:.2f}")
 right.metric("IO beats S", f"{perf['overall']['io_over_s']:.1%}")
-st.dataframe(ioi_site.score_table(perf), hide_index=True)
+ioi_site.show_table(T.score_table(perf))
 st.plotly_chart(
     F.histogram_figure(
         ioi_site.get_per_prompt(choice.model, choice.n, choice.seed).tolist(),

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 import streamlit.components.v1 as components
 import torch
@@ -23,6 +22,8 @@ from ioi.circuit import DEFAULT_THRESHOLDS
 from ioi.head import Head
 from ioi.models import load_model
 from ioi.report import analysis as A
+from ioi.report import tables as T
+from ioi.report.document import Table
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: course/ lives here
 DEFAULT_N, DEFAULT_SEED = 40, 1
@@ -267,33 +268,14 @@ def _safe_course_pages() -> dict[int, site.CoursePage]:
 # ---- small display helpers ---------------------------------------------------------------
 
 
-def score_table(perf: dict) -> pd.DataFrame:
-    """Overall and per-family logit difference, accuracy and P(IO) as a DataFrame."""
-    rows = [("all", perf["overall"])] + [(f, perf[f]) for f in ("BABA", "ABBA") if f in perf]
-    return pd.DataFrame(
-        [
-            {
-                "prompts": label,
-                "logit diff": s["logit_diff"],
-                "IO > S": s["io_over_s"],
-                "IO top-1": s["io_top1"],
-                "P(IO)": s["io_prob"],
-            }
-            for label, s in rows
-        ]
-    )
+def show_table(table: Table, where=st) -> None:
+    """One of the report's tables (``ioi.report.tables``) on the page, or in a column ``where``."""
+    where.dataframe(table.to_frame(), hide_index=True)
 
 
 def top_heads(values: torch.Tensor, k: int) -> list[Head]:
     """The ``k`` heads with the largest |value| of a [layer, head] grid, largest first."""
-    n_heads = values.shape[1]
-    order = values.abs().flatten().argsort(descending=True)[:k]
-    return [Head(int(i) // n_heads, int(i) % n_heads) for i in order]
-
-
-def heads_table(values: torch.Tensor, column: str, k: int = 8) -> pd.DataFrame:
-    """The ``k`` heads with the largest |value| of a [layer, head] grid."""
-    return pd.DataFrame([{"head": str(h), column: float(values[h])} for h in top_heads(values, k)])
+    return [head for head, _ in T.top_heads(values, k)]
 
 
 def all_heads(name: str) -> list[Head]:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import pandas as pd
 import plotly.graph_objects as go
 
 Status = Literal["filled", "unavailable", "not_applicable"]
@@ -37,6 +38,12 @@ class Table:
     def build(cls, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
         """A table from any sequences (stored as tuples)."""
         return cls(title, tuple(columns), tuple(tuple(row) for row in rows))
+
+    def to_frame(self) -> pd.DataFrame:
+        """The table as a DataFrame (for the site): numbers kept, anything else as text."""
+        keep = (bool, int, float)
+        rows = [[v if isinstance(v, keep) else str(v) for v in row] for row in self.rows]
+        return pd.DataFrame(rows, columns=list(self.columns))
 
 
 @dataclass(frozen=True)

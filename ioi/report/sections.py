@@ -26,6 +26,7 @@ from ioi.patching import heatmap
 from ioi.reference import comparison_basis, reference_figures
 from ioi.report import analysis as A
 from ioi.report import figures as F
+from ioi.report import tables as T
 from ioi.report.document import Figure, Section, Table
 from ioi.report.progress import Tracker
 
@@ -156,26 +157,6 @@ def _grid_dict(values: torch.Tensor) -> dict[str, float]:
     return dict(zip(Head.grid_labels(*values.shape), values.flatten().tolist(), strict=True))
 
 
-def _top_heads(values: torch.Tensor, k: int) -> list[tuple[Head, float]]:
-    """The ``k`` heads with the largest |value| (layer-major among ties)."""
-    n_layers, n_heads = values.shape
-    heads = [Head(layer, h) for layer in range(n_layers) for h in range(n_heads)]
-    return sorted(((h, float(values[h])) for h in heads), key=lambda kv: -abs(kv[1]))[:k]
-
-
-def _score_row(name: str, stats: dict) -> tuple:
-    return (
-        name,
-        stats["logit_diff"],
-        stats["io_over_s"],
-        stats["io_top1"],
-        stats["io_prob"],
-    )
-
-
-SCORE_COLUMNS = ("prompts", "logit diff", "IO > S", "IO top-1", "P(IO)")
-
-
 # ---- the sections ------------------------------------------------------------------------
 
 
@@ -280,19 +261,7 @@ def section_performance(ctx: ReportContext) -> Section:
         f"**{perf['abc_logit_diff']:.3f}** on the ABC prompts; the IO beats S on "
         f"{perf['overall']['io_over_s']:.1%} of prompts.",
     ]
-    rows = [_score_row("all", perf["overall"])]
-    rows += [_score_row(family, perf[family]) for family in ("BABA", "ABBA") if family in perf]
-    section.tables.append(Table.build("Overall and per family", SCORE_COLUMNS, rows))
-    section.tables.append(
-        Table.build(
-            "Per template",
-            ("template", "n", *SCORE_COLUMNS[1:]),
-            [
-                (t["template"], t["n"], *_score_row("", t)[1:])
-                for t in sorted(perf["per_template"], key=lambda t: t["template_idx"])
-            ],
-        )
-    )
+    section.tables += [T.score_table(perf), T.template_table(perf)]
     per_prompt = A.per_prompt_logit_diff(ctx.setup)
     section.figures.append(
         Figure(
@@ -311,7 +280,7 @@ def section_attribution(ctx: ReportContext) -> Section:
     """Direct logit attribution, attention between the IOI positions, head detectors."""
     att = ctx.attribution
     section = Section("attribution", "Direct logit attribution and what heads attend to")
-    top = _top_heads(att.per_head, 8)
+    top = T.top_heads(att.per_head, 8)
     section.text = [
         "Each component's output at `end`, scaled by the final LayerNorm and projected on the "
         "logit-difference direction W_U[IO] - W_U[S], is its *direct* contribution to the logit "
@@ -497,11 +466,7 @@ def section_path_patching(ctx: ReportContext) -> Section:
         )
     )
     section.tables.append(
-        Table.build(
-            "Heads with the largest direct path to the logits",
-            ("head", "effect"),
-            _top_heads(to_logits, 8),
-        )
+        T.heads_table(to_logits, "effect", "Heads with the largest direct path to the logits")
     )
     section.numbers = {
         "heads_to_logits": _grid_dict(to_logits),

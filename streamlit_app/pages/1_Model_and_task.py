@@ -7,6 +7,7 @@ import streamlit as st
 from ioi.models import GPT2_ALIASES
 from ioi.reference import reference_figures
 from ioi.report import figures as F
+from ioi.report import tables as T
 
 
 def logit_difference(choice: ioi_site.Choice) -> None:
@@ -15,7 +16,7 @@ def logit_difference(choice: ioi_site.Choice) -> None:
     left.metric("IOI prompts", f"{perf['overall']['logit_diff']:.3f}")
     middle.metric("ABC prompts", f"{perf['abc_logit_diff']:.3f}")
     right.metric("IO beats S", f"{perf['overall']['io_over_s']:.1%}")
-    st.dataframe(ioi_site.score_table(perf), hide_index=True)
+    ioi_site.show_table(T.score_table(perf))
     st.plotly_chart(
         F.histogram_figure(
             ioi_site.get_per_prompt(choice.model, choice.n, choice.seed).tolist(),

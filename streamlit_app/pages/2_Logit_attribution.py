@@ -5,6 +5,7 @@ import streamlit as st
 
 from ioi import site
 from ioi.report import figures as F
+from ioi.report import tables as T
 
 
 def layer_by_layer(choice: ioi_site.Choice) -> None:
@@ -33,7 +34,7 @@ def head_by_head(choice: ioi_site.Choice) -> None:
     left.plotly_chart(
         F.layer_head_heatmap(att.per_head, "Direct logit attribution per head", "logit diff")
     )
-    right.dataframe(ioi_site.heads_table(att.per_head, "DLA"), hide_index=True)
+    ioi_site.show_table(T.heads_table(att.per_head, "DLA", "Largest direct effects"), right)
 
 
 def attention(choice: ioi_site.Choice) -> None:

@@ -5,6 +5,7 @@ import streamlit as st
 
 from ioi.report import analysis as A
 from ioi.report import figures as F
+from ioi.report import tables as T
 
 
 def to_logits(choice: ioi_site.Choice) -> None:
@@ -16,7 +17,7 @@ def to_logits(choice: ioi_site.Choice) -> None:
     grid = ioi_site.get_to_logits(choice.model, choice.n, choice.seed)
     left, right = st.columns([2, 1])
     left.plotly_chart(F.layer_head_heatmap(grid, "Path patching: each head -> logits", "effect"))
-    right.dataframe(ioi_site.heads_table(grid, "effect"), hide_index=True)
+    ioi_site.show_table(T.heads_table(grid, "effect", "Largest direct paths"), right)
 
 
 def to_receivers(choice: ioi_site.Choice) -> None:

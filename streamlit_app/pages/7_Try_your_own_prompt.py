@@ -6,6 +6,7 @@ import streamlit as st
 
 from ioi import site
 from ioi.report import figures as F
+from ioi.report import tables as T
 
 st.set_page_config(page_title="Try your own prompt", layout="wide")
 choice = ioi_site.sidebar()
@@ -38,7 +39,7 @@ left, right = st.columns([2, 1])
 left.plotly_chart(
     F.layer_head_heatmap(result.per_head, "Direct logit attribution per head", "logit diff")
 )
-right.dataframe(ioi_site.heads_table(result.per_head, "DLA"), hide_index=True)
+ioi_site.show_table(T.heads_table(result.per_head, "DLA", "Largest direct effects"), right)
 right.dataframe(
     pd.DataFrame(result.top_tokens, columns=["next token", "probability"]), hide_index=True
 )

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ioi import site
+from ioi.report import tables as T
 
 APP = Path(__file__).resolve().parents[2] / "streamlit_app"
 ROOT = APP.parent
@@ -128,6 +129,8 @@ def test_home_page_has_contents_models_and_live_results(app):
     assert app.title[0].value == "Indirect Object Identification"
     assert len(app.get("page_link")) == len(PAGES)
     assert len(app.get("plotly_chart")) >= 1 and len(app.dataframe) >= 2
+    # the report's own score table (ioi.report.tables), not one the site builds again
+    assert [list(t.value.columns) for t in app.dataframe].count(list(T.SCORE_COLUMNS)) == 1
     assert {m.label for m in app.metric} >= {"mean logit diff (IO - S)", "ABC baseline"}
     assert app.sidebar.selectbox[0].value == "toy"
 
