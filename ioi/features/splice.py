@@ -36,7 +36,6 @@ to the model are removed when the block exits, also on an exception.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
@@ -46,6 +45,8 @@ from sae_lens.saes.sae import _disable_hooks
 from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
+
+from ioi.features.activations import check_hook_names
 
 __all__ = ["activation_widths", "sae_hook_name", "splice_hooks", "spliced"]
 
@@ -126,7 +127,7 @@ def splice_hooks(
     if not isinstance(error_term, bool):
         raise TypeError(f"error_term must be a bool, got {type(error_term).__name__}")
     _check_types(saes)
-    _check_names(model, saes)
+    check_hook_names(model, list(saes))
     if len({id(sae) for sae in saes.values()}) < len(saes):
         raise ValueError("the same SAE object is given for two hook names: pass one SAE per name")
     widths, per_head = _probe(model, list(saes))
@@ -200,18 +201,6 @@ def _check_types(saes: Mapping[str, SAE]) -> None:
             raise TypeError(
                 f"saes[{name!r}] must be a sae_lens SAE, got {type(sae).__name__}; "
                 "load one with sae_lens.SAE.load_from_disk or ioi.features.load_toy_saes"
-            )
-
-
-def _check_names(model: HookedTransformer, saes: Mapping[str, SAE]) -> None:
-    for name in saes:
-        if name not in model.hook_dict:
-            close = difflib.get_close_matches(name, list(model.hook_dict), n=5, cutoff=0.5)
-            hint = f"; close names: {', '.join(close)}" if close else ""
-            raise ValueError(
-                f"{name!r} is not a hook point of the model{hint} "
-                "(build names with transformer_lens.utils.get_act_name, e.g. "
-                "get_act_name('resid_pre', 2) == 'blocks.2.hook_resid_pre')"
             )
 
 
