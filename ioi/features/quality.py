@@ -274,7 +274,7 @@ def quality_table(results: list[SAEQuality], title: str = "SAE quality") -> Tabl
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ioi.features.quality [--prompts N] [--seed S]``: the shipped toy SAEs' table."""
+    """``python -m ioi.features quality [--prompts N] [--seed S]``: the shipped toy SAEs' table."""
     import argparse
 
     from rich.console import Console
@@ -282,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     from ioi.features.pretrained import load_toy_saes
     from ioi.models import load_model
 
-    parser = argparse.ArgumentParser(description="Quality of the toy model's shipped SAEs")
+    parser = argparse.ArgumentParser(
+        prog="python -m ioi.features quality", description="Quality of the toy model's shipped SAEs"
+    )
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -292,7 +294,3 @@ def main(argv: list[str] | None = None) -> int:
     title = f"toy SAEs on {args.prompts} IOI prompts (seed {args.seed})"
     Console().print(quality_table(results, title=title))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

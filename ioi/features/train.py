@@ -6,8 +6,12 @@ al. 2024) and ``"standard"`` (ReLU with an L1 penalty). The same seed gives the 
 SAE's initialisation draws from torch's global RNG inside SAELens, so it runs under
 ``torch.random.fork_rng`` seeded by ``seed``, and the caller's RNG state is left as it was.
 
-``python -m ioi.features.train`` reproduces the SAEs shipped for the bundled toy model
-(`TOY_SPECS`, written to ``ioi/data/saes/``); see `ioi.features.pretrained.load_toy_saes`.
+``python -m ioi.features train`` reproduces the SAEs shipped for the bundled toy model
+(`TOY_SPECS`, written to ``ioi/data/saes/``; `ioi.features.pretrained.load_toy_saes` loads
+them): TopK SAEs of 256 features, k=16, at the residual stream entering layers 1 and 2, trained on
+every token of 6,000 IOI and ABC prompts. Measured at commit a7b2af5 on the project's 2-core CPU
+machine (shared with other jobs, load average ~6): 92 s wall for the whole command, and the
+weights it wrote were byte-identical to the shipped ones (``cmp`` of the safetensors files).
 """
 
 from __future__ import annotations
@@ -195,7 +199,10 @@ def train_toy_saes(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """``python -m ioi.features train``: retrain the shipped toy SAEs into ``--out``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ioi.features train", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", type=Path, default=TOY_SAE_DIR)
     parser.add_argument("--prompts", type=int, default=TOY_TRAIN_PROMPTS)
     parser.add_argument("--steps", type=int, default=TOY_SPEC.steps)
@@ -209,7 +216,3 @@ def main(argv: list[str] | None = None) -> int:
     save_saes(saes, args.out)
     print(f"wrote {len(saes)} SAEs to {args.out} in {time.perf_counter() - start:.0f} s")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -84,7 +84,7 @@ def test_shipped_toy_saes(toy_model, no_hooks_after):
     with spliced(toy_model, saes):
         torch.testing.assert_close(toy_model(prompts.toks), plain, atol=1e-4, rtol=0)
     for result in evaluate_saes(toy_model, saes, prompts):
-        # Measured 0.959 and 0.943 on 200 prompts (python -m ioi.features.quality).
+        # Measured 0.959 and 0.943 on 200 prompts (python -m ioi.features quality).
         assert result.variance_explained > 0.9, result
         assert result.logit_diff_recovered_mean > 0.9, result
         assert result.l0 == pytest.approx(16.0)

@@ -91,3 +91,20 @@ def test_batches_are_seeded_permutations():
 def test_bad_specs(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SAESpec(**kwargs)
+
+
+def test_toy_recipe_matches_its_docstring():
+    """The numbers the module docstring states are the recipe's."""
+    from ioi.features import train
+
+    assert train.TOY_SPEC.d_sae == 256 and train.TOY_SPEC.k == 16
+    assert train.TOY_SPEC.architecture == "topk"
+    assert 4 * train.TOY_TRAIN_PROMPTS == 6000  # IOI + ABC, each with and without BOS
+    assert "256 features, k=16" in train.__doc__ and "6,000" in train.__doc__
+
+
+def test_command_line_lists_its_commands(capsys):
+    from ioi.features.__main__ import main
+
+    assert main([]) == 2
+    assert "python -m ioi.features train" in capsys.readouterr().err
