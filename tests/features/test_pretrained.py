@@ -89,3 +89,42 @@ def test_shipped_toy_saes(toy_model, no_hooks_after):
         assert result.logit_diff_recovered_mean > 0.9, result
         assert result.l0 == pytest.approx(16.0)
     no_hooks_after(toy_model)
+
+
+def _hub_cache_with_sae(cache, repo: str, folder: str, sae_dir) -> None:
+    """Lay an SAE saved by SAELens out in ``cache`` as ``huggingface_hub`` caches ``repo``'s
+    ``folder/`` (blobs named by content, snapshot links, ``refs/main``)."""
+    import hashlib
+    from pathlib import Path
+
+    commit = "0" * 39 + "2"
+    root = Path(cache) / ("models--" + repo.replace("/", "--"))
+    snapshot = root / "snapshots" / commit / folder
+    (root / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+    for file in sorted(Path(sae_dir).iterdir()):
+        data = file.read_bytes()
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / file.name).symlink_to(Path("..", "..", "..", "blobs", blob.name))
+
+
+def test_cached_release_loads_offline(no_network, monkeypatch, tmp_path):
+    """A release already in the Hugging Face cache loads through SAE.from_pretrained with the
+    network cut (a tiny SAE stands in for GPT-2 small's layer-8 SAE)."""
+    import huggingface_hub.constants as hub_constants
+
+    sae = random_sae(16, 32, seed=5)
+    sae.cfg.metadata.hook_name = "blocks.8.hook_resid_pre"
+    sae.save_model(tmp_path / "saved")
+    cache = tmp_path / "hub"
+    _hub_cache_with_sae(
+        cache, "jbloom/GPT2-Small-SAEs-Reformatted", "blocks.8.hook_resid_pre", tmp_path / "saved"
+    )
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    saes = load_pretrained_saes("gpt2-small-res-jb", ["blocks.8.hook_resid_pre"])
+    assert list(saes) == ["blocks.8.hook_resid_pre"]
+    torch.testing.assert_close(saes["blocks.8.hook_resid_pre"].W_enc, sae.W_enc)
+    assert no_network == []
