@@ -79,8 +79,9 @@ def spliced(
         >>> cache["blocks.2.hook_resid_pre.hook_sae_acts_post"]  # doctest: +SKIP
     """
     hooks = splice_hooks(model, saes, error_term=error_term)
-    exposed = _expose(model, saes)
+    exposed: dict[str, str] = {}
     try:
+        _expose(model, saes, exposed)
         with model.hooks(fwd_hooks=hooks):
             yield
     finally:
@@ -95,10 +96,9 @@ def sae_hook_name(hook_name: str, sae_hook: str) -> str:
     return f"{hook_name}.{sae_hook}"
 
 
-def _expose(model: HookedTransformer, saes: Mapping[str, SAE]) -> dict[str, str]:
+def _expose(model: HookedTransformer, saes: Mapping[str, SAE], old_names: dict[str, str]) -> None:
     """Make each SAE hook point a hook point of the model under `sae_hook_name`, so
-    ``model.hooks``, ``run_with_cache`` and ``reset_hooks`` reach it; returns the old names."""
-    old_names: dict[str, str] = {}
+    ``model.hooks``, ``run_with_cache`` and ``reset_hooks`` reach it; records the old names."""
     for name, sae in saes.items():
         for short, hp in sae.hook_dict.items():
             full = sae_hook_name(name, short)
@@ -106,7 +106,6 @@ def _expose(model: HookedTransformer, saes: Mapping[str, SAE]) -> dict[str, str]
             hp.name = full  # the cache keys activations by the hook point's name
             model.hook_dict[full] = hp
             model.mod_dict[full] = hp
-    return old_names
 
 
 def _hide(model: HookedTransformer, old_names: dict[str, str]) -> None:
@@ -121,8 +120,10 @@ def splice_hooks(
 ) -> list[tuple[str, Callable]]:
     """The ``(hook_name, hook_fn)`` forward hooks that `spliced` adds, after checking ``saes``.
 
-    For callers that add their hooks in one ``model.hooks(fwd_hooks=...)`` call with others.
-    Raises as `spliced` does.
+    For callers that add their hooks in one ``model.hooks(fwd_hooks=...)`` call with others, or
+    that only want `spliced`'s checks. Unlike `spliced`, it does not make the SAE hook points
+    hook points of the model (reach them on the SAE: ``sae.hook_sae_acts_post``). Raises as
+    `spliced` does.
     """
     if not isinstance(error_term, bool):
         raise TypeError(f"error_term must be a bool, got {type(error_term).__name__}")
@@ -140,23 +141,51 @@ def activation_widths(model: HookedTransformer, names: list[str]) -> dict[str, i
     """The width an SAE must read at each hook name: the last dimension of its activation, or
     ``n_heads * d_head`` for a per-head activation such as ``hook_z``.
 
-    Learned from a forward pass of one token (no hook is left behind).
+    Read from the config for the usual hook points (`_static_shape`); any other is learned from
+    a forward pass of one token, which the model's hooks present at the time also see.
     """
     widths, _ = _probe(model, names)
     return widths
+
+
+def _static_shape(cfg, name: str) -> tuple[int, bool] | None:
+    """(SAE width, per head?) of hook point ``name`` from the config, or None if not known."""
+    suffix = name.rsplit(".", 1)[-1]
+    kv_heads = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    table = {
+        "hook_resid_pre": (cfg.d_model, False),
+        "hook_resid_mid": (cfg.d_model, False),
+        "hook_resid_post": (cfg.d_model, False),
+        "hook_attn_out": (cfg.d_model, False),
+        "hook_mlp_out": (cfg.d_model, False),
+        "hook_z": (cfg.n_heads * cfg.d_head, True),
+        "hook_q": (cfg.n_heads * cfg.d_head, True),
+        "hook_k": (kv_heads * cfg.d_head, True),
+        "hook_v": (kv_heads * cfg.d_head, True),
+    }
+    if cfg.d_mlp is not None and ".mlp." in name:
+        table.update({"hook_pre": (cfg.d_mlp, False), "hook_post": (cfg.d_mlp, False)})
+    return table.get(suffix) if name.startswith("blocks.") else None
 
 
 def _probe(model: HookedTransformer, names: list[str]) -> tuple[dict[str, int], dict[str, bool]]:
     """Each hook point's SAE width, and whether its activation is per head (4-D)."""
     widths: dict[str, int] = {}
     per_head: dict[str, bool] = {}
+    for name in names:
+        known = _static_shape(model.cfg, name)
+        if known is not None:
+            widths[name], per_head[name] = known
+    unknown = [name for name in names if name not in widths]
+    if not unknown:
+        return widths, per_head
 
     def record(act: Tensor, hook: HookPoint) -> None:
         per_head[hook.name] = act.ndim == 4
         widths[hook.name] = act.shape[-1] * (act.shape[-2] if act.ndim == 4 else 1)
 
     tokens = torch.zeros((1, _PROBE_TOKENS), dtype=torch.long, device=model.cfg.device)
-    with torch.no_grad(), model.hooks(fwd_hooks=[(name, record) for name in names]):
+    with torch.no_grad(), model.hooks(fwd_hooks=[(name, record) for name in unknown]):
         model(tokens, return_type=None)
     missing = [name for name in names if name not in widths]
     if missing:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformer_lens.utils import get_act_name
 
-from ioi.features import sae_hook_name, spliced
+from ioi.features import activation_widths, sae_hook_name, spliced
 from ioi.features.testing import identity_sae, random_sae
 from ioi.testing import errors_in_a_user_session, hook_count, tiny_model, token_pair
 
@@ -207,3 +207,24 @@ def test_wrong_types_in_a_user_session():
     assert got["list"][0] == "TypeError" and "mapping" in got["list"][1]
     assert got["module"][0] == "TypeError" and "sae_lens SAE" in got["module"][1]
     assert got["key"][0] == "TypeError" and "hook names" in got["key"][1]
+
+
+def test_static_widths_agree_with_a_forward_pass(model):
+    """The widths read from the config are those of the activations themselves."""
+    from ioi.features.splice import _static_shape
+
+    names = [
+        get_act_name(c, layer)
+        for layer in range(model.cfg.n_layers)
+        for c in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "q", "k", "v")
+    ] + [get_act_name("pre", 0), get_act_name("post", 1)]
+    _, cache = model.run_with_cache(token_pair()[0][:1], names_filter=names)
+    for name in names:
+        act = cache[name]
+        width = act.shape[-1] * (act.shape[-2] if act.ndim == 4 else 1)
+        assert _static_shape(model.cfg, name) == (width, act.ndim == 4), name
+    assert _static_shape(model.cfg, "hook_embed") is None  # falls back to the probe
+    assert activation_widths(model, ["hook_embed", "blocks.0.ln1.hook_normalized"]) == {
+        "hook_embed": 32,
+        "blocks.0.ln1.hook_normalized": 32,
+    }
