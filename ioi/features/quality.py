@@ -246,7 +246,7 @@ def _scores(
 def quality_table(results: list[SAEQuality], title: str = "SAE quality") -> Table:
     """A rich table of `evaluate_saes`'s results: one column per SAE, one row per measure."""
     table = Table(title=title)
-    table.add_column("measure")
+    table.add_column("measure", no_wrap=True)
     for r in results:
         table.add_column(r.hook_name, justify="right")
     rows = [
