@@ -128,3 +128,35 @@ def test_cached_release_loads_offline(no_network, monkeypatch, tmp_path):
     assert list(saes) == ["blocks.8.hook_resid_pre"]
     torch.testing.assert_close(saes["blocks.8.hook_resid_pre"].W_enc, sae.W_enc)
     assert no_network == []
+
+
+def test_ioi_processing_keeps_the_residual_stream_the_sae_releases_saw(tmp_path):
+    """GPT-2 small's residual SAEs were trained on TransformerLens's default processing (LN
+    folded, writing weights and unembedding centred, value biases folded); our processing adds
+    the attention refactoring, which leaves every residual stream as it was (a narrow random
+    GPT-2 of GPT-2 small's layout stands in for the real weights)."""
+    from transformer_lens import HookedTransformer
+    from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
+    from transformers import GPT2LMHeadModel
+
+    from ioi.models import gpt2_config_from_hf, load_model, read_hf_config
+    from ioi.testing import random_gpt2_dir
+
+    path = random_gpt2_dir(tmp_path / "gpt2", n_layer=3)
+    ours = load_model(path, device="cpu")
+    cfg = gpt2_config_from_hf(read_hf_config(path))
+    reference = HookedTransformer(cfg, move_to_device=False)
+    state = convert_gpt2_weights(GPT2LMHeadModel.from_pretrained(path), cfg)
+    reference.load_and_process_state_dict(
+        state,
+        fold_ln=True,
+        center_writing_weights=True,
+        center_unembed=True,
+        fold_value_biases=True,
+    )
+    toks = torch.randint(0, 50257, (2, 7), generator=torch.Generator().manual_seed(0))
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(3)] + ["blocks.2.hook_resid_post"]
+    _, ours_cache = ours.run_with_cache(toks, names_filter=names)
+    _, ref_cache = reference.run_with_cache(toks, names_filter=names)
+    for name in names:
+        torch.testing.assert_close(ours_cache[name], ref_cache[name], atol=1e-4, rtol=1e-4)
