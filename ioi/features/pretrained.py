@@ -21,19 +21,21 @@ from pathlib import Path
 
 from sae_lens import SAE
 
+from ioi.device import resolve_device
 from ioi.models import ModelUnavailableError, _hub_reachable
 
 SAE_CONFIG_FILE = "cfg.json"  # SAELens's config file in an SAE's folder
 TOY_SAE_DIR = Path(__file__).resolve().parent.parent / "data" / "saes"
 
 
-def load_toy_saes(device: str = "cpu") -> dict[str, SAE]:
-    """The SAEs shipped for the bundled toy model, ``{hook_name: SAE}`` (``python -m
-    ioi.features.train`` reproduces them)."""
+def load_toy_saes(device: str = "auto") -> dict[str, SAE]:
+    """The SAEs shipped for the bundled toy model, ``{hook_name: SAE}``, on ``device`` (``"auto"``
+    picks the device `ioi.models.load_model` does); ``python -m ioi.features train`` reproduces
+    them."""
     return load_saes_dir(TOY_SAE_DIR, device=device)
 
 
-def load_saes_dir(path: str | os.PathLike, device: str = "cpu") -> dict[str, SAE]:
+def load_saes_dir(path: str | os.PathLike, device: str = "auto") -> dict[str, SAE]:
     """SAELens SAEs saved on disk (``sae.save_model``): ``path`` holds one SAE (its ``cfg.json``)
     or one folder per SAE. Keyed by each SAE's recorded hook name, else its folder's name."""
     root = Path(path)
@@ -51,7 +53,7 @@ def load_saes_dir(path: str | os.PathLike, device: str = "cpu") -> dict[str, SAE
         )
     saes = {}
     for folder in folders:
-        sae = SAE.load_from_disk(folder, device=device).eval()
+        sae = SAE.load_from_disk(folder, device=str(resolve_device(device))).eval()
         saes[sae.cfg.metadata.hook_name or folder.name] = sae
     return saes
 
@@ -59,7 +61,7 @@ def load_saes_dir(path: str | os.PathLike, device: str = "cpu") -> dict[str, SAE
 def load_pretrained_saes(
     release: str | os.PathLike = "gpt2-small-res-jb",
     sae_ids: Sequence[str] | None = None,
-    device: str = "cpu",
+    device: str = "auto",
 ) -> dict[str, SAE]:
     """Published SAEs from a SAELens release, or SAEs in a local directory, ``{hook_name: SAE}``.
 
@@ -68,7 +70,8 @@ def load_pretrained_saes(
             (`load_saes_dir`).
         sae_ids: which SAEs of the release (for ``gpt2-small-res-jb`` the hook names,
             ``"blocks.8.hook_resid_pre"``, ...); None for all of them.
-        device: where to load them.
+        device: where to load them: ``"auto"`` (cuda, then mps, then cpu, as
+            `ioi.models.load_model` chooses), ``"cpu"``, ``"cuda"`` or ``"mps"``.
 
     Raises:
         ValueError: an unknown release or SAE id (the valid ones listed).
@@ -96,7 +99,7 @@ def load_pretrained_saes(
         )
     saes = {}
     for sae_id in ids:
-        sae = SAE.from_pretrained(release, sae_id, device=device).eval()
+        sae = SAE.from_pretrained(release, sae_id, device=str(resolve_device(device))).eval()
         saes[sae.cfg.metadata.hook_name or sae_id] = sae
     return saes
 
