@@ -17,14 +17,13 @@ everything else free to respond. Three ways to get it, all returned in the same 
 
 The gradient of a node is the model's own gradient at the hook point mapped through the decoder
 (the error node's gradient is the hook point's gradient). That is Marks et al.'s straight-through
-rule: SAELens computes its error term without a gradient, so a gradient taken through a spliced
-SAE would see only the reconstruction and miss every other spliced hook downstream.
+rule, and what a gradient through `ioi.features.splice.spliced` gives (its error term is in the
+autograd graph), computed from one backward pass of the plain model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
@@ -33,7 +32,7 @@ from sae_lens import SAE
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from ioi.features._standin_splice import spliced
+from ioi.features.splice import sae_hook_name, splice_hooks, spliced
 from ioi.inputs import check_baseline_finite, check_token_pair
 from ioi.patching.attribution import correlation, receiver_gradients
 from ioi.patching.engine import Metric, metric_value
@@ -142,22 +141,12 @@ def _node_at(result: FeatureAttribution, index: int) -> FeatureNode:
 # ---- checks ----------------------------------------------------------------------------------
 
 
-def check_saes(model: HookedTransformer, saes: object) -> dict[str, SAE]:
-    """A non-empty mapping of hook names of ``model`` to SAELens SAEs, in forward order."""
-    if not isinstance(saes, Mapping) or not saes:
-        raise TypeError(
-            "saes must be a non-empty mapping of hook name -> sae_lens.SAE, "
-            f"got {type(saes).__name__}"
-        )
+def check_saes(model: HookedTransformer, saes: Mapping[str, SAE]) -> dict[str, SAE]:
+    """``saes`` checked as `spliced` checks it (and non-empty), in the model's forward order."""
+    if isinstance(saes, Mapping) and not saes:
+        raise TypeError("saes must be a non-empty mapping of hook name -> sae_lens.SAE, got {}")
+    splice_hooks(model, saes)  # raises on a bad name, type, width, dtype or device
     order = {name: i for i, name in enumerate(model.hook_dict)}
-    unknown = [name for name in saes if name not in order]
-    if unknown:
-        raise ValueError(
-            f"unknown hook name(s) {unknown}; valid hook names of this model: {list(order)}"
-        )
-    wrong = [name for name, sae in saes.items() if not isinstance(sae, SAE)]
-    if wrong:
-        raise TypeError(f"saes[{wrong[0]!r}] must be a sae_lens.SAE, got {type(saes[wrong[0]])}")
     return {name: saes[name] for name in sorted(saes, key=order.__getitem__)}
 
 
@@ -180,12 +169,6 @@ def node_values(
     sae: SAE, hook: str, act: Float[Tensor, "batch pos ..."]
 ) -> tuple[Float[Tensor, "batch pos d_sae"], Float[Tensor, "batch pos ..."]]:
     """The features and the error term of one hook point's activation (no gradient)."""
-    width = act[0, 0].numel()
-    if sae.cfg.d_in != width:
-        raise ValueError(
-            f"the SAE at {hook} reads d_in={sae.cfg.d_in} but the activation there has "
-            f"{width} entries per position (shape {tuple(act.shape)}); give an SAE trained there"
-        )
     with torch.no_grad():
         features = sae.encode(act)
         error = act - sae.decode(features).to(act.dtype)
@@ -301,16 +284,11 @@ def _path_gradients(
 
     with torch.inference_mode(False), torch.enable_grad():
         features, error = line(clean[0], corrupted[0]), line(clean[1], corrupted[1])
-        with ExitStack() as stack:
-            stack.enter_context(spliced(model, {name: sae}, error_term=True))
-            stack.enter_context(
-                sae.hooks(
-                    fwd_hooks=[
-                        ("hook_sae_acts_post", lambda act, hook: features),
-                        ("hook_sae_error", lambda act, hook: error.to(act.dtype)),
-                    ]
-                )
-            )
+        hooks = [
+            (sae_hook_name(name, "hook_sae_acts_post"), lambda act, hook: features),
+            (sae_hook_name(name, "hook_sae_error"), lambda act, hook: error),
+        ]
+        with spliced(model, {name: sae}, error_term=True), model.hooks(fwd_hooks=hooks):
             logits = model(tokens.repeat(steps, 1))  # copy-major: copy k is alpha_k
         total = sum(metric_value(metric, logits[k * batch : (k + 1) * batch]) for k in range(steps))
         grad_f, grad_e = torch.autograd.grad(total, [features, error])
@@ -397,8 +375,11 @@ def _patched_metrics(
                 act[c * batch : (c + 1) * batch, node.pos] = e_corr[:, node.pos].to(act.dtype)
         return act
 
-    hooks = [("hook_sae_acts_post", patch_features), ("hook_sae_error", patch_error)]
-    with torch.no_grad(), spliced(model, {name: sae}, error_term=True), sae.hooks(fwd_hooks=hooks):
+    hooks = [
+        (sae_hook_name(name, "hook_sae_acts_post"), patch_features),
+        (sae_hook_name(name, "hook_sae_error"), patch_error),
+    ]
+    with torch.no_grad(), spliced(model, {name: sae}, error_term=True), model.hooks(hooks):
         logits = model(tokens.repeat(copies, 1))
     return [float(metric_value(metric, logits[c * batch : (c + 1) * batch])) for c in range(copies)]
 

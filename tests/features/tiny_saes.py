@@ -1,20 +1,16 @@
-"""Random SAELens SAEs for tiny models built in code (seeded, no global RNG)."""
+"""Helpers for the feature tests: float64 random SAEs, and a check that no SAE keeps a hook."""
 
 from __future__ import annotations
 
 import torch
-from sae_lens import SAE, StandardSAE, StandardSAEConfig
+from sae_lens import SAE
+
+from ioi.features.testing import random_sae
 
 
-def random_sae(d_in: int, d_sae: int, seed: int = 0, dtype: str = "float64") -> SAE:
-    """A StandardSAE with seeded normal weights and biases, so about half its latents fire."""
-    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, dtype=dtype))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in (sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec):
-            noise = torch.randn(param.shape, generator=gen, dtype=torch.float64)
-            param.copy_(noise * (0.3 if param.ndim == 2 else 0.1))
-    return sae.eval()
+def random_sae64(d_in: int, d_sae: int, seed: int = 0) -> SAE:
+    """`ioi.features.testing.random_sae` in float64 (for tiny float64 models)."""
+    return random_sae(d_in, d_sae, seed=seed).to(dtype=torch.float64)
 
 
 def sae_hooks_left(saes) -> list[str]:
