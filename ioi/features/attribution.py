@@ -162,6 +162,23 @@ def check_method(method: object, steps: object) -> None:
         )
 
 
+def check_nodes(saes: Mapping[str, SAE], nodes: object, n_pos: int) -> list[FeatureNode]:
+    """``nodes``, an iterable of `FeatureNode` of the spliced hook points, as a list."""
+    if isinstance(nodes, FeatureNode | str) or not hasattr(nodes, "__iter__"):
+        raise TypeError(f"nodes must be a list of FeatureNode values, got {nodes!r}")
+    nodes = list(nodes)
+    for node in nodes:
+        if not isinstance(node, FeatureNode):
+            raise TypeError(f"nodes must be FeatureNode values, got {node!r}")
+        if node.hook not in saes:
+            raise ValueError(f"no SAE at {node.hook!r} for {node}; SAEs are at {list(saes)}")
+        if not 0 <= node.pos < n_pos:
+            raise ValueError(f"{node}: position outside 0..{n_pos - 1}")
+        if node.feature is not None and not 0 <= node.feature < saes[node.hook].cfg.d_sae:
+            raise ValueError(f"{node}: feature outside 0..{saes[node.hook].cfg.d_sae - 1}")
+    return nodes
+
+
 # ---- nodes of one hook point -----------------------------------------------------------------
 
 
@@ -324,16 +341,7 @@ def exact_node_effects(
         or nodes_per_pass < 1
     ):
         raise ValueError(f"nodes_per_pass must be a positive integer, got {nodes_per_pass!r}")
-    nodes = list(nodes)
-    for node in nodes:
-        if not isinstance(node, FeatureNode):
-            raise TypeError(f"nodes must be FeatureNode values, got {node!r}")
-        if node.hook not in saes:
-            raise ValueError(f"no SAE at {node.hook!r} for {node}; SAEs are at {list(saes)}")
-        if not 0 <= node.pos < clean_tokens.shape[1]:
-            raise ValueError(f"{node}: position outside 0..{clean_tokens.shape[1] - 1}")
-        if node.feature is not None and not 0 <= node.feature < saes[node.hook].cfg.d_sae:
-            raise ValueError(f"{node}: feature outside 0..{saes[node.hook].cfg.d_sae - 1}")
+    nodes = check_nodes(saes, nodes, clean_tokens.shape[1])
     with torch.no_grad():
         _, cache = model.run_with_cache(corrupted_tokens, names_filter=lambda n: n in saes)
         _, clean_cache = model.run_with_cache(clean_tokens, names_filter=lambda n: n in saes)
