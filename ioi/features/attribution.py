@@ -35,7 +35,7 @@ from transformer_lens import HookedTransformer
 from ioi.features.splice import sae_hook_name, splice_hooks, spliced
 from ioi.inputs import check_baseline_finite, check_token_pair
 from ioi.patching.attribution import correlation, receiver_gradients
-from ioi.patching.engine import Metric, metric_value
+from ioi.patching.engine import Metric, declared_rows, declared_tokens, metric_value
 
 METHODS = ("atp", "ig")
 
@@ -314,6 +314,55 @@ def _path_gradients(
     return mean_f, mean_e
 
 
+# ---- the metric of each copy of a batch ------------------------------------------------------
+
+
+def copy_metrics(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos"],
+    metric: Metric,
+    copies: int,
+    spliced_hooks: Sequence[str],
+) -> list[Tensor]:
+    """The metric of each of ``copies`` stacked copies of ``tokens`` in one forward pass.
+
+    Run inside the caller's hooks. A metric that declares ``logit_positions`` and
+    ``logit_tokens`` (the `ioi.metrics` factories do) gets only those logits, every other entry
+    NaN, as the patching engine gives them (`ioi.patching.engine.declared_rows`); unembedding
+    every position at GPT-2's vocabulary costs more than the rest of a small model. Full logits
+    where the metric declares nothing, or a spliced hook lies outside the blocks (it would see
+    the picked rows only).
+    """
+    batch, n_pos = tokens.shape
+    stacked = tokens.repeat(copies, 1)  # copy-major: copy c is rows c*batch .. (c+1)*batch-1
+    device = stacked.device
+    rows = declared_rows(metric, batch, n_pos, 0, copies, device)
+    plain = type(model.unembed).__name__ == "Unembed" and model.cfg.output_logits_soft_cap <= 0
+    if rows is None or not plain or any(not h.startswith("blocks.") for h in spliced_hooks):
+        logits = model(stacked)
+        return [metric_value(metric, logits[c * batch : (c + 1) * batch]) for c in range(copies)]
+    vocab = declared_tokens(metric, model.cfg.d_vocab, device)
+    final = model(stacked, stop_at_layer=model.cfg.n_layers)
+    picked = final[torch.arange(len(rows), device=device), rows].unsqueeze(1)  # [rows, 1, d]
+    if model.cfg.normalization_type is not None:
+        picked = model.ln_final(picked)
+    W_U, b_U = model.W_U, model.b_U
+    if vocab is not None:
+        W_U, b_U = W_U[:, vocab], b_U[vocab]
+    values = torch.addmm(b_U, picked.squeeze(1), W_U)  # [copies*batch, n_vocab]
+    blank = values.new_full((batch, n_pos, model.cfg.d_vocab), float("nan"))
+    prompts = torch.arange(batch, device=device)
+    out = []
+    for c in range(copies):
+        mine = slice(c * batch, (c + 1) * batch)
+        if vocab is None:
+            index = (prompts, rows[mine])
+        else:
+            index = (prompts[:, None], rows[mine][:, None], vocab[None, :])
+        out.append(metric_value(metric, blank.index_put(index, values[mine])))
+    return out
+
+
 # ---- the check: exact patching of a few nodes ------------------------------------------------
 
 
@@ -388,8 +437,7 @@ def _patched_metrics(
         (sae_hook_name(name, "hook_sae_error"), patch_error),
     ]
     with torch.no_grad(), spliced(model, {name: sae}, error_term=True), model.hooks(hooks):
-        logits = model(tokens.repeat(copies, 1))
-    return [float(metric_value(metric, logits[c * batch : (c + 1) * batch])) for c in range(copies)]
+        return [float(v) for v in copy_metrics(model, tokens, metric, copies, [name])]
 
 
 # ---- the comparison --------------------------------------------------------------------------

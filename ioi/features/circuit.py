@@ -36,6 +36,7 @@ from ioi.features.attribution import (
     FeatureNode,
     check_nodes,
     check_saes,
+    copy_metrics,
     decoder_grad,
     feature_attribution,
     node_values,
@@ -191,7 +192,7 @@ def ablated_metric(
         hooks.append((sae_hook_name(name, "hook_sae_acts_post"), _keep_or_mean(kept_f, mean_f)))
         hooks.append((sae_hook_name(name, "hook_sae_error"), _keep_or_mean(kept_e, mean_e)))
     with torch.no_grad(), spliced(model, saes, error_term=True), model.hooks(fwd_hooks=hooks):
-        return float(metric_value(metric, model(tokens)))
+        return float(copy_metrics(model, tokens, metric, 1, list(saes))[0])
 
 
 def _keep_or_mean(kept: Tensor, mean: Tensor):

@@ -13,6 +13,8 @@ from ioi.features.attribution import (
     feature_attribution,
     spearman,
 )
+from ioi.features.circuit import ablated_metric, node_means
+from ioi.metrics import make_logit_diff_metric
 from ioi.testing import hooks_left, logit_diff, tiny_model, token_pair
 from tests.features.tiny_saes import random_sae64, sae_hooks_left
 
@@ -199,3 +201,30 @@ def test_exact_refuses_nodes_outside_the_saes(model, saes, tokens):
     ]:
         with pytest.raises(ValueError, match=words):
             exact_node_effects(model, saes, clean, corrupted, logit_diff, [node])
+
+
+def test_a_metric_that_declares_its_logits_gets_the_same_answers(model, saes, tokens):
+    # The IOI metrics declare the positions and tokens they read, and get only those logits
+    # (the rest NaN); every result must equal the one computed from full logits.
+    clean, corrupted = tokens
+    answers = torch.tensor([[3, 7], [8, 1], [2, 9]])
+    declared = make_logit_diff_metric(answers, positions=torch.tensor([5, 3, 4]))
+    undeclared = lambda logits: declared(logits)  # noqa: E731  (no attributes: full logits)
+    assert hasattr(declared, "logit_positions") and not hasattr(undeclared, "logit_positions")
+    nodes = [node for hook in HOOKS for node in some_nodes(hook)]
+    fast = exact_node_effects(model, saes, clean, corrupted, declared, nodes)
+    full = exact_node_effects(model, saes, clean, corrupted, undeclared, nodes)
+    assert full.abs().max() > 1e-3
+    torch.testing.assert_close(fast, full, atol=1e-10, rtol=0)
+    for metric_pair in [(declared, undeclared)]:
+        a, b = (
+            feature_attribution(model, saes, clean, corrupted, m, method="ig", steps=3)
+            for m in metric_pair
+        )
+        for hook in HOOKS:
+            torch.testing.assert_close(a.scores[hook], b.scores[hook], atol=1e-10, rtol=0)
+    means = node_means(model, saes, clean)
+    keep = nodes[:5]
+    assert ablated_metric(model, saes, clean, declared, keep, means) == pytest.approx(
+        ablated_metric(model, saes, clean, undeclared, keep, means), abs=1e-10
+    )
