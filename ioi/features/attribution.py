@@ -40,7 +40,7 @@ from ioi.patching.engine import Metric, declared_rows, declared_tokens, metric_v
 METHODS = ("atp", "ig")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class FeatureNode:
     """One node of a spliced hook point: a feature, or the error term, at one position.
 
