@@ -1,0 +1,160 @@
+"""What a circuit feature is: where it fires, what its decoder writes, which IOI word it reads.
+
+For one feature of one SAE, `interpret_feature` gives
+
+* its top-activating (prompt, position) pairs over a batch of prompts;
+* its decoder direction's direct effect on the logits, ``W_dec[i] @ W_U`` (the tokens it
+  promotes and suppresses most; the final LayerNorm's scale is left out, as in a direct logit
+  attribution of a direction);
+* an IOI role: the word position (``IO``, ``S1``, ``S2``, ``end``, ... from
+  ``IOIDataset.word_idx``) that holds the largest share of the feature's total activation, if
+  that share is at least `ROLE_SHARE`; otherwise ``"mixed"`` (or ``"silent"`` if it never fires).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Int
+from sae_lens import SAE
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from ioi.features.attribution import FeatureNode, check_saes, node_values
+from ioi.inputs import check_model_tokens
+
+ROLES = ("IO", "S1", "S1+1", "S2", "end")
+ROLE_SHARE = 0.5  # share of a feature's activation mass one word must hold to name its role
+
+
+@dataclass(frozen=True)
+class FeatureReport:
+    """One feature, interpreted.
+
+    Attributes:
+        hook, feature: which SAE latent.
+        top_examples: ``(prompt, position, activation)``, largest first.
+        promoted, suppressed: ``(token, logit effect)`` of ``W_dec[feature] @ W_U``, largest
+            first (most negative first for ``suppressed``); empty for an SAE whose ``d_in`` is
+            not ``d_model`` (not a residual-stream direction).
+        role: the IOI word it fires on (see the module docstring), ``"mixed"`` or ``"silent"``.
+        role_shares: each role's share of the feature's activation mass (``"other"``: the rest).
+    """
+
+    hook: str
+    feature: int
+    top_examples: tuple[tuple[int, int, float], ...]
+    promoted: tuple[tuple[str, float], ...]
+    suppressed: tuple[tuple[str, float], ...]
+    role: str
+    role_shares: dict[str, float]
+
+
+def role_shares(
+    activations: Tensor, word_idx: Mapping[str, Tensor], roles: Sequence[str] = ROLES
+) -> dict[str, float]:
+    """Share of ``activations`` ([batch, pos], non-negative) at each role's position per prompt.
+
+    A position that is two roles (it cannot be, for IOI words) counts for the first listed.
+    """
+    total = float(activations.sum())
+    rows = torch.arange(activations.shape[0])
+    taken = torch.zeros_like(activations, dtype=torch.bool)
+    shares = {}
+    for role in roles:
+        if role not in word_idx:
+            raise ValueError(f"word_idx has no {role!r}; it has {sorted(word_idx)}")
+        mask = torch.zeros_like(taken)
+        mask[rows, word_idx[role].to(torch.long)] = True
+        mask &= ~taken
+        taken |= mask
+        shares[role] = float(activations[mask].sum()) / total if total > 0 else 0.0
+    shares["other"] = float(activations[~taken].sum()) / total if total > 0 else 0.0
+    return shares
+
+
+def _role(shares: dict[str, float]) -> str:
+    if sum(shares.values()) == 0:
+        return "silent"
+    best = max((r for r in shares if r != "other"), key=shares.__getitem__)
+    return best if shares[best] >= ROLE_SHARE else "mixed"
+
+
+def interpret_feature(
+    model: HookedTransformer,
+    sae: SAE,
+    hook: str,
+    feature: int,
+    tokens: Int[Tensor, "batch pos"],
+    word_idx: Mapping[str, Tensor],
+    *,
+    k: int = 5,
+    roles: Sequence[str] = ROLES,
+) -> FeatureReport:
+    """Interpret one feature of the SAE at ``hook`` over ``tokens`` (see the module docstring)."""
+    return interpret_features(
+        model, {hook: sae}, [(hook, feature)], tokens, word_idx, k=k, roles=roles
+    )[0]
+
+
+def interpret_features(
+    model: HookedTransformer,
+    saes: Mapping[str, SAE],
+    features: Iterable[tuple[str, int] | FeatureNode],
+    tokens: Int[Tensor, "batch pos"],
+    word_idx: Mapping[str, Tensor],
+    *,
+    k: int = 5,
+    roles: Sequence[str] = ROLES,
+) -> list[FeatureReport]:
+    """Interpret each distinct ``(hook, feature)`` (circuit nodes may be given; error nodes and
+    repeats at other positions are skipped), in the order given."""
+    saes = check_saes(model, saes)
+    check_model_tokens(model, tokens)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    wanted: list[tuple[str, int]] = []
+    for item in features:
+        hook, feature = (item.hook, item.feature) if isinstance(item, FeatureNode) else item
+        if feature is None or (hook, feature) in wanted:
+            continue
+        if hook not in saes or not 0 <= feature < saes[hook].cfg.d_sae:
+            raise ValueError(f"no feature {feature} in an SAE at {hook!r}; SAEs: {list(saes)}")
+        wanted.append((hook, feature))
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in saes)
+    acts = {hook: node_values(sae, hook, cache[hook])[0] for hook, sae in saes.items()}
+    return [
+        _report(model, saes[hook], hook, feature, acts[hook][..., feature], word_idx, k, roles)
+        for hook, feature in wanted
+    ]
+
+
+def _report(model, sae, hook, feature, acts, word_idx, k, roles) -> FeatureReport:
+    flat = acts.flatten()
+    order = flat.argsort(descending=True, stable=True)[: min(k, flat.numel())]
+    top = tuple((i // acts.shape[1], i % acts.shape[1], float(flat[i])) for i in order.tolist())
+    up, down = [], []
+    if sae.cfg.d_in == model.cfg.d_model:  # a residual-stream direction: read it through W_U
+        with torch.no_grad():
+            effect = sae.W_dec[feature].to(model.W_U.dtype) @ model.W_U  # [d_vocab]
+        up = effect.argsort(descending=True, stable=True)[:k].tolist()
+        down = effect.argsort(stable=True)[:k].tolist()
+    shares = role_shares(acts.clamp(min=0), word_idx, roles)
+    return FeatureReport(
+        hook,
+        feature,
+        top,
+        tuple((_token(model, t), float(effect[t])) for t in up),
+        tuple((_token(model, t), float(effect[t])) for t in down),
+        _role(shares),
+        shares,
+    )
+
+
+def _token(model: HookedTransformer, token: int) -> str:
+    if model.tokenizer is None:
+        return str(token)
+    return model.tokenizer.decode([token])
