@@ -1,8 +1,9 @@
 """Senders, receivers and positions: what path patching reads from and writes into.
 
-A `Sender` is a component whose output takes its value from the *new* run (a head's ``hook_z``
-or an MLP's ``hook_mlp_out``). A `Receiver` is one input (``q``, ``k`` or ``v``) of one head,
-which is recomputed with the sender patched and then written into an otherwise clean run.
+A `Sender` is a component whose output takes its value from the *corrupted* run (a head's
+``hook_z`` or an MLP's ``hook_mlp_out``). A `Receiver` is one input (``q``, ``k`` or ``v``) of one
+head, which is recomputed with the sender patched and then written into an otherwise unchanged
+clean run.
 
 Positions come per prompt: ``None`` (every position), a key of the dataset's ``word_idx``
 (``"end"``, ``"S2"``, ...) or an integer tensor of shape [batch] giving one position per prompt.
@@ -40,7 +41,7 @@ def _check_index(value: object, what: str, size: int, axis: str) -> None:
 
 @dataclass(frozen=True)
 class Sender:
-    """A component whose output is patched from the new run: a head or an MLP.
+    """A component whose output is patched from the corrupted run: a head or an MLP.
 
     Args:
         kind: ``"head"`` (its ``hook_z``) or ``"mlp"`` (its ``hook_mlp_out``).
