@@ -227,7 +227,7 @@ def senders_per_pass(
     n_rows = max(len(rows.keep), readout.n_rows)
     per_row = n_rows * (width + n_cols)
     batch, n_pos = readout.shape[:2]
-    # A run of the clean input over the whole batch (to heads): activations plus scores and patterns.
+    # A run of the clean input over the whole batch (to heads): activations, scores, patterns.
     per_run = batch * n_pos * (width + 4 * cfg.n_heads * cfg.d_head + 2 * cfg.n_heads * n_pos)
     per_run = per_run if full_run else 0
     run_rows = batch * n_pos if full_run else 0

@@ -46,7 +46,7 @@ def head_deltas(
     corrupted_z: Float[Tensor, "row head d_head"],
     keep: Bool[Tensor, " row"],
 ) -> Float[Tensor, "sender row d_model"]:
-    """What each head's corrupted output adds to the residual stream, at rows where it is patched.
+    """What each head's corrupted output adds to the residual stream, where it is patched.
 
     ``(z_corrupted - z_clean) @ W_O`` for each head in ``heads``; zero at rows outside the
     sender positions (``keep`` False).
