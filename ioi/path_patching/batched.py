@@ -31,10 +31,12 @@ from ioi.path_patching.engine import (
 )
 from ioi.path_patching.frozen import entry_residual, propagate_frozen, rows_of
 from ioi.path_patching.nodes import (
-    DatasetLike,
-    PositionSpec,
     Receiver,
     Sender,
+)
+from ioi.path_patching.positions import (
+    DatasetLike,
+    PositionSpec,
     dataset_tokens,
     position_mask,
     resolve_positions,

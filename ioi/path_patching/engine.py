@@ -51,15 +51,17 @@ from ioi.path_patching.frozen import (
     rows_of,
 )
 from ioi.path_patching.nodes import (
-    DatasetLike,
-    PositionSpec,
     Receiver,
     Sender,
     all_head_senders,
     all_mlp_senders,
     check_supported,
-    dataset_tokens,
     make_receivers,
+)
+from ioi.path_patching.positions import (
+    DatasetLike,
+    PositionSpec,
+    dataset_tokens,
     position_mask,
     resolve_positions,
 )

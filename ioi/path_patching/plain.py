@@ -24,10 +24,12 @@ from transformer_lens.utilities import get_act_name
 
 from ioi.patching.readout import Metric
 from ioi.path_patching.nodes import (
-    DatasetLike,
-    PositionSpec,
     Receiver,
     Sender,
+)
+from ioi.path_patching.positions import (
+    DatasetLike,
+    PositionSpec,
     dataset_tokens,
     position_mask,
     resolve_positions,
