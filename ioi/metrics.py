@@ -64,6 +64,30 @@ def final_logits(
     return logits[rows, positions.to(logits.device)]
 
 
+def answer_logit_diffs(
+    logits: Float[Tensor, "batch pos d_vocab"],
+    answer_tokens: Int[Tensor, "batch 2"],
+    positions: Int[Tensor, " batch"] | None = None,
+    rows: Int[Tensor, " row"] | None = None,
+) -> Float[Tensor, " row"]:
+    """Correct minus incorrect logit of each prompt in ``rows`` (all if None), at its position.
+
+    ``answer_tokens`` and ``positions`` (default: the last) are per prompt of the whole batch.
+    Reads just the two answer logits of each row (no copy of the vocabulary axis) and checks
+    nothing: `logits_to_ave_logit_diff` checks its inputs and then calls this.
+    """
+    device = logits.device
+    if rows is None:
+        rows = torch.arange(logits.shape[0], device=device)
+    rows = rows.to(device)
+    if positions is None:
+        pos = torch.full_like(rows, logits.shape[1] - 1)
+    else:
+        pos = positions.to(device)[rows]
+    picked = logits[rows[:, None], pos[:, None], answer_tokens.to(device)[rows]]  # [row, 2]
+    return picked[:, 0] - picked[:, 1]
+
+
 def logits_to_ave_logit_diff(
     logits: Float[Tensor, "batch pos d_vocab"],
     answer_tokens: Int[Tensor, "batch 2"],
@@ -86,8 +110,9 @@ def logits_to_ave_logit_diff(
     if not isinstance(per_prompt, bool):
         raise TypeError(f"per_prompt must be True or False, got {per_prompt!r}")
     _check_answers(logits, answer_tokens)
-    picked = final_logits(logits, positions).gather(1, answer_tokens.to(logits.device))
-    diff = picked[:, 0] - picked[:, 1]
+    if positions is not None:
+        check_positions(positions, logits.shape[0], logits.shape[1])
+    diff = answer_logit_diffs(logits, answer_tokens, positions)
     return diff if per_prompt else diff.mean()
 
 

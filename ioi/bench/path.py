@@ -99,7 +99,13 @@ def _plain_on_subset(
     for i in picked:
         sender = Sender("head", i // model.cfg.n_heads, i % model.cfg.n_heads)
         grid[i] = plain_path_patch(
-            model, metric, work.new, work.orig, sender, new_cache=new_cache, orig_cache=orig_cache
+            model,
+            metric,
+            work.new,
+            work.orig,
+            sender,
+            corrupted_cache=new_cache,
+            clean_cache=orig_cache,
         )
     sync(device)
     per_sender = (time.perf_counter() - start) / len(picked)

@@ -17,7 +17,7 @@ from transformer_lens import ActivationCache, HookedTransformer
 from transformer_lens.utilities import get_act_name
 
 from ioi.dataset import IOIDataset
-from ioi.metrics import Metric, logits_to_ave_logit_diff, make_normaliser
+from ioi.metrics import Metric, answer_logit_diffs, logits_to_ave_logit_diff, make_normaliser
 from ioi.path_patching import (
     Readout,
     Receiver,
@@ -42,23 +42,20 @@ def make_rows_ioi_metric(
 
     The metric takes logits of the whole batch and reads only ``rows`` (all if None), at each
     row's position, so one set of caches serves every subset (e.g. a template family).
-    The normalisation is `ioi.metrics.make_normaliser`'s, as in `ioi.metrics.make_ioi_metric`.
+    The logit difference is `ioi.metrics.answer_logit_diffs` and the normalisation
+    `ioi.metrics.make_normaliser`, both as in `ioi.metrics.make_ioi_metric`.
     """
     normalise = make_normaliser(clean_logit_diff, corrupted_logit_diff)
     keep = torch.arange(len(answer_tokens)) if rows is None else rows.cpu()
-    answers, pos = answer_tokens[keep], positions[keep]
 
     def rows_ioi_metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
-        device = logits.device
-        # [row, 2]: each row's (IO, S) logits at its position, without copying whole rows
-        picked = logits[keep.to(device)[:, None], pos.to(device)[:, None], answers.to(device)]
-        return normalise((picked[:, 0] - picked[:, 1]).mean())
+        return normalise(answer_logit_diffs(logits, answer_tokens, positions, keep).mean())
 
     return rows_ioi_metric
 
 
 class PathPatchingOracle:
-    """Memoised path-patching effects: ``metric(patched) - metric(original)`` per sender.
+    """Memoised path-patching effects: ``metric(patched) - metric(clean)`` per sender.
 
     Effects are memoised per sender (and receivers and positions), so a request that shares
     senders with an earlier one (e.g. at a smaller threshold) computes only the new ones.
@@ -83,10 +80,10 @@ class PathPatchingOracle:
                 cache_for_path_patching(model, abc.toks),
                 _patterns(model, ioi.toks),
             )
-        self.orig_cache, self.new_cache, self.patterns = caches
+        self.clean_cache, self.corrupted_cache, self.patterns = caches
         end, answers = ioi.word_idx["end"], ioi.answer_tokens
-        clean = _logit_diff_from_cache(model, self.orig_cache, ioi, self.rows)
-        corrupted = _logit_diff_from_cache(model, self.new_cache, ioi, self.rows)
+        clean = _logit_diff_from_cache(model, self.clean_cache, ioi, self.rows)
+        corrupted = _logit_diff_from_cache(model, self.corrupted_cache, ioi, self.rows)
         self.clean_logit_diff, self.corrupted_logit_diff = clean, corrupted
         self.metric = make_rows_ioi_metric(clean, corrupted, answers, end, self.rows)
         # The metric reads each row's end position and the answer columns: no detection needed.
@@ -103,7 +100,11 @@ class PathPatchingOracle:
     def for_rows(self, rows: Int[Tensor, " row"]) -> PathPatchingOracle:
         """An oracle for a subset of the prompts, sharing this one's caches."""
         return PathPatchingOracle(
-            self.model, self.ioi, self.abc, rows, (self.orig_cache, self.new_cache, self.patterns)
+            self.model,
+            self.ioi,
+            self.abc,
+            rows,
+            (self.clean_cache, self.corrupted_cache, self.patterns),
         )
 
     def effects(
@@ -139,8 +140,8 @@ class PathPatchingOracle:
                 self.abc,
                 self.ioi,
                 list(senders),
-                new_cache=self.new_cache,
-                orig_cache=self.orig_cache,
+                corrupted_cache=self.corrupted_cache,
+                clean_cache=self.clean_cache,
                 sender_positions=sp,
                 receiver_positions=rp,
                 readout=self.readout,
@@ -154,8 +155,8 @@ class PathPatchingOracle:
                 self.abc,
                 self.ioi,
                 list(to_heads.values()),
-                new_cache=self.new_cache,
-                orig_cache=self.orig_cache,
+                corrupted_cache=self.corrupted_cache,
+                clean_cache=self.clean_cache,
                 readout=self.readout,
                 track=self.track,
             )

@@ -5,6 +5,10 @@ result shapes and values (to float rounding), but computed by `ioi.patching.engi
 per forward pass, each pass starting at its layer. Each also takes keyword-only knobs:
 ``max_sites_per_pass``, ``memory_budget`` (bytes) and ``progress``.
 
+Each drop-in is a real ``def`` (its own signature and docstring, for ``help`` and editors) whose
+body `ioi.wrappers.body_from` supplies: the ``@_dropin(...)`` line above it names the grids it
+sweeps, and `_run` is the one body they all share.
+
 Differences from TransformerLens, on purpose:
 
 - MLP sweeps on attn-only models raise `ValueError` (TransformerLens silently returns the
@@ -15,7 +19,7 @@ Differences from TransformerLens, on purpose:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -27,57 +31,72 @@ from ioi.inputs import check_model_tokens
 from ioi.patching.engine import Metric, patch_sites
 from ioi.patching.sources import RunSource, check_cache
 from ioi.patching.sweep import Sweep, sweep
+from ioi.wrappers import F, body_from
 
 
 @dataclass(frozen=True)
-class _Knobs:
-    max_sites_per_pass: int | None
-    memory_budget: int | None
-    progress: bool
+class _Grid:
+    """One sweep of a drop-in: a component at all positions together or at each position."""
+
+    component: str
+    positions: str  # "all" or "each"
+    src_positions: str = "all"  # pattern only: "each" sweeps single (dest, src) entries
+    axes: tuple[str, ...] | None = None  # result axes, if not sweep()'s default order
+
+    def build(self, model: HookedTransformer, n_pos: int) -> Sweep:
+        return sweep(
+            model,
+            self.component,
+            n_pos,
+            positions=self.positions,
+            src_positions=self.src_positions,
+            axes=self.axes,
+        )
 
 
-def _patch(
+def _dropin(*grids: _Grid, pad_heads: bool = False) -> Callable[[F], F]:
+    """The body of a drop-in that sweeps ``grids``: one grid's result, or all of them stacked
+    (head axes zero-padded to ``n_heads`` if ``pad_heads``, as TransformerLens's ``*_every``)."""
+    return body_from(_run, grids, pad_heads)
+
+
+def _run(
+    grids: tuple[_Grid, ...],
+    pad_heads: bool,
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
     clean_cache: ActivationCache | Mapping[str, Tensor],
     metric: Metric,
-    grids: list[Sweep],
-    knobs: _Knobs,
-) -> list[Tensor]:
-    """Patch all grids' sites in one engine call (so they share passes); one tensor per grid."""
-    sites = [site for grid in grids for site in grid.sites]
+    *,
+    max_sites_per_pass: int | None,
+    memory_budget: int | None,
+    progress: bool,
+) -> Tensor:
+    """Check the inputs, then patch all grids' sites in one engine call (so they share passes)."""
+    tokens = check_model_tokens(model, corrupted_tokens, "corrupted_tokens")
+    check_cache(clean_cache, "clean_cache")
+    sweeps = [grid.build(model, tokens.shape[1]) for grid in grids]
     values = patch_sites(
         model,
         corrupted_tokens,
-        sites,
+        [site for s in sweeps for site in s.sites],
         metric,
         RunSource(clean_cache, role="clean_cache"),
-        max_sites_per_pass=knobs.max_sites_per_pass,
-        memory_budget=knobs.memory_budget,
-        progress=knobs.progress,
+        max_sites_per_pass=max_sites_per_pass,
+        memory_budget=memory_budget,
+        progress=progress,
     )
-    sizes = [len(grid.sites) for grid in grids]
-    return [
-        chunk.reshape(grid.shape) for chunk, grid in zip(values.split(sizes), grids, strict=True)
-    ]
+    sizes = [len(s.sites) for s in sweeps]
+    results = [chunk.reshape(s.shape) for chunk, s in zip(values.split(sizes), sweeps, strict=True)]
+    if len(results) == 1:
+        return results[0]
+    if pad_heads:  # kv heads under grouped-query attention: zero rows up to n_heads
+        n_heads = model.cfg.n_heads
+        results = [torch.nn.functional.pad(r, (0, n_heads - r.shape[-1])) for r in results]
+    return torch.stack(results)
 
 
-def _n_pos(
-    model: HookedTransformer,
-    corrupted_tokens: object,
-    clean_cache: object,
-) -> int:
-    """Check the inputs every drop-in shares (before any sweep is built); their sequence length."""
-    tokens = check_model_tokens(model, corrupted_tokens, "corrupted_tokens")
-    check_cache(clean_cache, "clean_cache")
-    return tokens.shape[1]
-
-
-def _pad_heads(result: Tensor, n_heads: int) -> Tensor:
-    """Zero-pad the last (head) axis to ``n_heads``, as TransformerLens does for kv heads."""
-    return torch.nn.functional.pad(result, (0, n_heads - result.shape[-1]))
-
-
+@_dropin(*(_Grid(c, "all") for c in ("z", "q", "k", "v", "pattern")), pad_heads=True)
 def get_act_patch_attn_head_all_pos_every(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
@@ -98,13 +117,14 @@ def get_act_patch_attn_head_all_pos_every(
         [5, n_layers, n_heads] for (z, q, k, v, pattern); k/v rows beyond
         ``n_key_value_heads`` are zero under grouped-query attention.
     """
-    knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    n_pos = _n_pos(model, corrupted_tokens, clean_cache)
-    grids = [sweep(model, c, n_pos, positions="all") for c in ("z", "q", "k", "v", "pattern")]
-    results = _patch(model, corrupted_tokens, clean_cache, metric, grids, knobs)
-    return torch.stack([_pad_heads(r, model.cfg.n_heads) for r in results])
+    ...
 
 
+@_dropin(
+    *(_Grid(c, "each") for c in ("z", "q", "k", "v")),
+    _Grid("pattern", "each", axes=("layer", "dest_pos", "head")),
+    pad_heads=True,
+)
 def get_act_patch_attn_head_by_pos_every(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
@@ -124,16 +144,10 @@ def get_act_patch_attn_head_by_pos_every(
         [5, n_layers, pos, n_heads] for (z, q, k, v, pattern by destination position); k/v
         entries beyond ``n_key_value_heads`` are zero under grouped-query attention.
     """
-    knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    n_pos = _n_pos(model, corrupted_tokens, clean_cache)
-    grids = [sweep(model, c, n_pos, positions="each") for c in ("z", "q", "k", "v")]
-    grids.append(
-        sweep(model, "pattern", n_pos, positions="each", axes=("layer", "dest_pos", "head"))
-    )
-    results = _patch(model, corrupted_tokens, clean_cache, metric, grids, knobs)
-    return torch.stack([_pad_heads(r, model.cfg.n_heads) for r in results])
+    ...
 
 
+@_dropin(*(_Grid(c, "each") for c in ("resid_pre", "attn_out", "mlp_out")))
 def get_act_patch_block_every(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
@@ -152,13 +166,10 @@ def get_act_patch_block_every(
     Returns:
         [3, n_layers, pos] for (resid_pre, attn_out, mlp_out).
     """
-    knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    n_pos = _n_pos(model, corrupted_tokens, clean_cache)
-    components = ("resid_pre", "attn_out", "mlp_out")
-    grids = [sweep(model, c, n_pos, positions="each") for c in components]
-    return torch.stack(_patch(model, corrupted_tokens, clean_cache, metric, grids, knobs))
+    ...
 
 
+@_dropin(_Grid("resid_pre", "each"))
 def get_act_patch_resid_pre(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
@@ -176,11 +187,10 @@ def get_act_patch_resid_pre(
     Returns:
         Metric per patch, shape [n_layers, pos].
     """
-    knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "resid_pre", _n_pos(model, corrupted_tokens, clean_cache), positions="each")
-    return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
+    ...
 
 
+@_dropin(_Grid("resid_mid", "each"))
 def get_act_patch_resid_mid(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
@@ -198,11 +208,10 @@ def get_act_patch_resid_mid(
     Returns:
         Metric per patch, shape [n_layers, pos].
     """
-    knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "resid_mid", _n_pos(model, corrupted_tokens, clean_cache), positions="each")
-    return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
+    ...
 
 
+@_dropin(_Grid("attn_out", "each"))
 def get_act_patch_attn_out(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
@@ -220,11 +229,10 @@ def get_act_patch_attn_out(
     Returns:
         Metric per patch, shape [n_layers, pos].
     """
-    knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "attn_out", _n_pos(model, corrupted_tokens, clean_cache), positions="each")
-    return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
+    ...
 
 
+@_dropin(_Grid("mlp_out", "each"))
 def get_act_patch_mlp_out(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
@@ -242,11 +250,10 @@ def get_act_patch_mlp_out(
     Returns:
         Metric per patch, shape [n_layers, pos].
     """
-    knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "mlp_out", _n_pos(model, corrupted_tokens, clean_cache), positions="each")
-    return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
+    ...
 
 
+@_dropin(_Grid("z", "all"))
 def get_act_patch_attn_head_out_all_pos(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
@@ -264,11 +271,10 @@ def get_act_patch_attn_head_out_all_pos(
     Returns:
         Metric per patch, shape [n_layers, n_heads].
     """
-    knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "z", _n_pos(model, corrupted_tokens, clean_cache), positions="all")
-    return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
+    ...
 
 
+@_dropin(_Grid("q", "all"))
 def get_act_patch_attn_head_q_all_pos(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
@@ -286,11 +292,10 @@ def get_act_patch_attn_head_q_all_pos(
     Returns:
         Metric per patch, shape [n_layers, n_heads].
     """
-    knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "q", _n_pos(model, corrupted_tokens, clean_cache), positions="all")
-    return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
+    ...
 
 
+@_dropin(_Grid("k", "all"))
 def get_act_patch_attn_head_k_all_pos(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
@@ -308,11 +313,10 @@ def get_act_patch_attn_head_k_all_pos(
     Returns:
         Metric per patch, shape [n_layers, n_heads] ([n_layers, n_key_value_heads] under grouped-query attention).
     """
-    knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "k", _n_pos(model, corrupted_tokens, clean_cache), positions="all")
-    return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
+    ...
 
 
+@_dropin(_Grid("v", "all"))
 def get_act_patch_attn_head_v_all_pos(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
@@ -330,11 +334,10 @@ def get_act_patch_attn_head_v_all_pos(
     Returns:
         Metric per patch, shape [n_layers, n_heads] ([n_layers, n_key_value_heads] under grouped-query attention).
     """
-    knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "v", _n_pos(model, corrupted_tokens, clean_cache), positions="all")
-    return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
+    ...
 
 
+@_dropin(_Grid("pattern", "all"))
 def get_act_patch_attn_head_pattern_all_pos(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
@@ -352,11 +355,10 @@ def get_act_patch_attn_head_pattern_all_pos(
     Returns:
         Metric per patch, shape [n_layers, n_heads].
     """
-    knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "pattern", _n_pos(model, corrupted_tokens, clean_cache), positions="all")
-    return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
+    ...
 
 
+@_dropin(_Grid("z", "each"))
 def get_act_patch_attn_head_out_by_pos(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
@@ -374,11 +376,10 @@ def get_act_patch_attn_head_out_by_pos(
     Returns:
         Metric per patch, shape [n_layers, pos, n_heads].
     """
-    knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "z", _n_pos(model, corrupted_tokens, clean_cache), positions="each")
-    return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
+    ...
 
 
+@_dropin(_Grid("q", "each"))
 def get_act_patch_attn_head_q_by_pos(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
@@ -396,11 +397,10 @@ def get_act_patch_attn_head_q_by_pos(
     Returns:
         Metric per patch, shape [n_layers, pos, n_heads].
     """
-    knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "q", _n_pos(model, corrupted_tokens, clean_cache), positions="each")
-    return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
+    ...
 
 
+@_dropin(_Grid("k", "each"))
 def get_act_patch_attn_head_k_by_pos(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
@@ -418,11 +418,10 @@ def get_act_patch_attn_head_k_by_pos(
     Returns:
         Metric per patch, shape [n_layers, pos, n_heads] ([n_layers, pos, n_key_value_heads] under grouped-query attention).
     """
-    knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "k", _n_pos(model, corrupted_tokens, clean_cache), positions="each")
-    return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
+    ...
 
 
+@_dropin(_Grid("v", "each"))
 def get_act_patch_attn_head_v_by_pos(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
@@ -440,11 +439,10 @@ def get_act_patch_attn_head_v_by_pos(
     Returns:
         Metric per patch, shape [n_layers, pos, n_heads] ([n_layers, pos, n_key_value_heads] under grouped-query attention).
     """
-    knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "v", _n_pos(model, corrupted_tokens, clean_cache), positions="each")
-    return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
+    ...
 
 
+@_dropin(_Grid("pattern", "each"))
 def get_act_patch_attn_head_pattern_by_pos(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
@@ -462,11 +460,10 @@ def get_act_patch_attn_head_pattern_by_pos(
     Returns:
         Metric per patch, shape [n_layers, n_heads, dest_pos].
     """
-    knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(model, "pattern", _n_pos(model, corrupted_tokens, clean_cache), positions="each")
-    return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
+    ...
 
 
+@_dropin(_Grid("pattern", "each", src_positions="each"))
 def get_act_patch_attn_head_pattern_dest_src_pos(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
@@ -484,12 +481,4 @@ def get_act_patch_attn_head_pattern_dest_src_pos(
     Returns:
         Metric per patch, shape [n_layers, n_heads, dest_pos, src_pos].
     """
-    knobs = _Knobs(max_sites_per_pass, memory_budget, progress)
-    grid = sweep(
-        model,
-        "pattern",
-        _n_pos(model, corrupted_tokens, clean_cache),
-        positions="each",
-        src_positions="each",
-    )
-    return _patch(model, corrupted_tokens, clean_cache, patching_metric, [grid], knobs)[0]
+    ...

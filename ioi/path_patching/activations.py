@@ -1,8 +1,8 @@
-"""Step 1 of path patching: the activations of the original and the new run.
+"""Step 1 of path patching: the activations of the clean and the corrupted run.
 
-The engine needs, from the original run, every layer's residual input, attention output and
-MLP output (to rebuild the residual stream with attention frozen), every head's ``z`` (to form
-a sender's change) and the final residual; from the new run only the senders' outputs.
+The engine needs, from the clean run, every layer's residual input, attention output and MLP
+output (to rebuild the residual stream with attention frozen), every head's ``z`` (to form a
+sender's change) and the final residual; from the corrupted run only the senders' outputs.
 A cache the caller already has is used as it is; otherwise one forward pass fills it.
 """
 

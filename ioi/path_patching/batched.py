@@ -4,8 +4,8 @@
 Circuit discovery asks many such questions at once (the senders into every group's q, k and
 v, each sender's effect at six positions): here each question is a `PathQuery` (one sender,
 its receivers, its positions), and questions with senders of one kind and layer share one
-frozen propagation, while the clean runs with the receivers patched in are stacked over all
-of them, as many copies per pass as the memory budget allows. The numbers are those of
+frozen propagation, while the runs of the clean input with the receivers patched in are stacked
+over all of them, as many copies per pass as the memory budget allows. The numbers are those of
 `path_patch`, one query at a time, up to float rounding (tests check both against
 `ioi.path_patching.plain`).
 """
@@ -31,10 +31,12 @@ from ioi.path_patching.engine import (
 )
 from ioi.path_patching.frozen import entry_residual, propagate_frozen, rows_of
 from ioi.path_patching.nodes import (
-    DatasetLike,
-    PositionSpec,
     Receiver,
     Sender,
+)
+from ioi.path_patching.positions import (
+    DatasetLike,
+    PositionSpec,
     dataset_tokens,
     position_mask,
     resolve_positions,
@@ -64,14 +66,14 @@ def _start_layer(query: PathQuery) -> int:
 
 
 def _masks(
-    specs: Sequence[PositionSpec], orig_dataset: DatasetLike, rows: _Rows, what: str
+    specs: Sequence[PositionSpec], clean_dataset: DatasetLike, rows: _Rows, what: str
 ) -> Bool[Tensor, "query row"]:
     """Each query's positions as a mask over the rows (every (prompt, position))."""
-    batch, n_pos = dataset_tokens(orig_dataset, "orig_dataset").shape
+    batch, n_pos = dataset_tokens(clean_dataset, "clean_dataset").shape
     by_spec: dict = {}
     for spec in specs:
         if spec not in by_spec:
-            pos = resolve_positions(spec, orig_dataset, what)
+            pos = resolve_positions(spec, clean_dataset, what)
             by_spec[spec] = position_mask(pos, batch, n_pos)[rows.batch_idx, rows.pos_idx]
     return torch.stack([by_spec[spec] for spec in specs])
 
@@ -79,41 +81,41 @@ def _masks(
 def _deltas(
     model: HookedTransformer,
     senders: Sequence[Sender],
-    orig: RunActivations,
-    new: RunActivations,
+    clean: RunActivations,
+    corrupted: RunActivations,
     rows: _Rows,
     keep: Bool[Tensor, "copy row"],
 ) -> Float[Tensor, "copy row d_model"]:
     """What each sender (all of one kind and layer) changes at the rows it is patched at."""
     kind, layer = senders[0].kind, senders[0].layer
-    device = orig.resid_pre[0].device
+    device = clean.resid_pre[0].device
     mask = keep.to(device)[:, :, None]
     if kind == "head":
         idx = torch.tensor([s.head for s in senders], device=device)
-        orig_z = rows_of(orig.z[layer], rows.batch_idx, rows.pos_idx)[:, idx]  # [row, copy, d]
-        new_z = rows_of(new.z[layer], rows.batch_idx, rows.pos_idx)[:, idx]
-        dz = (new_z - orig_z).transpose(0, 1) * mask  # [copy, row, d_head]
+        clean_z = rows_of(clean.z[layer], rows.batch_idx, rows.pos_idx)[:, idx]  # [row, copy, d]
+        corrupted_z = rows_of(corrupted.z[layer], rows.batch_idx, rows.pos_idx)[:, idx]
+        dz = (corrupted_z - clean_z).transpose(0, 1) * mask  # [copy, row, d_head]
         return torch.einsum("crh,chd->crd", dz, model.W_O[layer][idx])
-    orig_m = rows_of(orig.mlp_out[layer], rows.batch_idx, rows.pos_idx)
-    new_m = rows_of(new.mlp_out[layer], rows.batch_idx, rows.pos_idx)
-    return (new_m - orig_m)[None] * mask
+    clean_m = rows_of(clean.mlp_out[layer], rows.batch_idx, rows.pos_idx)
+    corrupted_m = rows_of(corrupted.mlp_out[layer], rows.batch_idx, rows.pos_idx)
+    return (corrupted_m - clean_m)[None] * mask
 
 
 def _writes(
     model: HookedTransformer,
     queries: Sequence[PathQuery],
     copies: Sequence[int],
-    orig: RunActivations,
-    new: RunActivations,
+    clean: RunActivations,
+    corrupted: RunActivations,
     rows: _Rows,
     send: Bool[Tensor, "copy row"],
 ) -> list[Write]:
     """Frozen propagation for queries whose senders share a kind and layer, and the receivers'
-    new inputs at the rows as writes into the stacked clean run (copy ``copies[j]`` for
+    patched inputs at the rows as writes into the stacked clean runs (copy ``copies[j]`` for
     query ``j``)."""
     kind, layer = queries[0].sender.kind, queries[0].sender.layer
-    deltas = _deltas(model, [q.sender for q in queries], orig, new, rows, send)
-    x = entry_residual(model, orig, kind, layer, rows.batch_idx, rows.pos_idx)[None] + deltas
+    deltas = _deltas(model, [q.sender for q in queries], clean, corrupted, rows, send)
+    x = entry_residual(model, clean, kind, layer, rows.batch_idx, rows.pos_idx)[None] + deltas
     reached: dict[Receiver, list[int]] = {}  # receiver -> queries (indices here) it is in
     for j, q in enumerate(queries):
         for r in q.receivers:
@@ -121,7 +123,7 @@ def _writes(
                 reached.setdefault(r, []).append(j)
     layers = sorted({r.layer for r in reached})
     _, resid_pre = propagate_frozen(model, x, layer, kind, rows.attn_out, layers[-1], layers)
-    batch = orig.resid_pre[0].shape[0]
+    batch = clean.resid_pre[0].shape[0]
     device = x.device
     batch_idx, pos_idx = rows.batch_idx.to(device), rows.pos_idx.to(device)
     writes = []
@@ -138,8 +140,8 @@ def _writes(
 def _pass(
     model: HookedTransformer,
     queries: Sequence[PathQuery],
-    orig: RunActivations,
-    new: RunActivations,
+    clean: RunActivations,
+    corrupted: RunActivations,
     rows: _Rows,
     send: Bool[Tensor, "copy row"],
     readout: Readout,
@@ -151,9 +153,9 @@ def _pass(
     writes: list[Write] = []
     for members in groups.values():
         sub = [queries[j] for j in members]
-        writes += _writes(model, sub, members, orig, new, rows, send[members])
+        writes += _writes(model, sub, members, clean, corrupted, rows, send[members])
     start = min(w.receiver.layer for w in writes)
-    final = run_with_writes(model, orig.resid_pre[start], start, writes, len(queries))
+    final = run_with_writes(model, clean.resid_pre[start], start, writes, len(queries))
     device = final.device
     at_readout = final[:, readout.batch_idx.to(device), readout.pos_idx.to(device)]
     return project_to_logits(model, at_readout, readout)
@@ -163,12 +165,12 @@ def _pass(
 def path_patch_queries(
     model: HookedTransformer,
     patching_metric: Metric,
-    new_dataset: DatasetLike,
-    orig_dataset: DatasetLike,
+    corrupted_dataset: DatasetLike,
+    clean_dataset: DatasetLike,
     queries: Sequence[PathQuery],
     *,
-    new_cache=None,
-    orig_cache=None,
+    corrupted_cache=None,
+    clean_cache=None,
     readout: str | Readout = "auto",
     batch_size: int | None = None,
     memory_budget: int | None = None,
@@ -180,6 +182,8 @@ def path_patch_queries(
     sender_positions=..., receiver_positions=...)`` returns for it.
 
     Args:
+        corrupted_dataset, clean_dataset, corrupted_cache, clean_cache: the two runs, as in
+            `ioi.path_patching.path_patch`.
         queries: the questions; each needs a receiver above its sender's layer.
         batch_size: at most this many queries per stacked pass (None: no limit but the budget).
         memory_budget: bytes a pass may use, as in `ioi.path_patching.path_patch` (None: the
@@ -191,22 +195,24 @@ def path_patch_queries(
     """
     if not queries:
         raise ValueError("no queries given; e.g. [PathQuery(Sender('head', 0, 1), receivers)]")
-    new_toks = dataset_tokens(new_dataset, "new_dataset")
-    orig_toks = dataset_tokens(orig_dataset, "orig_dataset")
+    corrupted_toks = dataset_tokens(corrupted_dataset, "corrupted_dataset")
+    clean_toks = dataset_tokens(clean_dataset, "clean_dataset")
     for receivers in {q.receivers for q in queries}:
         senders = list({q.sender for q in queries if q.receivers == receivers})
-        _validate(model, senders, list(receivers), new_toks, orig_toks, batch_size, memory_budget)
-    orig, new, out, metric_view = _activations_and_readout(
+        _validate(
+            model, senders, list(receivers), corrupted_toks, clean_toks, batch_size, memory_budget
+        )
+    clean, corrupted, out, metric_view = _activations_and_readout(
         model,
         patching_metric,
         [q.sender for q in queries],
-        new_toks,
-        orig_toks,
-        new_cache,
-        orig_cache,
+        corrupted_toks,
+        clean_toks,
+        corrupted_cache,
+        clean_cache,
         readout,
     )
-    batch, n_pos = orig_toks.shape
+    batch, n_pos = clean_toks.shape
     # Passes hold queries with one receiver position (whose rows the frozen propagation
     # rebuilds) and one start layer (a lower start costs whole layers for every copy).
     groups: dict[tuple, list[int]] = {}
@@ -215,16 +221,16 @@ def path_patch_queries(
     results: list[Tensor | None] = [None] * len(queries)
     passes = []
     for (where, _), members in groups.items():
-        pos = resolve_positions(where, orig_dataset, "receiver_positions")
+        pos = resolve_positions(where, clean_dataset, "receiver_positions")
         grid = position_mask(pos, batch, n_pos).nonzero(as_tuple=True)
-        rows = _Rows.build(orig, grid[0], grid[1], None)
+        rows = _Rows.build(clean, grid[0], grid[1], None)
         size = senders_per_pass(model, rows, out, True, memory_budget, batch_size)
         members.sort(key=lambda i: (queries[i].sender.kind, queries[i].sender.layer))
         passes += [(rows, members[i : i + size]) for i in range(0, len(members), size)]
     for rows, chunk in track(passes, "path-patching passes") if track else passes:
         sub = [queries[i] for i in chunk]
-        send = _masks([q.sender_positions for q in sub], orig_dataset, rows, "sender_positions")
-        logits = _pass(model, sub, orig, new, rows, send, out)
+        send = _masks([q.sender_positions for q in sub], clean_dataset, rows, "sender_positions")
+        logits = _pass(model, sub, clean, corrupted, rows, send, out)
         for i, values in zip(chunk, logits, strict=True):
             results[i] = metric_view(values)
     values = torch.stack(results)

@@ -1,22 +1,22 @@
 """Steps 3 and 4 of path patching: a sender's change, carried forward with attention frozen.
 
-With every head's output frozen to the original run, a layer's attention output is the
-original one whatever the residual stream holds, so nothing mixes information across
-positions: the residual at a position depends only on that position's original values plus
-the sender's change there. A patched residual is therefore rebuilt *per position*, for just
+With every head's output frozen to the clean run, a layer's attention output is the clean
+one whatever the residual stream holds, so nothing mixes information across positions: the
+residual at a position depends only on that position's clean values plus the sender's change
+there. A patched residual is therefore rebuilt *per position*, for just
 the rows that are read later (the metric's positions, or the receivers' positions):
 
-    resid_mid[L]  = orig resid_mid[L] + delta          (head sender at layer L)
+    resid_mid[L]  = clean resid_mid[L] + delta          (head sender at layer L)
     resid_post[l] = resid_mid[l] + MLP_l(LN2_l(resid_mid[l]))
-    resid_mid[l+1] = resid_post[l] + orig attn_out[l+1]
+    resid_mid[l+1] = resid_post[l] + clean attn_out[l+1]
 
 Only MLPs and LayerNorms are recomputed, on stacked copies (one per sender).
 
 In a parallel block (GPT-J, GPT-NeoX: ``cfg.parallel_attn_mlp``) the MLP reads the block's input,
 not the sum after attention, so a head's change cannot reach the MLP of its own layer:
 
-    resid_post[L]  = orig resid_post[L] + delta         (head sender at layer L)
-    resid_post[l]  = resid_pre[l] + orig attn_out[l] + MLP_l(LN2_l(resid_pre[l]))
+    resid_post[L]  = clean resid_post[L] + delta         (head sender at layer L)
+    resid_post[l]  = resid_pre[l] + clean attn_out[l] + MLP_l(LN2_l(resid_pre[l]))
 """
 
 from __future__ import annotations
@@ -42,29 +42,29 @@ def head_deltas(
     model: HookedTransformer,
     layer: int,
     heads: Sequence[int],
-    orig_z: Float[Tensor, "row head d_head"],
-    new_z: Float[Tensor, "row head d_head"],
+    clean_z: Float[Tensor, "row head d_head"],
+    corrupted_z: Float[Tensor, "row head d_head"],
     keep: Bool[Tensor, " row"],
 ) -> Float[Tensor, "sender row d_model"]:
-    """What each head's new output adds to the residual stream, at rows where it is patched.
+    """What each head's corrupted output adds to the residual stream, where it is patched.
 
-    ``(z_new - z_orig) @ W_O`` for each head in ``heads``; zero at rows outside the sender
-    positions (``keep`` False).
+    ``(z_corrupted - z_clean) @ W_O`` for each head in ``heads``; zero at rows outside the
+    sender positions (``keep`` False).
     """
-    idx = torch.tensor(list(heads), device=orig_z.device)
-    dz = (new_z - orig_z)[:, idx] * keep.to(orig_z.device)[:, None, None]
+    idx = torch.tensor(list(heads), device=clean_z.device)
+    dz = (corrupted_z - clean_z)[:, idx] * keep.to(clean_z.device)[:, None, None]
     return einops.einsum(
         dz, model.W_O[layer][idx], "row sender d_head, sender d_head d_model -> sender row d_model"
     )
 
 
 def mlp_delta(
-    orig_mlp: Float[Tensor, "row d_model"],
-    new_mlp: Float[Tensor, "row d_model"],
+    clean_mlp: Float[Tensor, "row d_model"],
+    corrupted_mlp: Float[Tensor, "row d_model"],
     keep: Bool[Tensor, " row"],
 ) -> Float[Tensor, "sender row d_model"]:
     """An MLP sender's change to the residual stream (one sender)."""
-    return ((new_mlp - orig_mlp) * keep.to(orig_mlp.device)[:, None])[None]
+    return ((corrupted_mlp - clean_mlp) * keep.to(clean_mlp.device)[:, None])[None]
 
 
 def enters_before_mlp(model: HookedTransformer, kind: str) -> bool:
@@ -74,16 +74,16 @@ def enters_before_mlp(model: HookedTransformer, kind: str) -> bool:
 
 def entry_residual(
     model: HookedTransformer,
-    orig: RunActivations,
+    clean: RunActivations,
     kind: str,
     layer: int,
     batch_idx: Int[Tensor, " row"],
     pos_idx: Int[Tensor, " row"],
 ) -> Float[Tensor, "row d_model"]:
-    """The original residual where a sender's change enters: after attention (a head in a
+    """The clean residual where a sender's change enters: after attention (a head in a
     sequential block) or after the whole block (an MLP, or a head in a parallel block)."""
     before = enters_before_mlp(model, kind)
-    resid = orig.resid_mid(layer) if before else orig.resid_post(layer)
+    resid = clean.resid_mid(layer) if before else clean.resid_post(layer)
     return rows_of(resid, batch_idx, pos_idx)
 
 
@@ -125,7 +125,7 @@ def propagate_frozen(
     Args:
         x: the patched residual where the sender writes (`entry_residual`): after the
             attention of ``layer`` (a head in a sequential block) or after the whole block.
-        attn_out_rows: per layer, the original attention output at the same rows, [row, d_model].
+        attn_out_rows: per layer, the clean attention output at the same rows, [row, d_model].
         stop_layer: the residual returned is the input of this layer (``n_layers``: the final
             residual stream).
         capture: layers (> ``layer``) whose residual input is also returned.

@@ -4,11 +4,11 @@ This is the literal algorithm, kept as the reference the fast engine is tested a
 timed against (``python -m ioi.bench path``). Read it first: the fast engine computes the same
 numbers without running attention in the frozen passes.
 
-    1. Cache the original and the new run.
-    2. Patched pass: run the original input with every head's ``hook_z`` frozen to the
-       original cache, except the sender, which takes the new value (MLPs recomputed).
+    1. Cache the clean and the corrupted run.
+    2. Patched pass: run the clean input with every head's ``hook_z`` frozen to the clean
+       cache, except the sender, which takes its corrupted value (MLPs recomputed).
        Either read the logits (to the final residual) or record the receivers' q/k/v.
-    3. Receivers only: run the original input again with the receivers' inputs overwritten
+    3. Receivers only: run the clean input again with the receivers' inputs overwritten
        by the recorded values, and read the logits.
 """
 
@@ -24,10 +24,12 @@ from transformer_lens.utilities import get_act_name
 
 from ioi.patching.readout import Metric
 from ioi.path_patching.nodes import (
-    DatasetLike,
-    PositionSpec,
     Receiver,
     Sender,
+)
+from ioi.path_patching.positions import (
+    DatasetLike,
+    PositionSpec,
     dataset_tokens,
     position_mask,
     resolve_positions,
@@ -35,33 +37,34 @@ from ioi.path_patching.nodes import (
 
 
 def _cache_runs(
-    model: HookedTransformer, new_toks: Tensor, orig_toks: Tensor
+    model: HookedTransformer, corrupted_toks: Tensor, clean_toks: Tensor
 ) -> tuple[ActivationCache, ActivationCache]:
-    """Step 1: full caches of both runs."""
-    _, new_cache = model.run_with_cache(new_toks.to(model.cfg.device))
-    _, orig_cache = model.run_with_cache(orig_toks.to(model.cfg.device))
-    return new_cache, orig_cache
+    """Step 1: full caches of both runs (corrupted, clean)."""
+    _, corrupted_cache = model.run_with_cache(corrupted_toks.to(model.cfg.device))
+    _, clean_cache = model.run_with_cache(clean_toks.to(model.cfg.device))
+    return corrupted_cache, clean_cache
 
 
 def _freezing_hooks(
     model: HookedTransformer,
     sender: Sender,
-    new_cache: ActivationCache,
-    orig_cache: ActivationCache,
+    corrupted_cache: ActivationCache,
+    clean_cache: ActivationCache,
     where: Tensor,
 ) -> list:
-    """Hooks that freeze every head to the original run and patch the sender at ``where``."""
+    """Hooks that freeze every head to the clean run and patch the sender (its corrupted
+    value) at ``where``."""
 
     def freeze_z(z: Tensor, hook) -> Tensor:  # z: [batch, pos, head, d_head]
-        frozen = orig_cache[hook.name].clone()
+        frozen = clean_cache[hook.name].clone()
         if sender.kind == "head" and hook.layer() == sender.layer:
-            new = new_cache[hook.name]
-            frozen[:, :, sender.head][where] = new[:, :, sender.head][where]
+            corrupted = corrupted_cache[hook.name]
+            frozen[:, :, sender.head][where] = corrupted[:, :, sender.head][where]
         return frozen
 
     def patch_mlp(out: Tensor, hook) -> Tensor:  # out: [batch, pos, d_model]
         patched = out.clone()
-        patched[where] = new_cache[hook.name][where]
+        patched[where] = corrupted_cache[hook.name][where]
         return patched
 
     hooks = [(get_act_name("z", layer), freeze_z) for layer in range(model.cfg.n_layers)]
@@ -73,34 +76,37 @@ def _freezing_hooks(
 def plain_path_patch(
     model: HookedTransformer,
     patching_metric: Metric,
-    new_dataset: DatasetLike,
-    orig_dataset: DatasetLike,
+    corrupted_dataset: DatasetLike,
+    clean_dataset: DatasetLike,
     sender: Sender,
     receivers: Sequence[Receiver] | None = None,
     *,
-    new_cache: ActivationCache | None = None,
-    orig_cache: ActivationCache | None = None,
+    corrupted_cache: ActivationCache | None = None,
+    clean_cache: ActivationCache | None = None,
     sender_positions: PositionSpec = None,
     receiver_positions: PositionSpec = None,
 ) -> Tensor:
     """Path patching for one sender, by hooks on a full forward pass (the reference).
 
+    Arguments as in `ioi.path_patching.path_patch`, for one sender; both caches are computed
+    unless both are given.
+
     Returns:
         The metric of the patched logits (as a CPU tensor).
     """
-    new_toks = dataset_tokens(new_dataset, "new_dataset").to(model.cfg.device)
-    orig_toks = dataset_tokens(orig_dataset, "orig_dataset").to(model.cfg.device)
-    batch, n_pos = orig_toks.shape
+    corrupted_toks = dataset_tokens(corrupted_dataset, "corrupted_dataset").to(model.cfg.device)
+    clean_toks = dataset_tokens(clean_dataset, "clean_dataset").to(model.cfg.device)
+    batch, n_pos = clean_toks.shape
     sender_where = position_mask(
-        resolve_positions(sender_positions, orig_dataset, "sender_positions"), batch, n_pos
+        resolve_positions(sender_positions, clean_dataset, "sender_positions"), batch, n_pos
     ).to(model.cfg.device)
-    if new_cache is None or orig_cache is None:
-        new_cache, orig_cache = _cache_runs(model, new_toks, orig_toks)
-    freeze = _freezing_hooks(model, sender, new_cache, orig_cache, sender_where)
+    if corrupted_cache is None or clean_cache is None:
+        corrupted_cache, clean_cache = _cache_runs(model, corrupted_toks, clean_toks)
+    freeze = _freezing_hooks(model, sender, corrupted_cache, clean_cache, sender_where)
     with torch.no_grad():
         if receivers is None:  # 2. patched pass, read the logits
             with model.hooks(fwd_hooks=freeze):
-                logits = model(orig_toks)
+                logits = model(clean_toks)
             return torch.as_tensor(patching_metric(logits)).float().cpu()
         recorded: dict[str, Tensor] = {}
 
@@ -109,9 +115,9 @@ def plain_path_patch(
 
         names = sorted({get_act_name(r.input, r.layer) for r in receivers})
         with model.hooks(fwd_hooks=freeze + [(n, record) for n in names]):  # 2. record
-            model(orig_toks)
+            model(clean_toks)
         recv_where = position_mask(
-            resolve_positions(receiver_positions, orig_dataset, "receiver_positions"),
+            resolve_positions(receiver_positions, clean_dataset, "receiver_positions"),
             batch,
             n_pos,
         ).to(model.cfg.device)
@@ -123,34 +129,34 @@ def plain_path_patch(
             return act
 
         with model.hooks(fwd_hooks=[(n, overwrite) for n in names]):
-            logits = model(orig_toks)
+            logits = model(clean_toks)
         return torch.as_tensor(patching_metric(logits)).float().cpu()
 
 
 def plain_path_patch_head_to_final_resid_post(
     model: HookedTransformer,
     patching_metric: Metric,
-    new_dataset: DatasetLike,
-    orig_dataset: DatasetLike,
+    corrupted_dataset: DatasetLike,
+    clean_dataset: DatasetLike,
     *,
     sender_positions: PositionSpec = None,
 ) -> Float[Tensor, "layer head"]:
     """Every head to the logits, one forward pass per head (the reference for the benchmark)."""
-    new_toks = dataset_tokens(new_dataset, "new_dataset")
-    orig_toks = dataset_tokens(orig_dataset, "orig_dataset")
+    corrupted_toks = dataset_tokens(corrupted_dataset, "corrupted_dataset")
+    clean_toks = dataset_tokens(clean_dataset, "clean_dataset")
     with torch.no_grad():
-        new_cache, orig_cache = _cache_runs(model, new_toks, orig_toks)
+        corrupted_cache, clean_cache = _cache_runs(model, corrupted_toks, clean_toks)
     grid = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
     for layer in range(model.cfg.n_layers):
         for head in range(model.cfg.n_heads):
             grid[layer, head] = plain_path_patch(
                 model,
                 patching_metric,
-                new_dataset,
-                orig_dataset,
+                corrupted_dataset,
+                clean_dataset,
                 Sender("head", layer, head),
-                new_cache=new_cache,
-                orig_cache=orig_cache,
+                corrupted_cache=corrupted_cache,
+                clean_cache=clean_cache,
                 sender_positions=sender_positions,
             )
     return grid

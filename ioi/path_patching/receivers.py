@@ -3,7 +3,7 @@
 A receiver's q/k/v is computed from the patched residual at its layer (frozen attention below
 it), exactly as the attention block would: ``LN1(resid_pre) @ W_Q[h] + b_Q[h]``. Those values
 are then written into the receiver's ``hook_q``/``hook_k``/``hook_v`` in a normal run of the
-original input, one stacked copy per sender, from the lowest receiver layer upwards.
+clean input, one stacked copy per sender, from the lowest receiver layer upwards.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def run_with_receivers(
     pos_idx: Int[Tensor, " row"],
     n_senders: int,
 ) -> Float[Tensor, "sender batch pos d_model"]:
-    """Run layers ``start_layer..`` on ``n_senders`` stacked copies of the original residual,
+    """Run layers ``start_layer..`` on ``n_senders`` stacked copies of the clean residual,
     with each receiver's input overwritten at the rows by its [sender, row, d_head] values.
 
     The hooks live only inside this call (``model.hooks`` removes them, also on errors).
@@ -72,7 +72,7 @@ def run_with_writes(
     writes: Sequence[Write],
     n_copies: int,
 ) -> Float[Tensor, "copy batch pos d_model"]:
-    """Run layers ``start_layer..`` on ``n_copies`` stacked copies of the original residual,
+    """Run layers ``start_layer..`` on ``n_copies`` stacked copies of the clean residual,
     each `Write` overwriting its receiver's input at its entries of the stacked batch.
 
     The hooks live only inside this call (``model.hooks`` removes them, also on errors).

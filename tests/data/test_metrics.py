@@ -2,7 +2,13 @@ import pytest
 import torch
 from jaxtyping import TypeCheckError
 
-from ioi.metrics import _check_answers, io_probability, logits_to_ave_logit_diff, make_ioi_metric
+from ioi.metrics import (
+    _check_answers,
+    answer_logit_diffs,
+    io_probability,
+    logits_to_ave_logit_diff,
+    make_ioi_metric,
+)
 
 
 def hand_logits():
@@ -69,3 +75,20 @@ def test_io_probability():
     p = io_probability(logits, answers, positions=torch.tensor([2, 1]))
     expected0 = torch.softmax(torch.tensor([1.0, 4.0, 2.0, 0.0]), 0)[1]
     assert p[0].item() == pytest.approx(expected0.item())
+
+
+def test_answer_logit_diffs_is_a_per_row_loop():
+    """Two logits per row, at its position, for the rows asked (the oracle's metric uses it)."""
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 5, 9, generator=gen)
+    answers = torch.tensor([[1, 2], [3, 0], [8, 7], [4, 4]])
+    positions = torch.tensor([4, 0, 2, 3])
+    rows = torch.tensor([2, 0])
+    expected = [logits[b, positions[b], answers[b, 0]] - logits[b, positions[b], answers[b, 1]]
+                for b in rows.tolist()]  # fmt: skip
+    got = answer_logit_diffs(logits, answers, positions, rows)
+    torch.testing.assert_close(got, torch.stack(expected))
+    last = answer_logit_diffs(logits, answers)  # all rows, last position
+    torch.testing.assert_close(
+        last, logits[torch.arange(4), -1].gather(1, answers).diff(dim=1)[:, 0].neg()
+    )

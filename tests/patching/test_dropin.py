@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import pydoc
+
 import pytest
 import torch
 import transformer_lens.patching as tl_patching
@@ -67,6 +70,51 @@ def test_matches_transformer_lens(name, setup):
     assert got.shape == expected.shape, f"{name}: shape {got.shape}, expected {expected.shape}"
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0, msg=lambda m: f"{name}: {m}")
     assert not hooks_left(model), f"{name} left hooks behind"
+
+
+def _positional(function) -> list[str]:
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in inspect.signature(function).parameters.values() if p.kind in kinds]
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_signature_matches_transformer_lens(name):
+    """Same positional parameters, in the same order, as TransformerLens's function of the name
+    (which differ: ``metric`` for the ``*_every`` ones, ``patching_metric`` for the rest); ours
+    adds only keyword-only knobs, with their defaults, annotations and own docstring."""
+    ours_fn, theirs = getattr(ours, name), getattr(tl_patching, name)
+    assert _positional(ours_fn) == _positional(theirs)
+    params = inspect.signature(ours_fn).parameters
+    keyword_only = {n: p.default for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    assert keyword_only == {"max_sites_per_pass": None, "memory_budget": None, "progress": False}
+    assert all(p.annotation is not inspect.Parameter.empty for p in params.values())
+    assert inspect.signature(ours_fn).return_annotation.startswith("Float[Tensor")
+    assert ours_fn.__name__ == name
+    assert f"transformer_lens.patching.{name}" in ours_fn.__doc__
+    # help() shows the real parameters and this function's own docstring
+    shown = pydoc.render_doc(ours_fn)
+    assert _positional(theirs)[-1] in shown and "max_sites_per_pass" in shown
+    assert ours_fn.__doc__.splitlines()[0] in shown
+
+
+def test_docstrings_are_their_own():
+    """Each drop-in has a docstring of its own (not one shared by the family)."""
+    firsts = [getattr(ours, name).__doc__.splitlines()[0] for name in ALL_NAMES]
+    assert len(set(firsts)) == len(ALL_NAMES)
+
+
+def test_a_wrong_call_is_refused_like_a_hand_written_def(setup):
+    model, _, corrupted, clean_cache, _ = setup
+    with pytest.raises(TypeError, match="memory_budget|positional"):
+        ours.get_act_patch_resid_pre(model, corrupted, clean_cache, logit_diff, 1)
+    with pytest.raises(TypeError, match="patching_metric"):
+        ours.get_act_patch_resid_pre(model, corrupted, clean_cache)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        ours.get_act_patch_resid_pre(model, corrupted, clean_cache, logit_diff, max_sites=2)
+    got = ours.get_act_patch_resid_pre(
+        model=model, corrupted_tokens=corrupted, clean_cache=clean_cache, patching_metric=logit_diff
+    )
+    torch.testing.assert_close(got, reference("get_act_patch_resid_pre", setup, "denoise"))
 
 
 @pytest.mark.parametrize(

@@ -193,6 +193,22 @@ OTHER = {
         "ValueError",
         "new_cache lacks",
     ),
+    # path_patch names the runs clean/corrupted; the ARENA-named wrappers orig/new, as called
+    "path_patch_cache_str": (
+        "path_patch(m, logit_diff, corr, clean, [Sender('head', 0, 0)], clean_cache='x')",
+        "TypeError",
+        "^clean_cache must be",
+    ),
+    "path_patch_dataset_list": (
+        "path_patch(m, logit_diff, corr.tolist(), clean, [Sender('head', 0, 0)])",
+        "TypeError",
+        "^corrupted_dataset must be",
+    ),
+    "path_wrapper_dataset_list": (
+        "get_path_patch_head_to_final_resid_post(m, logit_diff, corr, clean.tolist())",
+        "TypeError",
+        "^orig_dataset must be",
+    ),
     "mean_cache_none": (
         "activation_patching(m, clean, corr, logit_diff, grid, ablation='mean', mean_cache=3)",
         "TypeError",

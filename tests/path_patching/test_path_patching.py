@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import inspect
+import pydoc
 
 import pytest
 import torch
@@ -90,9 +92,9 @@ def variant(request):
 
 def plain_grid(model, metric, abc, ioi, senders, receivers=None, **positions) -> torch.Tensor:
     """The reference: one hooked forward pass (two with receivers) per sender."""
-    _, new_cache = model.run_with_cache(abc.toks)
-    _, orig_cache = model.run_with_cache(ioi.toks)
-    caches = dict(new_cache=new_cache, orig_cache=orig_cache)
+    _, corrupted_cache = model.run_with_cache(abc.toks)
+    _, clean_cache = model.run_with_cache(ioi.toks)
+    caches = dict(corrupted_cache=corrupted_cache, clean_cache=clean_cache)
     return torch.stack(
         [
             plain_path_patch(model, metric, abc, ioi, s, receivers, **caches, **positions)
@@ -400,8 +402,8 @@ def test_no_hook_survives_an_exception(setup, fast, monkeypatch):
     """A failure while the receivers' hooks are attached must not leave them behind."""
     model, metric, ioi, abc = setup
     caches = dict(
-        orig_cache=cache_for_path_patching(model, ioi.toks),
-        new_cache=cache_for_path_patching(model, abc.toks),
+        clean_cache=cache_for_path_patching(model, ioi.toks),
+        corrupted_cache=cache_for_path_patching(model, abc.toks),
     )
 
     def broken_block(*args, **kwargs):
@@ -465,3 +467,70 @@ def test_toy_model_matches_plain(toy_model, no_hooks_after):
     senders = [Sender("head", lay, h) for lay in range(top) for h in range(toy_model.cfg.n_heads)]
     plain_v = plain_grid(toy_model, metric, abc, ioi, senders, make_receivers(receivers, "v"))
     torch.testing.assert_close(fast_v[:top].flatten(), plain_v, atol=ATOL, rtol=0)
+
+
+# ---- the ARENA-named wrappers and the two runs' names ------------------------------------
+
+# ARENA's path-patching exercises (and solutions/part4_path_patching.py): orig = clean, new =
+# corrupted, in this order.
+ARENA_TO_FINAL = [
+    "model",
+    "patching_metric",
+    "new_dataset",
+    "orig_dataset",
+    "new_cache",
+    "orig_cache",
+]
+ARENA_SIGNATURES = {
+    get_path_patch_head_to_final_resid_post: ARENA_TO_FINAL,
+    get_path_patch_mlp_to_final_resid_post: ARENA_TO_FINAL,
+    get_path_patch_head_to_heads: ["receiver_heads", "receiver_input", *ARENA_TO_FINAL],
+    get_path_patch_mlp_to_heads: ["receiver_heads", "receiver_input", *ARENA_TO_FINAL],
+}
+
+
+@pytest.mark.parametrize("wrapper", list(ARENA_SIGNATURES), ids=lambda f: f.__name__)
+def test_arena_wrappers_show_their_own_signature_and_docstring(wrapper):
+    params = inspect.signature(wrapper).parameters
+    positional = [n for n, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert positional == ARENA_SIGNATURES[wrapper]
+    assert params["new_cache"].default is None and params["orig_cache"].default is None
+    keyword_only = {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    assert {"sender_positions", "readout", "batch_size", "memory_budget"} <= keyword_only
+    assert ("receiver_positions" in keyword_only) == ("receiver_heads" in params)
+    shown = pydoc.render_doc(wrapper)
+    assert "orig_dataset" in shown and wrapper.__doc__.splitlines()[0] in shown
+
+
+def test_path_patch_speaks_of_clean_and_corrupted():
+    positional = list(inspect.signature(path_patch).parameters)[:6]
+    assert positional[2:4] == ["corrupted_dataset", "clean_dataset"]
+    assert {"corrupted_cache", "clean_cache"} <= set(inspect.signature(path_patch).parameters)
+
+
+def test_errors_name_the_runs_as_the_caller_did(setup):
+    """path_patch's errors say clean/corrupted; the ARENA-named wrappers' say orig/new."""
+    model, metric, ioi, abc = setup
+    sender = [Sender("head", 0, 0)]
+    # (wrong types are caught by the test-time type checker first: tests/patching checks
+    # those messages in a user session)
+    with pytest.raises(ValueError, match="^clean_cache lacks"):
+        path_patch(model, metric, abc, ioi, sender, clean_cache={})
+    with pytest.raises(ValueError, match="^orig_cache lacks"):
+        get_path_patch_head_to_heads([(2, 0)], "q", model, metric, abc, ioi, orig_cache={})
+    with pytest.raises(ValueError, match="^corrupted_cache lacks"):
+        path_patch(model, metric, abc, ioi, sender, corrupted_cache={})
+    with pytest.raises(ValueError, match="^new_cache lacks"):
+        get_path_patch_mlp_to_final_resid_post(model, metric, abc, ioi, new_cache={})
+
+
+def test_the_clean_run_is_the_one_patched_into(setup):
+    """Swapping the runs is not a no-op: the clean (IOI) run is frozen, the corrupted (ABC)
+    sender patched in; with the runs swapped the normalised metric no longer starts from 1."""
+    model, metric, ioi, abc = setup
+    sender = [Sender("head", 0, 0)]
+    same = path_patch(model, metric, ioi, ioi, sender)  # corrupted == clean: no effect
+    torch.testing.assert_close(same, torch.ones(1), atol=1e-5, rtol=0)
+    reference = plain_path_patch(model, metric, abc, ioi, sender[0])
+    fast = path_patch(model, metric, corrupted_dataset=abc, clean_dataset=ioi, senders=sender)
+    torch.testing.assert_close(fast[0], reference, atol=ATOL, rtol=0)
