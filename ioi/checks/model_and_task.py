@@ -226,6 +226,8 @@ PROMPT_SCORES = exercise(
         "the IO, the correct answer, and the difference is IO - S",
         "io_over_s_from_probability": "io_over_s reads the IO's probability against a "
         "threshold (io_prob > 0.5); it asks whether the IO's logit beats the S's (logit_diff > 0)",
+        "counted_ties": "io_over_s counts a tie (logit_diff exactly 0) as the IO beating S: "
+        "`>=` where 'beats' means strictly greater, logit_diff > 0",
         "io_over_s_without_s": "io_over_s looks at the IO alone (its logit or probability "
         "above 0); it asks whether the IO's logit beats the S's: logit_diff > 0",
         "top1_of_s": "io_top1 says whether the *S* is the top token; it asks about the IO, "
@@ -258,6 +260,20 @@ def _decoy(ds: IOIDataset, logits: Float[Tensor, "batch pos d_vocab"]) -> IOIDat
     decoy = copy.copy(ds)
     decoy.io_tokenIDs = torch.tensor(ids)
     return decoy
+
+
+def _ties_and_swaps(ds: IOIDataset) -> IOIDataset:
+    """``ds`` with the IO set to the S on even rows (ties) and IO and S swapped on odd rows.
+
+    No IO beats its S, so ``io_over_s`` is 0 everywhere; an answer that counts ties (``>=``)
+    gives 1 on the even rows, one that reads the IO alone (logit or probability above 0) on
+    other rows (on the checkers' batch one S logit is negative, so the three differ).
+    """
+    even = torch.arange(ds.N) % 2 == 0
+    swapped = copy.copy(ds)
+    swapped.io_tokenIDs = ds.s_tokenIDs.clone()
+    swapped.s_tokenIDs = torch.where(even, ds.s_tokenIDs, ds.io_tokenIDs).clone()
+    return swapped
 
 
 def _runner_up(ds: IOIDataset, logits: Float[Tensor, "batch pos d_vocab"]) -> IOIDataset:
@@ -305,6 +321,11 @@ def test_prompt_scores(prompt_scores_fn: Callable) -> None:
     ex, b = PROMPT_SCORES, ioi_batch()
     cases = (
         ("ds", b.ds, b.clean_logits),
+        (
+            "ties_and_swaps  (ds with IO set to S on even rows, IO and S swapped on odd rows)",
+            _ties_and_swaps(b.ds),
+            b.clean_logits,
+        ),
         # runner_up before decoy: on the decoy prompts no IO logit is above 0 and no IO
         # probability above 0.5, so io_over_s read either way looks the same there.
         (
@@ -365,6 +386,7 @@ def test_prompt_scores(prompt_scores_fn: Callable) -> None:
             "io_over_s_from_probability": lambda r=right: _with(
                 r, io_over_s=(r.io_prob > 0.5).float()
             ),
+            "counted_ties": lambda r=right: _with(r, io_over_s=(r.logit_diff >= 0).float()),
             "io_over_s_without_s": lambda r=right: AnyOf(
                 [_with(r, io_over_s=(v > 0).float()) for v in (r.io_logit, r.io_prob)]
             ),

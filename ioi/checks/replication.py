@@ -652,6 +652,9 @@ FAITHFULNESS = exercise(
         "model: keep=None",
         "circuit_kept_everywhere": "your F(C) keeps circuit heads at every position; keep each "
         "only at its class's position (circuit.kept_positions())",
+        "circuit_fully_ablated": "your F(C) ablates every head, the circuit's too (an empty "
+        "keep map); F(C) keeps the circuit's heads at their classes' positions "
+        "(circuit.kept_positions())",
         "complement_kept": "your F(C) keeps every head *except* the circuit's "
         "(ablation.all_heads_except is the keep map of M \\ K); F(C) keeps the circuit only",
         "one_position_per_head": "a head that sits in several classes was kept at one of "
@@ -670,7 +673,9 @@ def test_faithfulness(faithfulness_fn: Callable) -> None:
     """Check ``faithfulness(ablation, circuit) -> Faithfulness(f_model, f_circuit)``."""
     ex, (b, ablation) = FAITHFULNESS, _ablation()
     f_m = float(ablation.logit_diff(None))
-    for circuit in (CHECK_CIRCUIT, OTHER_CIRCUIT, OVERLAP_CIRCUIT):
+    # OTHER_CIRCUIT first: CHECK_CIRCUIT holds every head, so keeping its complement is the
+    # empty keep map there, and those two mistakes could not be told apart.
+    for circuit in (OTHER_CIRCUIT, CHECK_CIRCUIT, OVERLAP_CIRCUIT):
         call = f"faithfulness(ablation, circuit)  [{circuit.name}; {b.describe()}]"
         got = ex.call(faithfulness_fn, ablation, circuit, call=call, model=b.model)
         ref = faithfulness(ablation, circuit)
@@ -685,6 +690,7 @@ def test_faithfulness(faithfulness_fn: Callable) -> None:
             "circuit_kept_everywhere": lambda c=circuit: with_circuit(
                 {h: None for h in c.all_heads()}
             ),
+            "circuit_fully_ablated": lambda: with_circuit({}),
             "complement_kept": lambda c=circuit: with_circuit(
                 ablation.all_heads_except(c.all_heads())
             ),

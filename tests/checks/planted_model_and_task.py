@@ -211,7 +211,9 @@ def prob_loop(logits, answer_tokens, positions=None):
 # ---- prompt_scores -----------------------------------------------------------------------------
 
 
-def _scores(model, ds, *, pos=None, top_vs_s=False, swap=None, first_pos=False, prob_col=0):
+def _scores(
+    model, ds, *, pos=None, top_vs_s=False, swap=None, first_pos=False, prob_col=0, ties=False
+):
     logits = model(ds.toks)
     end = ds.word_idx["end"] if pos is None else pos
     if first_pos:
@@ -223,7 +225,7 @@ def _scores(model, ds, *, pos=None, top_vs_s=False, swap=None, first_pos=False, 
     top1 = (final.argmax(-1) == ds.answer_tokens[:, 0]).float()
     out = {
         "logit_diff": diff,
-        "io_over_s": (diff > 0).float(),
+        "io_over_s": ((diff >= 0) if ties else (diff > 0)).float(),
         "io_top1": (diff > 0).float() if top_vs_s else top1,
         "io_prob": final.softmax(-1).gather(1, ds.answer_tokens[:, prob_col : prob_col + 1])[:, 0],
     }
@@ -240,6 +242,16 @@ variant(
     "io_top1 compares IO with S only.",
     fn_name="scores_top1_is_io_over_s",
     top_vs_s=True,
+)
+
+
+variant(
+    "prompt_scores",
+    "counted_ties",
+    _scores,
+    "io_over_s = logit_diff >= 0: a tie counts as the IO beating S.",
+    fn_name="scores_ties_count",
+    ties=True,
 )
 
 

@@ -575,6 +575,12 @@ def faith_swapped(ablation, circuit):
     )
 
 
+@wrong("faithfulness", "circuit_fully_ablated")
+def faith_circuit_ablated(ablation, circuit):
+    """F(C) with keep={}: the circuit ablated too."""
+    return Faithfulness(float(ablation.logit_diff(None)), float(ablation.logit_diff({})))
+
+
 @wrong("faithfulness", "complement_kept")
 def faith_complement(ablation, circuit):
     """Keeps every head except the circuit's."""
