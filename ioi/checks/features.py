@@ -32,11 +32,17 @@ def _toy_saes() -> dict[str, SAE]:
 
 @functools.lru_cache(maxsize=1)
 def _small_sae() -> SAE:
-    """A random TopK SAE with k=4 (not the toy's 16), no decoder-norm rescaling, and an
-    encoder bias low enough that some of the top 4 pre-activations are negative."""
+    """A random TopK SAE unlike the toy's: k=4 (not 16), decoder rows of norms from 0.5 to 2
+    (the toy's are all 1, so only here does the decoder-norm rescaling change anything), and an
+    encoder bias that makes the 4th largest pre-activation negative on about half the tokens
+    (so a missing ReLU shows)."""
     sae = random_sae(64, 32, seed=3, architecture="topk", k=4)
+    sae.cfg.rescale_acts_by_decoder_norm = True
     with torch.no_grad():
-        sae.b_enc -= 0.6
+        sae.W_dec.mul_(torch.linspace(0.5, 2.0, 32)[:, None] / sae.W_dec.norm(dim=-1, keepdim=True))
+        x = _residuals("blocks.2.hook_resid_pre")
+        kth = sae.encode(x).sort(dim=-1, descending=True).values[:, 3]
+        sae.b_enc -= kth.median()
     return sae.eval()
 
 
@@ -120,8 +126,10 @@ def test_sae_encode(sae_encode_fn: Callable) -> None:
 
         mistakes = {
             "forgot_b_dec": lambda v=v: v(centre=False),
-            "relu_not_topk": lambda v=v: v(topk=False),
+            # before relu_not_topk: on the k=4 SAE fewer than 16 features are positive,
+            # so the top 16 ReLU'd are every positive one
             "hard_coded_k": lambda v=v, s=sae: None if s.cfg.k == 16 else v(k=16),
+            "relu_not_topk": lambda v=v: v(topk=False),
             "ignored_decoder_norm": lambda v=v, r=rescaled: v(rescale=False) if r else None,
             "no_relu_after_topk": lambda v=v: v(relu=False),
             "tied_weights": lambda v=v: v(tied=True),
@@ -163,15 +171,16 @@ def variance_variant(x: Tensor, x_hat: Tensor, how: str) -> float:
 
 
 def _variance_cases() -> list[tuple[str, Tensor, Tensor]]:
-    cases = []
-    for label, sae, x in _sae_cases()[:2]:
-        with torch.no_grad():
-            cases.append((label, x, sae.decode(sae.encode(x))))
-    # Dimensions of very different spread and a large offset, so every mistake differs.
+    # First: dimensions of very different spread and a large offset, so every mistake gives
+    # its own value (the toy's residual stream has mean 0 over d_model, where centring on the
+    # wrong axis and not centring at all agree).
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(40, 6, generator=gen) * torch.tensor([5.0, 1.0, 0.2, 2.0, 0.5, 3.0]) + 4.0
     x_hat = x + 0.3 * torch.randn(40, 6, generator=gen)
-    cases.append(("40 tokens of width 6, offset 4, uneven spreads", x, x_hat))
+    cases = [("40 tokens of width 6, offset 4, uneven spreads", x, x_hat)]
+    for label, sae, x in _sae_cases()[:2]:
+        with torch.no_grad():
+            cases.append((label, x, sae.decode(sae.encode(x))))
     return cases
 
 
@@ -220,23 +229,30 @@ ATTRIBUTION = exercise(
 
 
 def attribution_variant(
-    model, sae: SAE, hook: str, clean: Tensor, corrupted: Tensor, metric, *, grad_at: str = "clean"
+    model,
+    sae: SAE,
+    hook_name: str,
+    clean: Tensor,
+    corrupted: Tensor,
+    metric,
+    *,
+    grad_at: str = "clean",
 ) -> dict[str, Tensor]:
     """Attribution-patching parts with the gradient taken at ``grad_at``: the feature and error
     deltas and gradients (for the mistakes the library's function does not make)."""
     kept = {}
 
-    def keep(act, hook_point):
+    def keep(act, hook):
         kept["a"] = act.detach().requires_grad_(True)
         return kept["a"]
 
-    with torch.enable_grad(), model.hooks(fwd_hooks=[(hook, keep)]):
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(hook_name, keep)]):
         metric(model(clean if grad_at == "clean" else corrupted)).backward()
     grad = kept["a"].grad
     with torch.no_grad():
-        _, cache = model.run_with_cache(clean, names_filter=hook)
-        _, corr_cache = model.run_with_cache(corrupted, names_filter=hook)
-        a_clean, a_corr = cache[hook], corr_cache[hook]
+        _, cache = model.run_with_cache(clean, names_filter=hook_name)
+        _, corr_cache = model.run_with_cache(corrupted, names_filter=hook_name)
+        a_clean, a_corr = cache[hook_name], corr_cache[hook_name]
         f_clean, f_corr = sae.encode(a_clean), sae.encode(a_corr)
         e_clean, e_corr = a_clean - sae.decode(f_clean), a_corr - sae.decode(f_corr)
     with torch.enable_grad():
@@ -263,10 +279,12 @@ def test_feature_attribution_patching(feature_attribution_patching_fn: Callable)
         b.clean_logit_diff, b.corrupted_logit_diff, b.answer_tokens, positions=b.end
     )
     clean, corrupted = b.ds.toks, b.abc.toks
-    for hook, sae in _toy_saes().items():
+    cases = [(hook, sae, f"toy SAE at {hook}") for hook, sae in _toy_saes().items()]
+    cases.append(("blocks.1.hook_resid_pre", _small_sae(), "a random TopK SAE, k=4"))
+    for hook, sae, label in cases:
         call = (
             f"feature_attribution_patching(model, sae, {hook!r}, clean_tokens, "
-            f"corrupted_tokens, metric)  [{b.describe()}; metric: make_ioi_metric]"
+            f"corrupted_tokens, metric)  [{label}; {b.describe()}; metric: make_ioi_metric]"
         )
         got = ex.call(
             feature_attribution_patching_fn,
