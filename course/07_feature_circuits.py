@@ -30,7 +30,13 @@ import plotly.express as px
 
 import ioi.checks as checks
 from ioi.dataset import IOIDataset
-from ioi.features import family_labels, feature_attribution, load_toy_saes, spliced
+from ioi.features import (
+    compare_families,
+    family_labels,
+    feature_attribution,
+    load_toy_saes,
+    spliced,
+)
 from ioi.features.quality import dead_features, l0
 from ioi.metrics import logits_to_ave_logit_diff, make_ioi_metric
 from ioi.models import load_model
@@ -109,8 +115,10 @@ checks.test_sae_encode(sae_encode)
 #
 # <details><summary>Answer (open after running the next cell)</summary>
 #
-# It can be less: the ReLU after the top-k zeroes any of the 16 whose pre-activation is
-# negative. The cell prints the L0 and the number of dead features (active on no token).
+# It could be less: the ReLU after the top-k zeroes any of the 16 whose pre-activation is
+# negative. On these prompts it is not: the L0 printed equals k (checked in
+# `tests/course/test_claims_features.py`), so every token's 16 largest pre-activations are
+# positive. The cell also prints the number of dead features (active on no token).
 #
 # </details>
 
@@ -274,14 +282,19 @@ def feature_attribution_patching(
 checks.test_feature_attribution_patching(feature_attribution_patching)
 
 # %% [markdown]
-# **Predict, then run.** The SAE explains most of the variance. Will the error node's share of
-# the total attribution be negligible?
+# **Predict, then run.** Patching the whole hook point, every position, from the corrupted
+# run gives the corrupted run's metric: a total effect of 0 - 1 = -1. Will the attributions of
+# all the nodes (features and error nodes) add up to about -1?
 #
 # <details><summary>Answer (open after running the next cell)</summary>
 #
-# The cell prints the error nodes' share of the summed attribution and the top nodes. Variance
-# explained weighs every direction alike; the metric weighs the few directions the circuit
-# reads, and the error can hold a real part of them.
+# No: the cell prints their sum, far from -1 (checked in `tests/course/test_claims_features.py`).
+# Attribution patching is a first-order estimate around the clean run, and swapping every name
+# moves the activations too far for one gradient to describe. Integrated gradients
+# (`ioi.features.feature_attribution(..., method="ig")`, the gradient averaged along the path
+# from clean to corrupted) add up to the whole hook point's effect by construction; the cell
+# prints that sum too. The ranking of nodes is what a circuit needs, and the error nodes'
+# share (printed) says how much of it the SAE leaves unexplained.
 #
 # </details>
 
@@ -292,7 +305,12 @@ ld_abc = logits_to_ave_logit_diff(model(abc.toks), ds.answer_tokens, positions=e
 metric = make_ioi_metric(ld_clean, ld_abc, ds.answer_tokens, positions=end)
 scores = feature_attribution_patching(model, sae, HOOK, ds.toks, abc.toks, metric)
 error_share = float(scores[:, -1].abs().sum() / scores.abs().sum())
-print(f"sum of all node attributions {float(scores.sum()):.3f} (metric: clean 1, corrupted 0)")
+with torch.enable_grad():
+    ig = feature_attribution(model, {HOOK: sae}, ds.toks, abc.toks, metric, method="ig", steps=10)
+print(
+    f"sum of all node attributions: attribution patching {float(scores.sum()):.3f}, "
+    f"integrated gradients {float(ig.scores[HOOK].sum()):.3f}; whole hook point patched: -1"
+)
 print(f"error nodes' share of the total |attribution|: {error_share:.1%}")
 top = scores.abs().flatten().argsort(descending=True)[:5]
 for i in top.tolist():
@@ -358,33 +376,40 @@ def circuit_jaccard(scores_a: Tensor, scores_b: Tensor, top_n: int) -> float:
 checks.test_circuit_jaccard(circuit_jaccard)
 
 # %% [markdown]
-# **Predict, then run.** BABA and ABBA prompts of the same template put the two names in
-# opposite orders at the same positions. Will their top-20 feature circuits overlap much?
+# **Predict, then run.** BABA and ABBA prompts put the two names in opposite orders. Will
+# the two families' top-20 feature circuits (integrated gradients, both SAEs) overlap much,
+# and will the permutation test call them different?
 #
 # <details><summary>Answer (open after running the next cell)</summary>
 #
-# The cell prints the Jaccard index of the two families' circuits at both hook points. Compare
-# it with the overlap of two random halves of the *same* family, also printed: that is the
-# overlap noise alone gives, the yardstick the permutation test formalises.
+# The cell prints your Jaccard index beside the library's, the weighted index, the p-value over
+# 200 seeded random splits of the prompts into groups of the same sizes, and the verdict
+# (`ioi.features.compare_families`). A low Jaccard index alone does not make the families
+# different: random halves of the same prompts also share few of their top nodes when the
+# attributions are noisy, which is what the permutation test measures.
 #
 # </details>
 
 # %%
-family = torch.tensor([name == "BABA" for name in family_labels(ds)])
 with torch.enable_grad():
-    by_prompt = feature_attribution(
-        model, saes, ds.toks, abc.toks, metric, per_prompt=True
-    ).per_prompt
-for hook, shares in by_prompt.items():
-    baba, abba = shares[family].mean(0), shares[~family].mean(0)
-    halves = shares[family][::2].mean(0), shares[family][1::2].mean(0)
-    print(
-        f"{hook}: BABA vs ABBA Jaccard {circuit_jaccard(baba, abba, 20):.2f}; "
-        f"two halves of BABA {circuit_jaccard(*halves, 20):.2f}"
+    attribution = feature_attribution(
+        model, saes, ds.toks, abc.toks, metric, method="ig", steps=10, per_prompt=True
     )
+labels = family_labels(ds)
+comparison = compare_families(attribution, labels, top_n=20, n_permutations=200, seed=0)
+shares = torch.cat([t.flatten(1) for t in attribution.per_prompt.values()], dim=1)
+baba = torch.tensor([label == "BABA" for label in labels])
+mine = circuit_jaccard(shares[baba].mean(0), shares[~baba].mean(0), 20)
+((pair, theirs),) = comparison.test.jaccard.items()
+print(f"Jaccard {pair}: yours {mine:.3f}, the library's {theirs:.3f}")
+print(f"weighted Jaccard {comparison.test.weighted_jaccard[pair]:.3f}")
+print(f"p = {comparison.p_value:.3f} over 200 splits: {comparison.verdict}")
+for family, nodes in comparison.circuits.items():
+    print(family, "top 5:", ", ".join(map(str, nodes[:5])))
 
 # %% [markdown]
-# **Reading it.** A Jaccard index near that of two random halves says the families share
-# their features as much as noise allows; a clearly lower one, confirmed by
-# `ioi.features.compare_families`'s permutation test, would say the model solves the two name
-# orders with different features, a question heads alone could not ask.
+# **Reading it.** Similar circuits give a p-value well above 0.05 ("shared"); a small one with
+# a low Jaccard index ("family-specific") would say the model solves the two name orders with
+# different features, a question heads alone could not ask. Nodes are per position, so
+# templates of different lengths differ by position alone: `ioi.features.compare_families`'s
+# docstring says which families are fair to compare.

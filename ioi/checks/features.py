@@ -324,7 +324,7 @@ def test_feature_attribution_patching(feature_attribution_patching_fn: Callable)
             "decoder_norm_in_gradient": plain_grad,
         }
         ex.expect_tensor(got, expected, call=call, mistakes=mistakes, atol=1e-5, rtol=1e-3)
-    ex.passed(f"matches ioi.features.feature_attribution(method='atp') at {', '.join(_toy_saes())}")
+    ex.passed("matches ioi.features.feature_attribution(method='atp'): both toy SAEs, a k=4 one")
 
 
 # ---- circuit_jaccard ---------------------------------------------------------------------------
