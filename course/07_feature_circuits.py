@@ -9,6 +9,9 @@
 #
 # The toy model ships with two TopK SAEs (SAELens `TopKSAE`s, 256 features, `k = 16`) on
 # `blocks.1.hook_resid_pre` and `blocks.2.hook_resid_pre`: `ioi.features.load_toy_saes()`.
+# Because the SAEs read the toy, this section always runs on the toy model, whatever
+# `IOI_MODEL` says (for GPT-2 small, `ioi.features.load_pretrained_saes("gpt2-small-res-jb")`
+# loads published SAEs, once they are in your Hugging Face cache).
 #
 # 1. The SAE forward pass, by hand.
 # 2. How good a reconstruction is: fraction of variance explained.
@@ -24,8 +27,6 @@ from sae_lens import SAE
 from torch import Tensor
 
 # %%
-import os
-
 import plotly.express as px
 
 import ioi.checks as checks
@@ -42,8 +43,7 @@ from ioi.metrics import logits_to_ave_logit_diff, make_ioi_metric
 from ioi.models import load_model
 
 torch.set_grad_enabled(False)
-MODEL_NAME = os.environ.get("IOI_MODEL", "toy")
-model = load_model(MODEL_NAME, device="cpu")
+model = load_model("toy", device="cpu")  # the shipped SAEs read the toy (see above)
 saes = load_toy_saes(device="cpu")
 HOOK = "blocks.2.hook_resid_pre"
 sae = saes[HOOK]

@@ -51,3 +51,16 @@ def test_attribution_patching_does_not_add_up_and_integrated_gradients_do():
     ig = feature_attribution(model, {HOOK: sae}, ds.toks, abc.toks, metric, method="ig", steps=10)
     assert abs(float(atp.scores[HOOK].sum()) + 1) > 0.5
     assert abs(float(ig.scores[HOOK].sum()) + 1) < 0.05
+
+
+@pytest.mark.parametrize("claim", [r"There are (\d+) exercises"])
+def test_readme_counts_every_exercise(claim):
+    """The README's 'There are N exercises' is the number of exercises the course declares."""
+    import re
+
+    from ioi.checks.targets import course_exercises
+    from ioi.course.build import find_root
+
+    root = find_root()
+    (stated,) = re.findall(claim, (root / "README.md").read_text(encoding="utf-8"))
+    assert int(stated) == len(course_exercises(root))
