@@ -35,6 +35,18 @@ def section():
     return model, sae, ds, abc, cache[HOOK], metric
 
 
+def test_the_shipped_saes_are_as_the_introduction_says():
+    """'two TopK SAEs (SAELens TopKSAEs, 256 features, k = 16) on blocks.1.hook_resid_pre and
+    blocks.2.hook_resid_pre', with the decoder-norm rescaling step 3 describes."""
+    from sae_lens import TopKSAE
+
+    saes = load_toy_saes(device="cpu")
+    assert sorted(saes) == ["blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre"]
+    for sae in saes.values():
+        assert isinstance(sae, TopKSAE) and sae.cfg.d_sae == 256 and sae.cfg.k == 16
+        assert sae.cfg.rescale_acts_by_decoder_norm and sae.cfg.apply_b_dec_to_input
+
+
 def test_l0_equals_k_on_the_sections_prompts():
     """'On these prompts it is not: the L0 printed equals k.'"""
     _, sae, ds, _, acts, _ = section()
