@@ -393,7 +393,7 @@ checks.test_circuit_jaccard(circuit_jaccard)
 # %%
 with torch.enable_grad():
     attribution = feature_attribution(
-        model, saes, ds.toks, abc.toks, metric, method="ig", steps=10, per_prompt=True
+        model, saes, ds.toks, abc.toks, metric, method="ig", steps=5, per_prompt=True
     )
 labels = family_labels(ds)
 comparison = compare_families(attribution, labels, top_n=20, n_permutations=200, seed=0)
