@@ -226,8 +226,9 @@ print(f"logit diff clean {clean_ld:.3f}, with the reconstruction spliced in {sae
 # <details><summary>Hint 1: a nudge</summary>
 #
 # The notebook turned gradients off: work inside `with torch.enable_grad():`. A hook at
-# `hook_name` that returns `act.detach().requires_grad_(True)` (and keeps it) gives you a leaf
-# whose `.grad` after `metric(logits).backward()` is the gradient you need.
+# `hook_name` that returns `act.detach().requires_grad_(True)` (and keeps it) gives you a leaf;
+# `torch.autograd.grad(metric(logits), leaf)` is the gradient you need (`.backward()` works too,
+# but also fills every weight's `.grad`).
 #
 # </details>
 #
@@ -265,8 +266,10 @@ def feature_attribution_patching(
 
     with torch.enable_grad():
         with model.hooks(fwd_hooks=[(hook_name, keep)]):
-            metric(model(clean_tokens)).backward()
-        a_clean, grad = kept["a"].detach(), kept["a"].grad
+            value = metric(model(clean_tokens))
+        # autograd.grad, not .backward(): only this gradient, none piled up in the weights
+        (grad,) = torch.autograd.grad(value, kept["a"])
+        a_clean = kept["a"].detach()
         f_clean, f_corr = sae.encode(a_clean).detach(), sae.encode(a_corr).detach()
         leaf = f_clean.clone().requires_grad_(True)
         (grad_f,) = torch.autograd.grad(sae.decode(leaf), leaf, grad)

@@ -45,8 +45,10 @@ def feature_attribution_patching(
 
     with torch.enable_grad():
         with model.hooks(fwd_hooks=[(hook_name, keep)]):
-            metric(model(clean_tokens)).backward()
-        a_clean, grad = kept["a"].detach(), kept["a"].grad
+            value = metric(model(clean_tokens))
+        # autograd.grad, not .backward(): only this gradient, none piled up in the weights
+        (grad,) = torch.autograd.grad(value, kept["a"])
+        a_clean = kept["a"].detach()
         f_clean, f_corr = sae.encode(a_clean).detach(), sae.encode(a_corr).detach()
         leaf = f_clean.clone().requires_grad_(True)
         (grad_f,) = torch.autograd.grad(sae.decode(leaf), leaf, grad)

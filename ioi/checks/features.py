@@ -246,9 +246,10 @@ def attribution_variant(
         kept["a"] = act.detach().requires_grad_(True)
         return kept["a"]
 
-    with torch.enable_grad(), model.hooks(fwd_hooks=[(hook_name, keep)]):
-        metric(model(clean if grad_at == "clean" else corrupted)).backward()
-    grad = kept["a"].grad
+    with torch.enable_grad():
+        with model.hooks(fwd_hooks=[(hook_name, keep)]):
+            value = metric(model(clean if grad_at == "clean" else corrupted))
+        (grad,) = torch.autograd.grad(value, kept["a"])
     with torch.no_grad():
         _, cache = model.run_with_cache(clean, names_filter=hook_name)
         _, corr_cache = model.run_with_cache(corrupted, names_filter=hook_name)
