@@ -34,8 +34,9 @@ PAGES = {
     4: ("pages/4_Path_patching.py", "4. Path patching"),
     5: ("pages/5_Paper_replication.py", "5. Replicating the paper"),
     6: ("pages/6_Further.py", "6. Further"),
+    7: ("pages/7_Feature_circuits.py", "7. Feature circuits"),
 }
-PROMPT_PAGE = "pages/7_Try_your_own_prompt.py"
+PROMPT_PAGE = "pages/8_Try_your_own_prompt.py"
 
 
 @dataclass(frozen=True)

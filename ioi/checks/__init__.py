@@ -26,6 +26,12 @@ from ioi.checks.activation_patching import (
     test_patch_residual_component,
 )
 from ioi.checks.core import GENERIC_DIAGNOSES, CheckFailed, Exercise, registry
+from ioi.checks.features import (
+    test_circuit_jaccard,
+    test_feature_attribution_patching,
+    test_sae_encode,
+    test_variance_explained,
+)
 from ioi.checks.further import test_backup_name_mover_experiment, test_permutation_test
 from ioi.checks.logit_attribution import (
     test_accumulated_resid_logit_diffs,
@@ -61,6 +67,10 @@ from ioi.checks.replication import (
 )
 
 __all__ = [
+    "test_variance_explained",
+    "test_sae_encode",
+    "test_feature_attribution_patching",
+    "test_circuit_jaccard",
     "CheckFailed",
     "Exercise",
     "GENERIC_DIAGNOSES",

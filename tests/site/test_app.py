@@ -14,9 +14,9 @@ from ioi.report import tables as T
 APP = Path(__file__).resolve().parents[2] / "streamlit_app"
 ROOT = APP.parent
 PAGES = sorted(p.name for p in (APP / "pages").glob("*.py"))
-COURSE_PAGES = {int(name.split("_")[0]): name for name in PAGES if name[0] in "123456"}
+COURSE_PAGES = {int(name.split("_")[0]): name for name in PAGES if name[0] in "1234567"}
 # live results each page must show at least (plotly charts, tables)
-LIVE = {1: (1, 3), 2: (4, 1), 3: (2, 2), 4: (2, 1), 5: (5, 2), 6: (2, 1)}
+LIVE = {1: (1, 3), 2: (4, 1), 3: (2, 2), 4: (2, 1), 5: (5, 2), 6: (2, 1), 7: (2, 1)}
 
 
 # ---- the prompt checker (no Streamlit needed) --------------------------------------------
@@ -203,7 +203,7 @@ def test_sidebar_says_why_gpt2_small_is_missing(monkeypatch):
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setattr("ioi.site.data.gpt2_small_available", lambda: False)
-    at = AppTest.from_file(str(APP / "pages" / "7_Try_your_own_prompt.py"), default_timeout=600)
+    at = AppTest.from_file(str(APP / "pages" / "8_Try_your_own_prompt.py"), default_timeout=600)
     at.run()
     _no_exception(at)
     assert at.sidebar.selectbox[0].options == ["bundled IOI model (3 layers x 4 heads)"]
