@@ -36,6 +36,7 @@ PAGES = {
     6: ("pages/6_Further.py", "6. Further"),
 }
 PROMPT_PAGE = "pages/7_Try_your_own_prompt.py"
+FEATURE_PAGE = "pages/9_Feature_browser.py"
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,9 @@ class FeatureSettings:
     """How much the section computes (small, so that the report stays fast)."""
 
     prompts: int = 16  # at most; the report's own n when smaller
-    steps: int = 4  # integration points of the circuit's attribution
+    steps: int = 2  # integration points of the circuit's attribution
     threshold: float = 0.02  # node |IE| threshold of the circuit
-    max_nodes: int = 30  # the circuit keeps at most this many nodes above the threshold
+    max_nodes: int = 20  # the circuit keeps at most this many nodes above the threshold
     curve: tuple[int, ...] = (1, 5, 10, 30, 100)
     top_n: int = 30  # nodes per family circuit
     permutations: int = 100
