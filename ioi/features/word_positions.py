@@ -11,6 +11,10 @@ circuits (`ioi.features.circuit.select_nodes`) and family comparisons
 
 A position that is two words at once (in ``"Then, [B] and [A]"`` the token after S1 is the one
 before IO) goes to the word that comes first in ``words``.
+
+Edges and faithfulness (`ioi.features.circuit.edge_attribution`, `faithfulness`) patch token
+positions, so they take nodes of a token-position attribution, not of a `WordAttribution`
+(whose ``pos`` is a word index).
 """
 
 from __future__ import annotations
