@@ -37,6 +37,7 @@ PAGES = {
     7: ("pages/7_Feature_circuits.py", "7. Feature circuits"),
 }
 PROMPT_PAGE = "pages/8_Try_your_own_prompt.py"
+FEATURE_PAGE = "pages/9_Feature_browser.py"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ measure their quality, load the shipped toy SAEs and published GPT-2 small ones.
   effect of every feature and error node (attribution patching, integrated gradients, exact).
 - `feature_circuit`, `edge_attribution`, `faithfulness`, `faithfulness_curve`: the circuit.
 - `compare_families`, `permutation_test`: one circuit or several across template families.
+- `by_word_position`, `WordAttribution`: nodes per IOI word (IO, S1, S2, end, ...) instead of
+  per token position, so templates of different lengths line up.
 - `interpret_features`: top prompts, logit effects and IOI roles of circuit features.
 """
 
@@ -49,6 +51,7 @@ from ioi.features.pretrained import load_pretrained_saes, load_saes_dir, load_to
 from ioi.features.quality import SAEQuality, evaluate_saes, quality_table
 from ioi.features.splice import activation_widths, sae_hook_name, splice_hooks, spliced
 from ioi.features.train import SAESpec, save_saes, train_sae, train_saes
+from ioi.features.word_positions import WORD_POSITIONS, WordAttribution, by_word_position
 
 __all__ = [
     "FamilyComparison",
@@ -90,4 +93,7 @@ __all__ = [
     "spliced",
     "train_sae",
     "train_saes",
+    "WORD_POSITIONS",
+    "WordAttribution",
+    "by_word_position",
 ]

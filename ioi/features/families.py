@@ -18,14 +18,18 @@ Verdict (``alpha`` 0.05 unless given):
 * ``"partly shared"``: ``p < alpha`` and the mean node Jaccard index is at least 0.5;
 * ``"family-specific"``: ``p < alpha`` and the mean node Jaccard index is below 0.5.
 
-Nodes are per token position, so compare families whose prompts align position by position
-(BABA and ABBA prompts of the same template do); for templates of different lengths a
-difference may be one of position alone.
+Nodes are per token position unless ``word_idx`` is given: then each prompt's shares are summed
+per IOI word position first (`ioi.features.word_positions.by_word_position`), so templates of
+different lengths line up word by word. Without it, compare only families whose prompts align
+position by position (BABA and ABBA prompts of the same template do).
+
+Groupings (`family_labels`): ``"family"`` (BABA or ABBA), ``"template"`` (each of the dataset's
+templates) and ``"template group"`` (a BABA template with its ABBA twin).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -35,9 +39,11 @@ from torch import Tensor
 
 from ioi.dataset import IOIDataset
 from ioi.features.attribution import FeatureAttribution, FeatureNode
+from ioi.features.word_positions import WORD_POSITIONS, by_word_position
+from ioi.templates import BABA_TEMPLATES
 
 VERDICTS = ("shared", "partly shared", "family-specific")
-GROUPINGS = ("family", "template")
+GROUPINGS = ("family", "template", "template group")
 SHARED_NODES = 0.5  # mean node Jaccard index from which a significant difference is "partly shared"
 
 
@@ -57,11 +63,14 @@ def weighted_jaccard(a: Float[Tensor, " node"], b: Float[Tensor, " node"]) -> fl
 
 
 def family_labels(ds: IOIDataset, by: str = "family") -> list[str]:
-    """Each prompt's family: ``"BABA"``/``"ABBA"`` (``by="family"``) or its template."""
+    """Each prompt's family: ``"BABA"``/``"ABBA"`` (``by="family"``), its template, or its
+    template group (the BABA template and its ABBA twin, ``by="template group"``)."""
     if by not in GROUPINGS:
         raise ValueError(f"unknown grouping {by!r}; choose one of {', '.join(GROUPINGS)}")
     if by == "template":
         return [f"template {int(t)}" for t in ds.template_idx]
+    if by == "template group":
+        return [f"group {int(t) % len(BABA_TEMPLATES)}" for t in ds.template_idx]
     names = {"BAB": "BABA", "ABB": "ABBA"}
     return [names.get(p.pattern, p.pattern) for p in ds.prompts]
 
@@ -186,10 +195,12 @@ class FamilyComparison:
     Attributes:
         test: the permutation test over node indices.
         circuits: family -> its top nodes, largest ``|IE|`` first.
+        positions: the IOI word of each node ``pos`` for word-position nodes, else None.
     """
 
     test: PermutationTest
     circuits: dict[Hashable, tuple[FeatureNode, ...]]
+    positions: tuple[str, ...] | None = None
 
     @property
     def verdict(self) -> str:
@@ -208,18 +219,26 @@ def compare_families(
     n_permutations: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    word_idx: Mapping[str, Tensor] | None = None,
+    words: Sequence[str] = WORD_POSITIONS,
 ) -> FamilyComparison:
     """Per-family circuits of an attribution made with ``per_prompt=True``, their overlap and
-    the permutation test (see the module docstring for the verdict's rule)."""
+    the permutation test (see the module docstring for the verdict's rule).
+
+    With ``word_idx`` (the dataset's), nodes are per IOI word position (``words``, then
+    ``"other"``) rather than per token position, and the circuits' nodes' ``pos`` index
+    ``FamilyComparison.positions``."""
     if attribution.per_prompt is None:
         raise ValueError(
             "the attribution has no per-prompt shares; compute it with "
             "feature_attribution(..., per_prompt=True)"
         )
+    if word_idx is not None:
+        attribution = by_word_position(attribution, word_idx, words)
     shares = torch.cat([t.flatten(1) for t in attribution.per_prompt.values()], dim=1)
     test = permutation_test(
         shares, labels, top_n=top_n, n_permutations=n_permutations, seed=seed, alpha=alpha
     )
     nodes = attribution.nodes()
     circuits = {f: tuple(nodes[i] for i in top) for f, top in test.circuits.items()}
-    return FamilyComparison(test, circuits)
+    return FamilyComparison(test, circuits, getattr(attribution, "positions", None))

@@ -289,3 +289,52 @@ def name_mover_scatter_figure(data: NameMoverScatter) -> go.Figure:
         yaxis_title="dot product of head output with W_U[name]",
     )
     return fig
+
+
+def feature_circuit_graph(
+    nodes: Sequence, effects: Sequence[float], edges: dict, hooks: Sequence[str],
+    pos_names: Sequence[str], title: str = "Feature circuit",
+) -> go.Figure:  # fmt: skip
+    """A sparse feature circuit: nodes (`ioi.features.FeatureNode`) placed by token position (x)
+    and hook point (y, nodes of one place stacked), sized by ``|IE|`` and coloured by its sign;
+    edges drawn between them."""
+    stacked: dict[tuple[str, int], int] = {}
+    place = {}
+    for node in nodes:
+        k = stacked.get((node.hook, node.pos), 0)
+        stacked[node.hook, node.pos] = k + 1
+        place[node] = (node.pos, hooks.index(node.hook) + 0.12 * k)
+    fig = go.Figure()
+    xs: list[float | None] = []
+    ys: list[float | None] = []
+    for up, down in edges:
+        if up in place and down in place:
+            xs += [place[up][0], place[down][0], None]
+            ys += [place[up][1], place[down][1], None]
+    if xs:
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": "#999999"}, name="edges"))
+    largest = max((abs(e) for e in effects), default=1.0) or 1.0
+    for sign, colour in (("positive IE", "#b2182b"), ("negative IE", "#2166ac")):
+        members = [
+            (n, e) for n, e in zip(nodes, effects, strict=True) if (e >= 0) == (sign[0] == "p")
+        ]
+        if not members:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=[place[n][0] for n, _ in members],
+                y=[place[n][1] for n, _ in members],
+                mode="markers+text",
+                text=["err" if n.is_error else f"f{n.feature}" for n, _ in members],
+                textposition="middle right",
+                hovertext=[f"{n}: IE {e:.4f}" for n, e in members],
+                marker={"size": [8 + 22 * abs(e) / largest for _, e in members], "color": colour},
+                name=sign,
+            )
+        )
+    fig.update_xaxes(
+        tickvals=list(range(len(pos_names))), ticktext=list(pos_names), title="position"
+    )
+    fig.update_yaxes(tickvals=list(range(len(hooks))), ticktext=list(hooks), title="hook point")
+    fig.update_layout(title=title)
+    return fig

@@ -28,6 +28,7 @@ from ioi.report import analysis as A
 from ioi.report import figures as F
 from ioi.report import tables as T
 from ioi.report.document import Figure, Section, Table
+from ioi.report.features_section import section_features
 from ioi.report.progress import Tracker
 
 
@@ -731,5 +732,6 @@ SECTIONS: tuple[tuple[str, str, Builder], ...] = (
     ("circuit", "The circuit", section_circuit),
     ("criteria", "Faithfulness, completeness, minimality", section_criteria),
     ("reference", "Comparison with the paper", section_reference),
+    ("features", "Sparse feature circuits", section_features),
 )
 """(key, progress label, builder) for every section, in report order."""

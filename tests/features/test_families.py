@@ -121,5 +121,7 @@ def test_family_labels():
     ds = IOIDataset(N=6, prompt_type="mixed", seed=0)
     assert family_labels(ds) == ["BABA", "ABBA"] * 3
     assert family_labels(ds, "template") == [f"template {int(t)}" for t in ds.template_idx]
+    groups = family_labels(ds, "template group")
+    assert groups == [f"group {int(t) % 15}" for t in ds.template_idx]  # 15 BABA templates
     with pytest.raises(ValueError, match="family, template"):
         family_labels(ds, "length")

@@ -81,8 +81,11 @@ def test_replicate_without_model_picks_gpt2_small_from_the_cache(
     assert "model: gpt2-small" in printed
     assert "in the local Hugging Face cache" in printed and str(hub_cache) in printed
     results = _report(out)
-    assert all(s["status"] == "filled" for s in results["sections"].values()), {
-        k: s.get("reason") for k, s in results["sections"].items() if s["status"] != "filled"
+    # No SAEs are shipped for GPT-2 small: the feature section says so (ioi.report.features_section).
+    assert results["sections"]["features"]["status"] == "not_applicable"
+    filled = {k: s for k, s in results["sections"].items() if k != "features"}
+    assert all(s["status"] == "filled" for s in filled.values()), {
+        k: s.get("reason") for k, s in filled.items() if s["status"] != "filled"
     }
     reference = results["sections"]["reference"]["numbers"]
     assert reference["basis"] == "the model was loaded as GPT-2 small ('gpt2-small')"

@@ -21,3 +21,24 @@ def test_name_mover_scatter_figure_draws_io_and_s_points():
     assert [t.name for t in fig.data] == ["IO", "S"]
     assert list(fig.data[0].x) == [0.75, 0.5] and list(fig.data[1].y) == [-1.0, 0.5]
     assert fig.layout.title.text.startswith("Head 9.6:")
+
+
+def test_feature_circuit_graph_places_nodes_by_position_and_hook():
+    from ioi.features import FeatureNode
+    from ioi.report.figures import feature_circuit_graph
+
+    hooks = ["blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre"]
+    up, err = FeatureNode(hooks[0], 2, 5), FeatureNode(hooks[0], 2, None)
+    down = FeatureNode(hooks[1], 4, 1)
+    fig = feature_circuit_graph(
+        [up, err, down], [0.5, -0.25, 1.0], {(up, down): 0.3}, hooks, [f"p{i}" for i in range(5)]
+    )
+    traces = {t.name: t for t in fig.data}
+    assert set(traces) == {"edges", "positive IE", "negative IE"}
+    assert list(traces["edges"].x) == [2, 4, None] and list(traces["edges"].y) == [0, 1, None]
+    positive = traces["positive IE"]
+    assert list(positive.x) == [2, 4] and list(positive.y) == [0, 1]
+    assert list(positive.text) == ["f5", "f1"] and positive.marker.size[1] == 30  # the largest
+    # the error node shares f5's place, so it is stacked just above it
+    assert list(traces["negative IE"].text) == ["err"] and traces["negative IE"].y[0] > 0
+    assert list(fig.layout.xaxis.ticktext) == ["p0", "p1", "p2", "p3", "p4"]
