@@ -67,8 +67,10 @@ def logits_at_rows(
     if type(model.unembed) is not Unembed or model.cfg.output_logits_soft_cap > 0:
         return None
     last = model.cfg.n_layers - 1
-    if layer < last and last_block_shortcut_applies(model):
-        before = model(resid, start_at_layer=layer, stop_at_layer=last, **kwargs)
+    if layer <= last and last_block_shortcut_applies(model):
+        before = resid
+        if layer < last:
+            before = model(resid, start_at_layer=layer, stop_at_layer=last, **kwargs)
         picked = last_block_at_rows(
             model,
             before,

@@ -100,9 +100,17 @@ def test_head_sweeps_equal_transformer_lens(monkeypatch, variant, metric_kind, n
     calls = []
     real = engine.block_after_z
     monkeypatch.setattr(engine, "block_after_z", lambda *a: calls.append(a[1]) or real(*a))
+    rows_calls = []
+    real_rows = tail.last_block_at_rows
+    monkeypatch.setattr(
+        tail, "last_block_at_rows", lambda *a, **k: rows_calls.append(1) or real_rows(*a, **k)
+    )
     expected = getattr(tl_patching, name)(model, corrupted, clean_cache, metric)
     got = getattr(ours, name)(model, corrupted, clean_cache, metric)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     # Every layer's heads skip their attention where the block allows it, the last included.
     assert set(calls) == (set() if variant == "parallel" else set(range(model.cfg.n_layers)))
+    # ... and the sites below the last layer still run the last block at the metric's rows only
+    # (a pass that skipped the attention of the layer below starts right at the last block).
+    assert bool(rows_calls) == (metric_kind != "argmax")
     assert hooks_left(model) == []
