@@ -3,8 +3,11 @@
     python -m ioi.bench patching [options]
 
 ``patching`` times TransformerLens's ``get_act_patch_*`` and ours side by side on a
-GPT-2-small-shaped model (random, seeded weights) and prints wall time, speed-up and the largest
-difference between the two results. Both run under ``torch.inference_mode``.
+GPT-2-small-shaped model (or ``--geometry d256``: 6 layers, d_model 256, GPT-2's vocabulary;
+random, seeded weights) and prints wall time, speed-up and the largest difference between the
+two results. Both run under ``torch.inference_mode``. ``--metric`` (repeatable) picks the metric:
+one that declares the logits it reads, a plain lambda, or ARENA's ``ioi_metric`` shape
+(`bench_metric`); several are timed one after the other in the same run.
 
 TransformerLens runs one full forward pass per site, so its cost is linear in the number of
 sites; on slow devices ``--tl-sites K`` times it on ``K`` sampled sites and extrapolates (the
@@ -17,6 +20,8 @@ Examples:
     python -m ioi.bench patching                      # N=100, every function, full TL timing
     python -m ioi.bench patching --quick              # a few minutes on a laptop CPU
     python -m ioi.bench patching --device cpu --n 20 --threads 1 --tl-sites 24
+    python -m ioi.bench patching --geometry d256 --n 16 --threads 2 --only attn_head_out_all_pos \
+        --metric declared --metric plain --metric arena --repeats 3
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from transformer_lens import ActivationCache, HookedTransformer
 from transformer_lens.utilities import get_act_name
 
 import ioi.patching as ours
-from ioi.bench.workload import N_POS, gpt2_shaped_model, random_prompts, timed
+from ioi.bench.workload import GEOMETRIES, N_POS, gpt2_shaped_model, random_prompts, timed
 from ioi.device import resolve_device
 from ioi.metrics import make_logit_diff_metric
 
@@ -68,25 +73,40 @@ BENCHMARKS: dict[str, list[TLPart]] = {
 }
 
 
-def logit_diff_metric(
-    answers: Int[Tensor, "batch 2"], opaque: bool = False
+METRIC_KINDS = ("declared", "plain", "arena")
+
+
+def bench_metric(
+    kind: str, answers: Int[Tensor, "batch 2"], baselines: tuple[float, float] = (0.0, 1.0)
 ) -> Callable[[Tensor], Tensor]:
-    """Mean logit difference between each prompt's two answer tokens at the last position.
+    """The benchmark's metric: the mean logit difference at the last position, in three guises.
 
-    This is `ioi.metrics.make_logit_diff_metric`, which declares the position and the answer
-    tokens it reads, so our engine unembeds only those logits (TransformerLens cannot know and
-    unembeds everything). ``opaque=True`` wraps it in a plain function that
-    declares nothing, to time the engine with an arbitrary ``logits -> scalar`` metric (the
-    engine detects which logits it reads, `ioi.patching.engine.with_detected_readout`).
+    * ``declared``: `ioi.metrics.make_logit_diff_metric`, which declares the position and the
+      answer tokens it reads, so our engine unembeds only those logits.
+    * ``plain``: a lambda that declares nothing,
+      ``(logits[range(N), -1, io] - logits[range(N), -1, s]).mean()``; the engine must detect
+      what it reads (`ioi.patching.engine.with_detected_readout`).
+    * ``arena``: ARENA's ``ioi_metric`` shape, a plain function that gathers the answers at
+      ``[:, -1]`` and normalises by the ``(corrupted, clean)`` logit differences ``baselines``.
+
+    TransformerLens cannot know what any of them reads and unembeds everything.
     """
-    declared = make_logit_diff_metric(answers)
-    if not opaque:
-        return declared
+    if kind not in METRIC_KINDS:
+        raise ValueError(f"unknown metric {kind!r}; choose one of {', '.join(METRIC_KINDS)}")
+    if kind == "declared":
+        return make_logit_diff_metric(answers)
+    rows = range(answers.shape[0])
+    io, s = answers[:, 0], answers[:, 1]
+    if kind == "plain":
+        return lambda logits: (logits[rows, -1, io] - logits[rows, -1, s]).mean()
+    corrupted, clean = baselines
 
-    def metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
-        return declared(logits)
+    def ioi_metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
+        picked = logits[:, -1, :].gather(-1, answers.to(logits.device))
+        logit_diff = (picked[:, 0] - picked[:, 1]).mean()
+        return (logit_diff - corrupted) / (clean - corrupted)
 
-    return metric
+    return ioi_metric
 
 
 def timed_inference(fn: Callable[[], Tensor], device: torch.device) -> tuple[float, Tensor]:
@@ -98,6 +118,7 @@ def timed_inference(fn: Callable[[], Tensor], device: torch.device) -> tuple[flo
 @dataclass(frozen=True)
 class Row:
     name: str
+    metric: str
     sites: int
     tl_seconds: float
     ours_seconds: float
@@ -116,6 +137,7 @@ def bench_one(
     repeats: int,
     tl_sites: int | None,
     seed: int,
+    metric_kind: str = "declared",
 ) -> Row:
     """Time ours on the whole sweep and TransformerLens on all or a sample of its sites.
 
@@ -133,7 +155,7 @@ def bench_one(
         seconds, diff, scale, note = _time_transformer_lens(name, *args, tl_sites, seed)
         tl_best = min(tl_best, seconds)
     total = ours_result.numel()
-    return Row(name, total, tl_best, ours_best, diff, scale, note)
+    return Row(name, metric_kind, total, tl_best, ours_best, diff, scale, note)
 
 
 def _time_transformer_lens(
@@ -193,12 +215,14 @@ def print_table(rows: list[Row], header: str, console: Console) -> None:
     table = Table(title=header)
     numbers = ("sites", "TransformerLens (s)", "ours (s)", "speed-up", "max |diff|", "max |metric|")
     table.add_column("function")
+    table.add_column("metric")
     for column in numbers:
         table.add_column(column, justify="right")
     table.add_column("TransformerLens timing")
     for row in rows:
         table.add_row(
             row.name,
+            row.metric,
             str(row.sites),
             f"{row.tl_seconds:.2f}",
             f"{row.ours_seconds:.2f}",
@@ -239,9 +263,18 @@ def add_arguments(patching: argparse.ArgumentParser) -> None:
     patching.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     patching.add_argument("--seed", type=int, default=0)
     patching.add_argument(
-        "--opaque-metric",
-        action="store_true",
-        help="use a plain-function metric that declares nothing (the engine detects what it reads)",
+        "--metric",
+        action="append",
+        choices=METRIC_KINDS,
+        help="the metric (repeatable, timed side by side; default declared): declared by "
+        "ioi.metrics, a plain lambda, or ARENA's ioi_metric shape (see bench_metric)",
+    )
+    patching.add_argument(
+        "--geometry",
+        choices=list(GEOMETRIES),
+        default="gpt2-small",
+        help="model shape, random weights, vocabulary 50257 (default gpt2-small; d256: 6 layers, "
+        "d_model 256)",
     )
 
 
@@ -254,32 +287,42 @@ def run(args: argparse.Namespace, console: Console) -> int:
         raise ValueError("--n, --repeats and --tl-sites must be positive")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    model = gpt2_shaped_model(device, args.seed)
+    model = gpt2_shaped_model(device, args.seed, GEOMETRIES[args.geometry])
     clean, corrupted, answers = random_prompts(n, model.cfg.d_vocab, args.seed)
     clean, corrupted = clean.to(device), corrupted.to(device)
-    metric = logit_diff_metric(answers, opaque=args.opaque_metric)
     components = ("resid_pre", "z", "q", "k", "v", "pattern")
     needed = {get_act_name(c, layer) for c in components for layer in range(model.cfg.n_layers)}
     with torch.inference_mode():
-        _, cache = model.run_with_cache(clean, names_filter=lambda name: name in needed)
-        model(corrupted)  # warm-up: kernels, allocator
+        clean_logits, cache = model.run_with_cache(clean, names_filter=lambda name: name in needed)
+        corrupted_logits = model(corrupted)  # also the warm-up: kernels, allocator
+    plain_diff = make_logit_diff_metric(answers.to(device))
+    baselines = (float(plain_diff(corrupted_logits)), float(plain_diff(clean_logits)))
+    kinds = args.metric or ["declared"]
+    metrics = {kind: bench_metric(kind, answers.to(device), baselines) for kind in kinds}
     where = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else f"cpu, {torch.get_num_threads()} threads"
     )
-    kind = "opaque metric" if args.opaque_metric else "metric declares its logits"
-    header = (
-        f"activation patching, GPT-2-small shape, N={n} x {N_POS} tokens, {kind}, device: {where}"
-    )
+    header = f"activation patching, {args.geometry} shape, N={n} x {N_POS} tokens, device: {where}"
     rows = []
     default = ["attn_head_out_all_pos", "resid_pre"] if args.quick else list(BENCHMARKS)
     for name in args.only or default:
-        rows.append(
-            bench_one(
-                name, model, corrupted, cache, metric, device, args.repeats, tl_sites, args.seed
+        for kind, metric in metrics.items():
+            rows.append(
+                bench_one(
+                    name,
+                    model,
+                    corrupted,
+                    cache,
+                    metric,
+                    device,
+                    args.repeats,
+                    tl_sites,
+                    args.seed,
+                    metric_kind=kind,
+                )
             )
-        )
-        console.print(f"done: {name}", style="dim")
+            console.print(f"done: {name}, {kind} metric", style="dim")
     print_table(rows, header, console)
     return 0

@@ -28,6 +28,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from ioi.bench.workload import (
+    D256_SHAPE,
     D_VOCAB,
     GPT2_SMALL_SHAPE,
     N_POS,
@@ -45,7 +46,7 @@ from ioi.path_patching import (
     plain_path_patch_head_to_final_resid_post,
 )
 
-QUICK_SHAPE = dict(n_layers=6, n_heads=8, d_model=256, d_head=32, d_mlp=1024)
+QUICK_SHAPE = D256_SHAPE
 NAME_SLOTS = (2, 4, 9)  # like the three name slots of an IOI prompt
 
 

@@ -17,6 +17,10 @@ from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 GPT2_SMALL_SHAPE = dict(n_layers=12, n_heads=12, d_model=768, d_head=64, d_mlp=3072)
+# A small model with GPT-2's vocabulary, where unembedding outweighs the blocks: the quick one to
+# iterate on, and the one where computing only the logits a metric reads matters most.
+D256_SHAPE = dict(n_layers=6, n_heads=8, d_model=256, d_head=32, d_mlp=1024)
+GEOMETRIES = {"gpt2-small": GPT2_SMALL_SHAPE, "d256": D256_SHAPE}
 D_VOCAB = 50257
 BOS = 50256  # GPT-2's <|endoftext|>, which starts every IOI prompt
 N_POS = 15

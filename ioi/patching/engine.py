@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
+from transformer_lens.utilities import get_act_name
 
 from ioi.inputs import check_baseline_finite, check_metric_finite, check_model_tokens
 from ioi.patching.plan import Pass, copies_per_pass, plan_passes
@@ -24,7 +25,12 @@ from ioi.patching.readout import Metric, NaNLogits, detect_readout
 from ioi.patching.receiver import ReceiverRun, run_receiver
 from ioi.patching.sites import Site, check_site, n_heads_at
 from ioi.patching.sources import Source
-from ioi.patching.tail import logits_at_rows, logits_from_layer
+from ioi.patching.tail import (
+    block_after_z,
+    block_after_z_applies,
+    logits_at_rows,
+    logits_from_layer,
+)
 
 
 def metric_value(metric: Metric, logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
@@ -302,21 +308,27 @@ def run_pass(
     ``buffer`` lends the NaN-filled logits a declared-position metric reads; pass the same one
     to every pass of a sweep so it is filled once.
     """
-    copies, start = len(p.site_ids), p.start_pos
+    copies, start, layer = len(p.site_ids), p.start_pos, p.layer
+    pass_sites = [sites[i] for i in p.site_ids]
     fired: set[str] = set()
-    hooks = _patch_hooks(model, receiver, [sites[i] for i in p.site_ids], start, source, fired)
+    resid = receiver.residual(layer, start, copies)
+    if _starts_after_attention(model, pass_sites, layer):
+        # Only the heads' outputs change: skip this layer's attention, start at the next block.
+        z = _patched_z(model, receiver, pass_sites, start, source)
+        resid, layer, hooks = block_after_z(model, layer, resid, z), layer + 1, []
+    else:
+        hooks = _patch_hooks(model, receiver, pass_sites, start, source, fired)
     kwargs = receiver.extras(start, copies)
     if start > 0:
-        kwargs["past_kv_cache"] = receiver.prefix_cache(model, p.layer, start, copies)
-    resid = receiver.residual(p.layer, start, copies)
+        kwargs["past_kv_cache"] = receiver.prefix_cache(model, layer, start, copies)
     rows = declared_rows(metric, receiver.batch, receiver.n_pos, start, copies, resid.device)
     vocab = None if rows is None else declared_tokens(metric, model.cfg.d_vocab, resid.device)
     with model.hooks(fwd_hooks=hooks):
         picked = None
         if rows is not None:
-            picked = logits_at_rows(model, resid, p.layer, rows, vocab, **kwargs)
+            picked = logits_at_rows(model, resid, layer, rows, vocab, **kwargs)
         if picked is None:
-            logits = logits_from_layer(model, resid, p.layer, **kwargs)
+            logits = logits_from_layer(model, resid, layer, **kwargs)
     assert fired == {name for name, _ in hooks}, "a patch hook never ran"
     if picked is not None:
         logits = (buffer or NaNLogits()).get(
@@ -417,10 +429,40 @@ def _sliced_source(receiver: ReceiverRun, site: Site, source: Source, start: int
 def _make_hook(mask: Tensor, src: Tensor, copies: int, fired: set[str]) -> Callable:
     def patch(act: Tensor, hook) -> Tensor:
         fired.add(hook.name)
-        stacked = act.reshape(copies, -1, *act.shape[1:])  # [copy, batch, ...]
-        return torch.where(mask, src, stacked).reshape(act.shape)
+        return _patched(act, mask, src, copies)
 
     return patch
+
+
+def _patched(act: Tensor, mask: Tensor, src: Tensor, copies: int) -> Tensor:
+    """``act`` [copy * batch, ...] with copy ``i``'s masked entries taken from ``src``."""
+    stacked = act.reshape(copies, -1, *act.shape[1:])  # [copy, batch, ...]
+    return torch.where(mask, src, stacked).reshape(act.shape)
+
+
+def _starts_after_attention(model: HookedTransformer, pass_sites: list[Site], layer: int) -> bool:
+    """Whether every site of the pass patches heads' ``z`` at ``layer`` and `block_after_z`
+    can finish that block (then its attention need not run)."""
+    z_hook = get_act_name("z", layer)
+    return all(site.hook_name == z_hook for site in pass_sites) and block_after_z_applies(
+        model, layer
+    )
+
+
+def _patched_z(
+    model: HookedTransformer,
+    receiver: ReceiverRun,
+    pass_sites: list[Site],
+    start: int,
+    source: Source,
+) -> Float[Tensor, "copy_batch pos head d_head"]:
+    """The pass's ``z`` from ``start`` on: the receiver's, copy ``i`` patched at site ``i``."""
+    copies = len(pass_sites)
+    name = pass_sites[0].hook_name
+    mask = _copies_mask(model, receiver, pass_sites, list(range(copies)), start)
+    src = _sliced_source(receiver, pass_sites[0], source, start)
+    recv = receiver.acts[name][:, start:].repeat(copies, 1, 1, 1)  # [copy * batch, pos, ...]
+    return _patched(recv, mask, src, copies)
 
 
 @contextmanager

@@ -11,13 +11,16 @@ plain `Unembed` go through ``model.forward`` unchanged.
 
 from __future__ import annotations
 
+import einops
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 from transformer_lens.components import TransformerBlock, Unembed
+from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURES
 from transformer_lens.utilities import apply_softcap
 
 # Architectures whose attention changes keys inside `forward`, after ``hook_k`` and after the
@@ -64,8 +67,10 @@ def logits_at_rows(
     if type(model.unembed) is not Unembed or model.cfg.output_logits_soft_cap > 0:
         return None
     last = model.cfg.n_layers - 1
-    if layer < last and last_block_shortcut_applies(model):
-        before = model(resid, start_at_layer=layer, stop_at_layer=last, **kwargs)
+    if layer <= last and last_block_shortcut_applies(model):
+        before = resid
+        if layer < last:
+            before = model(resid, start_at_layer=layer, stop_at_layer=last, **kwargs)
         picked = last_block_at_rows(
             model,
             before,
@@ -148,3 +153,52 @@ def last_block_at_rows(
     cache_entry = TransformerLensKeyValueCacheEntry(keys, values, frozen=True)
     row = resid[index, rows].unsqueeze(1)  # [batch, 1, d_model]
     return block(row, past_kv_cache_entry=cache_entry, attention_mask=mask)
+
+
+def block_after_z_applies(model: HookedTransformer, layer: int) -> bool:
+    """Whether `block_after_z` reproduces block ``layer`` from its ``hook_z`` on exactly.
+
+    It needs a plain `TransformerBlock` whose attention output is ``z @ W_O + b_O`` added to
+    the residual before an ordinary MLP half (no attention-result hook, no norm after the
+    attention or the MLP, no parallel attention and MLP, no 4-bit weights), and no hook on the
+    block: its attention is not run, so a hook there would never fire.
+    """
+    cfg = model.cfg
+    block = model.blocks[layer]
+    if (
+        type(block) is not TransformerBlock
+        or cfg.attn_only
+        or cfg.parallel_attn_mlp
+        or cfg.use_attn_result
+        or cfg.use_normalization_before_and_after
+        or cfg.use_hook_mlp_in
+        or cfg.load_in_4bit
+        or cfg.original_architecture in POST_NORM_ARCHITECTURES
+    ):
+        return False
+    return not any(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+        for module in block.modules()
+    )
+
+
+def block_after_z(
+    model: HookedTransformer,
+    layer: int,
+    resid_pre: Float[Tensor, "batch pos d_model"],
+    z: Float[Tensor, "batch pos head d_head"],
+) -> Float[Tensor, "batch pos d_model"]:
+    """Block ``layer``'s output given its input and its (patched) ``z``: the attention's output
+    projection, the residual add and the MLP half, as `TransformerBlock.forward` computes them.
+
+    A pass that patches heads' ``z`` at ``layer`` need not recompute that layer's queries,
+    keys, values and pattern: they are the unpatched run's. Check `block_after_z_applies` first.
+    """
+    block = model.blocks[layer]
+    attn = block.attn
+    w = einops.rearrange(attn.W_O, "head d_head d_model -> d_model (head d_head)")
+    flat_z = z.reshape(*z.shape[:2], -1)  # [batch, pos, head * d_head], head-major like w
+    attn_out = block.hook_attn_out(F.linear(flat_z, w, attn.b_O))
+    resid_mid = block.hook_resid_mid(resid_pre + attn_out)
+    mlp_out = block.apply_mlp(block.ln2(resid_mid))  # calls hook_mlp_out itself
+    return block.hook_resid_post(resid_mid + mlp_out)

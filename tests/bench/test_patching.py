@@ -7,7 +7,8 @@ import torch
 
 from ioi import bench
 from ioi.bench import patching, workload
-from ioi.testing import logit_diff, tiny_model, token_pair
+from ioi.metrics import make_logit_diff_metric
+from ioi.testing import D_VOCAB, logit_diff, tiny_model, token_pair
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -30,6 +31,32 @@ def test_bench_rows_agree_with_transformer_lens(setup, name, tl_sites):
     assert row.max_abs_value > 0
     assert row.tl_seconds > 0 and row.ours_seconds > 0
     assert row.tl_note == "full" if tl_sites is None else "extrapolated" in row.tl_note
+
+
+@pytest.mark.parametrize("kind", patching.METRIC_KINDS)
+def test_each_metric_kind_is_the_logit_difference_and_agrees_with_transformer_lens(setup, kind):
+    model, corrupted, cache = setup
+    answers = torch.randint(
+        0, D_VOCAB, (corrupted.shape[0], 2), generator=torch.Generator().manual_seed(4)
+    )
+    logits = model(corrupted)
+    expected = make_logit_diff_metric(answers)(logits)
+    metric = patching.bench_metric(kind, answers, baselines=(0.5, 2.5))
+    got = metric(logits)
+    if kind == "arena":
+        got = got * 2.0 + 0.5  # undo the normalisation by (corrupted, clean) = (0.5, 2.5)
+    torch.testing.assert_close(got, expected)
+    assert hasattr(metric, "logit_positions") == (kind == "declared")
+    device = torch.device("cpu")
+    row = patching.bench_one(
+        "attn_head_out_all_pos", model, corrupted, cache, metric, device, 1, None, 0, kind
+    )
+    assert row.metric == kind and row.max_abs_diff < 1e-4 and row.max_abs_value > 0
+
+
+def test_an_unknown_metric_kind_is_refused():
+    with pytest.raises(ValueError, match="declared, plain, arena"):
+        patching.bench_metric("softmax", torch.zeros(2, 2, dtype=torch.long))
 
 
 def test_sampled_sites_are_distinct_and_in_range():

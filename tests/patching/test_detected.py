@@ -50,10 +50,33 @@ def _argmax_metric(logits):
     return (logits[:, -1].argmax(-1) == 3).float().mean()
 
 
+def _item_metric(logits):
+    # Through a Python float (TransformerLens needs a tensor back): no gradient to detect with.
+    return torch.tensor(logit_diff(logits).item())
+
+
+def _softmax_everywhere(logits):
+    return logits.softmax(-1)[:, :, 3].mean()  # the whole vocabulary at every position
+
+
 @pytest.mark.parametrize(
     "metric, fast",
-    [(logit_diff, True), (_softmax_metric, True), (_two_positions, False), (_argmax_metric, False)],
-    ids=["logit diff", "softmax at the last position", "two positions", "argmax"],
+    [
+        (logit_diff, True),
+        (_softmax_metric, True),
+        (_two_positions, False),
+        (_argmax_metric, False),
+        (_item_metric, False),
+        (_softmax_everywhere, False),
+    ],
+    ids=[
+        "logit diff",
+        "softmax at the last position",
+        "two positions",
+        "argmax",
+        ".item()",
+        "softmax everywhere",
+    ],
 )
 @pytest.mark.parametrize("name", ["get_act_patch_resid_pre", "get_act_patch_attn_head_out_by_pos"])
 def test_plain_metrics_equal_transformer_lens_and_take_the_fast_path_when_they_can(
