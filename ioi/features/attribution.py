@@ -35,7 +35,15 @@ from transformer_lens import HookedTransformer
 from ioi.features.splice import sae_hook_name, splice_hooks, spliced
 from ioi.inputs import check_baseline_finite, check_token_pair
 from ioi.patching.attribution import correlation, receiver_gradients
-from ioi.patching.engine import Metric, declared_rows, declared_tokens, metric_value
+from ioi.patching.engine import (
+    Metric,
+    declared_rows,
+    declared_tokens,
+    metric_on_rows,
+    metric_value,
+)
+from ioi.patching.readout import NaNLogits
+from ioi.patching.tail import logits_at_rows
 
 METHODS = ("atp", "ig")
 
@@ -328,39 +336,25 @@ def copy_metrics(
 
     Run inside the caller's hooks. A metric that declares ``logit_positions`` and
     ``logit_tokens`` (the `ioi.metrics` factories do) gets only those logits, every other entry
-    NaN, as the patching engine gives them (`ioi.patching.engine.declared_rows`); unembedding
-    every position at GPT-2's vocabulary costs more than the rest of a small model. Full logits
-    where the metric declares nothing, or a spliced hook lies outside the blocks (it would see
-    the picked rows only).
+    NaN, through the patching engine's own readout (`ioi.patching.tail.logits_at_rows`,
+    `ioi.patching.engine.metric_on_rows`): unembedding every position at GPT-2's vocabulary
+    costs more than the rest of a small model. Full logits where the metric declares nothing,
+    or a spliced hook lies outside the blocks (it would see the picked rows only).
     """
     batch, n_pos = tokens.shape
     stacked = tokens.repeat(copies, 1)  # copy-major: copy c is rows c*batch .. (c+1)*batch-1
     device = stacked.device
     rows = declared_rows(metric, batch, n_pos, 0, copies, device)
-    plain = type(model.unembed).__name__ == "Unembed" and model.cfg.output_logits_soft_cap <= 0
-    if rows is None or not plain or any(not h.startswith("blocks.") for h in spliced_hooks):
+    picked = None
+    if rows is not None and all(h.startswith("blocks.") for h in spliced_hooks):
+        vocab = declared_tokens(metric, model.cfg.d_vocab, device)
+        embedded = model(stacked, stop_at_layer=0)  # [copies*batch, pos, d_model]
+        picked = logits_at_rows(model, embedded, 0, rows, vocab)
+    if picked is None:
         logits = model(stacked)
         return [metric_value(metric, logits[c * batch : (c + 1) * batch]) for c in range(copies)]
-    vocab = declared_tokens(metric, model.cfg.d_vocab, device)
-    final = model(stacked, stop_at_layer=model.cfg.n_layers)
-    picked = final[torch.arange(len(rows), device=device), rows].unsqueeze(1)  # [rows, 1, d]
-    if model.cfg.normalization_type is not None:
-        picked = model.ln_final(picked)
-    W_U, b_U = model.W_U, model.b_U
-    if vocab is not None:
-        W_U, b_U = W_U[:, vocab], b_U[vocab]
-    values = torch.addmm(b_U, picked.squeeze(1), W_U)  # [copies*batch, n_vocab]
-    blank = values.new_full((batch, n_pos, model.cfg.d_vocab), float("nan"))
-    prompts = torch.arange(batch, device=device)
-    out = []
-    for c in range(copies):
-        mine = slice(c * batch, (c + 1) * batch)
-        if vocab is None:
-            index = (prompts, rows[mine])
-        else:
-            index = (prompts[:, None], rows[mine][:, None], vocab[None, :])
-        out.append(metric_value(metric, blank.index_put(index, values[mine])))
-    return out
+    logits = NaNLogits().get(batch, n_pos, model.cfg.d_vocab, picked)
+    return metric_on_rows(logits, metric, picked, rows[:batch], vocab, copies)
 
 
 # ---- the check: exact patching of a few nodes ------------------------------------------------

@@ -335,12 +335,12 @@ def run_pass(
             receiver.batch, receiver.n_pos, model.cfg.d_vocab, picked
         )
         positions = rows[: receiver.batch] + start
-        return _metric_on_rows(logits, metric, picked, positions, vocab, copies)
+        return metric_on_rows(logits, metric, picked, positions, vocab, copies)
     per_copy = _full_logits(receiver, logits, copies, start)
     return [metric_value(metric, per_copy[i]) for i in range(copies)]
 
 
-def _metric_on_rows(
+def metric_on_rows(
     logits: Float[Tensor, "batch pos d_vocab"],
     metric: Metric,
     picked: Float[Tensor, "copy_batch vocab"],
