@@ -47,17 +47,25 @@ Track = Callable[[Iterable, str], Iterable]
 """Wraps an iterable of passes with a progress display, e.g. `ioi.report.progress.Tracker.steps`."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PathQuery:
     """One path-patching question: a sender's effect via its receivers' inputs.
 
-    Positions are as in `path_patch`: None (everywhere) or a ``word_idx`` key.
+    Positions are as in `path_patch`: None (everywhere), a [batch] int tensor (one position
+    per prompt, any task) or, with an `IOIDataset`, a ``word_idx`` key such as ``"end"``.
     """
 
     sender: Sender
     receivers: tuple[Receiver, ...]
-    sender_positions: str | None = None
-    receiver_positions: str | None = None
+    sender_positions: PositionSpec = None
+    receiver_positions: PositionSpec = None
+
+
+def _spec_key(spec: PositionSpec) -> object:
+    """A hashable stand-in for a position spec: equal specs (also equal tensors) share it."""
+    if isinstance(spec, Tensor):
+        return ("tensor", tuple(spec.shape), tuple(spec.flatten().tolist()))
+    return spec
 
 
 def _start_layer(query: PathQuery) -> int:
@@ -72,10 +80,11 @@ def _masks(
     batch, n_pos = dataset_tokens(clean_dataset, "clean_dataset").shape
     by_spec: dict = {}
     for spec in specs:
-        if spec not in by_spec:
+        if _spec_key(spec) not in by_spec:
             pos = resolve_positions(spec, clean_dataset, what)
-            by_spec[spec] = position_mask(pos, batch, n_pos)[rows.batch_idx, rows.pos_idx]
-    return torch.stack([by_spec[spec] for spec in specs])
+            mask = position_mask(pos, batch, n_pos)[rows.batch_idx, rows.pos_idx]
+            by_spec[_spec_key(spec)] = mask
+    return torch.stack([by_spec[_spec_key(spec)] for spec in specs])
 
 
 def _deltas(
@@ -217,10 +226,11 @@ def path_patch_queries(
     # rebuilds) and one start layer (a lower start costs whole layers for every copy).
     groups: dict[tuple, list[int]] = {}
     for i, q in enumerate(queries):
-        groups.setdefault((q.receiver_positions, _start_layer(q)), []).append(i)
+        groups.setdefault((_spec_key(q.receiver_positions), _start_layer(q)), []).append(i)
     results: list[Tensor | None] = [None] * len(queries)
     passes = []
-    for (where, _), members in groups.items():
+    for members in groups.values():
+        where = queries[members[0]].receiver_positions
         pos = resolve_positions(where, clean_dataset, "receiver_positions")
         grid = position_mask(pos, batch, n_pos).nonzero(as_tuple=True)
         rows = _Rows.build(clean, grid[0], grid[1], None)

@@ -123,3 +123,30 @@ def test_queries_match_path_patch_one_request_at_a_time():
             model, fast.metric, fast.abc, fast.ioi, queries, batch_size=batch_size
         )
         torch.testing.assert_close(got, torch.cat(expected), atol=1e-5, rtol=0)
+
+
+def test_queries_take_token_tensors_and_position_tensors_as_well_as_names():
+    """The engine needs no IOIDataset: plain token tensors with [batch] position tensors give
+    what the word_idx names give, and equal position tensors that are different objects are
+    grouped into one pass (the numbers are the same as for one shared tensor)."""
+    model = gpt2_vocab_model(seed=2)
+    fast, _ = _oracles(model, 8, 2)
+    senders = [Sender("head", 0, h) for h in range(4)]
+    receivers = (Receiver(1, 1, "q"), Receiver(2, 0, "v"))
+    named = [PathQuery(s, receivers, "S2", None) for s in senders]
+    named += [PathQuery(s, receivers, "end", "end") for s in senders]
+    by_name = path_patch_queries(model, fast.metric, fast.abc, fast.ioi, named)
+    s2, end = fast.ioi.word_idx["S2"], fast.ioi.word_idx["end"]
+    tensors = [PathQuery(s, receivers, s2.clone(), None) for s in senders]
+    tensors += [PathQuery(s, receivers, end.clone(), end.clone()) for s in senders]
+    by_tensor = path_patch_queries(model, fast.metric, fast.abc.toks, fast.ioi.toks, tensors)
+    torch.testing.assert_close(by_tensor, by_name, atol=1e-6, rtol=0)
+    assert not torch.allclose(by_name, by_name[0].expand_as(by_name))  # senders differ
+    with pytest.raises(ValueError, match="needs an IOIDataset"):
+        path_patch_queries(
+            model,
+            fast.metric,
+            fast.abc.toks,
+            fast.ioi.toks,
+            [PathQuery(senders[0], receivers, "S2")],
+        )
