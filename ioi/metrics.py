@@ -17,6 +17,18 @@ from torch import Tensor
 from ioi.inputs import check_answer_tokens, check_int_tensor, check_positions
 
 Metric = Callable[[Tensor], Tensor]
+REDUCTIONS = ("mean", "none")
+"""``reduce=`` of the factories: the mean over prompts (a scalar) or one value per prompt."""
+
+
+def _check_reduce(reduce: object) -> bool:
+    """True when the metric should return one value per prompt (``reduce="none"``)."""
+    if reduce not in REDUCTIONS:
+        raise ValueError(
+            f"unknown reduce {reduce!r}; valid: 'mean' (a scalar, the default) or 'none' "
+            "(one value per prompt, for intervals over prompts)"
+        )
+    return reduce == "none"
 
 
 def _check_logits(logits: object) -> Tensor:
@@ -159,18 +171,26 @@ def make_ioi_metric(
     corrupted_logit_diff: float | Tensor,
     answer_tokens: Int[Tensor, "batch 2"],
     positions: Int[Tensor, " batch"] | None = None,
+    reduce: str = "mean",
 ) -> Metric:
     """The normalised IOI metric: 0 at the corrupted baseline, 1 at the clean one.
 
+    ``reduce="none"`` gives each prompt's normalised logit difference ([batch]; the
+    normalisation is linear, so their mean is the default scalar metric); patching results then
+    keep per-prompt effects and can give intervals (`ioi.statistics`).
+
     Raises:
-        ValueError: if the two baselines are equal (the metric would divide by zero), or the
-            answer ids or positions are malformed (`TypeError` if they are not tensors).
+        ValueError: if the two baselines are equal (the metric would divide by zero), the
+            answer ids or positions are malformed (`TypeError` if they are not tensors), or
+            ``reduce`` is not ``"mean"`` or ``"none"``.
     """
+    per_prompt = _check_reduce(reduce)
     _check_factory_inputs(answer_tokens, positions)
     normalise = make_normaliser(clean_logit_diff, corrupted_logit_diff)
 
-    def ioi_metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
-        return normalise(logits_to_ave_logit_diff(logits, answer_tokens, positions=positions))
+    def ioi_metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, "*batch"]:
+        diff = logits_to_ave_logit_diff(logits, answer_tokens, per_prompt, positions)
+        return normalise(diff)
 
     ioi_metric.logit_positions = _declared(positions)
     ioi_metric.logit_tokens = _declared_tokens(answer_tokens)
@@ -180,12 +200,15 @@ def make_ioi_metric(
 def make_logit_diff_metric(
     answer_tokens: Int[Tensor, "batch 2"],
     positions: Int[Tensor, " batch"] | None = None,
+    reduce: str = "mean",
 ) -> Metric:
-    """The raw mean logit difference as a ``logits -> scalar`` metric."""
+    """The raw mean logit difference as a ``logits -> scalar`` metric; ``reduce="none"``: the
+    [batch] per-prompt differences instead (see `make_ioi_metric`)."""
+    per_prompt = _check_reduce(reduce)
     _check_factory_inputs(answer_tokens, positions)
 
-    def logit_diff(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
-        return logits_to_ave_logit_diff(logits, answer_tokens, positions=positions)
+    def logit_diff(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, "*batch"]:
+        return logits_to_ave_logit_diff(logits, answer_tokens, per_prompt, positions)
 
     logit_diff.logit_positions = _declared(positions)
     logit_diff.logit_tokens = _declared_tokens(answer_tokens)

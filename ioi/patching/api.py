@@ -22,7 +22,7 @@ from torch import Tensor
 from transformer_lens import ActivationCache, HookedTransformer
 
 from ioi.inputs import check_baseline_finite, check_token_pair
-from ioi.patching.engine import Metric, metric_value, patch_sites
+from ioi.patching.engine import Metric, metric_output, patch_sites
 from ioi.patching.result import PatchResult
 from ioi.patching.sites import Site
 from ioi.patching.sources import MeanSource, RunSource, Source, ZeroSource
@@ -52,7 +52,9 @@ def activation_patching(
         model: any `HookedTransformer`.
         clean_tokens: prompts where the model shows the behaviour, [batch, pos].
         corrupted_tokens: same-shaped prompts where it does not.
-        metric: ``logits [batch, pos, d_vocab] -> scalar``, e.g. from `ioi.metrics`.
+        metric: ``logits [batch, pos, d_vocab] -> scalar``, e.g. from `ioi.metrics`; or
+            ``-> [batch]`` (``reduce="none"``): the result then keeps per-prompt effects and
+            gives intervals (`PatchResult.interval`), with ``effect`` their mean.
         sites: a `Sweep` (results keep its axes) or a list of sites (one ``site`` axis).
         mode: ``"denoise"`` or ``"noise"`` (see module docs).
         ablation: ``None`` (patch from the other run), ``"zero"`` or ``"mean"``.
@@ -78,9 +80,10 @@ def activation_patching(
         (corrupted_tokens, clean_tokens) if mode == "denoise" else (clean_tokens, corrupted_tokens)
     )
     names = {site.hook_name for site in grid.sites}
-    donor_metric, donor_cache = _run_cached(model, donor, metric, names)
+    donor_values, donor_cache = _run_cached(model, donor, metric, names)
     with torch.inference_mode():
-        receiver_metric = float(metric_value(metric, model(receiver)))
+        receiver_values = metric_output(metric, model(receiver))
+    donor_metric, receiver_metric = float(donor_values.mean()), float(receiver_values.mean())
     check_baseline_finite(
         donor_metric, f"the unpatched {'clean' if mode == 'denoise' else 'corrupted'} run"
     )
@@ -101,22 +104,38 @@ def activation_patching(
     clean, corrupted = (
         (donor_metric, receiver_metric) if mode == "denoise" else (receiver_metric, donor_metric)
     )
+    per_prompt = effect.ndim == 2  # [site, batch] from a per-prompt metric
+    values = effect.reshape(*grid.shape, -1) if per_prompt else None
+    runs = (donor_values, receiver_values) if mode == "denoise" else (receiver_values, donor_values)
     return PatchResult(
-        effect=effect.reshape(grid.shape),
+        effect=values.mean(-1) if per_prompt else effect.reshape(grid.shape),
         sweep=grid,
         clean_baseline=clean,
         corrupted_baseline=corrupted,
         mode=mode,
         source=ablation or "run",
+        per_prompt=values,
+        clean_per_prompt=_per_prompt_or_none(runs[0], per_prompt),
+        corrupted_per_prompt=_per_prompt_or_none(runs[1], per_prompt),
     )
+
+
+def _per_prompt_or_none(values: Tensor, keep: bool) -> Tensor | None:
+    if not keep:
+        return None
+    if values.ndim != 1:
+        raise ValueError(
+            "the metric returned a scalar on an unpatched run but [batch] when patched"
+        )
+    return values.detach().clone()
 
 
 def _run_cached(
     model: HookedTransformer, tokens: Tensor, metric: Metric, names: set[str]
-) -> tuple[float, ActivationCache]:
+) -> tuple[Tensor, ActivationCache]:
     with torch.inference_mode():
         logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
-        return float(metric_value(metric, logits)), cache
+        return metric_output(metric, logits), cache
 
 
 def _source(

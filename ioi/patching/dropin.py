@@ -85,6 +85,7 @@ def _run(
         max_sites_per_pass=max_sites_per_pass,
         memory_budget=memory_budget,
         progress=progress,
+        allow_per_prompt=False,  # TransformerLens's originals take one number per site
     )
     sizes = [len(s.sites) for s in sweeps]
     results = [chunk.reshape(s.shape) for chunk, s in zip(values.split(sizes), sweeps, strict=True)]

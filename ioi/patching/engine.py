@@ -35,7 +35,10 @@ from ioi.patching.tail import (
 
 def metric_value(metric: Metric, logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
     """Apply a user metric and insist on a single number; raises `ValueError` otherwise."""
-    value = metric(logits)
+    return _as_scalar(metric(logits), logits)
+
+
+def _as_scalar(value: object, logits: Tensor) -> Tensor:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return torch.tensor(float(value), device=logits.device)
     if not isinstance(value, Tensor) or value.numel() != 1:
@@ -45,6 +48,26 @@ def metric_value(metric: Metric, logits: Float[Tensor, "batch pos d_vocab"]) -> 
             f"{tuple(logits.shape)}, got {shape}; average over the batch, e.g. `.mean()`"
         )
     return value.reshape(())
+
+
+def metric_output(
+    metric: Metric, logits: Float[Tensor, "batch pos d_vocab"]
+) -> Float[Tensor, "*batch"]:
+    """Apply a user metric that returns a scalar or one value per prompt ([batch]).
+
+    A [batch] result (even for a batch of one) is kept per prompt; any other one-element
+    result is a scalar, as in `metric_value`. Raises `ValueError` for any other shape.
+    """
+    value = metric(logits)
+    batch = logits.shape[0]
+    if isinstance(value, Tensor) and value.shape == (batch,):
+        return value
+    if isinstance(value, Tensor) and value.numel() != 1:
+        raise ValueError(
+            f"the patching metric must return a scalar or one value per prompt (shape "
+            f"[{batch}]) for logits of shape {tuple(logits.shape)}, got {tuple(value.shape)}"
+        )
+    return _as_scalar(value, logits)
 
 
 def declared_rows(
@@ -114,22 +137,29 @@ def patch_sites(
     max_sites_per_pass: int | None = None,
     memory_budget: int | None = None,
     progress: bool = False,
-) -> Float[Tensor, " site"]:
+    allow_per_prompt: bool = True,
+) -> Float[Tensor, " site *batch"]:
     """Metric of the run on ``tokens`` with each site patched from ``source``, one value per site.
+
+    A metric that returns one value per prompt ([batch]) gives [site, batch] values instead:
+    the per-prompt effects, whose mean over prompts is what the mean metric would give.
 
     Args:
         model: any `HookedTransformer`.
         tokens: input of the run being patched (the "corrupted" run when denoising).
         sites: where to patch.
-        metric: ``logits [batch, pos, d_vocab] -> scalar``, applied to each site's logits.
+        metric: ``logits [batch, pos, d_vocab] -> scalar`` (or ``-> [batch]``), applied to each
+            site's logits.
         source: `RunSource`, `ZeroSource` or `MeanSource`.
         max_sites_per_pass: at most this many sites (copies of the batch) per forward pass.
         memory_budget: bytes a pass may use; default half the free GPU memory, or up to 2 GiB
             of RAM. Passes that still run out of memory are halved and retried.
         progress: show a progress bar.
+        allow_per_prompt: False refuses a per-prompt metric with a `ValueError` (the drop-ins,
+            whose TransformerLens originals return one number per site).
 
     Returns:
-        [site] metric values, on the model's device.
+        [site] metric values (or [site, batch] for a per-prompt metric), on the model's device.
     """
     check_model_tokens(model, tokens)
     if not sites:
@@ -140,7 +170,8 @@ def patch_sites(
     device = torch.device(model.cfg.device or "cpu")
     with torch.inference_mode():
         receiver = run_receiver(model, tokens, {site.hook_name for site in sites})
-        baseline = metric_value(metric, receiver.logits)
+        measure = metric_output if allow_per_prompt else metric_value
+        baseline = measure(metric, receiver.logits)
         check_baseline_finite(baseline)
         declared_tokens(metric, model.cfg.d_vocab, device)  # a bad declaration fails here
         starts = first_changes(model, sites, receiver, source)
@@ -172,12 +203,18 @@ def _sweep(
     metric: Metric,
     baseline: Tensor,
     advance: Callable[[int], None] = lambda n: None,
-) -> Float[Tensor, " site"]:
+) -> Float[Tensor, " site *batch"]:
     """Every planned pass; sites that change nothing keep the baseline."""
     values = [baseline] * len(sites)
     buffer = NaNLogits()
     for p, pass_values in _run_all(model, receiver, sites, starts, passes, source, metric, buffer):
         for site_id, value in zip(p.site_ids, pass_values, strict=True):
+            if value.shape != baseline.shape:
+                raise ValueError(
+                    f"the metric returned shape {tuple(value.shape)} when patching "
+                    f"{sites[site_id].describe()} but {tuple(baseline.shape)} on the unpatched "
+                    "run; it must return the same shape (a scalar or [batch]) every time"
+                )
             values[site_id] = value
         advance(len(p.site_ids))
     return torch.stack(values)
@@ -337,7 +374,7 @@ def run_pass(
         positions = rows[: receiver.batch] + start
         return metric_on_rows(logits, metric, picked, positions, vocab, copies)
     per_copy = _full_logits(receiver, logits, copies, start)
-    return [metric_value(metric, per_copy[i]) for i in range(copies)]
+    return [metric_output(metric, per_copy[i]) for i in range(copies)]
 
 
 def metric_on_rows(
@@ -362,7 +399,7 @@ def metric_on_rows(
     values = []
     for i in range(copies):
         logits[where] = per_copy[i]
-        values.append(metric_value(metric, logits).clone())  # never a view into the buffer
+        values.append(metric_output(metric, logits).clone())  # never a view into the buffer
     return values
 
 
