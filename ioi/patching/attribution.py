@@ -21,7 +21,7 @@ from transformer_lens import HookedTransformer
 
 from ioi.inputs import check_baseline_finite, check_metric_finite, check_token_pair
 from ioi.patching.api import MODES, activation_patching
-from ioi.patching.engine import Metric, metric_value
+from ioi.patching.engine import Metric, metric_output, metric_value
 from ioi.patching.result import PatchResult
 from ioi.patching.sites import Site, n_heads_at
 from ioi.patching.sweep import Sweep
@@ -41,7 +41,9 @@ def attribution_patching(
     Args:
         model: any `HookedTransformer`.
         clean_tokens, corrupted_tokens: same-shaped prompt batches, [batch, pos].
-        metric: ``logits -> scalar``; must be differentiable.
+        metric: ``logits -> scalar``; must be differentiable. A per-prompt metric
+            (``-> [batch]``) gives a result with per-prompt estimates (each prompt's own
+            gradient: prompts do not interact in the model), whose mean is the scalar one.
         sites: a `Sweep` or a list of sites.
         mode: ``"denoise"`` (gradient in the corrupted run, clean activations patched in) or
             ``"noise"`` (gradient in the clean run, corrupted activations patched in).
@@ -61,9 +63,13 @@ def attribution_patching(
     names = sorted({site.hook_name for site in grid.sites})
     with torch.inference_mode():
         donor_logits, donor_cache = model.run_with_cache(donor, names_filter=lambda n: n in names)
-        donor_metric = float(metric_value(metric, donor_logits))
+        donor_values = metric_output(metric, donor_logits)
+    donor_metric = float(donor_values.mean())
     check_baseline_finite(donor_metric, "the unpatched source run")
-    receiver_metric, acts, grads = receiver_gradients(model, receiver, metric, names)
+    receiver_values, acts, grads = _gradients(model, receiver, metric, names, metric_output)
+    if receiver_values.shape != donor_values.shape:
+        raise ValueError("the metric returned a scalar on one run and [batch] on the other")
+    receiver_metric = float(receiver_values.mean())
     estimate = []
     first_site = {site.hook_name: site for site in reversed(grid.sites)}
     products = {
@@ -73,14 +79,30 @@ def attribution_patching(
     batch, n_pos = receiver.shape
     for site in grid.sites:
         mask = site.mask(batch, n_pos, n_heads_at(site.component, model.cfg))
-        estimate.append(products[site.hook_name][mask.to(acts[site.hook_name].device)].sum())
-    change = torch.stack(estimate).detach()
+        masked = products[site.hook_name] * mask.to(acts[site.hook_name].device)
+        estimate.append(masked.flatten(1).sum(1))  # [batch]: each prompt's own estimate
+    change = torch.stack(estimate).detach()  # [site, batch]
     check_metric_finite(change, lambda i: grid.sites[i].describe(), receiver_metric)
-    effect = receiver_metric + change.reshape(grid.shape)
     clean, corrupted = (
         (donor_metric, receiver_metric) if mode == "denoise" else (receiver_metric, donor_metric)
     )
-    return PatchResult(effect.clone(), grid, clean, corrupted, mode, "run", "attribution")
+    if receiver_values.ndim == 0:
+        effect = receiver_metric + change.sum(1).reshape(grid.shape)
+        return PatchResult(effect.clone(), grid, clean, corrupted, mode, "run", "attribution")
+    per_prompt = (receiver_values.detach() + change).reshape(*grid.shape, -1)
+    runs = (donor_values, receiver_values) if mode == "denoise" else (receiver_values, donor_values)
+    return PatchResult(
+        per_prompt.mean(-1),
+        grid,
+        clean,
+        corrupted,
+        mode,
+        "run",
+        "attribution",
+        per_prompt=per_prompt,
+        clean_per_prompt=runs[0].detach().clone(),
+        corrupted_per_prompt=runs[1].detach().clone(),
+    )
 
 
 def receiver_gradients(
@@ -95,6 +117,20 @@ def receiver_gradients(
     respect to that activation with every other path left intact, and parameter ``.grad`` fields
     are left untouched.
     """
+    value, acts, grads = _gradients(model, tokens, metric, names, metric_value)
+    return float(value), acts, grads
+
+
+def _gradients(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos"],
+    metric: Metric,
+    names: Sequence[str],
+    measure,
+) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """`receiver_gradients` with the metric applied by ``measure`` (scalar or per prompt); a
+    per-prompt metric's values are summed for one backward pass, which gives each prompt's own
+    gradient in its batch row."""
     acts: dict[str, Tensor] = {}
     probes: dict[str, Tensor] = {}
 
@@ -106,11 +142,11 @@ def receiver_gradients(
     with torch.inference_mode(False), torch.enable_grad():
         with model.hooks(fwd_hooks=[(name, probe) for name in names]):
             logits = model(tokens)
-        value = metric_value(metric, logits)
+        value = measure(metric, logits)
         if not value.requires_grad:
             raise ValueError("the metric is not differentiable in the logits; attribution needs it")
-        grads = torch.autograd.grad(value, [probes[name] for name in names])
-    return float(value.detach()), acts, dict(zip(names, grads, strict=True))
+        grads = torch.autograd.grad(value.sum(), [probes[name] for name in names])
+    return value.detach(), acts, dict(zip(names, grads, strict=True))
 
 
 def _product(delta: Tensor, grad: Tensor, site: Site) -> Tensor:

@@ -11,7 +11,14 @@ from torch import Tensor
 from ioi.patching.result import PatchResult, Value
 
 
-def heatmap(result: PatchResult, value: Value | None = None, title: str | None = None) -> go.Figure:
+def heatmap(
+    result: PatchResult,
+    value: Value | None = None,
+    title: str | None = None,
+    *,
+    mask: bool = False,
+    **interval_options,
+) -> go.Figure:
     """Plot a result in one call.
 
     Zero or one axis gives a bar chart, two a heatmap, three one heatmap per index of the first
@@ -22,6 +29,10 @@ def heatmap(result: PatchResult, value: Value | None = None, title: str | None =
         result: any `PatchResult`.
         value: ``"normalized"`` (default when the baselines differ), ``"change"`` or ``"effect"``.
         title: figure title; default names the method, mode, source and value.
+        mask: blank the cells whose bootstrap interval of the *change* contains 0 (no effect
+            distinguishable from none over these prompts); needs per-prompt values
+            (`PatchResult.interval`). The title then states the interval method and N.
+        interval_options: ``level``, ``resamples``, ``seed`` for `PatchResult.interval`.
 
     Returns:
         A ``plotly.graph_objects.Figure``; colours are centred on the unpatched run.
@@ -29,6 +40,11 @@ def heatmap(result: PatchResult, value: Value | None = None, title: str | None =
     if value is None:
         value = "normalized" if result.clean_baseline != result.corrupted_baseline else "change"
     grid = result.values(value).detach().float().cpu()
+    note = ""
+    if mask:
+        estimate = result.interval("change", **interval_options)
+        grid = grid.masked_fill(~estimate.excludes_zero().cpu(), float("nan"))  # blank cells
+        note = f"; blank: {estimate.describe().replace('intervals', 'interval')} contains 0"
     centre = _centre(result, value)
     labels = [list(axis_labels) for axis_labels in result.sweep.labels]
     axes = result.axes
@@ -46,7 +62,8 @@ def heatmap(result: PatchResult, value: Value | None = None, title: str | None =
             f"cannot plot {grid.ndim} axes {axes}; build a sweep with at most 4 swept dimensions"
         )
     fig.update_layout(
-        title=title or f"{result.method} patching ({result.mode}, source={result.source}): {value}"
+        title=title
+        or f"{result.method} patching ({result.mode}, source={result.source}): {value}{note}"
     )
     return fig
 
@@ -88,7 +105,7 @@ def _facets(result: PatchResult, grid: Tensor, labels: list[list[str]], centre: 
         for r, c in itertools.product(range(rows), range(cols))
     ]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, shared_yaxes=True)
-    span = float((grid - centre).abs().max()) or 1.0
+    span = float((grid - centre).nan_to_num().abs().max()) or 1.0  # masked cells are NaN
     for r, c in itertools.product(range(rows), range(cols)):
         first = r == 0 and c == 0
         trace = _trace(grid[r, c], labels[-1], labels[-2], centre, span, show_scale=first)

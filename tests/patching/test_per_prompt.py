@@ -200,3 +200,41 @@ def test_dropin_still_refuses_a_per_prompt_metric(base):
     with pytest.raises(ValueError, match="must return a scalar"):
         ours.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, per_prompt_diff)
     assert not hooks_left(model)
+
+
+@pytest.mark.parametrize("mode", ["denoise", "noise"])
+def test_attribution_per_prompt(base, mode):
+    """Per-prompt estimates: their mean is the scalar estimate, and prompt b's is the scalar
+    estimate of a metric that reads prompt b only."""
+    model, clean, corrupted = base
+    grid = sweep(model, "z", N_POS, positions="each")
+    scalar = ours.attribution_patching(model, clean, corrupted, logit_diff, grid, mode=mode)
+    each = ours.attribution_patching(model, clean, corrupted, per_prompt_diff, grid, mode=mode)
+    assert each.per_prompt.shape == (*grid.shape, BATCH) and each.method == "attribution"
+    torch.testing.assert_close(each.effect, scalar.effect, atol=1e-6, rtol=0)
+    for b in range(BATCH):
+        one = ours.attribution_patching(
+            model, clean, corrupted, lambda logits, b=b: per_prompt_diff(logits)[b], grid, mode=mode
+        )
+        torch.testing.assert_close(each.per_prompt[..., b], one.effect, atol=1e-5, rtol=0)
+    assert each.interval().shape == grid.shape
+    assert not hooks_left(model)
+
+
+def test_heatmap_masks_cells_whose_interval_contains_zero(big):
+    model, clean, corrupted = big
+    grid = sweep(model, "z", N_POS, positions="each")
+    result = ours.activation_patching(model, clean, corrupted, per_prompt_diff, grid)
+    keep = result.interval("change", seed=1).excludes_zero()
+    fig = ours.heatmap(result, value="change", mask=True, seed=1)
+    shown = torch.tensor(
+        [[[z is not None and z == z for z in row] for row in trace.z] for trace in fig.data]
+    )  # one trace per layer: [layer, pos, head]; NaN (blank) where masked
+    assert torch.equal(shown, keep)
+    assert 0 < int(keep.sum()) < keep.numel()
+    assert "percentile bootstrap" in fig.layout.title.text and "n=24" in fig.layout.title.text
+    unmasked = ours.heatmap(result, value="change")
+    assert all(z == z for trace in unmasked.data for row in trace.z for z in row)
+    scalar = ours.activation_patching(model, clean, corrupted, logit_diff, grid)
+    with pytest.raises(ValueError, match="per-prompt metric"):
+        ours.heatmap(scalar, mask=True)
