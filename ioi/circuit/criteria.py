@@ -13,29 +13,82 @@
   ``|F(C \\ (K ∪ {v})) - F(C \\ K)|``, reported relative to ``F(C)``. We take ``K`` as the
   rest of ``v``'s class (the paper picks ``K`` by hand, often inside the class) or grow it
   greedily.
+
+Each result also keeps the per-prompt logit differences it was computed from, so every number
+has an interval over prompts: `Faithfulness.interval` and `KnockoutScore.interval`, by the
+seeded percentile bootstrap of `ioi.statistics` (the same prompts resampled for both terms of a
+difference or a ratio, as they were measured on the same prompts).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from ioi.circuit.ablation import MeanAblation
 from ioi.circuit.spec import Circuit
 from ioi.head import Head
+from ioi.statistics import DEFAULT_LEVEL, DEFAULT_RESAMPLES, Estimate, bootstrap
 
 COMPLETENESS_MODES = ("random", "class", "greedy")
 MINIMALITY_MODES = ("class", "greedy")
+FAITHFULNESS_VALUES = ("ratio", "gap", "f_model", "f_circuit")
+
+
+def _per_prompt_field():
+    """A per-prompt tensor kept beside the numbers; left out of ``==`` and ``repr``."""
+    return field(default=None, compare=False, repr=False)
+
+
+def _no_per_prompt(what: str) -> ValueError:
+    return ValueError(
+        f"this {what} has no per-prompt values, so it has no interval; build it with "
+        "`faithfulness`, `completeness` or `minimality` (they keep them)"
+    )
 
 
 @dataclass(frozen=True)
 class Faithfulness:
-    """``F(M)``, ``F(C)`` and their ratio."""
+    """``F(M)``, ``F(C)`` and their ratio.
+
+    ``f_model_per_prompt`` and ``f_circuit_per_prompt`` ([batch], when known) are the
+    per-prompt logit differences whose means are ``f_model`` and ``f_circuit``.
+    """
 
     f_model: float
     f_circuit: float
+    f_model_per_prompt: Float[Tensor, " batch"] | None = _per_prompt_field()
+    f_circuit_per_prompt: Float[Tensor, " batch"] | None = _per_prompt_field()
+
+    def interval(
+        self,
+        value: str = "ratio",
+        *,
+        level: float | int = DEFAULT_LEVEL,
+        resamples: int = DEFAULT_RESAMPLES,
+        seed: int = 0,
+    ) -> Estimate:
+        """Bootstrap interval over prompts of ``"ratio"`` (``F(C) / F(M)``), ``"gap"``
+        (``|F(M) - F(C)|``), ``"f_model"`` or ``"f_circuit"``; see `ioi.statistics.bootstrap`.
+
+        Raises:
+            ValueError: an unknown value, no per-prompt values, or bad bootstrap options.
+        """
+        if value not in FAITHFULNESS_VALUES:
+            raise ValueError(f"unknown value {value!r}; valid: {', '.join(FAITHFULNESS_VALUES)}")
+        if self.f_model_per_prompt is None or self.f_circuit_per_prompt is None:
+            raise _no_per_prompt("Faithfulness")
+        options = dict(level=level, resamples=resamples, seed=seed)
+        model, circuit = self.f_model_per_prompt, self.f_circuit_per_prompt
+        if value in ("f_model", "f_circuit"):
+            return bootstrap(model if value == "f_model" else circuit, **options)
+        if value == "gap":
+            return bootstrap(model - circuit, lambda d: d.abs(), **options)
+        return bootstrap([circuit, model], lambda c, m: c / m, **options)
 
     @property
     def ratio(self) -> float:
@@ -51,15 +104,19 @@ class Faithfulness:
 def faithfulness(ablation: MeanAblation, circuit: Circuit) -> Faithfulness:
     """``F(M)`` and ``F(C)`` under per-template mean ablation."""
     circuit.check(ablation.model)
-    return Faithfulness(
-        f_model=float(ablation.logit_diff(None)),
-        f_circuit=float(ablation.logit_diff(circuit.kept_positions())),
-    )
+    model = ablation.logit_diff(None, per_prompt=True)
+    kept = ablation.logit_diff(circuit.kept_positions(), per_prompt=True)
+    return Faithfulness(float(model.mean()), float(kept.mean()), model, kept)
 
 
 @dataclass(frozen=True)
 class KnockoutScore:
-    """One ``K``: the two logit differences and the score (absolute and relative to ``F(M)``)."""
+    """One ``K``: the two logit differences and the score (absolute and relative to ``F(M)``).
+
+    The per-prompt fields ([batch], when known) hold the logit differences whose means are
+    ``f_with``, ``f_without`` and the reference the score is relative to (``F(M)`` for
+    completeness, ``F(C)`` for minimality).
+    """
 
     label: str
     removed: tuple[tuple[int, int], ...]  # `Head` values when built by this module
@@ -67,15 +124,52 @@ class KnockoutScore:
     f_without: float  # F(M \ K) (completeness) or F(C \ K) (minimality)
     score: float
     relative: float
+    f_with_per_prompt: Float[Tensor, " batch"] | None = _per_prompt_field()
+    f_without_per_prompt: Float[Tensor, " batch"] | None = _per_prompt_field()
+    reference_per_prompt: Float[Tensor, " batch"] | None = _per_prompt_field()
+
+    def interval(
+        self,
+        relative: bool = False,
+        *,
+        level: float | int = DEFAULT_LEVEL,
+        resamples: int = DEFAULT_RESAMPLES,
+        seed: int = 0,
+    ) -> Estimate:
+        """Bootstrap interval over prompts of ``score`` (``|mean(with) - mean(without)|``), or
+        of ``relative`` (divided by ``|mean(reference)|``); see `ioi.statistics.bootstrap`.
+
+        An absolute value is never below 0, so read the interval's width, not whether it
+        contains 0: a score near 0 has a low bound near 0.
+        """
+        series = (self.f_with_per_prompt, self.f_without_per_prompt, self.reference_per_prompt)
+        if any(s is None for s in series):
+            raise _no_per_prompt("KnockoutScore")
+        options = dict(level=level, resamples=resamples, seed=seed)
+        with_, without, reference = series
+        if not relative:
+            return bootstrap(with_ - without, lambda d: d.abs(), **options)
+        return bootstrap([with_ - without, reference], lambda d, r: d.abs() / r.abs(), **options)
+
+
+def _knockout(
+    label: str, k: Sequence[Head], with_: Tensor, without: Tensor, reference: Tensor
+) -> KnockoutScore:
+    """A `KnockoutScore` from the three per-prompt logit differences."""
+    f_with, f_without = float(with_.mean()), float(without.mean())
+    gap = abs(f_with - f_without)
+    relative = gap / abs(float(reference.mean()))
+    return KnockoutScore(
+        label, tuple(sorted(k)), f_with, f_without, gap, relative, with_, without, reference
+    )
 
 
 def _incompleteness(
-    ablation: MeanAblation, circuit: Circuit, k: Sequence[tuple[int, int]], label: str, f_m: float
+    ablation: MeanAblation, circuit: Circuit, k: Sequence[tuple[int, int]], label: str, f_m: Tensor
 ):
-    f_c_k = float(ablation.logit_diff(circuit.without(k)))
-    f_m_k = float(ablation.logit_diff(ablation.all_heads_except(k)))
-    gap = abs(f_c_k - f_m_k)
-    return KnockoutScore(label, tuple(sorted(k)), f_c_k, f_m_k, gap, gap / abs(f_m))
+    f_c_k = ablation.logit_diff(circuit.without(k), per_prompt=True)
+    f_m_k = ablation.logit_diff(ablation.all_heads_except(k), per_prompt=True)
+    return _knockout(label, k, f_c_k, f_m_k, f_m)
 
 
 def _greedy(heads: Sequence[Head], score_of, steps: int) -> list[tuple[Head, ...]]:
@@ -112,7 +206,7 @@ def completeness(
     if unknown:
         raise ValueError(f"unknown completeness modes {unknown}; choose from {COMPLETENESS_MODES}")
     heads = circuit.all_heads()
-    f_m = float(ablation.logit_diff(None))
+    f_m = ablation.logit_diff(None, per_prompt=True)
     out = []
     if "random" in modes:
         gen = torch.Generator().manual_seed(seed)
@@ -133,11 +227,10 @@ def completeness(
     return out
 
 
-def _minimality_score(ablation, circuit, v: Head, k: Sequence[Head], f_c: float) -> KnockoutScore:
-    with_v_removed = float(ablation.logit_diff(circuit.without([*k, v])))
-    without = float(ablation.logit_diff(circuit.without(k)))
-    gap = abs(with_v_removed - without)
-    return KnockoutScore(str(v), tuple(sorted(k)), with_v_removed, without, gap, gap / abs(f_c))
+def _minimality_score(ablation, circuit, v: Head, k: Sequence[Head], f_c: Tensor) -> KnockoutScore:
+    with_v_removed = ablation.logit_diff(circuit.without([*k, v]), per_prompt=True)
+    without = ablation.logit_diff(circuit.without(k), per_prompt=True)
+    return _knockout(str(v), k, with_v_removed, without, f_c)
 
 
 def minimality(
@@ -152,7 +245,7 @@ def minimality(
     """
     if mode not in MINIMALITY_MODES:
         raise ValueError(f"unknown minimality mode {mode!r}; choose from {MINIMALITY_MODES}")
-    f_c = float(ablation.logit_diff(circuit.kept_positions()))
+    f_c = ablation.logit_diff(circuit.kept_positions(), per_prompt=True)
     out = []
     for v in circuit.all_heads():
         if mode == "class":
