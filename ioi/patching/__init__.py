@@ -4,6 +4,9 @@
 - General: `Site`, `sweep`, `activation_patching` (denoise/noise, zero/mean ablation) returning a
   `PatchResult` (named axes, baselines, normalised effect, tables, heatmaps).
 - Attribution patching: `attribution_patching`, `compare_with_exact`.
+- Statistics: with a per-prompt metric (``reduce="none"`` in `ioi.metrics`) a result keeps
+  per-prompt effects: `PatchResult.interval` (seeded bootstrap, `ioi.statistics`),
+  ``significant(by="interval")``, interval table columns, ``heatmap(..., mask=True)``.
 - Engine: `patch_sites` (many sites per pass, starting at each site's layer and first changed
   position, memory-bounded, out-of-memory safe).
 """
