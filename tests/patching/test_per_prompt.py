@@ -46,7 +46,9 @@ GRIDS = {
 
 
 @pytest.mark.parametrize("grid", list(GRIDS))
-@pytest.mark.parametrize("mode, ablation", [("denoise", None), ("noise", None), ("noise", "zero")])
+@pytest.mark.parametrize(
+    "mode, ablation", [("denoise", None), ("noise", None), ("noise", "zero"), ("denoise", "mean")]
+)
 def test_per_prompt_mean_equals_scalar(base, grid, mode, ablation):
     model, clean, corrupted = base
     sites = GRIDS[grid](model)
@@ -63,6 +65,17 @@ def test_per_prompt_mean_equals_scalar(base, grid, mode, ablation):
     assert each.clean_baseline == pytest.approx(scalar.clean_baseline, abs=1e-6)
     assert each.corrupted_baseline == pytest.approx(scalar.corrupted_baseline, abs=1e-6)
     assert not hooks_left(model)
+
+
+def test_metric_reading_every_logit_takes_the_full_path(base):
+    """A per-prompt metric over the whole vocabulary (no partial readout) gives the same mean."""
+    model, clean, corrupted = base
+    each = lambda logits: logits[:, -1].log_softmax(-1)[:, 3]  # noqa: E731
+    grid = sweep(model, "resid_pre", N_POS, positions="each")
+    a = ours.activation_patching(model, clean, corrupted, each, grid)
+    b = ours.activation_patching(model, clean, corrupted, lambda x: each(x).mean(), grid)
+    torch.testing.assert_close(a.effect, b.effect, atol=1e-6, rtol=0)
+    assert a.per_prompt.shape == (*grid.shape, BATCH)
 
 
 @pytest.mark.parametrize(
