@@ -390,7 +390,10 @@ def path_patch(
             activation patching uses). Anything but None or an int > 0 raises.
 
     Returns:
-        [sender, *metric_shape] metric values on the CPU, in the order of ``senders``.
+        [sender, *metric_shape] metric values on the CPU, in the order of ``senders``. A
+        per-prompt metric (``make_ioi_metric(..., reduce="none")``) gives [sender, batch]:
+        their mean over prompts is the scalar metric's result, and
+        ``ioi.statistics.bootstrap(values)`` their intervals over prompts.
     """
     ...
 
