@@ -149,3 +149,14 @@ def test_bad_values_raise():
         bootstrap([normal(0, (5,)), normal(1, (6,))], lambda a, b: a - b)
     with pytest.raises(ValueError, match="not finite"):
         bootstrap([normal(0, (5,)), torch.zeros(5)], lambda a, b: a / b)
+
+
+def test_grid_at_once_equals_each_cell_alone():
+    """One resampling table serves every cell: the grid's interval is each cell's own."""
+    values = normal(12, (2, 3, 15))
+    grid = bootstrap(values, seed=4)
+    for i in range(2):
+        for j in range(3):
+            one = bootstrap(values[i, j], seed=4)
+            for name in ("mean", "se", "low", "high"):
+                torch.testing.assert_close(getattr(grid, name)[i, j], getattr(one, name))
