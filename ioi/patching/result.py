@@ -151,7 +151,11 @@ class PatchResult:
         if value == "change":
             receiver = self._baseline_series("corrupted" if self.mode == "denoise" else "clean")
             return bootstrap(patched - receiver, **options)
-        self.normalized  # noqa: B018 - raises the clear error when the baselines are equal
+        if self.clean_baseline == self.corrupted_baseline:
+            raise ValueError(
+                "clean and corrupted baselines are equal, so the normalised effect has no "
+                "interval; use interval('change') or interval('effect')"
+            )
         series = [patched, self._baseline_series("corrupted"), self._baseline_series("clean")]
         return bootstrap(series, _normalise, **options)
 

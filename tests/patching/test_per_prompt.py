@@ -254,3 +254,12 @@ def test_heatmap_masks_cells_whose_interval_contains_zero(big):
     scalar = ours.activation_patching(model, clean, corrupted, logit_diff, grid)
     with pytest.raises(ValueError, match="per-prompt metric"):
         ours.heatmap(scalar, mask=True)
+
+
+def test_normalised_interval_needs_distinct_baselines(base):
+    model, clean, _ = base
+    result = ours.activation_patching(model, clean, clean, per_prompt_diff, [Site("z", 0, 0)])
+    assert result.interval("change").shape == (1,)
+    with pytest.raises(ValueError, match="baselines are equal.*interval\\('change'\\)"):
+        result.interval("normalized")
+    assert "normalized_low" not in result.table()[0]
