@@ -167,6 +167,13 @@ def test_unknown_hook_name_lists_close_names(model):
     assert hook_count(model) == 0
 
 
+def test_attention_weights_are_not_a_splice_site(model):
+    with pytest.raises(ValueError, match="attention weights.*hook_attn_out"):
+        with spliced(model, {get_act_name("pattern", 0): identity_sae(D_MODEL)}):
+            pass
+    assert hook_count(model) == 0
+
+
 def test_wrong_width_says_both_numbers(model):
     name = get_act_name("mlp_post", 0)  # width d_mlp = 64
     with pytest.raises(ValueError, match="d_in=32.*width 64"):
