@@ -32,6 +32,8 @@ from ioi.dataset import WORD_IDX_KEYS, IOIDataset
 ALL_POSITIONS = "all"
 POSITION_CHOICES = (ALL_POSITIONS, *WORD_IDX_KEYS)
 ABC_FLIP = "ABB->XYZ, BAB->XYZ"  # the ABC dataset: three fresh names in the name slots
+# Hook points that hold [batch, head, query_pos, key_pos] attention, not a vector per token.
+ATTENTION_MAPS = ("hook_pattern", "hook_attn_scores")
 
 
 def ioi_and_abc(
@@ -43,7 +45,8 @@ def ioi_and_abc(
 
 
 def check_hook_names(model: HookedTransformer, hook_names: Sequence[str]) -> list[str]:
-    """``hook_names`` as a list, each a hook point of ``model``; ValueError with close names else."""
+    """``hook_names`` as a list, each a hook point of ``model`` with one vector per token;
+    ValueError with close names (or per-token choices, for attention weights) else."""
     if isinstance(hook_names, str):
         hook_names = [hook_names]
     names = list(hook_names)
@@ -58,6 +61,12 @@ def check_hook_names(model: HookedTransformer, hook_names: Sequence[str]) -> lis
             raise ValueError(
                 f"{name!r} is not a hook point of the model; {hint or 'see model.hook_dict'} "
                 "(build names with transformer_lens.utils.get_act_name)"
+            )
+        if name.rsplit(".", 1)[-1] in ATTENTION_MAPS:
+            raise ValueError(
+                f"{name!r} holds attention weights [batch, head, query, key], not one vector per "
+                "token, so it has no SAE activations; use a per-token hook point such as "
+                "hook_z, hook_attn_out, hook_mlp_out or hook_resid_pre/mid/post"
             )
     return names
 

@@ -291,11 +291,14 @@ def feature_circuit(
     ``|IE| >= threshold``; 2. edges between kept nodes of consecutive hook points; 3.
     faithfulness of the circuit, and of the top ``n`` nodes for each ``n`` in ``curve_sizes``.
     """
+    sizes = list(curve_sizes)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes):
+        raise ValueError(f"curve_sizes must be positive node counts, got {sizes!r}")
     attribution = feature_attribution(
         model, saes, clean_tokens, corrupted_tokens, metric, method=method, steps=steps
     )
     nodes = select_nodes(attribution, threshold=threshold)
     edges = edge_attribution(model, saes, clean_tokens, corrupted_tokens, metric, nodes)
-    circuits = [nodes] + [attribution.top(n) for n in curve_sizes]
+    circuits = [nodes] + [attribution.top(n) for n in sizes]
     points = faithfulness_curve(model, saes, clean_tokens, metric, circuits)
     return FeatureCircuit(attribution, tuple(nodes), edges, threshold, points[0][1], points[1:])

@@ -141,6 +141,11 @@ def permutation_test(
     """
     if not isinstance(shares, Tensor) or shares.ndim != 2:
         raise ValueError("shares must be a [batch, node] tensor (prompts by nodes)")
+    if not bool(torch.isfinite(shares).all()):
+        raise ValueError(
+            "shares hold NaN or infinite values, so no circuit or p-value can be computed; "
+            "check the metric and the attribution that gave them"
+        )
     labels = list(labels)
     if len(labels) != shares.shape[0]:
         raise ValueError(f"{len(labels)} labels for {shares.shape[0]} prompts; give one per prompt")

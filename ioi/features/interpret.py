@@ -2,7 +2,9 @@
 
 For one feature of one SAE, `interpret_feature` gives
 
-* its top-activating (prompt, position) pairs over a batch of prompts;
+* its top-activating (prompt, position) pairs over a batch of prompts (right-padding is never
+  a position: a prompt's tokens end at its ``seq_lens`` entry, or, when none are given, before
+  the run of pad tokens that ends it);
 * its decoder direction's direct effect on the logits, ``W_dec[i] @ W_U`` (the tokens it
   promotes and suppresses most; the final LayerNorm's scale is left out, as in a direct logit
   attribution of a direction);
@@ -17,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Bool, Int
 from sae_lens import SAE
 from torch import Tensor
 from transformer_lens import HookedTransformer
@@ -92,10 +94,11 @@ def interpret_feature(
     *,
     k: int = 5,
     roles: Sequence[str] = ROLES,
+    seq_lens: Int[Tensor, " batch"] | None = None,
 ) -> FeatureReport:
     """Interpret one feature of the SAE at ``hook`` over ``tokens`` (see the module docstring)."""
     return interpret_features(
-        model, {hook: sae}, [(hook, feature)], tokens, word_idx, k=k, roles=roles
+        model, {hook: sae}, [(hook, feature)], tokens, word_idx, k=k, roles=roles, seq_lens=seq_lens
     )[0]
 
 
@@ -108,11 +111,20 @@ def interpret_features(
     *,
     k: int = 5,
     roles: Sequence[str] = ROLES,
+    seq_lens: Int[Tensor, " batch"] | None = None,
 ) -> list[FeatureReport]:
     """Interpret each distinct ``(hook, feature)`` (circuit nodes may be given; error nodes and
-    repeats at other positions are skipped), in the order given."""
+    repeats at other positions are skipped), in the order given.
+
+    Args:
+        seq_lens: each prompt's number of real tokens (``IOIDataset.seq_lens``); positions from
+            there on are padding and never count. None: each prompt ends before the run of
+            the tokenizer's pad tokens that closes it (every position counts without a
+            tokenizer or pad token).
+    """
     saes = check_saes(model, saes)
     check_model_tokens(model, tokens)
+    real = real_positions(model, tokens, seq_lens)
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     wanted: list[tuple[str, int]] = []
@@ -127,14 +139,45 @@ def interpret_features(
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in saes)
     acts = {hook: node_values(sae, hook, cache[hook])[0] for hook, sae in saes.items()}
     return [
-        _report(model, saes[hook], hook, feature, acts[hook][..., feature], word_idx, k, roles)
+        _report(
+            model, saes[hook], hook, feature, acts[hook][..., feature], real, word_idx, k, roles
+        )
         for hook, feature in wanted
     ]
 
 
-def _report(model, sae, hook, feature, acts, word_idx, k, roles) -> FeatureReport:
+def real_positions(
+    model: HookedTransformer, tokens: Int[Tensor, "batch pos"], seq_lens: Tensor | None
+) -> Bool[Tensor, "batch pos"]:
+    """True at each prompt's real tokens, False at its right-padding (see `interpret_features`)."""
+    n_batch, n_pos = tokens.shape
+    if seq_lens is None:
+        pad = getattr(model.tokenizer, "pad_token_id", None)
+        if pad is None:
+            return torch.ones(n_batch, n_pos, dtype=torch.bool, device=tokens.device)
+        # Padding is the trailing run of pad tokens: count them from the end of each row.
+        is_pad = tokens == pad
+        trailing = is_pad.flip(-1).to(torch.long).cumprod(-1).sum(-1)  # [batch]
+        seq_lens = n_pos - trailing
+    if not isinstance(seq_lens, Tensor) or seq_lens.shape != (n_batch,):
+        raise ValueError(
+            f"seq_lens must be a [batch] tensor of {n_batch} prompt lengths (IOIDataset.seq_lens), "
+            f"got {seq_lens!r}"
+        )
+    seq_lens = seq_lens.to(tokens.device)
+    if bool((seq_lens < 1).any()) or bool((seq_lens > n_pos).any()):
+        raise ValueError(
+            f"seq_lens must lie in 1..{n_pos} (the tokens' positions), got {seq_lens.tolist()}"
+        )
+    return torch.arange(n_pos, device=tokens.device)[None, :] < seq_lens[:, None]
+
+
+def _report(model, sae, hook, feature, acts, real, word_idx, k, roles) -> FeatureReport:
+    real = real.to(acts.device)
+    # Padding ranks below every real token and carries no activation mass.
+    ranked = acts.masked_fill(~real, float("-inf")).flatten()
+    order = ranked.argsort(descending=True, stable=True)[: min(k, int(real.sum()))]
     flat = acts.flatten()
-    order = flat.argsort(descending=True, stable=True)[: min(k, flat.numel())]
     top = tuple((i // acts.shape[1], i % acts.shape[1], float(flat[i])) for i in order.tolist())
     up, down = [], []
     if sae.cfg.d_in == model.cfg.d_model:  # a residual-stream direction: read it through W_U
@@ -142,7 +185,7 @@ def _report(model, sae, hook, feature, acts, word_idx, k, roles) -> FeatureRepor
             effect = sae.W_dec[feature].to(model.W_U.dtype) @ model.W_U  # [d_vocab]
         up = effect.argsort(descending=True, stable=True)[:k].tolist()
         down = effect.argsort(stable=True)[:k].tolist()
-    shares = role_shares(acts.clamp(min=0), word_idx, roles)
+    shares = role_shares(acts.clamp(min=0).masked_fill(~real, 0.0), word_idx, roles)
     return FeatureReport(
         hook,
         feature,

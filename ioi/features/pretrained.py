@@ -80,6 +80,11 @@ def load_pretrained_saes(
     if Path(release).is_dir():
         return load_saes_dir(release, device=device)
     release = os.fspath(release)
+    if isinstance(release, str) and (os.sep in release or release.startswith(("~", "."))):
+        raise ValueError(
+            f"no directory at {release!r}: give a directory of SAEs saved by SAELens, or a "
+            "SAELens release id such as 'gpt2-small-res-jb'"
+        )
     lookup = _release(release)
     ids = list(lookup.saes_map) if sae_ids is None else list(sae_ids)
     unknown = [i for i in ids if i not in lookup.saes_map]

@@ -94,7 +94,9 @@ def toy_study(
     families = compare_families(
         shares, family_labels(ds), top_n=30, n_permutations=n_permutations, seed=seed
     )
-    features = interpret_features(model, saes, circuit.nodes, ds.toks, ds.word_idx, k=3)
+    features = interpret_features(
+        model, saes, circuit.nodes, ds.toks, ds.word_idx, k=3, seq_lens=ds.seq_lens
+    )
     return ToyStudy(len(ds), float(clean), float(corrupted), atp, ig, circuit, families, features)
 
 

@@ -115,6 +115,11 @@ def train_sae(
     """
     if not isinstance(spec, SAESpec):
         raise TypeError(f"spec must be an SAESpec, got {type(spec).__name__}")
+    if not bool(torch.isfinite(acts).all()):
+        raise ValueError(
+            "acts hold NaN or infinite values: an SAE trained on them would be meaningless; "
+            "collect activations from a model whose forward pass is finite"
+        )
     acts = acts.detach().float().cpu()
     metadata = SAEMetadata(hook_name=hook_name, model_name=model_name)
     common = dict(d_in=acts.shape[1], d_sae=spec.d_sae, device="cpu", metadata=metadata)

@@ -9,6 +9,7 @@ in its text.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from sae_lens import SAE
@@ -160,13 +161,19 @@ def _families(model, saes, setup, n: int, s: FeatureSettings) -> dict:
 
 
 def quality_table(quality) -> Table:
+    """Per SAE: sparsity, reconstruction, and the logit difference with the SAE spliced in beside
+    zero- and mean-ablation of the same activation, with the fractions recovered against each."""
     return Table.build(
         "SAE quality",
-        ("SAE", "d_sae", "L0", "variance explained", "dead", "logit diff recovered (mean abl.)",
-         "CE recovered (mean abl.)"),
+        ("SAE", "d_sae", "L0", "variance explained", "dead", "logit diff clean",
+         "logit diff SAE", "logit diff zero abl.", "logit diff mean abl.",
+         "logit diff recovered (zero abl.)", "logit diff recovered (mean abl.)",
+         "CE recovered (zero abl.)", "CE recovered (mean abl.)"),
         [
             (q.hook_name, q.d_sae, q.l0, q.variance_explained, q.dead_features,
-             q.logit_diff_recovered_mean, q.ce_recovered_mean)
+             q.logit_diff_clean, q.logit_diff_sae, q.logit_diff_zero, q.logit_diff_mean,
+             q.logit_diff_recovered_zero, q.logit_diff_recovered_mean,
+             q.ce_recovered_zero, q.ce_recovered_mean)
             for q in quality
         ],
     )  # fmt: skip
@@ -185,11 +192,11 @@ def families_table(families: dict) -> Table:
 
 
 def _quality_json(q) -> dict:
-    fields = ("hook_name", "d_sae", "n_tokens", "l0", "variance_explained", "dead_features")
-    out = {k: getattr(q, k) for k in fields}
-    out["logit_diff_recovered_mean"] = q.logit_diff_recovered_mean
-    out["logit_diff_recovered_zero"] = q.logit_diff_recovered_zero
-    out["ce_recovered_mean"] = q.ce_recovered_mean
+    """Every measured field of the `SAEQuality`, and the four fractions recovered."""
+    out = dataclasses.asdict(q)
+    for name in ("logit_diff_recovered_zero", "logit_diff_recovered_mean",
+                 "ce_recovered_zero", "ce_recovered_mean"):  # fmt: skip
+        out[name] = getattr(q, name)
     return out
 
 

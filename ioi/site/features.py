@@ -54,7 +54,9 @@ def feature_view(
         raise ValueError(f"no SAE at {hook!r}; SAEs are at {list(saes)}")
     if not isinstance(prompt, int) or not 0 <= prompt < len(ds):
         raise ValueError(f"prompt must be an index in 0..{len(ds) - 1}, got {prompt!r}")
-    report = interpret_feature(model, saes[hook], hook, feature, ds.toks, ds.word_idx, k=k)
+    report = interpret_feature(
+        model, saes[hook], hook, feature, ds.toks, ds.word_idx, k=k, seq_lens=ds.seq_lens
+    )
     n_tok = int(ds.seq_lens[prompt]) - 1  # the prompt without its answer
     tokens = ds.toks[prompt : prompt + 1, :n_tok]
     with torch.no_grad():

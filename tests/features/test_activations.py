@@ -80,6 +80,12 @@ def test_abc_prompts_have_fresh_names(toy_model, prompts):
         (dict(hook_names=[RESID], positions=["all", "end"]), "pass it alone"),
         (dict(hook_names=[RESID], batch_size=0), "batch_size"),
         (dict(hook_names=[]), "at least one hook name"),
+        (dict(hook_names=["blocks.0.attn.hook_pattern"]), "attention weights.*hook_z"),
+        (
+            dict(hook_names=["blocks.0.attn.hook_pattern"], positions="S2"),
+            "not one vector per token",
+        ),
+        (dict(hook_names=["blocks.1.attn.hook_attn_scores"]), "attention weights"),
     ],
 )
 def test_bad_inputs(toy_model, prompts, kwargs, match):

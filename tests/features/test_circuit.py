@@ -186,3 +186,12 @@ def test_select_nodes_needs_exactly_one_rule(model, saes, tokens):
         select_nodes(attribution, threshold=-1.0)
     assert select_nodes(attribution, threshold=1e9) == []
     assert select_nodes(attribution, top_n=3) == attribution.top(3)
+
+
+def test_curve_sizes_must_be_node_counts(model, saes, tokens):
+    clean, corrupted = tokens
+    with pytest.raises(ValueError, match="curve_sizes must be positive node counts"):
+        feature_circuit(
+            model, saes, clean, corrupted, logit_diff, threshold=0.1, curve_sizes=(5, 0)
+        )
+    assert hooks_left(model) == []

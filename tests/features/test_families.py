@@ -90,13 +90,14 @@ def test_more_than_two_families():
         (dict(top_n=0), "top_n"),
         (dict(n_permutations=0), "n_permutations"),
         (dict(alpha=1.5), "alpha"),
+        (dict(shares=planted()[0].index_fill(1, torch.tensor([59]), float("nan"))), "NaN"),
     ],
 )
 def test_bad_input_is_named(kwargs, words):
     shares, labels = planted()
-    kwargs = {"labels": labels, "top_n": 5} | kwargs
+    kwargs = {"shares": shares, "labels": labels, "top_n": 5} | kwargs
     with pytest.raises(ValueError, match=words):
-        permutation_test(shares, kwargs.pop("labels"), **kwargs)
+        permutation_test(kwargs.pop("shares"), kwargs.pop("labels"), **kwargs)
 
 
 def test_compare_families_on_a_tiny_model():

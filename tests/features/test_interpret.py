@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from ioi.features.attribution import FeatureNode
-from ioi.features.interpret import interpret_feature, interpret_features, role_shares
+from ioi.features.interpret import (
+    interpret_feature,
+    interpret_features,
+    real_positions,
+    role_shares,
+)
 from ioi.features.testing import identity_sae
 from ioi.testing import hooks_left, tiny_model, token_pair
 
@@ -85,6 +90,46 @@ def test_role_label_of_a_planted_feature(model, sae):
         expected = "silent" if acts.sum() == 0 else best if shares[best] >= 0.5 else "mixed"
         assert report.role == expected
     assert {r.role for r in reports} - {"mixed"}  # some feature gets a role
+
+
+def test_padding_is_never_a_top_example_nor_a_role(model, sae):
+    """A prompt's padding may hold the feature's largest activation; it must not be listed."""
+    tokens, _ = token_pair(seed=3)
+    _, cache = model.run_with_cache(tokens)
+    coordinate = cache[HOOK][..., 7].clamp(min=0)  # identity SAE: feature 7 is relu(x_7)
+    prompt, pos = divmod(int(coordinate.flatten().argmax()), 6)
+    seq_lens = torch.full((3,), 6)
+    seq_lens[prompt] = max(pos, 1)  # the largest activation now lies in the padding
+    real = torch.arange(6)[None, :] < seq_lens[:, None]
+    report = interpret_feature(model, sae, HOOK, 7, tokens, WORD_IDX, k=18, seq_lens=seq_lens)
+    assert len(report.top_examples) == int(real.sum())  # every real token, no padding
+    assert all(p < int(seq_lens[b]) for b, p, _ in report.top_examples)
+    kept = coordinate[real]
+    assert [v for *_, v in report.top_examples] == pytest.approx(
+        kept.sort(descending=True).values.tolist()
+    )
+    assert report.role_shares == pytest.approx(role_shares(coordinate * real, WORD_IDX))
+    with pytest.raises(ValueError, match=r"seq_lens must lie in 1\.\.6"):
+        interpret_feature(model, sae, HOOK, 7, tokens, WORD_IDX, seq_lens=torch.tensor([6, 0, 6]))
+    with pytest.raises(ValueError, match="prompt lengths"):
+        real_positions(model, tokens, torch.tensor([6, 6]))
+
+
+def test_padding_is_found_from_the_pad_token(toy_model):
+    """Without seq_lens, an IOI dataset's right-padding is the run of pad tokens ending a row."""
+    from ioi.dataset import IOIDataset
+    from ioi.features import load_toy_saes
+
+    saes = load_toy_saes(device="cpu")
+    ds = IOIDataset(40, "mixed", seed=0, tokenizer=toy_model)
+    assert int(ds.seq_lens.min()) < ds.toks.shape[1]  # some prompts are padded
+    features = [(HOOK, f) for f in range(0, 256, 5)]
+    given = interpret_features(
+        toy_model, saes, features, ds.toks, ds.word_idx, k=5, seq_lens=ds.seq_lens
+    )
+    found = interpret_features(toy_model, saes, features, ds.toks, ds.word_idx, k=5)
+    assert given == found
+    assert all(p < int(ds.seq_lens[b]) for r in found for b, p, _ in r.top_examples)
 
 
 def test_bad_features_are_named(model, sae):

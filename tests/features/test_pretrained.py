@@ -59,6 +59,14 @@ def test_unknown_release_and_id():
         load_pretrained_saes("gpt2-small-res-jb", ["blocks.99.hook_resid_pre"])
 
 
+def test_a_missing_directory_is_named_as_one(tmp_path):
+    missing = tmp_path / "no_saes_here"
+    with pytest.raises(ValueError, match="no directory at .*no_saes_here"):
+        load_pretrained_saes(missing)
+    with pytest.raises(ValueError, match="no directory at './saes'"):
+        load_pretrained_saes("./saes")
+
+
 def test_local_directory_saved_by_sae_lens(tmp_path):
     sae = random_sae(16, 32, seed=3)
     sae.cfg.metadata.hook_name = "blocks.0.hook_resid_pre"

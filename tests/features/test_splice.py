@@ -167,6 +167,13 @@ def test_unknown_hook_name_lists_close_names(model):
     assert hook_count(model) == 0
 
 
+def test_attention_weights_are_not_a_splice_site(model):
+    with pytest.raises(ValueError, match="attention weights.*hook_attn_out"):
+        with spliced(model, {get_act_name("pattern", 0): identity_sae(D_MODEL)}):
+            pass
+    assert hook_count(model) == 0
+
+
 def test_wrong_width_says_both_numbers(model):
     name = get_act_name("mlp_post", 0)  # width d_mlp = 64
     with pytest.raises(ValueError, match="d_in=32.*width 64"):
@@ -228,3 +235,49 @@ def test_static_widths_agree_with_a_forward_pass(model):
         "hook_embed": 32,
         "blocks.0.ln1.hook_normalized": 32,
     }
+
+
+def _sae_lens_reference(model, saes, error_term):
+    """SAELens's own splice: a `HookedSAETransformer` with the same weights and copies of the
+    SAEs attached by ``add_sae`` (which records each SAE's hook name and error-term flag)."""
+    import copy
+
+    from sae_lens import HookedSAETransformer
+
+    ref = HookedSAETransformer(model.cfg)
+    ref.load_state_dict(model.state_dict(), strict=False)
+    for name, sae in saes.items():
+        own = copy.deepcopy(sae)
+        own.cfg.metadata.hook_name = name
+        ref.add_sae(own, use_error_term=error_term)
+    return ref
+
+
+@pytest.mark.parametrize("architecture", ["standard", "topk"])
+@pytest.mark.parametrize("error_term", [False, True])
+def test_spliced_equals_sae_lens_hooked_sae_transformer(model, tokens, architecture, error_term):
+    """Logits, feature activations and a feature edit agree with SAELens's splice."""
+    saes = saes_at(*NAMES, architecture=architecture)
+    ref = _sae_lens_reference(model, saes, error_term)
+    acts = [sae_hook_name(n, "hook_sae_acts_post") for n in NAMES]
+    with spliced(model, saes, error_term=error_term):
+        ours, cache = model.run_with_cache(tokens, names_filter=acts)
+    theirs, ref_cache = ref.run_with_cache(tokens, names_filter=acts)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    for name in acts:
+        torch.testing.assert_close(cache[name], ref_cache[name], atol=1e-5, rtol=1e-5)
+    # Zero the three strongest features of the first SAE at every position, in both.
+    top = cache[acts[0]].abs().sum((0, 1)).argsort(descending=True)[:3]
+
+    def ablate(act, hook):
+        act = act.clone()
+        act[..., top] = 0.0
+        return act
+
+    with spliced(model, saes, error_term=error_term), model.hooks([(acts[0], ablate)]):
+        ours_edit = model(tokens)
+    with ref.hooks([(acts[0], ablate)]):
+        theirs_edit = ref(tokens)
+    assert (ours_edit - ours).abs().max() > 1e-3  # the edit matters
+    torch.testing.assert_close(ours_edit, theirs_edit, atol=1e-5, rtol=1e-5)
+    assert hook_count(model) == 0

@@ -93,6 +93,14 @@ def test_bad_specs(kwargs, match):
         SAESpec(**kwargs)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_activations_are_refused(sparse_data, bad):
+    acts = sparse_data.clone()
+    acts[3, 1] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        train_sae(acts, SAESpec(architecture="topk", k=4, **SMALL))
+
+
 def test_toy_recipe_matches_its_docstring():
     """The numbers the module docstring states are the recipe's."""
     from ioi.features import train

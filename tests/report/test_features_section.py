@@ -45,7 +45,15 @@ def test_quality_table_is_evaluate_saes_on_the_report_prompts(section, ctx, toy_
     for row, q in zip(got, expected, strict=True):
         assert row["variance_explained"] == pytest.approx(q.variance_explained, abs=1e-6)
         assert row["l0"] == pytest.approx(q.l0) and row["dead_features"] == q.dead_features
-        assert row["logit_diff_recovered_mean"] == pytest.approx(q.logit_diff_recovered_mean)
+        for name in ("logit_diff_clean", "logit_diff_sae", "logit_diff_zero", "logit_diff_mean",
+                     "ce_clean", "ce_sae", "ce_zero", "ce_mean", "logit_diff_recovered_zero",
+                     "logit_diff_recovered_mean", "ce_recovered_zero", "ce_recovered_mean"):  # fmt: skip
+            assert row[name] == pytest.approx(getattr(q, name), rel=1e-4, abs=1e-6), name
+    table = next(t for t in section.tables if t.title == "SAE quality")
+    assert "logit diff zero abl." in table.columns and "CE recovered (zero abl.)" in table.columns
+    zero = table.columns.index("logit diff recovered (zero abl.)")
+    for table_row, q in zip(table.rows, expected, strict=True):
+        assert table_row[zero] == pytest.approx(q.logit_diff_recovered_zero, rel=1e-4)
     assert hook_count(toy_model) == 0
 
 

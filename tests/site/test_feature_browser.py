@@ -37,7 +37,9 @@ def test_the_view_is_the_sae_encoding_and_w_u_by_hand(toy_model):
     with torch.no_grad():
         _, full = toy_model.run_with_cache(ds.toks, names_filter=HOOK)
         all_acts = saes[HOOK].encode(full[HOOK])[..., 5]
-    assert act == pytest.approx(float(all_acts.max())) and sentence == ds.sentences[i]
+    real = torch.arange(ds.toks.shape[1])[None, :] < ds.seq_lens[:, None]  # padding never counts
+    assert act == pytest.approx(float(all_acts[real].max())) and sentence == ds.sentences[i]
+    assert pos < int(ds.seq_lens[i])
     assert float(all_acts[i, pos]) == pytest.approx(act)
 
 
