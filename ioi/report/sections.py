@@ -30,6 +30,7 @@ from ioi.report import tables as T
 from ioi.report.document import Figure, Section, Table
 from ioi.report.features_section import section_features
 from ioi.report.progress import Tracker
+from ioi.statistics import DEFAULT_LEVEL
 
 
 @dataclass(frozen=True)
@@ -413,11 +414,25 @@ def section_activation_patching(ctx: ReportContext) -> Section:
             f"r = {comparison.pearson:.3f} against exact patching (largest error "
             f"{comparison.max_abs_error:.3f} on the metric's scale)."
         )
+    if "intervals" in numbers:
+        section.text.append(_interval_sentence(numbers["intervals"], "Every sweep's"))
     section.tables.append(
-        Table.build("Largest effects per sweep", ("sweep", "site", "normalised effect"), top_rows)
+        Table.build(
+            "Largest effects per sweep",
+            ("sweep", "site", "normalised effect", *T.interval_columns(DEFAULT_LEVEL)),
+            top_rows,
+        )
     )
     section.numbers = numbers
     return section
+
+
+def _interval_sentence(method: dict, whose: str) -> str:
+    """The one sentence per section that states N and how the intervals were made."""
+    return (
+        f"{whose} intervals are {method['describe']}: SE is the standard error of the mean "
+        "over prompts, and the interval's bounds are the percentiles of the resampled means."
+    )
 
 
 def _add_sweep(section: Section, numbers: dict, top_rows: list, component: str, result) -> None:
@@ -425,12 +440,38 @@ def _add_sweep(section: Section, numbers: dict, top_rows: list, component: str, 
     section.figures.append(
         Figure(f"patch_{component}", heatmap(result, "normalized", f"Patching {title}"))
     )
+    normalized = result.interval("normalized")
+    change = result.interval("change")
+    if component == "z":  # one masked figure: the head-output grid, beside the unmasked one
+        section.figures.append(
+            Figure(
+                "patch_z_masked",
+                heatmap(result, "normalized", f"Patching {title}, masked", mask=True),
+                "The same grid with every head blank whose interval of the change contains 0.",
+            )
+        )
+    numbers.setdefault("intervals", T.method_numbers(change))
     numbers["sweeps"][component] = {
         "axes": list(result.axes),
         "labels": [list(labels) for labels in result.sweep.labels],
         "normalized": result.normalized,
+        "normalized_interval": T.interval_numbers(normalized),
+        "change_interval": T.interval_numbers(change),
+        "change_excludes_zero": change.excludes_zero(),
     }
-    top_rows += [(component, row["site"], row["normalized"]) for row in result.top_k(3)]
+    rows = result.table(intervals=False)  # site order; sorted as `PatchResult.top_k` sorts
+    top = sorted(range(len(rows)), key=lambda i: -abs(float(rows[i]["change"])))[:3]
+    cells = normalized.mean.shape  # [*grid]
+    for i in top:
+        index = tuple(int(j) for j in torch.unravel_index(torch.tensor(i), cells))
+        top_rows.append(
+            (
+                component,
+                rows[i]["site"],
+                rows[i]["normalized"],
+                *T.interval_cells(normalized, index),
+            )
+        )
 
 
 def section_path_patching(ctx: ReportContext) -> Section:
@@ -466,11 +507,22 @@ def section_path_patching(ctx: ReportContext) -> Section:
             "Queries are read at end; keys and values at every position.",
         )
     )
+    estimate = A.heads_to_logits_estimate(ctx.oracle)
+    section.text.append(_interval_sentence(T.method_numbers(estimate), "The direct paths'"))
     section.tables.append(
-        T.heads_table(to_logits, "effect", "Heads with the largest direct path to the logits")
+        T.heads_table(
+            to_logits,
+            "effect",
+            "Heads with the largest direct path to the logits",
+            estimate=estimate,
+        )
     )
     section.numbers = {
         "heads_to_logits": _grid_dict(to_logits),
+        "heads_to_logits_interval": {
+            key: _grid_dict(v) for key, v in T.interval_numbers(estimate).items()
+        },
+        "intervals": T.method_numbers(estimate),
         "receivers": [str(h) for h in receivers],
         "heads_to_receivers": {inp: _grid_dict(g) for inp, g in grids.items()},
     }
@@ -605,10 +657,14 @@ def section_criteria(ctx: ReportContext) -> Section:
         label = "discovered circuit" if name == "discovered" else "published circuit"
         faith = result.faithfulness
         worst = max(result.completeness, key=lambda s: s.score)
+        faith_intervals = {value: faith.interval(value) for value in FAITHFULNESS_ROWS}
+        ratio, worst_interval = faith_intervals["ratio"], worst.interval()
         section.text.append(
             f"The {label}: F(M) = {faith.f_model:.3f}, F(C) = {faith.f_circuit:.3f} "
-            f"(**{faith.ratio:.1%}** kept, |F(M) - F(C)| = {faith.gap:.3f}); the largest "
-            f"incompleteness is {worst.score:.3f} ({worst.label})."
+            f"(**{faith.ratio:.1%}** kept, {ratio.level:.0%} interval "
+            f"[{float(ratio.low):.1%}, {float(ratio.high):.1%}]; |F(M) - F(C)| = "
+            f"{faith.gap:.3f}); the largest incompleteness is {worst.score:.3f} "
+            f"[{float(worst_interval.low):.3f}, {float(worst_interval.high):.3f}] ({worst.label})."
         )
         section.figures += [
             Figure(
@@ -622,12 +678,32 @@ def section_criteria(ctx: ReportContext) -> Section:
             Figure(f"minimality_{name}", F.minimality_figure(result.minimality)),
         ]
         section.tables.append(
+            T.estimates_table(
+                f"Faithfulness of the {label}",
+                "value",
+                [(FAITHFULNESS_ROWS[v], est) for v, est in faith_intervals.items()],
+            )
+        )
+        minimality = [(s, s.interval()) for s in result.minimality]
+        section.tables.append(
             Table.build(
                 f"Minimality of the {label}",
-                ("head", "K (rest of its class)", "score", "relative to F(C)"),
+                (
+                    "head",
+                    "K (rest of its class)",
+                    "score",
+                    *T.interval_columns(DEFAULT_LEVEL),
+                    "relative to F(C)",
+                ),
                 [
-                    (s.label, " ".join(map(str, s.removed)) or "-", s.score, s.relative)
-                    for s in result.minimality
+                    (
+                        s.label,
+                        " ".join(map(str, s.removed)) or "-",
+                        s.score,
+                        *T.interval_cells(est),
+                        s.relative,
+                    )
+                    for s, est in minimality
                 ],
             )
         )
@@ -636,14 +712,34 @@ def section_criteria(ctx: ReportContext) -> Section:
             "f_circuit": faith.f_circuit,
             "ratio": faith.ratio,
             "gap": faith.gap,
+            "faithfulness_intervals": {
+                v: T.interval_numbers(est) for v, est in faith_intervals.items()
+            },
             "completeness": [_knockout_json(s) for s in result.completeness],
-            "minimality": [_knockout_json(s) for s in result.minimality],
+            "minimality": [_knockout_json(s, est) for s, est in minimality],
         }
+        method = T.method_numbers(faith_intervals["ratio"])
+    numbers["intervals"] = method
+    section.text.append(
+        _interval_sentence(method, "The criteria's")
+        + " Completeness and minimality scores are absolute values, never below 0: read their "
+        "intervals' width, not whether they contain 0."
+    )
     section.numbers = numbers
     return section
 
 
-def _knockout_json(score) -> dict:
+FAITHFULNESS_ROWS = {
+    "f_model": "F(M)",
+    "f_circuit": "F(C)",
+    "ratio": "F(C) / F(M)",
+    "gap": "|F(M) - F(C)|",
+}
+"""The faithfulness values the report shows with intervals (`Faithfulness.interval`)."""
+
+
+def _knockout_json(score, estimate=None) -> dict:
+    estimate = estimate or score.interval()
     return {
         "label": score.label,
         "removed": [str(h) for h in score.removed],
@@ -651,6 +747,7 @@ def _knockout_json(score) -> dict:
         "f_without": score.f_without,
         "score": score.score,
         "relative": score.relative,
+        "score_interval": T.interval_numbers(estimate),
     }
 
 
