@@ -447,7 +447,8 @@ def _add_sweep(section: Section, numbers: dict, top_rows: list, component: str, 
             Figure(
                 "patch_z_masked",
                 heatmap(result, "normalized", f"Patching {title}, masked", mask=True),
-                "The same grid with every head blank whose interval of the change contains 0.",
+                "The same grid, blank where the change's "
+                f"{change.describe().replace('intervals', 'interval')} contains 0.",
             )
         )
     numbers.setdefault("intervals", T.method_numbers(change))

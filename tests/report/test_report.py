@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 from plotly.offline import get_plotlyjs
+from rich.console import Console
 from transformer_lens.utilities import get_act_name
 
 from ioi.circuit import (
@@ -30,6 +31,8 @@ from ioi.replicate import replicate
 from ioi.report import SECTIONS, Settings
 from ioi.report.document import Figure
 from ioi.report.images import export_pngs
+from ioi.report.progress import Tracker
+from ioi.report.sections import ReportContext, section_activation_patching
 from ioi.statistics import bootstrap
 from ioi.testing import hook_count
 
@@ -359,3 +362,23 @@ def test_each_section_states_n_and_the_interval_method_once(report, key, n):
         body = text[start : text.find(next_heading, start)]
         assert body.count(method["describe"]) == 1, (key, "stated once per section")
         assert "95% low" in body and "SE" in body
+
+
+def test_masked_head_heatmap_blanks_exactly_the_cells_whose_interval_contains_zero(toy_model):
+    settings = Settings(n=N, seed=SEED, patch_prompts=PATCH_N, thresholds=THRESHOLDS, sweeps=("z",))
+    with Tracker(Console(quiet=True)) as tracker:
+        section = section_activation_patching(ReportContext(toy_model, "toy", settings, tracker))
+    figures = {f.key: f.fig for f in section.figures}
+    shown = torch.tensor(figures["patch_z"].data[0].z, dtype=torch.float64)
+    masked = torch.tensor(figures["patch_z_masked"].data[0].z, dtype=torch.float64)
+
+    ds, abc, metric = _per_prompt_metric(toy_model, PATCH_N)
+    n_pos = ds.toks.shape[1]
+    result = activation_patching(toy_model, ds.toks, abc.toks, metric, sweep(toy_model, "z", n_pos))
+    change = result.interval("change")
+    blank = (change.low <= 0) & (change.high >= 0)  # the interval contains 0
+    assert 0 < int(blank.sum()) < blank.numel(), "all or no cells blank: the test would be trivial"
+    assert torch.equal(masked.isnan(), blank) and not shown.isnan().any()
+    torch.testing.assert_close(masked[~blank], shown[~blank], rtol=0, atol=0)
+    caption = {f.key: f.caption for f in section.figures}["patch_z_masked"]
+    assert "blank where the change's 95% percentile bootstrap interval over n=8" in caption
