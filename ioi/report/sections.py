@@ -38,7 +38,8 @@ class Settings:
     """What the report computes.
 
     Args:
-        n: IOI prompts for every step except the activation-patching sweeps.
+        n: IOI prompts for every step except the activation-patching sweeps (at least 2:
+            every table gives a standard error and an interval over prompts).
         seed: dataset seed.
         patch_prompts: prompts for the activation-patching sweeps (the first ones of the same
             seeded dataset); each patched site reruns the model on all of them.
@@ -62,6 +63,11 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if value < 2:
+                raise ValueError(
+                    f"{name} must be at least 2, got {value}: the report's intervals over "
+                    "prompts need a standard error, which one prompt does not have"
+                )
         if isinstance(self.extra_thresholds, bool) or self.extra_thresholds < 0:
             raise ValueError(f"extra_thresholds must be >= 0, got {self.extra_thresholds!r}")
         if not self.thresholds or any(t <= 0 for t in self.thresholds):

@@ -216,6 +216,8 @@ def test_settings_reject_bad_values():
         Settings(thresholds=(0.1, -1.0))
     with pytest.raises(ValueError, match="patch_prompts"):
         Settings(patch_prompts=0)
+    with pytest.raises(ValueError, match="n must be at least 2.*intervals"):
+        Settings(n=1)
 
 
 def test_png_export_writes_pngs_or_says_why(tmp_path):
