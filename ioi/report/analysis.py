@@ -356,6 +356,23 @@ def discover(
     return choose_threshold(points, min_faithfulness), points
 
 
+def sweep_faithfulness_intervals(
+    ablation: MeanAblation, points: Sequence[SweepPoint], **options
+) -> list[Estimate | None]:
+    """The interval over prompts of each sweep point's ``F(C) / F(M)``
+    (`ioi.circuit.Faithfulness.interval`); None where no head passed the threshold.
+
+    Args:
+        options: ``level``, ``resamples``, ``seed`` for `ioi.statistics.bootstrap`.
+    """
+    return [
+        None
+        if p.discovered.circuit is None
+        else faithfulness(ablation, p.discovered.circuit).interval("ratio", **options)
+        for p in points
+    ]
+
+
 # ---- 4. the criteria ---------------------------------------------------------------------
 
 

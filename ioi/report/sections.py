@@ -7,6 +7,7 @@ ablation, the discovered circuit) are computed once, on first use, by the contex
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -582,13 +583,37 @@ def section_circuit(ctx: ReportContext) -> Section:
             )
         )
     section.figures.append(Figure("threshold_sweep", F.threshold_figure(points, chosen)))
+    ratios = A.sweep_faithfulness_intervals(ctx.ablation, points)
     section.tables.append(
         Table.build(
             "Threshold sweep",
-            ("threshold", "heads", "F(C)", "F(M)", "F(C) / F(M)"),
-            [(p.threshold, p.n_heads, p.f_circuit, p.f_model, p.faithfulness) for p in points],
+            (
+                "threshold",
+                "heads",
+                "F(C)",
+                "F(M)",
+                "F(C) / F(M)",
+                *T.interval_columns(DEFAULT_LEVEL),
+            ),
+            [
+                (
+                    p.threshold,
+                    p.n_heads,
+                    p.f_circuit,
+                    p.f_model,
+                    p.faithfulness,
+                    *(T.interval_cells(r) if r else (math.nan,) * 3),
+                )
+                for p, r in zip(points, ratios, strict=True)
+            ],
         )
     )
+    method = next((T.method_numbers(r) for r in ratios if r), None)
+    if method:
+        section.text.append(
+            _interval_sentence(method, "The sweep's F(C) / F(M)")
+            + " The heads' effects are means over the same prompts, without intervals."
+        )
     section.numbers = {
         "threshold": chosen.threshold,
         "faithfulness": chosen.faithfulness,
@@ -611,9 +636,11 @@ def section_circuit(ctx: ReportContext) -> Section:
                 "f_model": p.f_model,
                 "f_circuit": p.f_circuit,
                 "faithfulness": p.faithfulness,
+                "faithfulness_interval": T.interval_numbers(r) if r else None,
             }
-            for p in points
+            for p, r in zip(points, ratios, strict=True)
         ],
+        "intervals": method,
     }
     if ctx.compares_with_paper:
         paper = gpt2_small_circuit()

@@ -384,3 +384,24 @@ def test_masked_head_heatmap_blanks_exactly_the_cells_whose_interval_contains_ze
     torch.testing.assert_close(masked[~blank], shown[~blank], rtol=0, atol=0)
     caption = {f.key: f.caption for f in section.figures}["patch_z_masked"]
     assert "blank where the change's 95% percentile bootstrap interval over n=8" in caption
+
+
+def test_threshold_sweep_table_gives_each_circuits_faithfulness_interval(report, toy_model):
+    ds, abc = prompts(toy_model, N)
+    ablation = MeanAblation.build(toy_model, ds, abc)
+    oracle = PathPatchingOracle(toy_model, ds, abc)
+    columns, rows = table(report, "circuit", "Threshold sweep")
+    assert columns == ["threshold", "heads", "F(C)", "F(M)", "F(C) / F(M)", *INTERVAL_COLUMNS]
+    assert rows and numbers(report, "circuit")["intervals"]["n"] == N
+    for row, point in zip(rows, numbers(report, "circuit")["sweep"], strict=True):
+        found = discover_circuit(oracle, row["threshold"])
+        if found.circuit is None:
+            assert row["SE"] is None and point["faithfulness_interval"] is None  # NaN -> null
+            continue
+        expected = faithfulness(ablation, found.circuit).interval("ratio")
+        assert float(expected.mean) == pytest.approx(row["F(C) / F(M)"], abs=1e-5)
+        got = [row[c] for c in INTERVAL_COLUMNS]
+        assert got == pytest.approx(
+            [float(expected.se), float(expected.low), float(expected.high)], abs=1e-5
+        )
+        assert point["faithfulness_interval"]["low"] == pytest.approx(got[1], abs=1e-9)
