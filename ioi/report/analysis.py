@@ -358,19 +358,29 @@ def discover(
 
 def sweep_faithfulness_intervals(
     ablation: MeanAblation, points: Sequence[SweepPoint], **options
-) -> list[Estimate | None]:
+) -> list[Estimate]:
     """The interval over prompts of each sweep point's ``F(C) / F(M)``
-    (`ioi.circuit.Faithfulness.interval`); None where no head passed the threshold.
+    (`ioi.circuit.Faithfulness.interval`), on the kept sets `ioi.circuit.threshold_sweep`
+    measured (none where no head passed the threshold: every head ablated).
 
     Args:
         options: ``level``, ``resamples``, ``seed`` for `ioi.statistics.bootstrap`.
     """
-    return [
-        None
-        if p.discovered.circuit is None
-        else faithfulness(ablation, p.discovered.circuit).interval("ratio", **options)
-        for p in points
-    ]
+    model = ablation.logit_diff(None, per_prompt=True)
+    out = []
+    for p in points:
+        circuit = p.discovered.circuit
+        kept = ablation.logit_diff(
+            {} if circuit is None else circuit.kept_positions(), per_prompt=True
+        )
+        faith = Faithfulness(
+            float(model.mean()),
+            float(kept.mean()),
+            f_model_per_prompt=model,
+            f_circuit_per_prompt=kept,
+        )
+        out.append(faith.interval("ratio", **options))
+    return out
 
 
 # ---- 4. the criteria ---------------------------------------------------------------------

@@ -7,7 +7,6 @@ ablation, the discovered circuit) are computed once, on first use, by the contex
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -437,8 +436,10 @@ def section_activation_patching(ctx: ReportContext) -> Section:
 def _interval_sentence(method: dict, whose: str) -> str:
     """The one sentence per section that states N and how the intervals were made."""
     return (
-        f"{whose} intervals are {method['describe']}: SE is the standard error of the mean "
-        "over prompts, and the interval's bounds are the percentiles of the resampled means."
+        f"{whose} intervals are {method['describe']}: the statistic is recomputed on prompts "
+        "drawn with replacement, and the bounds are percentiles of those values. SE is the "
+        "standard error over prompts (of a mean: its sample standard error; of a ratio or an "
+        "absolute value: the spread of the resampled values)."
     )
 
 
@@ -602,18 +603,17 @@ def section_circuit(ctx: ReportContext) -> Section:
                     p.f_circuit,
                     p.f_model,
                     p.faithfulness,
-                    *(T.interval_cells(r) if r else (math.nan,) * 3),
+                    *T.interval_cells(r),
                 )
                 for p, r in zip(points, ratios, strict=True)
             ],
         )
     )
-    method = next((T.method_numbers(r) for r in ratios if r), None)
-    if method:
-        section.text.append(
-            _interval_sentence(method, "The sweep's F(C) / F(M)")
-            + " The heads' effects are means over the same prompts, without intervals."
-        )
+    method = T.method_numbers(ratios[0])
+    section.text.append(
+        _interval_sentence(method, "The sweep's F(C) / F(M)")
+        + " The heads' effects are means over the same prompts, without intervals."
+    )
     section.numbers = {
         "threshold": chosen.threshold,
         "faithfulness": chosen.faithfulness,
@@ -636,7 +636,7 @@ def section_circuit(ctx: ReportContext) -> Section:
                 "f_model": p.f_model,
                 "f_circuit": p.f_circuit,
                 "faithfulness": p.faithfulness,
-                "faithfulness_interval": T.interval_numbers(r) if r else None,
+                "faithfulness_interval": T.interval_numbers(r),
             }
             for p, r in zip(points, ratios, strict=True)
         ],

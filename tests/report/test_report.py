@@ -395,10 +395,12 @@ def test_threshold_sweep_table_gives_each_circuits_faithfulness_interval(report,
     assert rows and numbers(report, "circuit")["intervals"]["n"] == N
     for row, point in zip(rows, numbers(report, "circuit")["sweep"], strict=True):
         found = discover_circuit(oracle, row["threshold"])
-        if found.circuit is None:
-            assert row["SE"] is None and point["faithfulness_interval"] is None  # NaN -> null
-            continue
-        expected = faithfulness(ablation, found.circuit).interval("ratio")
+        if found.circuit is None:  # no head passed: every head ablated, by hand
+            kept = ablation.logit_diff({}, per_prompt=True)
+            full = ablation.logit_diff(None, per_prompt=True)
+            expected = bootstrap([kept, full], lambda c, m: c / m)
+        else:
+            expected = faithfulness(ablation, found.circuit).interval("ratio")
         assert float(expected.mean) == pytest.approx(row["F(C) / F(M)"], abs=1e-5)
         got = [row[c] for c in INTERVAL_COLUMNS]
         assert got == pytest.approx(
