@@ -706,7 +706,10 @@ def section_criteria(ctx: ReportContext) -> Section:
                 F.faithfulness_figure(
                     [("F(M)", faith.f_model), ("F(C)", faith.f_circuit)],
                     f"Faithfulness of the {label}",
+                    [faith_intervals["f_model"], faith_intervals["f_circuit"]],
                 ),
+                f"Error bars: the {faith_intervals['f_model'].level:.0%} intervals over prompts "
+                "(see the table below).",
             ),
             Figure(f"completeness_{name}", F.completeness_figure(result.completeness)),
             Figure(f"minimality_{name}", F.minimality_figure(result.minimality)),
