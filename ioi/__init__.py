@@ -12,7 +12,9 @@ The names a newcomer reaches for first are here; everything loads on first use, 
 
 The layers, each a subpackage or module reachable as ``ioi.<name>``:
 
-* data: `dataset` (IOI prompts), `metrics` (logit difference and the normalised metric),
+* data: `dataset` (IOI prompts), `metrics` (logit difference and the normalised metric;
+  ``reduce="none"`` keeps one value per prompt), `statistics` (`Estimate`, `bootstrap`: the
+  mean over prompts, its standard error and a seeded bootstrap interval),
   `models` (GPT-2 small, local GPT-2 weights, the bundled toy model; other architectures and
   TransformerLens model names through `architectures`), `head` (`Head`);
 * engines: `patching` (activation patching), `path_patching`;
@@ -30,12 +32,14 @@ __version__ = "0.1.0"
 
 # name -> the module that defines it (attributes), or None (the name is a submodule)
 _EXPORTS: dict[str, str | None] = {
+    "Estimate": "ioi.statistics",
     "Head": "ioi.head",
     "IOIDataset": "ioi.dataset",
     "load_model": "ioi.models",
     "logits_to_ave_logit_diff": "ioi.metrics",
     "make_ioi_metric": "ioi.metrics",
     "make_logit_diff_metric": "ioi.metrics",
+    "bootstrap": "ioi.statistics",
     "resolve_device": "ioi.device",
     "checks": None,
     "circuit": None,
@@ -46,10 +50,13 @@ _EXPORTS: dict[str, str | None] = {
     "patching": None,
     "path_patching": None,
     "report": None,
+    "statistics": None,
 }
 __all__ = [
+    "Estimate",
     "Head",
     "IOIDataset",
+    "bootstrap",
     "checks",
     "circuit",
     "dataset",
@@ -64,6 +71,7 @@ __all__ = [
     "path_patching",
     "report",
     "resolve_device",
+    "statistics",
 ]
 
 
@@ -96,9 +104,11 @@ if TYPE_CHECKING:  # what editors and type checkers see
         patching,
         path_patching,
         report,
+        statistics,
     )
     from ioi.dataset import IOIDataset
     from ioi.device import resolve_device
     from ioi.head import Head
     from ioi.metrics import logits_to_ave_logit_diff, make_ioi_metric, make_logit_diff_metric
     from ioi.models import load_model
+    from ioi.statistics import Estimate, bootstrap

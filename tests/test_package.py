@@ -51,3 +51,13 @@ def test_the_front_door_loads_the_bundled_model():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "1.2"]
+
+
+def test_intervals_are_at_the_front_door():
+    import torch
+
+    est = ioi.bootstrap(torch.tensor([[1.0, 2.0, 4.0], [3.0, 3.0, 3.0]]), seed=1)
+    assert isinstance(est, ioi.Estimate) and ioi.bootstrap is ioi.statistics.bootstrap
+    assert est.mean.tolist() == pytest.approx([7 / 3, 3.0]) and est.n == 3
+    assert (est.low[1], est.high[1]) == (3.0, 3.0), "a constant series has a point interval"
+    assert est.low[0] < est.mean[0] < est.high[0]

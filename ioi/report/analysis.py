@@ -49,7 +49,8 @@ from ioi.patching import (
     compare_with_exact,
     sweep,
 )
-from ioi.path_patching import Receiver, all_head_senders
+from ioi.path_patching import Receiver, all_head_senders, path_patch
+from ioi.statistics import Estimate, bootstrap
 
 ABC_FLIP = "ABB->XYZ, BAB->XYZ"
 NAMED_POSITIONS = ("IO", "S1", "S1+1", "S2", "end")
@@ -98,11 +99,21 @@ class Setup:
     @property
     def metric(self) -> Metric:
         """The normalised IOI metric: 1 on the IOI prompts, 0 on the ABC prompts."""
+        return self.ioi_metric("mean")
+
+    @property
+    def per_prompt_metric(self) -> Metric:
+        """`metric` for each prompt ([batch]); its mean over prompts is `metric`."""
+        return self.ioi_metric("none")
+
+    def ioi_metric(self, reduce: str) -> Metric:
+        """The normalised IOI metric with ``reduce`` (`ioi.metrics.make_ioi_metric`)."""
         return make_ioi_metric(
             self.clean_logit_diff,
             self.corrupted_logit_diff,
             self.ds.answer_tokens,
             self.ds.word_idx["end"],
+            reduce=reduce,
         )
 
 
@@ -183,6 +194,9 @@ def activation_patching_sweep(setup: Setup, component: str) -> PatchResult:
     positions (`NAMED_POSITIONS`, one per prompt); head components (`HEAD_SWEEPS`) over
     layer x head, all positions at once.
 
+    The metric is per prompt, so the result keeps every prompt's effect (its ``effect`` is
+    their mean) and has intervals (`ioi.patching.PatchResult.interval`).
+
     Returns:
         An `ioi.patching.PatchResult` whose ``normalized`` values are 0 (ABC-like) .. 1 (IOI).
     """
@@ -190,7 +204,7 @@ def activation_patching_sweep(setup: Setup, component: str) -> PatchResult:
         setup.model,
         setup.ds.toks,
         setup.abc.toks,
-        setup.metric,
+        setup.per_prompt_metric,
         _grid(setup, component),
         mode="denoise",
     )
@@ -213,10 +227,11 @@ def attribution_vs_exact(setup: Setup) -> AttributionComparison:
     """Attribution patching against exact activation patching, on every head's output.
 
     Returns:
-        An `ioi.patching.AttributionComparison` (its ``exact`` is the ``z`` sweep).
+        An `ioi.patching.AttributionComparison` (its ``exact`` is the ``z`` sweep, with
+        per-prompt values as in `activation_patching_sweep`).
     """
     return compare_with_exact(
-        setup.model, setup.ds.toks, setup.abc.toks, setup.metric, _grid(setup, "z")
+        setup.model, setup.ds.toks, setup.abc.toks, setup.per_prompt_metric, _grid(setup, "z")
     )
 
 
@@ -234,6 +249,46 @@ def heads_to_logits(oracle: PathPatchingOracle) -> Float[Tensor, "layer head"]:
     cfg = oracle.model.cfg
     effects = oracle.effects(all_head_senders(oracle.model))
     return effects.detach().cpu().reshape(cfg.n_layers, cfg.n_heads)  # senders are layer-major
+
+
+def heads_to_logits_estimate(oracle: PathPatchingOracle, **options) -> Estimate:
+    """`heads_to_logits` per prompt, with its standard error and bootstrap interval.
+
+    The oracle memoises means only, so this is one more path-patching pass over every head,
+    on the oracle's caches, with the per-prompt version of its metric; the estimate's mean is
+    `heads_to_logits` (the normalisation is affine, so the mean of per-prompt values equals
+    the value of the mean).
+
+    Args:
+        options: ``level``, ``resamples``, ``seed`` for `ioi.statistics.bootstrap`.
+
+    Returns:
+        An `ioi.statistics.Estimate` of shape [layer, head].
+    """
+    model, ioi = oracle.model, oracle.ioi
+    if len(oracle.rows) != ioi.N:
+        raise ValueError("heads_to_logits_estimate needs an oracle over all its prompts")
+    metric = make_ioi_metric(
+        oracle.clean_logit_diff,
+        oracle.corrupted_logit_diff,
+        ioi.answer_tokens,
+        ioi.word_idx["end"],
+        reduce="none",
+    )
+    values = path_patch(
+        model,
+        metric,
+        oracle.abc,
+        ioi,
+        all_head_senders(model),
+        corrupted_cache=oracle.corrupted_cache,
+        clean_cache=oracle.clean_cache,
+        readout=oracle.readout,
+    )  # [sender, batch], senders layer-major
+    change = (values.detach().cpu() - oracle.baseline).reshape(
+        model.cfg.n_layers, model.cfg.n_heads, -1
+    )  # [layer, head, batch]
+    return bootstrap(change, **options)
 
 
 def top_output_heads(to_logits: Float[Tensor, "layer head"], k: int = 3) -> list[Head]:
@@ -299,6 +354,33 @@ def discover(
         elif points[-1].faithfulness >= min_faithfulness:
             left = extra_thresholds
     return choose_threshold(points, min_faithfulness), points
+
+
+def sweep_faithfulness_intervals(
+    ablation: MeanAblation, points: Sequence[SweepPoint], **options
+) -> list[Estimate]:
+    """The interval over prompts of each sweep point's ``F(C) / F(M)``
+    (`ioi.circuit.Faithfulness.interval`), on the kept sets `ioi.circuit.threshold_sweep`
+    measured (none where no head passed the threshold: every head ablated).
+
+    Args:
+        options: ``level``, ``resamples``, ``seed`` for `ioi.statistics.bootstrap`.
+    """
+    model = ablation.logit_diff(None, per_prompt=True)
+    out = []
+    for p in points:
+        circuit = p.discovered.circuit
+        kept = ablation.logit_diff(
+            {} if circuit is None else circuit.kept_positions(), per_prompt=True
+        )
+        faith = Faithfulness(
+            float(model.mean()),
+            float(kept.mean()),
+            f_model_per_prompt=model,
+            f_circuit_per_prompt=kept,
+        )
+        out.append(faith.interval("ratio", **options))
+    return out
 
 
 # ---- 4. the criteria ---------------------------------------------------------------------

@@ -39,11 +39,23 @@ class Table:
         """A table from any sequences (stored as tuples)."""
         return cls(title, tuple(columns), tuple(tuple(row) for row in rows))
 
+    def to_json(self) -> dict[str, Any]:
+        """The table for ``results.json``: title, columns and rows, unrounded."""
+        return {
+            "title": self.title,
+            "columns": list(self.columns),
+            "rows": jsonable([[_cell(v) for v in row] for row in self.rows]),
+        }
+
     def to_frame(self) -> pd.DataFrame:
         """The table as a DataFrame (for the site): numbers kept, anything else as text."""
-        keep = (bool, int, float)
-        rows = [[v if isinstance(v, keep) else str(v) for v in row] for row in self.rows]
+        rows = [[_cell(v) for v in row] for row in self.rows]
         return pd.DataFrame(rows, columns=list(self.columns))
+
+
+def _cell(value: Any) -> Any:
+    """A table cell as data: numbers kept, anything else as text."""
+    return value if isinstance(value, bool | int | float) else str(value)
 
 
 @dataclass(frozen=True)
@@ -90,12 +102,13 @@ class Section:
         return cls(key, title, status="not_applicable", reason=reason)
 
     def to_json(self) -> dict[str, Any]:
-        """The section's status and numbers, for ``results.json``."""
+        """The section's status, numbers and tables, for ``results.json``."""
         out: dict[str, Any] = {"title": self.title, "status": self.status}
         if self.reason:
             out["reason"] = self.reason
         out["seconds"] = round(self.seconds, 2)
         out["numbers"] = jsonable(self.numbers)
+        out["tables"] = [table.to_json() for table in self.tables]
         return out
 
 

@@ -18,6 +18,7 @@ from ioi.circuit import DiscoveredCircuit, KnockoutScore, SweepPoint
 from ioi.head import Head
 from ioi.heads import NameMoverScatter
 from ioi.patching import AttributionComparison
+from ioi.statistics import Estimate
 
 DIVERGING = "RdBu"
 EDGE_COLOURS = {"logits": "#222222", "q": "#1f77b4", "k": "#2ca02c", "v": "#ff7f0e"}
@@ -80,9 +81,25 @@ def layer_head_facets(grids: dict[str, Tensor], title: str, zmid: float | None =
     return fig
 
 
-def bar_figure(labels: Sequence[str], values: Sequence[float], title: str, yaxis: str) -> go.Figure:
-    """A bar chart of one value per label."""
-    fig = go.Figure(go.Bar(x=list(labels), y=[float(v) for v in values]))
+def bar_figure(
+    labels: Sequence[str],
+    values: Sequence[float],
+    title: str,
+    yaxis: str,
+    intervals: Sequence[Estimate] | None = None,
+) -> go.Figure:
+    """A bar chart of one value per label; with scalar ``intervals`` (one `Estimate` per bar),
+    error bars from each interval's low to its high bound."""
+    y = [float(v) for v in values]
+    error = None
+    if intervals is not None:
+        error = {
+            "type": "data",
+            "symmetric": False,
+            "array": [float(e.high) - v for e, v in zip(intervals, y, strict=True)],
+            "arrayminus": [v - float(e.low) for e, v in zip(intervals, y, strict=True)],
+        }
+    fig = go.Figure(go.Bar(x=list(labels), y=y, error_y=error))
     fig.update_layout(title=title, yaxis_title=yaxis)
     return fig
 
@@ -171,10 +188,14 @@ def threshold_figure(points: Sequence[SweepPoint], chosen: SweepPoint) -> go.Fig
 
 
 def faithfulness_figure(
-    rows: Sequence[tuple[str, float]], title: str = "Logit difference under mean ablation"
+    rows: Sequence[tuple[str, float]],
+    title: str = "Logit difference under mean ablation",
+    intervals: Sequence[Estimate] | None = None,
 ) -> go.Figure:
-    """Bars of F(M), F(C) (and any other labelled logit differences)."""
-    return bar_figure([r[0] for r in rows], [r[1] for r in rows], title, "mean logit difference")
+    """Bars of F(M), F(C) (and any other labelled logit differences), with error bars from
+    their ``intervals`` when given."""
+    labels, values = [r[0] for r in rows], [r[1] for r in rows]
+    return bar_figure(labels, values, title, "mean logit difference", intervals)
 
 
 def completeness_figure(scores: Sequence[KnockoutScore]) -> go.Figure:

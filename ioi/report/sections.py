@@ -30,6 +30,7 @@ from ioi.report import tables as T
 from ioi.report.document import Figure, Section, Table
 from ioi.report.features_section import section_features
 from ioi.report.progress import Tracker
+from ioi.statistics import DEFAULT_LEVEL
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,8 @@ class Settings:
     """What the report computes.
 
     Args:
-        n: IOI prompts for every step except the activation-patching sweeps.
+        n: IOI prompts for every step except the activation-patching sweeps (at least 2:
+            every table gives a standard error and an interval over prompts).
         seed: dataset seed.
         patch_prompts: prompts for the activation-patching sweeps (the first ones of the same
             seeded dataset); each patched site reruns the model on all of them.
@@ -61,6 +63,11 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if value < 2:
+                raise ValueError(
+                    f"{name} must be at least 2, got {value}: the report's intervals over "
+                    "prompts need a standard error, which one prompt does not have"
+                )
         if isinstance(self.extra_thresholds, bool) or self.extra_thresholds < 0:
             raise ValueError(f"extra_thresholds must be >= 0, got {self.extra_thresholds!r}")
         if not self.thresholds or any(t <= 0 for t in self.thresholds):
@@ -413,11 +420,27 @@ def section_activation_patching(ctx: ReportContext) -> Section:
             f"r = {comparison.pearson:.3f} against exact patching (largest error "
             f"{comparison.max_abs_error:.3f} on the metric's scale)."
         )
+    if "intervals" in numbers:
+        section.text.append(_interval_sentence(numbers["intervals"], "Every sweep's"))
     section.tables.append(
-        Table.build("Largest effects per sweep", ("sweep", "site", "normalised effect"), top_rows)
+        Table.build(
+            "Largest effects per sweep",
+            ("sweep", "site", "normalised effect", *T.interval_columns(DEFAULT_LEVEL)),
+            top_rows,
+        )
     )
     section.numbers = numbers
     return section
+
+
+def _interval_sentence(method: dict, whose: str) -> str:
+    """The one sentence per section that states N and how the intervals were made."""
+    return (
+        f"{whose} intervals are {method['describe']}: the statistic is recomputed on prompts "
+        "drawn with replacement, and the bounds are percentiles of those values. SE is the "
+        "standard error over prompts (of a mean: its sample standard error; of a ratio or an "
+        "absolute value: the spread of the resampled values)."
+    )
 
 
 def _add_sweep(section: Section, numbers: dict, top_rows: list, component: str, result) -> None:
@@ -425,12 +448,39 @@ def _add_sweep(section: Section, numbers: dict, top_rows: list, component: str, 
     section.figures.append(
         Figure(f"patch_{component}", heatmap(result, "normalized", f"Patching {title}"))
     )
+    normalized = result.interval("normalized")
+    change = result.interval("change")
+    if component == "z":  # one masked figure: the head-output grid, beside the unmasked one
+        section.figures.append(
+            Figure(
+                "patch_z_masked",
+                heatmap(result, "normalized", f"Patching {title}, masked", mask=True),
+                "The same grid, blank where the change's "
+                f"{change.describe().replace('intervals', 'interval')} contains 0.",
+            )
+        )
+    numbers.setdefault("intervals", T.method_numbers(change))
     numbers["sweeps"][component] = {
         "axes": list(result.axes),
         "labels": [list(labels) for labels in result.sweep.labels],
         "normalized": result.normalized,
+        "normalized_interval": T.interval_numbers(normalized),
+        "change_interval": T.interval_numbers(change),
+        "change_excludes_zero": change.excludes_zero(),
     }
-    top_rows += [(component, row["site"], row["normalized"]) for row in result.top_k(3)]
+    rows = result.table(intervals=False)  # site order; sorted as `PatchResult.top_k` sorts
+    top = sorted(range(len(rows)), key=lambda i: -abs(float(rows[i]["change"])))[:3]
+    cells = normalized.mean.shape  # [*grid]
+    for i in top:
+        index = tuple(int(j) for j in torch.unravel_index(torch.tensor(i), cells))
+        top_rows.append(
+            (
+                component,
+                rows[i]["site"],
+                rows[i]["normalized"],
+                *T.interval_cells(normalized, index),
+            )
+        )
 
 
 def section_path_patching(ctx: ReportContext) -> Section:
@@ -466,11 +516,22 @@ def section_path_patching(ctx: ReportContext) -> Section:
             "Queries are read at end; keys and values at every position.",
         )
     )
+    estimate = A.heads_to_logits_estimate(ctx.oracle)
+    section.text.append(_interval_sentence(T.method_numbers(estimate), "The direct paths'"))
     section.tables.append(
-        T.heads_table(to_logits, "effect", "Heads with the largest direct path to the logits")
+        T.heads_table(
+            to_logits,
+            "effect",
+            "Heads with the largest direct path to the logits",
+            estimate=estimate,
+        )
     )
     section.numbers = {
         "heads_to_logits": _grid_dict(to_logits),
+        "heads_to_logits_interval": {
+            key: _grid_dict(v) for key, v in T.interval_numbers(estimate).items()
+        },
+        "intervals": T.method_numbers(estimate),
         "receivers": [str(h) for h in receivers],
         "heads_to_receivers": {inp: _grid_dict(g) for inp, g in grids.items()},
     }
@@ -523,12 +584,35 @@ def section_circuit(ctx: ReportContext) -> Section:
             )
         )
     section.figures.append(Figure("threshold_sweep", F.threshold_figure(points, chosen)))
+    ratios = A.sweep_faithfulness_intervals(ctx.ablation, points)
     section.tables.append(
         Table.build(
             "Threshold sweep",
-            ("threshold", "heads", "F(C)", "F(M)", "F(C) / F(M)"),
-            [(p.threshold, p.n_heads, p.f_circuit, p.f_model, p.faithfulness) for p in points],
+            (
+                "threshold",
+                "heads",
+                "F(C)",
+                "F(M)",
+                "F(C) / F(M)",
+                *T.interval_columns(DEFAULT_LEVEL),
+            ),
+            [
+                (
+                    p.threshold,
+                    p.n_heads,
+                    p.f_circuit,
+                    p.f_model,
+                    p.faithfulness,
+                    *T.interval_cells(r),
+                )
+                for p, r in zip(points, ratios, strict=True)
+            ],
         )
+    )
+    method = T.method_numbers(ratios[0])
+    section.text.append(
+        _interval_sentence(method, "The sweep's F(C) / F(M)")
+        + " The heads' effects are means over the same prompts, without intervals."
     )
     section.numbers = {
         "threshold": chosen.threshold,
@@ -552,9 +636,11 @@ def section_circuit(ctx: ReportContext) -> Section:
                 "f_model": p.f_model,
                 "f_circuit": p.f_circuit,
                 "faithfulness": p.faithfulness,
+                "faithfulness_interval": T.interval_numbers(r),
             }
-            for p in points
+            for p, r in zip(points, ratios, strict=True)
         ],
+        "intervals": method,
     }
     if ctx.compares_with_paper:
         paper = gpt2_small_circuit()
@@ -605,10 +691,14 @@ def section_criteria(ctx: ReportContext) -> Section:
         label = "discovered circuit" if name == "discovered" else "published circuit"
         faith = result.faithfulness
         worst = max(result.completeness, key=lambda s: s.score)
+        faith_intervals = {value: faith.interval(value) for value in FAITHFULNESS_ROWS}
+        ratio, worst_interval = faith_intervals["ratio"], worst.interval()
         section.text.append(
             f"The {label}: F(M) = {faith.f_model:.3f}, F(C) = {faith.f_circuit:.3f} "
-            f"(**{faith.ratio:.1%}** kept, |F(M) - F(C)| = {faith.gap:.3f}); the largest "
-            f"incompleteness is {worst.score:.3f} ({worst.label})."
+            f"(**{faith.ratio:.1%}** kept, {ratio.level:.0%} interval "
+            f"[{float(ratio.low):.1%}, {float(ratio.high):.1%}]; |F(M) - F(C)| = "
+            f"{faith.gap:.3f}); the largest incompleteness is {worst.score:.3f} "
+            f"[{float(worst_interval.low):.3f}, {float(worst_interval.high):.3f}] ({worst.label})."
         )
         section.figures += [
             Figure(
@@ -616,18 +706,41 @@ def section_criteria(ctx: ReportContext) -> Section:
                 F.faithfulness_figure(
                     [("F(M)", faith.f_model), ("F(C)", faith.f_circuit)],
                     f"Faithfulness of the {label}",
+                    [faith_intervals["f_model"], faith_intervals["f_circuit"]],
                 ),
+                f"Error bars: the {faith_intervals['f_model'].level:.0%} intervals over prompts "
+                "(see the table below).",
             ),
             Figure(f"completeness_{name}", F.completeness_figure(result.completeness)),
             Figure(f"minimality_{name}", F.minimality_figure(result.minimality)),
         ]
         section.tables.append(
+            T.estimates_table(
+                f"Faithfulness of the {label}",
+                "value",
+                [(FAITHFULNESS_ROWS[v], est) for v, est in faith_intervals.items()],
+            )
+        )
+        minimality = [(s, s.interval()) for s in result.minimality]
+        section.tables.append(
             Table.build(
                 f"Minimality of the {label}",
-                ("head", "K (rest of its class)", "score", "relative to F(C)"),
+                (
+                    "head",
+                    "K (rest of its class)",
+                    "score",
+                    *T.interval_columns(DEFAULT_LEVEL),
+                    "relative to F(C)",
+                ),
                 [
-                    (s.label, " ".join(map(str, s.removed)) or "-", s.score, s.relative)
-                    for s in result.minimality
+                    (
+                        s.label,
+                        " ".join(map(str, s.removed)) or "-",
+                        s.score,
+                        *T.interval_cells(est),
+                        s.relative,
+                    )
+                    for s, est in minimality
                 ],
             )
         )
@@ -636,14 +749,34 @@ def section_criteria(ctx: ReportContext) -> Section:
             "f_circuit": faith.f_circuit,
             "ratio": faith.ratio,
             "gap": faith.gap,
+            "faithfulness_intervals": {
+                v: T.interval_numbers(est) for v, est in faith_intervals.items()
+            },
             "completeness": [_knockout_json(s) for s in result.completeness],
-            "minimality": [_knockout_json(s) for s in result.minimality],
+            "minimality": [_knockout_json(s, est) for s, est in minimality],
         }
+        method = T.method_numbers(faith_intervals["ratio"])
+    numbers["intervals"] = method
+    section.text.append(
+        _interval_sentence(method, "The criteria's")
+        + " Completeness and minimality scores are absolute values, never below 0: read their "
+        "intervals' width, not whether they contain 0."
+    )
     section.numbers = numbers
     return section
 
 
-def _knockout_json(score) -> dict:
+FAITHFULNESS_ROWS = {
+    "f_model": "F(M)",
+    "f_circuit": "F(C)",
+    "ratio": "F(C) / F(M)",
+    "gap": "|F(M) - F(C)|",
+}
+"""The faithfulness values the report shows with intervals (`Faithfulness.interval`)."""
+
+
+def _knockout_json(score, estimate=None) -> dict:
+    estimate = estimate or score.interval()
     return {
         "label": score.label,
         "removed": [str(h) for h in score.removed],
@@ -651,6 +784,7 @@ def _knockout_json(score) -> dict:
         "f_without": score.f_without,
         "score": score.score,
         "relative": score.relative,
+        "score_interval": T.interval_numbers(estimate),
     }
 
 

@@ -6,10 +6,13 @@ with `Table.to_frame`. A table is never assembled twice, so the two cannot disag
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ioi.head import Head
 from ioi.report.document import Table
+from ioi.statistics import Estimate
 
 SCORE_COLUMNS = ("prompts", "logit diff", "IO > S", "IO top-1", "P(IO)")
 FAMILIES = ("BABA", "ABBA")
@@ -36,6 +39,45 @@ def template_table(performance: dict) -> Table:
     )
 
 
+def interval_columns(level: float) -> tuple[str, ...]:
+    """The columns every interval adds to a table: standard error and the interval's bounds."""
+    return ("SE", f"{level:.0%} low", f"{level:.0%} high")
+
+
+def interval_cells(estimate: Estimate, index: int | tuple = ()) -> tuple[float, float, float]:
+    """SE, low and high of one cell of an `Estimate` (``()`` for a scalar estimate)."""
+    return tuple(float(t[index]) for t in (estimate.se, estimate.low, estimate.high))
+
+
+def interval_numbers(estimate: Estimate) -> dict[str, object]:
+    """An estimate for ``results.json``: mean, SE, low and high (shaped like its grid)."""
+    return {"mean": estimate.mean, "se": estimate.se, "low": estimate.low, "high": estimate.high}
+
+
+def method_numbers(estimate: Estimate) -> dict[str, object]:
+    """How an estimate's intervals were made, for ``results.json`` (stated once per section)."""
+    return {
+        "n": estimate.n,
+        "level": estimate.level,
+        "method": estimate.method,
+        "resamples": estimate.resamples,
+        "seed": estimate.seed,
+        "describe": estimate.describe(),
+    }
+
+
+def estimates_table(
+    title: str, label: str, rows: Sequence[tuple[str, Estimate]], value: str = "mean"
+) -> Table:
+    """One scalar `Estimate` per row: its label, mean, SE and interval."""
+    level = rows[0][1].level if rows else 0.95
+    return Table.build(
+        title,
+        (label, value, *interval_columns(level)),
+        [(name, float(est.mean), *interval_cells(est)) for name, est in rows],
+    )
+
+
 def top_heads(values: torch.Tensor, k: int) -> list[tuple[Head, float]]:
     """The ``k`` heads of a [layer, head] grid with the largest |value| (layer-major among ties)."""
     n_layers, n_heads = values.shape
@@ -43,6 +85,22 @@ def top_heads(values: torch.Tensor, k: int) -> list[tuple[Head, float]]:
     return sorted(((h, float(values[h])) for h in heads), key=lambda kv: -abs(kv[1]))[:k]
 
 
-def heads_table(values: torch.Tensor, column: str, title: str, k: int = 8) -> Table:
-    """The ``k`` heads with the largest |value| of a [layer, head] grid, largest first."""
-    return Table.build(title, ("head", column), [(str(h), v) for h, v in top_heads(values, k)])
+def heads_table(
+    values: torch.Tensor,
+    column: str,
+    title: str,
+    k: int = 8,
+    estimate: Estimate | None = None,
+) -> Table:
+    """The ``k`` heads with the largest |value| of a [layer, head] grid, largest first.
+
+    With an ``estimate`` of the same grid, each row also has its SE and interval.
+    """
+    top = top_heads(values, k)
+    if estimate is None:
+        return Table.build(title, ("head", column), [(str(h), v) for h, v in top])
+    return Table.build(
+        title,
+        ("head", column, *interval_columns(estimate.level)),
+        [(str(h), v, *interval_cells(estimate, tuple(h))) for h, v in top],
+    )

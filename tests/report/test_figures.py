@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ioi.heads import NameMoverScatter
@@ -42,3 +43,19 @@ def test_feature_circuit_graph_places_nodes_by_position_and_hook():
     # the error node shares f5's place, so it is stacked just above it
     assert list(traces["negative IE"].text) == ["err"] and traces["negative IE"].y[0] > 0
     assert list(fig.layout.xaxis.ticktext) == ["p0", "p1", "p2", "p3", "p4"]
+
+
+def test_faithfulness_bars_span_each_interval():
+    from ioi.report.figures import faithfulness_figure
+    from ioi.statistics import bootstrap
+
+    model, circuit = torch.tensor([4.0, 5.0, 7.0, 6.0]), torch.tensor([3.0, 3.5, 6.0, 2.0])
+    intervals = [bootstrap(model, seed=3), bootstrap(circuit, seed=3)]
+    fig = faithfulness_figure([("F(M)", 5.5), ("F(C)", 3.625)], "t", intervals)
+    bar = fig.data[0]
+    tops = [v + up for v, up in zip(bar.y, bar.error_y.array, strict=True)]
+    bottoms = [v - down for v, down in zip(bar.y, bar.error_y.arrayminus, strict=True)]
+    assert tops == pytest.approx([float(e.high) for e in intervals], abs=1e-12)
+    assert bottoms == pytest.approx([float(e.low) for e in intervals], abs=1e-12)
+    assert bottoms[1] < 3.625 < tops[1]
+    assert faithfulness_figure([("F(M)", 5.5)]).data[0].error_y.array is None  # no intervals

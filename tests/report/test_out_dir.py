@@ -134,3 +134,16 @@ def test_more_prompts_than_fit_in_memory_are_refused_before_any_work(monkeypatch
         fits = int(err[0].rsplit("at most about ", 1)[1].split()[0])
         assert 100 < fits < 300, err
     assert not (tmp_path / "r").exists()
+
+
+def test_one_prompt_is_refused_in_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    import ioi.replicate as rep
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the analysis started with one prompt, which has no interval")
+
+    monkeypatch.setattr(rep, "build_report", no_work)
+    assert main(["replicate", "--model", "toy", "--n", "1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "n must be at least 2" in err[0] and "standard error" in err[0], err
+    assert not (tmp_path / "r").exists()

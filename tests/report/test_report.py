@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import html
 import json
+import re
 
 import pytest
 import torch
 from plotly.offline import get_plotlyjs
+from rich.console import Console
 from transformer_lens.utilities import get_act_name
 
 from ioi.circuit import (
@@ -23,12 +25,15 @@ from ioi.evaluate import evaluate_ioi
 from ioi.head import Head
 from ioi.heads import per_head_logit_diffs
 from ioi.metrics import logits_to_ave_logit_diff, make_ioi_metric
-from ioi.patching import get_act_patch_attn_head_out_all_pos
-from ioi.path_patching import get_path_patch_head_to_final_resid_post
+from ioi.patching import activation_patching, get_act_patch_attn_head_out_all_pos, sweep
+from ioi.path_patching import Sender, get_path_patch_head_to_final_resid_post, plain_path_patch
 from ioi.replicate import replicate
 from ioi.report import SECTIONS, Settings
 from ioi.report.document import Figure
 from ioi.report.images import export_pngs
+from ioi.report.progress import Tracker
+from ioi.report.sections import ReportContext, section_activation_patching
+from ioi.statistics import bootstrap
 from ioi.testing import hook_count
 
 pytestmark = pytest.mark.slow
@@ -211,6 +216,8 @@ def test_settings_reject_bad_values():
         Settings(thresholds=(0.1, -1.0))
     with pytest.raises(ValueError, match="patch_prompts"):
         Settings(patch_prompts=0)
+    with pytest.raises(ValueError, match="n must be at least 2.*intervals"):
+        Settings(n=1)
 
 
 def test_png_export_writes_pngs_or_says_why(tmp_path):
@@ -222,3 +229,181 @@ def test_png_export_writes_pngs_or_says_why(tmp_path):
         assert export.paths["bars"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     else:
         assert export.reason  # kaleido or a browser is missing: the reason is given
+
+
+# ---- intervals over prompts ----------------------------------------------------------------
+
+
+def _per_prompt_metric(model, n):
+    """The report's normalised metric, one value per prompt, and both runs' per-prompt values."""
+    ds, abc = prompts(model, n)
+    end = ds.word_idx["end"]
+    with torch.no_grad():
+        clean = logits_to_ave_logit_diff(model(ds.toks), ds.answer_tokens, True, end)
+        corrupt = logits_to_ave_logit_diff(model(abc.toks), ds.answer_tokens, True, end)
+    metric = make_ioi_metric(clean.mean(), corrupt.mean(), ds.answer_tokens, end, reduce="none")
+    return ds, abc, metric
+
+
+def table(report, key, title):
+    tables = {t["title"]: t for t in report["json"]["sections"][key]["tables"]}
+    assert title in tables, f"no table {title!r} in {key}: {list(tables)}"
+    found = tables[title]
+    return found["columns"], [
+        dict(zip(found["columns"], row, strict=True)) for row in found["rows"]
+    ]
+
+
+INTERVAL_COLUMNS = ["SE", "95% low", "95% high"]
+
+
+def test_patching_table_intervals_equal_an_interval_from_a_hand_made_patch(report, toy_model):
+    """The head-output row of 'Largest effects per sweep': its SE and interval are those of a
+    bootstrap of per-prompt values patched by hand, and of `PatchResult.interval`."""
+    columns, rows = table(report, "activation_patching", "Largest effects per sweep")
+    assert columns == ["sweep", "site", "normalised effect", *INTERVAL_COLUMNS]
+    row = next(r for r in rows if r["sweep"] == "z")
+    ds, abc, metric = _per_prompt_metric(toy_model, PATCH_N)
+    layer, head = (int(x) for x in re.fullmatch(r"z L(\d+) H(\d+)", row["site"]).groups())
+    name = get_act_name("z", layer)
+    with torch.no_grad():
+        _, clean_cache = toy_model.run_with_cache(ds.toks, names_filter=name)
+
+        def patch(z, hook):  # z: [batch, pos, head, d_head]
+            z[:, :, head] = clean_cache[name][:, :, head]
+            return z
+
+        patched = metric(toy_model.run_with_hooks(abc.toks, fwd_hooks=[(name, patch)]))
+        clean, corrupted = metric(toy_model(ds.toks)), metric(toy_model(abc.toks))
+    expected = bootstrap([patched, corrupted, clean], lambda p, c, k: (p - c) / (k - c))
+    assert row["normalised effect"] == pytest.approx(float(expected.mean), abs=1e-4)
+    got = [row[c] for c in INTERVAL_COLUMNS]
+    assert got == pytest.approx(
+        [float(expected.se), float(expected.low), float(expected.high)], abs=1e-4
+    )
+    assert got[2] - got[1] > 1e-3, "a point interval: the test would be trivial"
+
+    # the same numbers from the library directly, and in results.json's numbers
+    result = activation_patching(
+        toy_model, ds.toks, abc.toks, metric, sweep(toy_model, "z", ds.toks.shape[1])
+    )
+    direct = result.interval("normalized")
+    assert got == pytest.approx(
+        [float(t[layer, head]) for t in (direct.se, direct.low, direct.high)], abs=1e-6
+    )
+    stored = numbers(report, "activation_patching")["sweeps"]["z"]["normalized_interval"]
+    assert stored["low"][layer][head] == pytest.approx(got[1], abs=1e-6)
+    change = result.interval("change")
+    assert numbers(report, "activation_patching")["sweeps"]["z"]["change_excludes_zero"] == (
+        change.excludes_zero().tolist()
+    )
+
+
+def test_path_patching_intervals_equal_a_plain_per_prompt_path_patch(report, toy_model):
+    path = numbers(report, "path_patching")
+    interval = path["heads_to_logits_interval"]
+    for label, value in path["heads_to_logits"].items():  # the mean is the reported effect
+        assert interval["mean"][label] == pytest.approx(value, abs=1e-5)
+    columns, rows = table(
+        report, "path_patching", "Heads with the largest direct path to the logits"
+    )
+    assert columns == ["head", "effect", *INTERVAL_COLUMNS]
+    top = rows[0]
+    ds, abc, metric = _per_prompt_metric(toy_model, N)
+    at = Head.parse(top["head"])
+    values = plain_path_patch(toy_model, metric, abc, ds, Sender("head", at.layer, at.head))
+    expected = bootstrap(values - 1.0)  # change of the metric, per prompt
+    got = [top[c] for c in INTERVAL_COLUMNS]
+    assert got == pytest.approx(
+        [float(expected.se), float(expected.low), float(expected.high)], abs=1e-4
+    )
+    assert interval["high"][top["head"]] == pytest.approx(got[2], abs=1e-9)
+
+
+def test_faithfulness_intervals_equal_faithfulness_interval(report, toy_model):
+    ds, abc = prompts(toy_model, N)
+    circuit_numbers = numbers(report, "circuit")["circuit"]
+    circuit = Circuit(circuit_numbers["heads"], circuit_numbers["positions"])
+    faith = faithfulness(MeanAblation.build(toy_model, ds, abc), circuit)
+    got = numbers(report, "criteria")["discovered"]
+    _, rows = table(report, "criteria", "Faithfulness of the discovered circuit")
+    by_name = {r["value"]: r for r in rows}
+    for value, name in (("ratio", "F(C) / F(M)"), ("gap", "|F(M) - F(C)|"), ("f_model", "F(M)")):
+        expected = faith.interval(value)
+        stored = got["faithfulness_intervals"][value]
+        for key in ("mean", "se", "low", "high"):
+            assert stored[key] == pytest.approx(float(getattr(expected, key)), abs=1e-5), (
+                value,
+                key,
+            )
+        shown = by_name[name]
+        assert [shown["mean"], *(shown[c] for c in INTERVAL_COLUMNS)] == pytest.approx(
+            [stored["mean"], stored["se"], stored["low"], stored["high"]], abs=1e-9
+        )
+    assert got["faithfulness_intervals"]["ratio"]["mean"] == pytest.approx(got["ratio"], abs=1e-6)
+    ratio = got["faithfulness_intervals"]["ratio"]
+    assert ratio["low"] < ratio["high"], "a point interval: the test would be trivial"
+    for score in got["minimality"] + got["completeness"]:
+        assert score["score_interval"]["mean"] == pytest.approx(score["score"], rel=1e-5, abs=1e-5)
+    columns, _ = table(report, "criteria", "Minimality of the discovered circuit")
+    assert columns[3:6] == INTERVAL_COLUMNS
+
+
+@pytest.mark.parametrize(
+    ("key", "n"), [("activation_patching", PATCH_N), ("path_patching", N), ("criteria", N)]
+)
+def test_each_section_states_n_and_the_interval_method_once(report, key, n):
+    method = numbers(report, key)["intervals"]
+    assert (method["n"], method["method"], method["level"]) == (n, "percentile bootstrap", 0.95)
+    assert f"n={n} prompts" in method["describe"]
+    for text, anchor, next_heading in (
+        (report["md"], f'<a id="{key}"></a>', '<a id="'),
+        (report["html"], f'<section id="{key}">', "<section id="),
+    ):
+        start = text.index(anchor) + len(anchor)
+        body = text[start : text.find(next_heading, start)]
+        assert body.count(method["describe"]) == 1, (key, "stated once per section")
+        assert "95% low" in body and "SE" in body
+
+
+def test_masked_head_heatmap_blanks_exactly_the_cells_whose_interval_contains_zero(toy_model):
+    settings = Settings(n=N, seed=SEED, patch_prompts=PATCH_N, thresholds=THRESHOLDS, sweeps=("z",))
+    with Tracker(Console(quiet=True)) as tracker:
+        section = section_activation_patching(ReportContext(toy_model, "toy", settings, tracker))
+    figures = {f.key: f.fig for f in section.figures}
+    shown = torch.tensor(figures["patch_z"].data[0].z, dtype=torch.float64)
+    masked = torch.tensor(figures["patch_z_masked"].data[0].z, dtype=torch.float64)
+
+    ds, abc, metric = _per_prompt_metric(toy_model, PATCH_N)
+    n_pos = ds.toks.shape[1]
+    result = activation_patching(toy_model, ds.toks, abc.toks, metric, sweep(toy_model, "z", n_pos))
+    change = result.interval("change")
+    blank = (change.low <= 0) & (change.high >= 0)  # the interval contains 0
+    assert 0 < int(blank.sum()) < blank.numel(), "all or no cells blank: the test would be trivial"
+    assert torch.equal(masked.isnan(), blank) and not shown.isnan().any()
+    torch.testing.assert_close(masked[~blank], shown[~blank], rtol=0, atol=0)
+    caption = {f.key: f.caption for f in section.figures}["patch_z_masked"]
+    assert "blank where the change's 95% percentile bootstrap interval over n=8" in caption
+
+
+def test_threshold_sweep_table_gives_each_circuits_faithfulness_interval(report, toy_model):
+    ds, abc = prompts(toy_model, N)
+    ablation = MeanAblation.build(toy_model, ds, abc)
+    oracle = PathPatchingOracle(toy_model, ds, abc)
+    columns, rows = table(report, "circuit", "Threshold sweep")
+    assert columns == ["threshold", "heads", "F(C)", "F(M)", "F(C) / F(M)", *INTERVAL_COLUMNS]
+    assert rows and numbers(report, "circuit")["intervals"]["n"] == N
+    for row, point in zip(rows, numbers(report, "circuit")["sweep"], strict=True):
+        found = discover_circuit(oracle, row["threshold"])
+        if found.circuit is None:  # no head passed: every head ablated, by hand
+            kept = ablation.logit_diff({}, per_prompt=True)
+            full = ablation.logit_diff(None, per_prompt=True)
+            expected = bootstrap([kept, full], lambda c, m: c / m)
+        else:
+            expected = faithfulness(ablation, found.circuit).interval("ratio")
+        assert float(expected.mean) == pytest.approx(row["F(C) / F(M)"], abs=1e-5)
+        got = [row[c] for c in INTERVAL_COLUMNS]
+        assert got == pytest.approx(
+            [float(expected.se), float(expected.low), float(expected.high)], abs=1e-5
+        )
+        assert point["faithfulness_interval"]["low"] == pytest.approx(got[1], abs=1e-9)
