@@ -41,7 +41,13 @@ from ioi.path_patching.positions import (
     position_mask,
     resolve_positions,
 )
-from ioi.path_patching.receivers import Write, receiver_value, run_with_writes
+from ioi.path_patching.receivers import (
+    Write,
+    clean_keys_values,
+    receiver_value,
+    run_with_writes,
+    windows_supported,
+)
 
 Track = Callable[[Iterable, str], Iterable]
 """Wraps an iterable of passes with a progress display, e.g. `ioi.report.progress.Tracker.steps`."""
@@ -146,6 +152,44 @@ def _writes(
     return writes
 
 
+@dataclass(frozen=True)
+class _Window:
+    """Positions ``first..stop-1`` rerun by a pass; ``prefix``: the clean keys and values
+    before ``first`` per layer (`clean_keys_values`), None when ``first`` is 0."""
+
+    first: int
+    stop: int
+    prefix: list | None = None
+
+
+def _window(first: int, stop: int, prefix: list | None) -> _Window:
+    """The window ``first..stop-1`` with the clean keys and values before it."""
+    if not first or prefix is None:
+        return _Window(first, stop)
+    return _Window(first, stop, [(k[:, :first], v[:, :first]) for k, v in prefix])
+
+
+def _first_changed(
+    query: PathQuery,
+    clean_dataset: DatasetLike,
+    differs: Bool[Tensor, "batch pos"],
+    last: int,
+) -> int:
+    """The first position any prompt's receivers can see the query's sender change: where it
+    is patched, its receivers read, and the two runs differ (a causal model's activations
+    are equal up to the first differing token). At most ``last`` (the first readout position)."""
+    batch, n_pos = differs.shape
+    masks = [
+        position_mask(resolve_positions(spec, clean_dataset, what), batch, n_pos)
+        for spec, what in (
+            (query.sender_positions, "sender_positions"),
+            (query.receiver_positions, "receiver_positions"),
+        )
+    ]
+    changed = (masks[0] & masks[1] & differs).any(dim=0).nonzero()
+    return min(int(changed[0]) if len(changed) else last, last)
+
+
 def _pass(
     model: HookedTransformer,
     queries: Sequence[PathQuery],
@@ -154,8 +198,10 @@ def _pass(
     rows: _Rows,
     send: Bool[Tensor, "copy row"],
     readout: Readout,
+    window: _Window,
 ) -> Float[Tensor, "copy readout col"]:
-    """One stacked pass: every query's receivers patched into its own copy of the clean run."""
+    """One stacked pass: every query's receivers patched into its own copy of the clean run,
+    on the window of positions where the pass can change anything the readout reads."""
     groups: dict[tuple[str, int], list[int]] = {}
     for j, q in enumerate(queries):
         groups.setdefault((q.sender.kind, q.sender.layer), []).append(j)
@@ -164,9 +210,14 @@ def _pass(
         sub = [queries[j] for j in members]
         writes += _writes(model, sub, members, clean, corrupted, rows, send[members])
     start = min(w.receiver.layer for w in writes)
-    final = run_with_writes(model, clean.resid_pre[start], start, writes, len(queries))
+    first, stop = window.first, window.stop
+    if first:
+        writes = [Write(w.receiver, w.flat_b, w.flat_p - first, w.values) for w in writes]
+    resid = clean.resid_pre[start][:, first:stop]  # [batch, window, d_model]
+    final = run_with_writes(model, resid, start, writes, len(queries), window.prefix)
     device = final.device
-    at_readout = final[:, readout.batch_idx.to(device), readout.pos_idx.to(device)]
+    at_pos = (readout.pos_idx - first).to(device)  # readout positions inside the window
+    at_readout = final[:, readout.batch_idx.to(device), at_pos]
     return project_to_logits(model, at_readout, readout)
 
 
@@ -222,8 +273,18 @@ def path_patch_queries(
         readout,
     )
     batch, n_pos = clean_toks.shape
+    # A causal model's positions after the last readout row never reach it, and those before
+    # the first row a query's sender changes stay clean: each pass reruns only the window
+    # between (the whole sequence where the attention cannot take a clean prefix).
+    stop = int(out.pos_idx.max()) + 1
+    last = int(out.pos_idx.min()) if windows_supported(model) else 0
+    # [batch, pos] True from each prompt's first differing token on (earlier ones are equal)
+    differs = (corrupted_toks.cpu() != clean_toks.cpu()).cummax(dim=1).values
+    firsts = [_first_changed(q, clean_dataset, differs, last) if last else 0 for q in queries]
+    prefix = clean_keys_values(model, clean_toks, max(firsts)) if max(firsts) else None
     # Passes hold queries with one receiver position (whose rows the frozen propagation
-    # rebuilds) and one start layer (a lower start costs whole layers for every copy).
+    # rebuilds) and one start layer (a lower start costs whole layers for every copy); within
+    # those, queries whose windows start late share passes, each pass starting at its earliest.
     groups: dict[tuple, list[int]] = {}
     for i, q in enumerate(queries):
         groups.setdefault((_spec_key(q.receiver_positions), _start_layer(q)), []).append(i)
@@ -232,15 +293,20 @@ def path_patch_queries(
     for members in groups.values():
         where = queries[members[0]].receiver_positions
         pos = resolve_positions(where, clean_dataset, "receiver_positions")
-        grid = position_mask(pos, batch, n_pos).nonzero(as_tuple=True)
-        rows = _Rows.build(clean, grid[0], grid[1], None)
+        grid = position_mask(pos, batch, n_pos)
+        grid[:, stop:] = False  # rows after the last readout row never reach it
+        rows = _Rows.build(clean, *grid.nonzero(as_tuple=True), None)
         size = senders_per_pass(model, rows, out, True, memory_budget, batch_size)
-        members.sort(key=lambda i: (queries[i].sender.kind, queries[i].sender.layer))
-        passes += [(rows, members[i : i + size]) for i in range(0, len(members), size)]
-    for rows, chunk in track(passes, "path-patching passes") if track else passes:
+        members.sort(key=lambda i: (-firsts[i], queries[i].sender.kind, queries[i].sender.layer))
+        for chunk in (members[i : i + size] for i in range(0, len(members), size)):
+            passes.append((grid, _window(min(firsts[i] for i in chunk), stop, prefix), chunk))
+    for grid, window, chunk in track(passes, "path-patching passes") if track else passes:
+        in_window = grid.clone()
+        in_window[:, : window.first] = False  # rows before the window stay clean
+        rows = _Rows.build(clean, *in_window.nonzero(as_tuple=True), None)
         sub = [queries[i] for i in chunk]
         send = _masks([q.sender_positions for q in sub], clean_dataset, rows, "sender_positions")
-        logits = _pass(model, sub, clean, corrupted, rows, send, out)
+        logits = _pass(model, sub, clean, corrupted, rows, send, out, window)
         for i, values in zip(chunk, logits, strict=True):
             results[i] = metric_view(values)
     values = torch.stack(results)

@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 from transformer_lens.utilities import get_act_name
 
 from ioi.path_patching.nodes import Receiver
@@ -65,15 +66,53 @@ class Write:
     values: Float[Tensor, "entry d_head"]
 
 
+def windows_supported(model: HookedTransformer) -> bool:
+    """Whether `run_with_writes` may run a window of positions after a clean prefix: causal
+    attention whose cached keys and values are exactly ``hook_k`` and ``hook_v`` (no
+    query/key norm or clamp after the hooks, no position-dependent query scaling)."""
+    cfg = model.cfg
+    return (
+        cfg.attention_dir == "causal"
+        and cfg.positional_embedding_type in ("standard", "rotary")
+        and not getattr(cfg, "use_qk_norm", False)
+        and getattr(cfg, "clip_qkv", None) is None
+        and not getattr(cfg, "use_logn_attn", False)
+    )
+
+
+def clean_keys_values(
+    model: HookedTransformer, toks: Int[Tensor, "batch pos"], first: int
+) -> list[tuple[Tensor, Tensor] | None]:
+    """Per layer, the clean run's ``hook_k`` and ``hook_v`` at positions ``< first``
+    ([batch, first, kv_head, d_head] each): the keys and values a window after them reads."""
+    names = {get_act_name(part, layer) for layer in range(model.cfg.n_layers) for part in "kv"}
+    _, cache = model.run_with_cache(
+        toks.to(model.cfg.device),
+        names_filter=lambda name: name in names,
+        return_type=None,
+    )
+    return [
+        (cache[get_act_name("k", layer)][:, :first], cache[get_act_name("v", layer)][:, :first])
+        for layer in range(model.cfg.n_layers)
+    ]
+
+
 def run_with_writes(
     model: HookedTransformer,
     resid_pre: Float[Tensor, "batch pos d_model"],
     start_layer: int,
     writes: Sequence[Write],
     n_copies: int,
+    prefix: Sequence[tuple[Tensor, Tensor] | None] | None = None,
 ) -> Float[Tensor, "copy batch pos d_model"]:
     """Run layers ``start_layer..`` on ``n_copies`` stacked copies of the clean residual,
     each `Write` overwriting its receiver's input at its entries of the stacked batch.
+
+    With ``prefix`` (`clean_keys_values`, only where `windows_supported`), ``resid_pre`` and
+    the writes' positions are a window of positions that starts after the clean prefix:
+    attention there reads the prefix's clean keys and values, as TransformerLens's key-value
+    cache does when it generates text. Nothing before the first written position changes in
+    a causal model, so the window gives the same values as the whole sequence.
 
     The hooks live only inside this call (``model.hooks`` removes them, also on errors).
     """
@@ -94,5 +133,16 @@ def run_with_writes(
     hooks = [(name, make_hook(group)) for name, group in by_hook.items()]
     with model.hooks(fwd_hooks=hooks):
         for layer in range(start_layer, model.cfg.n_layers):
-            x = model.blocks[layer](x)
+            past = None if prefix is None else _frozen_entry(prefix[layer], n_copies)
+            x = model.blocks[layer](x, past_kv_cache_entry=past)
     return x.reshape(n_copies, batch, n_pos, d_model)
+
+
+def _frozen_entry(
+    keys_values: tuple[Tensor, Tensor] | None, n_copies: int
+) -> TransformerLensKeyValueCacheEntry | None:
+    """A read-only key-value cache entry holding the clean prefix, once per stacked copy."""
+    if keys_values is None or keys_values[0].shape[1] == 0:
+        return None
+    k, v = (t.repeat(n_copies, 1, 1, 1) for t in keys_values)  # [copy * batch, first, ...]
+    return TransformerLensKeyValueCacheEntry(k, v, frozen=True)
