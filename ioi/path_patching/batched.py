@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
@@ -154,30 +154,54 @@ def _writes(
 
 @dataclass(frozen=True)
 class _Window:
-    """Positions ``first..stop-1`` rerun by a pass; ``prefix``: the clean keys and values
-    before ``first`` per layer (`clean_keys_values`), None when ``first`` is 0."""
+    """The positions a pass reruns: for prompt ``b``, ``first[b]..last[b]``, laid out from
+    slot 0 of a [batch, width] window; the clean keys and values before ``first[b]`` fill
+    the ``prefix`` slots before it, right-aligned (``mask`` 0 marks the empty slots)."""
 
-    first: int
-    stop: int
-    prefix: list | None = None
+    first: Int[Tensor, " batch"]
+    last: Int[Tensor, " batch"]
+    prefix: list[tuple[Tensor, Tensor]] | None = None  # per layer [batch, prefix, kv_head, d_head]
+    mask: Int[Tensor, "batch key"] | None = None  # prefix and window slots; None: all 1
+
+    @property
+    def width(self) -> int:
+        return int((self.last - self.first).max()) + 1
+
+    def positions(self) -> Int[Tensor, "batch slot"]:
+        """The prompt position in each window slot (slots after ``last[b]`` repeat a position)."""
+        slots = self.first[:, None] + torch.arange(self.width)[None]
+        return torch.minimum(slots, self.last[:, None])
 
 
-def _window(first: int, stop: int, prefix: list | None) -> _Window:
-    """The window ``first..stop-1`` with the clean keys and values before it."""
-    if not first or prefix is None:
-        return _Window(first, stop)
-    return _Window(first, stop, [(k[:, :first], v[:, :first]) for k, v in prefix])
+def _window(
+    first: Int[Tensor, " batch"],
+    last: Int[Tensor, " batch"],
+    keys_values: list[tuple[Tensor, Tensor]] | None,
+) -> _Window:
+    """A `_Window` with the clean keys and values (all positions, `clean_keys_values`) that
+    come before it, gathered into right-aligned prefix slots."""
+    n_prefix = int(first.max())
+    if not n_prefix or keys_values is None:
+        return _Window(first, last)
+    slot = torch.arange(n_prefix)[None] - (n_prefix - first[:, None])  # [batch, prefix] position
+    mask = torch.cat(
+        [slot >= 0, torch.ones(len(first), int((last - first).max()) + 1, dtype=torch.bool)], 1
+    )
+    device = keys_values[0][0].device
+    idx = slot.clamp(min=0).to(device)
+    batch_idx = torch.arange(len(first), device=device)[:, None]
+    prefix = [(k[batch_idx, idx], v[batch_idx, idx]) for k, v in keys_values]
+    return _Window(first, last, prefix, None if bool(mask.all()) else mask.long())
 
 
 def _first_changed(
     query: PathQuery,
     clean_dataset: DatasetLike,
     differs: Bool[Tensor, "batch pos"],
-    last: int,
-) -> int:
-    """The first position any prompt's receivers can see the query's sender change: where it
-    is patched, its receivers read, and the two runs differ (a causal model's activations
-    are equal up to the first differing token). At most ``last`` (the first readout position)."""
+) -> Int[Tensor, " batch"]:
+    """Per prompt, the first position whose receivers can see the query's sender change: where
+    it is patched, its receivers read, and the two runs differ (a causal model's activations
+    are equal up to the first differing token); ``n_pos`` where there is none."""
     batch, n_pos = differs.shape
     masks = [
         position_mask(resolve_positions(spec, clean_dataset, what), batch, n_pos)
@@ -186,8 +210,9 @@ def _first_changed(
             (query.receiver_positions, "receiver_positions"),
         )
     ]
-    changed = (masks[0] & masks[1] & differs).any(dim=0).nonzero()
-    return min(int(changed[0]) if len(changed) else last, last)
+    changed = masks[0] & masks[1] & differs
+    first = changed.long().argmax(dim=1)  # the first True, or 0 where there is none
+    return torch.where(changed.any(dim=1), first, n_pos)
 
 
 def _pass(
@@ -210,14 +235,19 @@ def _pass(
         sub = [queries[j] for j in members]
         writes += _writes(model, sub, members, clean, corrupted, rows, send[members])
     start = min(w.receiver.layer for w in writes)
-    first, stop = window.first, window.stop
-    if first:
-        writes = [Write(w.receiver, w.flat_b, w.flat_p - first, w.values) for w in writes]
-    resid = clean.resid_pre[start][:, first:stop]  # [batch, window, d_model]
-    final = run_with_writes(model, resid, start, writes, len(queries), window.prefix)
-    device = final.device
-    at_pos = (readout.pos_idx - first).to(device)  # readout positions inside the window
-    at_readout = final[:, readout.batch_idx.to(device), at_pos]
+    device = clean.resid_pre[start].device
+    batch = clean.resid_pre[start].shape[0]
+    first = window.first.to(device)
+    # Each entry's window slot: its position less its prompt's window start.
+    writes = [
+        Write(w.receiver, w.flat_b, w.flat_p - first[w.flat_b % batch], w.values) for w in writes
+    ]
+    batch_idx = torch.arange(batch, device=device)[:, None]
+    resid = clean.resid_pre[start][batch_idx, window.positions().to(device)]  # [batch, slot, d]
+    final = run_with_writes(model, resid, start, writes, len(queries), window.prefix, window.mask)
+    rows_b = readout.batch_idx.to(device)
+    at_slot = readout.pos_idx.to(device) - first[rows_b]  # readout positions inside the window
+    at_readout = final[:, rows_b, at_slot]
     return project_to_logits(model, at_readout, readout)
 
 
@@ -273,18 +303,34 @@ def path_patch_queries(
         readout,
     )
     batch, n_pos = clean_toks.shape
-    # A causal model's positions after the last readout row never reach it, and those before
-    # the first row a query's sender changes stay clean: each pass reruns only the window
-    # between (the whole sequence where the attention cannot take a clean prefix).
-    stop = int(out.pos_idx.max()) + 1
-    last = int(out.pos_idx.min()) if windows_supported(model) else 0
+    # A causal model's positions after a prompt's last readout row never reach it, and those
+    # before the first row a query's sender changes there stay clean: each pass reruns only
+    # the window between, per prompt (one window for all prompts where the blocks depend on
+    # positions; the whole prompt where the attention cannot take a clean prefix).
+    last = torch.zeros(batch, dtype=torch.long).scatter_reduce(
+        0, out.batch_idx.cpu(), out.pos_idx.cpu(), "amax", include_self=False
+    )  # [batch]; 0 for a prompt the metric does not read
+    low = (
+        torch.full((batch,), n_pos - 1)
+        .scatter_reduce(0, out.batch_idx.cpu(), out.pos_idx.cpu(), "amin", include_self=False)
+        .minimum(last)
+    )  # [batch] each prompt's first readout row: inside every window
+    windows = windows_supported(model)
+    ragged = windows and model.cfg.positional_embedding_type == "standard"
+    if not ragged:
+        last = last.max().expand(batch)
     # [batch, pos] True from each prompt's first differing token on (earlier ones are equal)
     differs = (corrupted_toks.cpu() != clean_toks.cpu()).cummax(dim=1).values
-    firsts = [_first_changed(q, clean_dataset, differs, last) if last else 0 for q in queries]
-    prefix = clean_keys_values(model, clean_toks, max(firsts)) if max(firsts) else None
+    firsts = [
+        _first_changed(q, clean_dataset, differs)
+        if windows
+        else torch.zeros(batch, dtype=torch.long)
+        for q in queries
+    ]
+    prefix = clean_keys_values(model, clean_toks) if windows else None
     # Passes hold queries with one receiver position (whose rows the frozen propagation
     # rebuilds) and one start layer (a lower start costs whole layers for every copy); within
-    # those, queries whose windows start late share passes, each pass starting at its earliest.
+    # those, queries whose windows start late share passes, each starting at its earliest.
     groups: dict[tuple, list[int]] = {}
     for i, q in enumerate(queries):
         groups.setdefault((_spec_key(q.receiver_positions), _start_layer(q)), []).append(i)
@@ -294,15 +340,19 @@ def path_patch_queries(
         where = queries[members[0]].receiver_positions
         pos = resolve_positions(where, clean_dataset, "receiver_positions")
         grid = position_mask(pos, batch, n_pos)
-        grid[:, stop:] = False  # rows after the last readout row never reach it
         rows = _Rows.build(clean, *grid.nonzero(as_tuple=True), None)
         size = senders_per_pass(model, rows, out, True, memory_budget, batch_size)
-        members.sort(key=lambda i: (-firsts[i], queries[i].sender.kind, queries[i].sender.layer))
+        members.sort(
+            key=lambda i: (tuple(-firsts[i]), queries[i].sender.kind, queries[i].sender.layer)
+        )
         for chunk in (members[i : i + size] for i in range(0, len(members), size)):
-            passes.append((grid, _window(min(firsts[i] for i in chunk), stop, prefix), chunk))
+            first = torch.minimum(torch.stack([firsts[i] for i in chunk]).amin(0), low)
+            if not ragged:  # one start for all prompts, from those the metric reads
+                first = first[out.batch_idx.unique().cpu()].min().expand(batch)
+            passes.append((grid, _window(first, last, prefix), chunk))
     for grid, window, chunk in track(passes, "path-patching passes") if track else passes:
-        in_window = grid.clone()
-        in_window[:, : window.first] = False  # rows before the window stay clean
+        at = torch.arange(n_pos)[None]
+        in_window = grid & (at >= window.first[:, None]) & (at <= window.last[:, None])
         rows = _Rows.build(clean, *in_window.nonzero(as_tuple=True), None)
         sub = [queries[i] for i in chunk]
         send = _masks([q.sender_positions for q in sub], clean_dataset, rows, "sender_positions")
