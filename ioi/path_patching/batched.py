@@ -5,7 +5,10 @@ Circuit discovery asks many such questions at once (the senders into every group
 v, each sender's effect at six positions): here each question is a `PathQuery` (one sender,
 its receivers, its positions), and questions with senders of one kind and layer share one
 frozen propagation, while the runs of the clean input with the receivers patched in are stacked
-over all of them, as many copies per pass as the memory budget allows. The numbers are those of
+over all of them, as many copies per pass as the memory budget allows. Each pass reruns only
+the positions it can change, from the first row its senders change to the last row the metric
+reads in each prompt, reading the clean keys and values before them as a key-value cache
+(`ioi.path_patching.receivers.run_with_writes`). The numbers are those of
 `path_patch`, one query at a time, up to float rounding (tests check both against
 `ioi.path_patching.plain`).
 """
@@ -251,6 +254,81 @@ def _pass(
     return project_to_logits(model, at_readout, readout)
 
 
+def _readout_span(
+    out: Readout, batch: int, n_pos: int
+) -> tuple[Int[Tensor, " batch"], Int[Tensor, " batch"]]:
+    """Each prompt's first and last readout position (0 and 0 for a prompt the metric does
+    not read): every window holds them."""
+    idx, pos = out.batch_idx.cpu(), out.pos_idx.cpu()
+    last = torch.zeros(batch, dtype=torch.long).scatter_reduce(
+        0, idx, pos, "amax", include_self=False
+    )
+    low = torch.full((batch,), n_pos - 1).scatter_reduce(0, idx, pos, "amin", include_self=False)
+    return low.minimum(last), last
+
+
+def _plan_passes(
+    model: HookedTransformer,
+    queries: Sequence[PathQuery],
+    clean: RunActivations,
+    out: Readout,
+    clean_dataset: DatasetLike,
+    corrupted_toks: Tensor,
+    clean_toks: Tensor,
+    memory_budget: int | None,
+    batch_size: int | None,
+) -> list[tuple[Bool[Tensor, "batch pos"], _Window, list[int]]]:
+    """The stacked passes: (receiver rows, window, queries) each.
+
+    Passes hold queries with one receiver position (whose rows the frozen propagation
+    rebuilds) and one start layer (a lower start costs whole layers for every copy); within
+    those, queries whose windows start late share passes, each starting at its earliest.
+
+    A causal model's positions after a prompt's last readout row never reach it, and those
+    before the first row a query's sender changes there stay clean: a pass reruns only the
+    window between, per prompt (one window for all prompts where the blocks depend on
+    positions; the whole prompt where the attention cannot take a clean prefix).
+    """
+    batch, n_pos = clean_toks.shape
+    low, last = _readout_span(out, batch, n_pos)
+    windows = windows_supported(model)
+    ragged = windows and model.cfg.positional_embedding_type == "standard"
+    read = out.batch_idx.unique().cpu()  # the prompts the metric reads
+    if not ragged:
+        last = last.max().expand(batch)
+    # [batch, pos] True from each prompt's first differing token on (earlier ones are equal)
+    differs = (corrupted_toks.cpu() != clean_toks.cpu()).cummax(dim=1).values
+    known: dict[tuple, Tensor] = {}  # (sender positions, receiver positions) -> first changed
+    firsts = []
+    for q in queries:
+        key = (_spec_key(q.sender_positions), _spec_key(q.receiver_positions))
+        if key not in known:
+            known[key] = (
+                _first_changed(q, clean_dataset, differs) if windows else torch.zeros_like(low)
+            )
+        firsts.append(known[key])
+    prefix = clean_keys_values(model, clean_toks) if windows else None
+    groups: dict[tuple, list[int]] = {}
+    for i, q in enumerate(queries):
+        groups.setdefault((_spec_key(q.receiver_positions), _start_layer(q)), []).append(i)
+    passes = []
+    for members in groups.values():
+        where = queries[members[0]].receiver_positions
+        pos = resolve_positions(where, clean_dataset, "receiver_positions")
+        grid = position_mask(pos, batch, n_pos)
+        rows = _Rows.build(clean, *grid.nonzero(as_tuple=True), None)
+        size = senders_per_pass(model, rows, out, True, memory_budget, batch_size)
+        members.sort(
+            key=lambda i: (tuple(-firsts[i]), queries[i].sender.kind, queries[i].sender.layer)
+        )
+        for chunk in (members[i : i + size] for i in range(0, len(members), size)):
+            first = torch.minimum(torch.stack([firsts[i] for i in chunk]).amin(0), low)
+            if not ragged:  # one start for all prompts, from those the metric reads
+                first = first[read].min().expand(batch)
+            passes.append((grid, _window(first, last, prefix), chunk))
+    return passes
+
+
 @torch.no_grad()
 def path_patch_queries(
     model: HookedTransformer,
@@ -302,54 +380,12 @@ def path_patch_queries(
         clean_cache,
         readout,
     )
-    batch, n_pos = clean_toks.shape
-    # A causal model's positions after a prompt's last readout row never reach it, and those
-    # before the first row a query's sender changes there stay clean: each pass reruns only
-    # the window between, per prompt (one window for all prompts where the blocks depend on
-    # positions; the whole prompt where the attention cannot take a clean prefix).
-    last = torch.zeros(batch, dtype=torch.long).scatter_reduce(
-        0, out.batch_idx.cpu(), out.pos_idx.cpu(), "amax", include_self=False
-    )  # [batch]; 0 for a prompt the metric does not read
-    low = (
-        torch.full((batch,), n_pos - 1)
-        .scatter_reduce(0, out.batch_idx.cpu(), out.pos_idx.cpu(), "amin", include_self=False)
-        .minimum(last)
-    )  # [batch] each prompt's first readout row: inside every window
-    windows = windows_supported(model)
-    ragged = windows and model.cfg.positional_embedding_type == "standard"
-    if not ragged:
-        last = last.max().expand(batch)
-    # [batch, pos] True from each prompt's first differing token on (earlier ones are equal)
-    differs = (corrupted_toks.cpu() != clean_toks.cpu()).cummax(dim=1).values
-    firsts = [
-        _first_changed(q, clean_dataset, differs)
-        if windows
-        else torch.zeros(batch, dtype=torch.long)
-        for q in queries
-    ]
-    prefix = clean_keys_values(model, clean_toks) if windows else None
-    # Passes hold queries with one receiver position (whose rows the frozen propagation
-    # rebuilds) and one start layer (a lower start costs whole layers for every copy); within
-    # those, queries whose windows start late share passes, each starting at its earliest.
-    groups: dict[tuple, list[int]] = {}
-    for i, q in enumerate(queries):
-        groups.setdefault((_spec_key(q.receiver_positions), _start_layer(q)), []).append(i)
+    passes = _plan_passes(
+        model, queries, clean, out, clean_dataset, corrupted_toks, clean_toks,
+        memory_budget, batch_size,
+    )  # fmt: skip
     results: list[Tensor | None] = [None] * len(queries)
-    passes = []
-    for members in groups.values():
-        where = queries[members[0]].receiver_positions
-        pos = resolve_positions(where, clean_dataset, "receiver_positions")
-        grid = position_mask(pos, batch, n_pos)
-        rows = _Rows.build(clean, *grid.nonzero(as_tuple=True), None)
-        size = senders_per_pass(model, rows, out, True, memory_budget, batch_size)
-        members.sort(
-            key=lambda i: (tuple(-firsts[i]), queries[i].sender.kind, queries[i].sender.layer)
-        )
-        for chunk in (members[i : i + size] for i in range(0, len(members), size)):
-            first = torch.minimum(torch.stack([firsts[i] for i in chunk]).amin(0), low)
-            if not ragged:  # one start for all prompts, from those the metric reads
-                first = first[out.batch_idx.unique().cpu()].min().expand(batch)
-            passes.append((grid, _window(first, last, prefix), chunk))
+    n_pos = clean_toks.shape[1]
     for grid, window, chunk in track(passes, "path-patching passes") if track else passes:
         at = torch.arange(n_pos)[None]
         in_window = grid & (at >= window.first[:, None]) & (at <= window.last[:, None])
