@@ -123,3 +123,28 @@ def test_models_whose_cache_is_not_the_hooks_rerun_the_whole_prompt(monkeypatch)
     ]
     torch.testing.assert_close(got, torch.stack(expected), atol=1e-5, rtol=0)
     assert firsts and all(not f.any() for f in firsts)
+
+
+@pytest.mark.parametrize(
+    "overrides", [{}, {"positional_embedding_type": "rotary", "rotary_dim": 8}], ids=str
+)
+def test_prompts_the_metric_does_not_read_do_not_move_the_windows(overrides):
+    """A metric over some prompts only (`PathPatchingOracle.for_rows`): the other prompts'
+    windows are empty and the one shared window (rotary) starts where the read ones need it."""
+    model, ioi, abc, _ = _setup(7, **overrides)
+    oracle = PathPatchingOracle(model, ioi, abc).for_rows(torch.tensor([1, 3, 4]))
+    receivers = (Receiver(2, 1, "v"), Receiver(1, 3, "q"))
+    queries = [
+        PathQuery(Sender("head", 0, h), receivers, sp, None)
+        for h in range(4)
+        for sp in ("S1+1", "S2", "end")
+    ]
+    got = path_patch_queries(model, oracle.metric, abc, ioi, queries, readout=oracle.readout)
+    expected = [
+        plain_path_patch(
+            model, oracle.metric, abc, ioi, q.sender, list(receivers),
+            sender_positions=q.sender_positions,
+        )
+        for q in queries
+    ]  # fmt: skip
+    torch.testing.assert_close(got, torch.stack(expected), atol=1e-5, rtol=0)
