@@ -1,12 +1,14 @@
-"""Benchmarks, run as scripts: ``python -m ioi.bench patching|path [options]``.
+"""Benchmarks, run as scripts: ``python -m ioi.bench patching|path|discovery [options]``.
 
 Each prints, in one run, our time beside the reference's, the ratio and the largest difference
 between the two results; none of them is a test.
 
 * ``patching`` (`ioi.bench.patching`): TransformerLens's ``get_act_patch_*`` against ours.
 * ``path`` (`ioi.bench.path`): batched path patching against one sender per forward pass.
+* ``discovery`` (`ioi.bench.discovery`): ``ioi replicate``'s circuit discovery against its
+  activation-patching sweeps, on a random GPT-2.
 
-Both run on `ioi.bench.workload`'s GPT-2-small-shaped model with random weights. A user error
+The first two run on `ioi.bench.workload`'s GPT-2-small-shaped model with random weights. A user error
 (a bad flag value, an unknown device) prints one line and exits with status 2.
 """
 
@@ -17,10 +19,10 @@ from collections.abc import Callable
 
 from rich.console import Console
 
-from ioi.bench import patching, path
+from ioi.bench import discovery, patching, path
 
 EXIT_USAGE = 2
-BENCHES = {"patching": patching, "path": path}
+BENCHES = {"patching": patching, "path": path, "discovery": discovery}
 
 
 def build_parser() -> argparse.ArgumentParser:

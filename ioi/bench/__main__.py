@@ -1,4 +1,4 @@
-"""``python -m ioi.bench patching|path [options]`` (see `ioi.bench`)."""
+"""``python -m ioi.bench patching|path|discovery [options]`` (see `ioi.bench`)."""
 
 import sys
 

@@ -5,7 +5,10 @@ Circuit discovery asks many such questions at once (the senders into every group
 v, each sender's effect at six positions): here each question is a `PathQuery` (one sender,
 its receivers, its positions), and questions with senders of one kind and layer share one
 frozen propagation, while the runs of the clean input with the receivers patched in are stacked
-over all of them, as many copies per pass as the memory budget allows. The numbers are those of
+over all of them, as many copies per pass as the memory budget allows. Each pass reruns only
+the positions it can change, from the first row its senders change to the last row the metric
+reads in each prompt, reading the clean keys and values before them as a key-value cache
+(`ioi.path_patching.receivers.run_with_writes`). The numbers are those of
 `path_patch`, one query at a time, up to float rounding (tests check both against
 `ioi.path_patching.plain`).
 """
@@ -16,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
@@ -41,7 +44,13 @@ from ioi.path_patching.positions import (
     position_mask,
     resolve_positions,
 )
-from ioi.path_patching.receivers import Write, receiver_value, run_with_writes
+from ioi.path_patching.receivers import (
+    Write,
+    clean_keys_values,
+    receiver_value,
+    run_with_writes,
+    windows_supported,
+)
 
 Track = Callable[[Iterable, str], Iterable]
 """Wraps an iterable of passes with a progress display, e.g. `ioi.report.progress.Tracker.steps`."""
@@ -146,6 +155,69 @@ def _writes(
     return writes
 
 
+@dataclass(frozen=True)
+class _Window:
+    """The positions a pass reruns: for prompt ``b``, ``first[b]..last[b]``, laid out from
+    slot 0 of a [batch, width] window; the clean keys and values before ``first[b]`` fill
+    the ``prefix`` slots before it, right-aligned (``mask`` 0 marks the empty slots)."""
+
+    first: Int[Tensor, " batch"]
+    last: Int[Tensor, " batch"]
+    prefix: list[tuple[Tensor, Tensor]] | None = None  # per layer [batch, prefix, kv_head, d_head]
+    mask: Int[Tensor, "batch key"] | None = None  # prefix and window slots; None: all 1
+
+    @property
+    def width(self) -> int:
+        return int((self.last - self.first).max()) + 1
+
+    def positions(self) -> Int[Tensor, "batch slot"]:
+        """The prompt position in each window slot (slots after ``last[b]`` repeat a position)."""
+        slots = self.first[:, None] + torch.arange(self.width)[None]
+        return torch.minimum(slots, self.last[:, None])
+
+
+def _window(
+    first: Int[Tensor, " batch"],
+    last: Int[Tensor, " batch"],
+    keys_values: list[tuple[Tensor, Tensor]] | None,
+) -> _Window:
+    """A `_Window` with the clean keys and values (all positions, `clean_keys_values`) that
+    come before it, gathered into right-aligned prefix slots."""
+    n_prefix = int(first.max())
+    if not n_prefix or keys_values is None:
+        return _Window(first, last)
+    slot = torch.arange(n_prefix)[None] - (n_prefix - first[:, None])  # [batch, prefix] position
+    mask = torch.cat(
+        [slot >= 0, torch.ones(len(first), int((last - first).max()) + 1, dtype=torch.bool)], 1
+    )
+    device = keys_values[0][0].device
+    idx = slot.clamp(min=0).to(device)
+    batch_idx = torch.arange(len(first), device=device)[:, None]
+    prefix = [(k[batch_idx, idx], v[batch_idx, idx]) for k, v in keys_values]
+    return _Window(first, last, prefix, None if bool(mask.all()) else mask.long())
+
+
+def _first_changed(
+    query: PathQuery,
+    clean_dataset: DatasetLike,
+    differs: Bool[Tensor, "batch pos"],
+) -> Int[Tensor, " batch"]:
+    """Per prompt, the first position whose receivers can see the query's sender change: where
+    it is patched, its receivers read, and the two runs differ (a causal model's activations
+    are equal up to the first differing token); ``n_pos`` where there is none."""
+    batch, n_pos = differs.shape
+    masks = [
+        position_mask(resolve_positions(spec, clean_dataset, what), batch, n_pos)
+        for spec, what in (
+            (query.sender_positions, "sender_positions"),
+            (query.receiver_positions, "receiver_positions"),
+        )
+    ]
+    changed = masks[0] & masks[1] & differs
+    first = changed.long().argmax(dim=1)  # the first True, or 0 where there is none
+    return torch.where(changed.any(dim=1), first, n_pos)
+
+
 def _pass(
     model: HookedTransformer,
     queries: Sequence[PathQuery],
@@ -154,8 +226,10 @@ def _pass(
     rows: _Rows,
     send: Bool[Tensor, "copy row"],
     readout: Readout,
+    window: _Window,
 ) -> Float[Tensor, "copy readout col"]:
-    """One stacked pass: every query's receivers patched into its own copy of the clean run."""
+    """One stacked pass: every query's receivers patched into its own copy of the clean run,
+    on the window of positions where the pass can change anything the readout reads."""
     groups: dict[tuple[str, int], list[int]] = {}
     for j, q in enumerate(queries):
         groups.setdefault((q.sender.kind, q.sender.layer), []).append(j)
@@ -164,10 +238,95 @@ def _pass(
         sub = [queries[j] for j in members]
         writes += _writes(model, sub, members, clean, corrupted, rows, send[members])
     start = min(w.receiver.layer for w in writes)
-    final = run_with_writes(model, clean.resid_pre[start], start, writes, len(queries))
-    device = final.device
-    at_readout = final[:, readout.batch_idx.to(device), readout.pos_idx.to(device)]
+    device = clean.resid_pre[start].device
+    batch = clean.resid_pre[start].shape[0]
+    first = window.first.to(device)
+    # Each entry's window slot: its position less its prompt's window start.
+    writes = [
+        Write(w.receiver, w.flat_b, w.flat_p - first[w.flat_b % batch], w.values) for w in writes
+    ]
+    batch_idx = torch.arange(batch, device=device)[:, None]
+    resid = clean.resid_pre[start][batch_idx, window.positions().to(device)]  # [batch, slot, d]
+    final = run_with_writes(model, resid, start, writes, len(queries), window.prefix, window.mask)
+    rows_b = readout.batch_idx.to(device)
+    at_slot = readout.pos_idx.to(device) - first[rows_b]  # readout positions inside the window
+    at_readout = final[:, rows_b, at_slot]
     return project_to_logits(model, at_readout, readout)
+
+
+def _readout_span(
+    out: Readout, batch: int, n_pos: int
+) -> tuple[Int[Tensor, " batch"], Int[Tensor, " batch"]]:
+    """Each prompt's first and last readout position (0 and 0 for a prompt the metric does
+    not read): every window holds them."""
+    idx, pos = out.batch_idx.cpu(), out.pos_idx.cpu()
+    last = torch.zeros(batch, dtype=torch.long).scatter_reduce(
+        0, idx, pos, "amax", include_self=False
+    )
+    low = torch.full((batch,), n_pos - 1).scatter_reduce(0, idx, pos, "amin", include_self=False)
+    return low.minimum(last), last
+
+
+def _plan_passes(
+    model: HookedTransformer,
+    queries: Sequence[PathQuery],
+    clean: RunActivations,
+    out: Readout,
+    clean_dataset: DatasetLike,
+    corrupted_toks: Tensor,
+    clean_toks: Tensor,
+    memory_budget: int | None,
+    batch_size: int | None,
+) -> list[tuple[Bool[Tensor, "batch pos"], _Window, list[int]]]:
+    """The stacked passes: (receiver rows, window, queries) each.
+
+    Passes hold queries with one receiver position (whose rows the frozen propagation
+    rebuilds) and one start layer (a lower start costs whole layers for every copy); within
+    those, queries whose windows start late share passes, each starting at its earliest.
+
+    A causal model's positions after a prompt's last readout row never reach it, and those
+    before the first row a query's sender changes there stay clean: a pass reruns only the
+    window between, per prompt (one window for all prompts where the blocks depend on
+    positions; the whole prompt where the attention cannot take a clean prefix).
+    """
+    batch, n_pos = clean_toks.shape
+    low, last = _readout_span(out, batch, n_pos)
+    windows = windows_supported(model)
+    ragged = windows and model.cfg.positional_embedding_type == "standard"
+    read = out.batch_idx.unique().cpu()  # the prompts the metric reads
+    if not ragged:
+        last = last.max().expand(batch)
+    # [batch, pos] True from each prompt's first differing token on (earlier ones are equal)
+    differs = (corrupted_toks.cpu() != clean_toks.cpu()).cummax(dim=1).values
+    known: dict[tuple, Tensor] = {}  # (sender positions, receiver positions) -> first changed
+    firsts = []
+    for q in queries:
+        key = (_spec_key(q.sender_positions), _spec_key(q.receiver_positions))
+        if key not in known:
+            known[key] = (
+                _first_changed(q, clean_dataset, differs) if windows else torch.zeros_like(low)
+            )
+        firsts.append(known[key])
+    prefix = clean_keys_values(model, clean_toks) if windows else None
+    groups: dict[tuple, list[int]] = {}
+    for i, q in enumerate(queries):
+        groups.setdefault((_spec_key(q.receiver_positions), _start_layer(q)), []).append(i)
+    passes = []
+    for members in groups.values():
+        where = queries[members[0]].receiver_positions
+        pos = resolve_positions(where, clean_dataset, "receiver_positions")
+        grid = position_mask(pos, batch, n_pos)
+        rows = _Rows.build(clean, *grid.nonzero(as_tuple=True), None)
+        size = senders_per_pass(model, rows, out, True, memory_budget, batch_size)
+        members.sort(
+            key=lambda i: (tuple(-firsts[i]), queries[i].sender.kind, queries[i].sender.layer)
+        )
+        for chunk in (members[i : i + size] for i in range(0, len(members), size)):
+            first = torch.minimum(torch.stack([firsts[i] for i in chunk]).amin(0), low)
+            if not ragged:  # one start for all prompts, from those the metric reads
+                first = first[read].min().expand(batch)
+            passes.append((grid, _window(first, last, prefix), chunk))
+    return passes
 
 
 @torch.no_grad()
@@ -221,26 +380,19 @@ def path_patch_queries(
         clean_cache,
         readout,
     )
-    batch, n_pos = clean_toks.shape
-    # Passes hold queries with one receiver position (whose rows the frozen propagation
-    # rebuilds) and one start layer (a lower start costs whole layers for every copy).
-    groups: dict[tuple, list[int]] = {}
-    for i, q in enumerate(queries):
-        groups.setdefault((_spec_key(q.receiver_positions), _start_layer(q)), []).append(i)
+    passes = _plan_passes(
+        model, queries, clean, out, clean_dataset, corrupted_toks, clean_toks,
+        memory_budget, batch_size,
+    )  # fmt: skip
     results: list[Tensor | None] = [None] * len(queries)
-    passes = []
-    for members in groups.values():
-        where = queries[members[0]].receiver_positions
-        pos = resolve_positions(where, clean_dataset, "receiver_positions")
-        grid = position_mask(pos, batch, n_pos).nonzero(as_tuple=True)
-        rows = _Rows.build(clean, grid[0], grid[1], None)
-        size = senders_per_pass(model, rows, out, True, memory_budget, batch_size)
-        members.sort(key=lambda i: (queries[i].sender.kind, queries[i].sender.layer))
-        passes += [(rows, members[i : i + size]) for i in range(0, len(members), size)]
-    for rows, chunk in track(passes, "path-patching passes") if track else passes:
+    n_pos = clean_toks.shape[1]
+    for grid, window, chunk in track(passes, "path-patching passes") if track else passes:
+        at = torch.arange(n_pos)[None]
+        in_window = grid & (at >= window.first[:, None]) & (at <= window.last[:, None])
+        rows = _Rows.build(clean, *in_window.nonzero(as_tuple=True), None)
         sub = [queries[i] for i in chunk]
         send = _masks([q.sender_positions for q in sub], clean_dataset, rows, "sender_positions")
-        logits = _pass(model, sub, clean, corrupted, rows, send, out)
+        logits = _pass(model, sub, clean, corrupted, rows, send, out, window)
         for i, values in zip(chunk, logits, strict=True):
             results[i] = metric_view(values)
     values = torch.stack(results)

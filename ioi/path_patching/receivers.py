@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 from transformer_lens.utilities import get_act_name
 
 from ioi.path_patching.nodes import Receiver
@@ -65,15 +66,56 @@ class Write:
     values: Float[Tensor, "entry d_head"]
 
 
+def windows_supported(model: HookedTransformer) -> bool:
+    """Whether `run_with_writes` may run a window of positions after a clean prefix: causal
+    attention whose cached keys and values are exactly ``hook_k`` and ``hook_v`` (no
+    query/key norm or clamp after the hooks, no position-dependent query scaling)."""
+    cfg = model.cfg
+    return (
+        cfg.attention_dir == "causal"
+        and cfg.positional_embedding_type in ("standard", "rotary")
+        and not getattr(cfg, "use_qk_norm", False)
+        and getattr(cfg, "clip_qkv", None) is None
+        and not getattr(cfg, "use_logn_attn", False)
+    )
+
+
+def clean_keys_values(
+    model: HookedTransformer, toks: Int[Tensor, "batch pos"]
+) -> list[tuple[Tensor, Tensor]]:
+    """Per layer, the clean run's ``hook_k`` and ``hook_v`` ([batch, pos, kv_head, d_head]
+    each): the keys and values that a window of later positions reads before it."""
+    names = {get_act_name(part, layer) for layer in range(model.cfg.n_layers) for part in "kv"}
+    _, cache = model.run_with_cache(
+        toks.to(model.cfg.device),
+        names_filter=lambda name: name in names,
+        return_type=None,
+    )
+    return [
+        (cache[get_act_name("k", layer)], cache[get_act_name("v", layer)])
+        for layer in range(model.cfg.n_layers)
+    ]
+
+
 def run_with_writes(
     model: HookedTransformer,
     resid_pre: Float[Tensor, "batch pos d_model"],
     start_layer: int,
     writes: Sequence[Write],
     n_copies: int,
+    prefix: Sequence[tuple[Tensor, Tensor]] | None = None,
+    attention_mask: Int[Tensor, "batch key"] | None = None,
 ) -> Float[Tensor, "copy batch pos d_model"]:
     """Run layers ``start_layer..`` on ``n_copies`` stacked copies of the clean residual,
     each `Write` overwriting its receiver's input at its entries of the stacked batch.
+
+    With ``prefix`` (per layer [batch, prefix, kv_head, d_head] clean keys and values, only
+    where `windows_supported`), ``resid_pre`` and the writes' positions are a window of
+    positions after a clean prefix: attention there reads the prefix's clean keys and values,
+    as TransformerLens's key-value cache does when it generates text. Nothing before the first
+    written position changes in a causal model, so the window gives the same values as the
+    whole sequence. ``attention_mask`` ([batch, prefix + window], 0 for an empty prefix slot)
+    lets each prompt's prefix have its own length.
 
     The hooks live only inside this call (``model.hooks`` removes them, also on errors).
     """
@@ -91,8 +133,18 @@ def run_with_writes(
         return overwrite
 
     x = resid_pre.repeat(n_copies, 1, 1)  # [copy * batch, pos, d_model]
+    mask = None if attention_mask is None else attention_mask.to(x.device).repeat(n_copies, 1)
     hooks = [(name, make_hook(group)) for name, group in by_hook.items()]
     with model.hooks(fwd_hooks=hooks):
         for layer in range(start_layer, model.cfg.n_layers):
-            x = model.blocks[layer](x)
+            past = None if prefix is None else _frozen_entry(prefix[layer], n_copies)
+            x = model.blocks[layer](x, past_kv_cache_entry=past, attention_mask=mask)
     return x.reshape(n_copies, batch, n_pos, d_model)
+
+
+def _frozen_entry(
+    keys_values: tuple[Tensor, Tensor], n_copies: int
+) -> TransformerLensKeyValueCacheEntry:
+    """A read-only key-value cache entry holding the clean prefix, once per stacked copy."""
+    k, v = (t.repeat(n_copies, 1, 1, 1) for t in keys_values)  # [copy * batch, first, ...]
+    return TransformerLensKeyValueCacheEntry(k, v, frozen=True)
