@@ -129,7 +129,7 @@ def role_evidence(
     Keys: ``"S is duplicated at S2"``/``"... at end"`` (d of IOI over ABC),
     ``"position of S at S2"``/``"... at end"`` (d of BABA over ABBA, both families needed),
     ``"IO over S1"``, ``"S2 over S1"`` (d between the names of the same prompts) and
-    ``"name share"`` (IO, S1 and S2's share of the activation mass).
+    ``"name share"`` (IO, S1 and S2's share of the activation mass: zero ``ioi`` at padding).
     """
     for name, idx in (("word_idx", word_idx), ("abc_word_idx", abc_word_idx)):
         missing = [w for w in (*NAMES, "end") if w not in idx]
@@ -205,7 +205,8 @@ def role_shares(
     return shares
 
 
-def _role(shares: dict[str, float]) -> str:
+def positional_role(shares: Mapping[str, float]) -> str:
+    """The word holding at least `ROLE_SHARE` of `role_shares`, else ``"mixed"``/``"silent"``."""
     if sum(shares.values()) == 0:
         return "silent"
     best = max((r for r in shares if r != "other"), key=shares.__getitem__)
@@ -285,7 +286,8 @@ def interpret_features(
             model, saes[hook], hook, feature, acts[hook][..., feature], real, word_idx, k, roles
         )
         if contrast is not None:
-            ioi = acts[hook][..., feature]
+            # Padding is never a word position, but it must not count in the names' share.
+            ioi = acts[hook][..., feature].masked_fill(~real.to(acts[hook].device), 0.0)
             evidence = role_evidence(
                 ioi,
                 word_idx,
@@ -362,7 +364,7 @@ def _report(model, sae, hook, feature, acts, real, word_idx, k, roles) -> Featur
         top,
         tuple((_token(model, t), float(effect[t])) for t in up),
         tuple((_token(model, t), float(effect[t])) for t in down),
-        _role(shares),
+        positional_role(shares),
         shares,
     )
 
