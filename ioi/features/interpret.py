@@ -46,6 +46,8 @@ ROLES = ("IO", "S1", "S1+1", "S2", "end")
 ROLE_SHARE = 0.5  # share of a feature's activation mass one word must hold to name its role
 # Cohen's d a contrast must reach to name a role: 0.8 is Cohen's "large" effect, so the two
 # prompt sets' distributions overlap by under ~70%; smaller effects keep the positional label.
+# d from n prompts split in two halves has a standard error of about 2 / sqrt(n) (0.25 at 64
+# prompts): with fewer than ~50 prompts noise alone can reach it.
 ROLE_EFFECT = 0.8
 CONTRAST_ROLES = ("S is duplicated", "position of S", "IO name")
 NAMES = ("IO", "S1", "S2")  # the name positions of an IOI prompt
