@@ -31,7 +31,12 @@ from ioi.features.attribution import (
 )
 from ioi.features.circuit import FeatureCircuit, feature_circuit
 from ioi.features.families import GROUPINGS, FamilyComparison, compare_families, family_labels
-from ioi.features.interpret import FeatureReport, interpret_features
+from ioi.features.interpret import (
+    ROLE_EFFECT,
+    FeatureReport,
+    RoleContrast,
+    interpret_features,
+)
 from ioi.features.pretrained import load_toy_saes
 from ioi.metrics import logits_to_ave_logit_diff, make_ioi_metric
 from ioi.models import load_model
@@ -95,7 +100,14 @@ def toy_study(
         shares, family_labels(ds), top_n=30, n_permutations=n_permutations, seed=seed
     )
     features = interpret_features(
-        model, saes, circuit.nodes, ds.toks, ds.word_idx, k=3, seq_lens=ds.seq_lens
+        model,
+        saes,
+        circuit.nodes,
+        ds.toks,
+        ds.word_idx,
+        k=3,
+        seq_lens=ds.seq_lens,
+        contrast=RoleContrast.of(ds, abc),
     )
     return ToyStudy(len(ds), float(clean), float(corrupted), atp, ig, circuit, families, features)
 
@@ -196,6 +208,8 @@ def render(study: ToyStudy) -> str:
             f"{report.hook} f{report.feature}: role {report.role}, promotes "
             f"{[t for t, _ in report.promoted]}, suppresses {[t for t, _ in report.suppressed]}"
         )
+        evidence = ", ".join(f"{name} {value:.2f}" for name, value in report.role_evidence.items())
+        lines.append(f"  role evidence (Cohen's d; ROLE_EFFECT {ROLE_EFFECT}): {evidence}")
     return "\n".join(lines)
 
 
