@@ -77,7 +77,7 @@ ACCOUNTED = {
     (
         "03_activation_patching.py",
         "0.1",
-    ): "toy claim, test_claims.py::test_03_layer_0_moves_only_at_names_and_the_last_layer_most_at_end",
+    ): "the threshold above which the cell prints a position (a choice, not a claim)",
     ("07_feature_circuits.py", "0.05"): "the usual significance level, a definition",
 }
 
