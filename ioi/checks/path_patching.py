@@ -586,6 +586,9 @@ def test_path_patch_head_to_heads_at(fn: Callable) -> None:
         (layer1, "k", None, "S2"),
         (layer1, "v", "end", None),
         (layer1, "v", "S2", "end"),
+        # Sender and receivers at different words: nothing reaches the receivers. An answer
+        # that drops the sender's position whenever the receivers have one fails only here.
+        (layer1, "v", "end", "S2"),
     )
     for receivers, receiver_input, sender_key, receiver_key in cases:
         call = (

@@ -1000,6 +1000,12 @@ SCATTER = exercise(
         "whole_layer_output": "you projected the whole attention layer's output (attn_out, "
         "every head plus b_O); the scatter is about one head: z[i, end, head] @ W_O[layer, "
         "head]",
+        "added_unembed_bias": "you added b_U to the projections; the scatter asks what the "
+        "head writes along each name's unembedding, (z @ W_O) . W_U[:, name id], and b_U is "
+        "not part of any head's output",
+        "output_not_at_end": "you read the head's output at another word (S2, IO or S1) "
+        "while its attention is read from end; both come from the query position end: "
+        "z[i, word_idx['end'][i], head]",
     },
     shared=("swapped_fields", "same_position_for_all_prompts"),
 )
@@ -1021,14 +1027,19 @@ def scatter_variant(
     swap=False,
     unit=False,
     layer_out=False,
+    out_at=None,
+    b_U=False,
 ) -> SimpleNamespace:
     """The scatter's four fields, with switches for the mistakes (``swap``: the pattern read
-    [key, query]; ``unit``: unit-length unembeddings; ``layer_out``: attn_out, not the head)."""
+    [key, query]; ``unit``: unit-length unembeddings; ``layer_out``: attn_out, not the head;
+    ``out_at``: the head's output read at these positions, not at end; ``b_U``: the
+    unembedding bias added to the projections)."""
     _, cache = model.run_with_cache(ds.toks)
     rows = torch.arange(ds.N)
     end = ds.word_idx["end"] if end is None else end
     pattern = cache["pattern", layer][:, head]
-    out = cache["z", layer][rows, end, head] @ model.W_O[layer, head]
+    out_pos = end if out_at is None else out_at
+    out = cache["z", layer][rows, out_pos, head] @ model.W_O[layer, head]
     if layer_out:
         out = cache["attn_out", layer][rows, end]
     if swap:
@@ -1044,13 +1055,15 @@ def scatter_variant(
         io_dir = io_dir / io_dir.norm(dim=-1, keepdim=True)
         s_dir = s_dir / s_dir.norm(dim=-1, keepdim=True)
     idx = ds.word_idx
+    io_bias = model.b_U[ds.io_tokenIDs] if b_U else 0.0
+    s_bias = model.b_U[ds.s_tokenIDs] if b_U else 0.0
     return SimpleNamespace(
         attn_to_io=pattern[rows, end, idx["IO"]],
         attn_to_s=pattern[rows, end, idx["S1"]] + pattern[rows, end, idx["S2"]],
         attn_to_s2=pattern[rows, end, idx["S2"]],
         attn_to_s1=pattern[rows, end, idx["S1"]],
-        proj_io=(out * (io_dir - s_dir if ld else io_dir)).sum(-1),
-        proj_s=(out * (s_dir - io_dir if ld else s_dir)).sum(-1),
+        proj_io=(out * (io_dir - s_dir if ld else io_dir)).sum(-1) + io_bias,
+        proj_s=(out * (s_dir - io_dir if ld else s_dir)).sum(-1) + s_bias,
     )
 
 
@@ -1096,6 +1109,10 @@ def test_name_mover_scatter(name_mover_scatter_fn: Callable) -> None:
             "s_attention_averaged": lambda r=right: _fields(r, attn_to_s=r.attn_to_s / 2),
             "normalised_unembed": lambda w=wrong: w(unit=True),
             "whole_layer_output": lambda w=wrong: w(layer_out=True),
+            "added_unembed_bias": lambda w=wrong: w(b_U=True),
+            "output_not_at_end": lambda w=wrong: AnyOf(
+                [w(out_at=ds.word_idx[word]) for word in ("S2", "IO", "S1")]
+            ),
         }
         ex.expect_record(got, expected, SCATTER_FIELDS, call=call, mistakes=mistakes, atol=1e-4)
         ex.expect_record(got, expected, ("layer", "head"), call=call)

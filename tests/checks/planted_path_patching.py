@@ -597,6 +597,21 @@ variant(
 )
 
 
+@wrong("path_patch_head_to_heads_at", "sender_positions_ignored")
+def at_one_mask_only(r, inp, model, metric, new_dataset, orig_dataset, sender, receiver):
+    """One mask is enough, thinks the learner: the receivers' position when there is one,
+    else the sender's (so a sender at `end` with receivers at S2 is patched everywhere)."""
+    sender = sender if receiver is None else None
+    return _at(r, inp, model, metric, new_dataset, orig_dataset, sender, receiver)
+
+
+@correct("path_patch_head_to_heads_at", "the two positions exchanged: only where they meet counts")
+def at_positions_exchanged(r, inp, model, metric, new_dataset, orig_dataset, sender, receiver):
+    """With every other head frozen, the receivers' input at a position changes only through
+    the sender's output at that position, so only the overlap of the two masks matters."""
+    return _at(r, inp, model, metric, new_dataset, orig_dataset, receiver, sender)
+
+
 @wrong("path_patch_head_to_heads_at", "measured_unreachable_rows")
 def at_top_row_measured(
     receiver_heads,

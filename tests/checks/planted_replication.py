@@ -924,6 +924,48 @@ def scatter_first_end(model, ds, layer, head):
     return _scatter(model, ds, layer, head, end=end[:1].expand_as(end))
 
 
+def _scatter_by_hooks(model, ds, layer, head, *, out_word="end", unembed_bias=False):
+    """A learner's scatter from hooks, cast to CPU; the output read at ``out_word``."""
+    from ioi.heads import NameMoverScatter
+
+    _, cache = model.run_with_cache(ds.toks)
+    i, idx = torch.arange(ds.N), ds.word_idx
+    pattern = cache["pattern", layer][:, head].cpu()
+    out = cache["z", layer][i, idx[out_word], head].cpu() @ model.W_O[layer, head].cpu()
+    W_U = model.W_U.cpu()
+    proj_io = torch.einsum("bd,db->b", out, W_U[:, ds.io_tokenIDs])
+    proj_s = torch.einsum("bd,db->b", out, W_U[:, ds.s_tokenIDs])
+    if unembed_bias:
+        proj_io = proj_io + model.b_U.cpu()[ds.io_tokenIDs]
+        proj_s = proj_s + model.b_U.cpu()[ds.s_tokenIDs]
+    end = idx["end"]
+    to_s = pattern[i, end, idx["S1"]] + pattern[i, end, idx["S2"]]
+    return NameMoverScatter(layer, head, pattern[i, end, idx["IO"]], to_s, proj_io, proj_s)
+
+
+@wrong("name_mover_scatter", "added_unembed_bias")
+def scatter_with_b_U(model, ds, layer, head):
+    """The projections read like logits, b_U included."""
+    return _scatter_by_hooks(model, ds, layer, head, unembed_bias=True)
+
+
+@wrong("name_mover_scatter", "output_not_at_end")
+def scatter_output_at_s2(model, ds, layer, head):
+    """Attention from end, but the head's output taken at S2."""
+    return _scatter_by_hooks(model, ds, layer, head, out_word="S2")
+
+
+@wrong("name_mover_scatter", "output_not_at_end")
+def scatter_output_at_io(model, ds, layer, head):
+    """Attention from end, but the head's output taken at the IO."""
+    return _scatter_by_hooks(model, ds, layer, head, out_word="IO")
+
+
+@correct("name_mover_scatter", "einsum projections on the CPU, output read at end")
+def scatter_einsum(model, ds, layer, head):
+    return _scatter_by_hooks(model, ds, layer, head)
+
+
 variant(
     "name_mover_scatter",
     "swapped_fields",

@@ -208,3 +208,29 @@ def test_sidebar_says_why_gpt2_small_is_missing(monkeypatch):
     _no_exception(at)
     assert at.sidebar.selectbox[0].options == ["bundled IOI model (3 layers x 4 heads)"]
     assert any("ioi replicate --model gpt2-small" in c.value for c in at.sidebar.caption)
+
+
+def test_streamlit_run_hides_the_deploy_button_from_any_directory(tmp_path):
+    """`streamlit run streamlit_app/Home.py` reads the script-level config, so the Deploy button
+    is hidden without `ioi app`'s flags, whatever the working directory or the user's config."""
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import streamlit.config as c, sys\n"
+        "print(c.get_option('client.toolbarMode'))\n"  # before: Streamlit's default
+        "c._main_script_path = sys.argv[1]\n"  # what `streamlit run` sets (streamlit/web/cli.py)
+        "c.get_config_options(force_reparse=True)\n"
+        "print(c.get_option('client.toolbarMode'))\n"
+    )
+    env = {**os.environ, "HOME": str(tmp_path)}  # no ~/.streamlit/config.toml of the user's
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(APP / "Home.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == ["auto", "minimal"], out
