@@ -173,8 +173,7 @@ def _products(
         if key not in tables:
             grad = grads[name]
             grad = grad if grad.ndim == 4 else grad[:, :, None]  # [batch, pos, receiver, d_model]
-            batch, n_pos = grad.shape[:2]
-            mask = position_mask(graph, edge.pos, batch, n_pos, grad.device)
+            mask = position_mask(graph, edge.pos, grad)
             tables[key] = (
                 einops.einsum(deltas[group], grad, mask, "b p s d, b p r d, b p -> s r")
                 .double()

@@ -102,7 +102,7 @@ def _deltas(
     out = []
     for edge in edges:
         delta = sender_delta(model, edge.sender, clean_acts, corrupted_acts)
-        mask = position_mask(graph, edge.pos, *delta.shape[:2], delta.device)
+        mask = position_mask(graph, edge.pos, delta)
         out.append(delta * mask[..., None])
     return torch.stack(out)
 

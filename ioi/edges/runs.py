@@ -92,10 +92,12 @@ def head_deltas(
 
 
 def position_mask(
-    graph: EdgeGraph, pos: str | None, batch: int, n_pos: int, device
+    graph: EdgeGraph, pos: str | None, like: Float[Tensor, "batch pos *rest"]
 ) -> Float[Tensor, "batch pos"]:
-    """1 where an edge at label ``pos`` reads and writes, 0 elsewhere (all ones for None)."""
-    mask = torch.ones(batch, n_pos, device=device)
+    """1 where an edge at label ``pos`` reads and writes, 0 elsewhere (all ones for None),
+    on ``like``'s device and dtype."""
+    batch, n_pos, device = like.shape[0], like.shape[1], like.device
+    mask = torch.ones(batch, n_pos, device=device, dtype=like.dtype)
     if pos is None:
         return mask
     mask.zero_()
