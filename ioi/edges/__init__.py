@@ -3,10 +3,25 @@
 * `EdgeGraph.from_model`: every sender -> receiver edge (`ioi.edges.graph`).
 * `edge_attribution`: EAP and EAP-IG scores of every edge (`ioi.edges.attribution`).
 * `exact_edge_patching`: each edge's exact effect, many edges per pass (`ioi.edges.exact`).
-* `compare_edges`: how well an estimate agrees with exact patching (`ioi.edges.agreement`).
+* `compare_edges`, `agreement_with_exact`: Pearson, Spearman and top-k overlap of an estimate
+  with exact patching (`ioi.edges.agreement`).
+* `edge_circuit`, `faithfulness_curve`, `compare_heads`: a circuit of edges, its faithfulness
+  against its number of edges, its heads against a node-level circuit (`ioi.edges.circuit`).
 """
 
+from ioi.edges.agreement import EdgeAgreement, agreement_with_exact, compare_edges
 from ioi.edges.attribution import METHODS, EdgeScores, edge_attribution
+from ioi.edges.circuit import (
+    ABLATIONS,
+    EdgeCircuit,
+    FaithfulnessCurve,
+    HeadOverlap,
+    compare_heads,
+    edge_circuit,
+    faithfulness_curve,
+    prune,
+    run_circuit,
+)
 from ioi.edges.exact import exact_edge_patching
 from ioi.edges.graph import (
     RECEIVER_KINDS,
@@ -18,6 +33,18 @@ from ioi.edges.graph import (
 )
 
 __all__ = [
+    "ABLATIONS",
+    "EdgeAgreement",
+    "EdgeCircuit",
+    "FaithfulnessCurve",
+    "HeadOverlap",
+    "agreement_with_exact",
+    "compare_edges",
+    "compare_heads",
+    "edge_circuit",
+    "faithfulness_curve",
+    "prune",
+    "run_circuit",
     "METHODS",
     "RECEIVER_KINDS",
     "SENDER_KINDS",
