@@ -1,10 +1,12 @@
-"""Benchmarks, run as scripts: ``python -m ioi.bench patching|path [options]``.
+"""Benchmarks, run as scripts: ``python -m ioi.bench patching|path|edges [options]``.
 
 Each prints, in one run, our time beside the reference's, the ratio and the largest difference
 between the two results; none of them is a test.
 
 * ``patching`` (`ioi.bench.patching`): TransformerLens's ``get_act_patch_*`` against ours.
 * ``path`` (`ioi.bench.path`): batched path patching against one sender per forward pass.
+* ``edges`` (`ioi.bench.edges`): EAP / EAP-IG on every edge, batched exact edge patching of
+  the top edges against one edge per forward pass, and their agreement.
 
 Both run on `ioi.bench.workload`'s GPT-2-small-shaped model with random weights. A user error
 (a bad flag value, an unknown device) prints one line and exits with status 2.
@@ -17,10 +19,10 @@ from collections.abc import Callable
 
 from rich.console import Console
 
-from ioi.bench import patching, path
+from ioi.bench import edges, patching, path
 
 EXIT_USAGE = 2
-BENCHES = {"patching": patching, "path": path}
+BENCHES = {"patching": patching, "path": path, "edges": edges}
 
 
 def build_parser() -> argparse.ArgumentParser:

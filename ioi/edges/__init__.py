@@ -2,7 +2,8 @@
 
 * `EdgeGraph.from_model`: every sender -> receiver edge (`ioi.edges.graph`).
 * `edge_attribution`: EAP and EAP-IG scores of every edge (`ioi.edges.attribution`).
-* `exact_edge_patching`: each edge's exact effect, many edges per pass (`ioi.edges.exact`).
+* `exact_edge_patching`: each edge's exact effect, many edges per pass (`ioi.edges.exact`);
+  `plain_edge_effects`, one edge per forward pass, is its reference (`ioi.edges.plain`).
 * `compare_edges`, `agreement_with_exact`: Pearson, Spearman and top-k overlap of an estimate
   with exact patching (`ioi.edges.agreement`).
 * `edge_circuit`, `faithfulness_curve`, `compare_heads`: a circuit of edges, its faithfulness
@@ -31,6 +32,7 @@ from ioi.edges.graph import (
     EdgeReceiver,
     EdgeSender,
 )
+from ioi.edges.plain import plain_edge_effects
 
 __all__ = [
     "ABLATIONS",
@@ -44,6 +46,7 @@ __all__ = [
     "edge_circuit",
     "faithfulness_curve",
     "prune",
+    "plain_edge_effects",
     "run_circuit",
     "METHODS",
     "RECEIVER_KINDS",

@@ -14,10 +14,10 @@ from ioi.edges import (
     edge_attribution,
     exact_edge_patching,
 )
+from ioi.edges.plain import plain_edge_effects
 from ioi.path_patching import Receiver, Sender, path_patch
 from ioi.path_patching.batched import PathQuery, path_patch_queries
 from ioi.testing import hooks_left, logit_diff, tiny_model, token_pair
-from tests.edges.reference import plain_edge_effects
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
