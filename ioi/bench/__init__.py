@@ -1,4 +1,4 @@
-"""Benchmarks, run as scripts: ``python -m ioi.bench patching|path|discovery [options]``.
+"""Benchmarks, run as scripts: ``python -m ioi.bench patching|path|discovery|edges [options]``.
 
 Each prints, in one run, our time beside the reference's, the ratio and the largest difference
 between the two results; none of them is a test.
@@ -7,6 +7,8 @@ between the two results; none of them is a test.
 * ``path`` (`ioi.bench.path`): batched path patching against one sender per forward pass.
 * ``discovery`` (`ioi.bench.discovery`): ``ioi replicate``'s circuit discovery against its
   activation-patching sweeps, on a random GPT-2.
+* ``edges`` (`ioi.bench.edges`): EAP / EAP-IG on every edge, batched exact edge patching of
+  the top edges against one edge per forward pass, and their agreement.
 
 The first two run on `ioi.bench.workload`'s GPT-2-small-shaped model with random weights. A user error
 (a bad flag value, an unknown device) prints one line and exits with status 2.
@@ -19,10 +21,10 @@ from collections.abc import Callable
 
 from rich.console import Console
 
-from ioi.bench import discovery, patching, path
+from ioi.bench import discovery, edges, patching, path
 
 EXIT_USAGE = 2
-BENCHES = {"patching": patching, "path": path, "discovery": discovery}
+BENCHES = {"patching": patching, "path": path, "discovery": discovery, "edges": edges}
 
 
 def build_parser() -> argparse.ArgumentParser:

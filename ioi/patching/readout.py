@@ -195,7 +195,8 @@ def project_to_logits(
     model: HookedTransformer, resid: Float[Tensor, "sender row d_model"], readout: Readout
 ) -> Float[Tensor, "sender row col"]:
     """Final LayerNorm and unembedding of final residuals, only at the readout's columns."""
-    normed = model.ln_final(resid)
+    # a model without normalisation (normalization_type=None) has no ln_final
+    normed = model.ln_final(resid) if hasattr(model, "ln_final") else resid
     if readout.vocab_idx is None:
         return model.unembed(normed)
     cols = readout.vocab_idx.to(normed.device)
