@@ -505,10 +505,11 @@ checks.test_eap_edge_score(eap_edge_score)
 # <details><summary>Answer (open after running the next cell)</summary>
 #
 # The table prints both columns edge by edge, and the line under it how many signs agree. On
-# the toy the edges into the logits, where the metric is close to linear in the receiver's
-# input, tend to agree best; edges into a query or key, whose effect passes through a
-# softmax, can part far (a saturated softmax has almost no gradient, so EAP can call an edge
-# unimportant that exact patching finds large).
+# the toy the two edges where the columns part most are edges into a query or a key, whose
+# effect passes through a softmax: exact patching finds them many times larger than EAP does
+# (checked in `tests/course/test_claims.py`). A softmax far from its linear range has a
+# gradient that says little about a large change, so EAP can call an edge minor that exact
+# patching finds large.
 #
 # </details>
 

@@ -179,7 +179,7 @@ def eap_variant(
         change = sender_value(model, parts.corrupted, edge.sender, sender_shift) - sender_value(
             model, parts.clean, edge.sender, sender_shift
         )
-    product = change * grad  # [batch, pos, d_model]
+    product = (change * grad).detach()  # [batch, pos, d_model]
     if reduce == "pos":
         return product.sum(-1).mean(0)
     if reduce == "d_model":
@@ -191,7 +191,7 @@ def eap_variant(
 
 def _unless_zero(candidate: Tensor) -> Tensor | None:
     """The candidate, unless it is 0 (then a zero result is `zero_score`, not this mistake)."""
-    return None if float(candidate.abs()) < 1e-6 else candidate
+    return None if float(candidate.detach().abs()) < 1e-6 else candidate
 
 
 def _neighbours(edge: Edge, n_heads: int) -> list[dict[str, int]]:
