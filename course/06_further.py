@@ -14,16 +14,24 @@
 # %% tags=["module"]
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
+from transformer_lens import HookedTransformer
+from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_act_name
 
 from ioi.circuit import BackupResult, MeanAblation, PermutationTest
 from ioi.circuit.ablation import keep_masks, logit_diff_with_hooks, replace_where
+from ioi.edges import Edge
+from ioi.edges.runs import receiver_hook, split_inputs
+from ioi.head import Head
 from ioi.heads import per_head_logit_diffs
+from ioi.patching import PatchResult
+from ioi.statistics import Estimate
 
 # %%
 import os
@@ -31,6 +39,7 @@ import os
 import plotly.express as px
 
 import ioi.checks as checks
+import ioi.patching as patching
 from ioi.circuit import (
     PathPatchingOracle,
     compare_groups,
@@ -39,9 +48,10 @@ from ioi.circuit import (
 )
 from ioi.circuit.compare import group_labels
 from ioi.dataset import IOIDataset
-from ioi.models import load_model
-from ioi.head import Head
+from ioi.edges import EdgeGraph, edge_attribution, exact_edge_patching
 from ioi.heads import ioi_attention
+from ioi.metrics import logits_to_ave_logit_diff, make_ioi_metric
+from ioi.models import load_model
 from ioi.reference import provenance, reference_figures
 
 torch.set_grad_enabled(False)
@@ -388,6 +398,311 @@ for group, found in zip(comparison.groups, comparison.circuits, strict=True):
 # one circuit with variations; a low overlap would be several mechanisms sharing an output.
 # Keep the sample sizes in mind: a few dozen prompts split over thirty templates leaves one
 # or two prompts per template, so template-level results are noisy (raise `N` on a GPU).
+
+# %% [markdown]
+# ## Edges: attribution patching one edge at a time
+#
+# A head's importance mixes everything it does: an edge says *which reader* its output
+# matters to. The residual stream is a sum, so the input of a receiver `v` (a head's query,
+# key or value input, an MLP's input, or the final residual that becomes the logits) is the
+# sum of every earlier sender's output `a_u`. Patching the edge `u -> v` adds the sender's
+# change `a_u(corrupted) - a_u(clean)` to `v`'s input only, and leaves every other reader of
+# `a_u` clean. Exact edge patching (`ioi.edges.exact_edge_patching`) runs the model once per
+# edge (in stacked batches); a model has thousands of edges.
+#
+# **Edge attribution patching** (EAP) expands the metric to first order around the clean
+# run. Seen as a function of `v`'s input alone, the metric moves by about
+#
+# $$M(\text{patched}) - M(\text{clean}) \approx \sum_{\text{pos}} \big(a_u(\text{corrupted}) - a_u(\text{clean})\big) \cdot \frac{\partial M}{\partial\, \text{input}_v}\Big|_\text{clean}$$
+#
+# the first term of a Taylor series whose next terms involve the second derivative and the
+# square of the change. The gradient is the same for every sender into `v`, so one backward
+# pass of the clean run scores every edge at once: that is the whole appeal. The sum runs over
+# positions because the edge carries the change at every position, each read by `v` there; the
+# dot product runs over `d_model`. With a per-prompt metric each prompt's score uses that
+# prompt's own gradient, and the edge's score is their mean over prompts.
+#
+# ### Exercise: `eap_edge_score`
+#
+# **Difficulty:** ●●●○○ · **Time:** about 25 minutes
+#
+# Score one edge (`edge.pos` is None: every position). `metric` returns one value per prompt
+# ([batch]); return the mean over prompts of each prompt's score, as a 0-d tensor. The sender's
+# change comes from caches of the two runs: the embeddings' from `blocks.0.hook_resid_pre`, an
+# MLP's from `hook_mlp_out`, head `h`'s from `(z' - z)[:, :, h] @ W_O[layer, h]`. The
+# receiver's input is the activation at `receiver_hook(model, edge.receiver)`; for q, k and v
+# it exists, split per head (`[batch, pos, head, d_model]`), only inside `with
+# split_inputs(model):`, which also restores the model's flags afterwards.
+#
+# <details><summary>Hint 1: a nudge</summary>
+#
+# Three runs: two caches without gradients, then one run of the *clean* prompts with
+# gradients on (`torch.enable_grad()`, as this notebook turned them off), in which a hook
+# keeps the receiver's input so that `torch.autograd.grad` can differentiate with respect to
+# it. Sum the per-prompt metric before differentiating: prompts do not interact, so each
+# prompt's row of the gradient is its own.
+#
+# </details>
+#
+# <details><summary>Hint 2: the algorithm</summary>
+#
+# `delta` ([batch, pos, d_model]) from the caches; a hook `(name, keep)` that stores its
+# activation and returns it; `value = metric(model(clean_tokens)).sum()` under
+# `torch.enable_grad()`, `split_inputs(model)` and `model.hooks(...)`; `(grad,) =
+# torch.autograd.grad(value, kept)`; `grad[:, :, edge.receiver.head]` when it has a head axis;
+# `(delta * grad).sum((1, 2)).mean()`.
+#
+# </details>
+
+
+# %%
+def eap_edge_score(
+    model: HookedTransformer,
+    clean_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    metric: Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, " batch"]],
+    edge: Edge,
+) -> Float[Tensor, ""]:
+    """EAP score of ``edge``: (a_u(corrupted) - a_u(clean)) . dM/d input_v at the clean run,
+    summed over positions and d_model, averaged over prompts."""
+    # EXERCISE: the sender's change from two caches, the receiver's input gradient on the clean
+    # EXERCISE: run, their dot product summed over positions and averaged over prompts.
+    # SOLUTION
+    _, clean_cache = model.run_with_cache(clean_tokens)
+    _, corrupted_cache = model.run_with_cache(corrupted_tokens)
+    sender = edge.sender
+    if sender.kind == "head":
+        dz = corrupted_cache["z", sender.layer] - clean_cache["z", sender.layer]
+        delta = dz[:, :, sender.head] @ model.W_O[sender.layer, sender.head]
+    else:
+        name = "resid_pre" if sender.kind == "embed" else "mlp_out"
+        delta = corrupted_cache[name, sender.layer] - clean_cache[name, sender.layer]
+    kept: dict[str, Tensor] = {}
+
+    def keep(activation: Tensor, hook: HookPoint) -> Tensor:
+        activation = activation if activation.requires_grad else activation.requires_grad_()
+        kept["input"] = activation
+        return activation
+
+    hook_name = receiver_hook(model, edge.receiver)
+    with torch.enable_grad(), split_inputs(model), model.hooks(fwd_hooks=[(hook_name, keep)]):
+        value = metric(model(clean_tokens)).sum()  # each prompt's gradient in its own row
+        (grad,) = torch.autograd.grad(value, kept["input"])
+    if grad.ndim == 4:  # [batch, pos, head, d_model]: this receiver head's input
+        grad = grad[:, :, edge.receiver.head]
+    return (delta * grad).sum((1, 2)).mean()  # positions and d_model, then prompts
+    # END SOLUTION
+
+
+# %%
+checks.test_eap_edge_score(eap_edge_score)
+
+# %% [markdown]
+# **Predict, then run.** The next cell scores the edges that the library's EAP ranks highest
+# on this notebook's prompts, with your function and with exact edge patching. Will EAP get
+# the signs right? The sizes?
+#
+# <details><summary>Answer (open after running the next cell)</summary>
+#
+# The table prints both columns edge by edge, and the line under it how many signs agree. On
+# the toy the two edges where the columns part most are edges into a query or a key, whose
+# effect passes through a softmax: exact patching finds them many times larger than EAP does
+# (checked in `tests/course/test_claims.py`). A softmax far from its linear range has a
+# gradient that says little about a large change, so EAP can call an edge minor that exact
+# patching finds large.
+#
+# </details>
+
+# %%
+end = ds.word_idx["end"]
+clean_ld = float(logits_to_ave_logit_diff(model(ds.toks), ds.answer_tokens, positions=end))
+abc_ld = float(logits_to_ave_logit_diff(model(abc.toks), ds.answer_tokens, positions=end))
+per_prompt_metric = make_ioi_metric(clean_ld, abc_ld, ds.answer_tokens, end, reduce="none")
+graph = EdgeGraph.from_model(model)
+library_eap = edge_attribution(
+    model, graph, ds.toks, abc.toks, lambda logits: per_prompt_metric(logits).mean()
+)
+shown = graph.subset(library_eap.top(6))
+exact_scores = exact_edge_patching(
+    model, shown, ds.toks, abc.toks, lambda logits: per_prompt_metric(logits).mean()
+)
+mine = [float(eap_edge_score(model, ds.toks, abc.toks, per_prompt_metric, e)) for e in shown.edges]
+for edge, estimate, exact_score in zip(
+    shown.edges, mine, exact_scores.scores.tolist(), strict=True
+):
+    print(f"{str(edge):22} EAP {estimate:+.4f}   exact {exact_score:+.4f}")
+same_sign = sum((a > 0) == (b > 0) for a, b in zip(mine, exact_scores.scores.tolist(), strict=True))
+print(f"signs agree on {same_sign} of {len(mine)} edges")
+
+# %% [markdown]
+# **Reading it.** EAP is a screen: one backward pass ranks every edge, and exact patching
+# confirms the few that matter. The first-order term is exact where the metric is linear in
+# the receiver's input (the logit difference is linear in the final residual, but the
+# normalised metric here is read after the final layer norm, which is not); everywhere else
+# its error grows with the square of the change. `ioi.edges.compare_edges` reports the
+# agreement of a whole scoring with exact patching (Pearson, Spearman, top-k overlap), and
+# EAP-IG (`edge_attribution(..., method="eap-ig")`) averages the gradient along the way from
+# the clean to the corrupted embeddings, which helps where a single gradient misleads.
+#
+# ## Reading intervals
+#
+# Every number in this course is a mean over a few dozen prompts. Other prompts of the same
+# templates would give another mean; a **confidence interval** says how far. The percentile
+# bootstrap makes one without assuming a distribution: draw the prompts again with
+# replacement, many times, recompute the mean each time, and read the middle `level` of those
+# means. A 95% interval is a statement about the *procedure*: intervals built this way cover
+# the true mean in about 95% of samples. It does not say the true mean lies inside with 95%
+# probability, it says nothing about a single prompt (one prompt's effect can lie far
+# outside), and it says nothing about prompts from another distribution (other templates,
+# another model).
+#
+# ### Exercise: `bootstrap_estimate`
+#
+# **Difficulty:** ●●○○○ · **Time:** about 15 minutes
+#
+# `per_prompt` holds one value per prompt on its **last** axis (`[*grid, batch]`, as
+# `PatchResult.per_prompt`). Return an `Estimate` with the mean over prompts, its standard
+# error `std(ddof=1) / sqrt(n)`, and the percentile interval: draw every resample at once,
+# `index = torch.randint(0, n, (resamples, n), generator=torch.Generator().manual_seed(seed))`,
+# use the *same* index table for every cell (so all cells are resampled on the same prompts),
+# and take the `(1 - level) / 2` and `(1 + level) / 2` quantiles of the resampled means
+# (`torch.quantile`). Fill `n`, `level`, `resamples` and `seed` too.
+#
+# <details><summary>Hint 1: a nudge</summary>
+#
+# `per_prompt[..., index]` has shape `[*grid, resample, batch]`; its mean over the last axis
+# is every resample's mean for every cell.
+#
+# </details>
+#
+# <details><summary>Hint 2: the algorithm</summary>
+#
+# `draws = per_prompt[..., index].mean(-1)`; `low = torch.quantile(draws, (1 - level) / 2,
+# dim=-1)`, `high` likewise; `se = per_prompt.std(-1) / math.sqrt(n)`; `Estimate(mean, se, low,
+# high, n, level, resamples=resamples, seed=seed)`.
+#
+# </details>
+
+
+# %%
+def bootstrap_estimate(
+    per_prompt: Float[Tensor, "*grid batch"],
+    level: float = 0.95,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> Estimate:
+    """Mean over prompts (the last axis), its standard error and a seeded percentile interval."""
+    # EXERCISE: one [resample, batch] index table for every cell; quantiles of the means.
+    # SOLUTION
+    n = per_prompt.shape[-1]
+    gen = torch.Generator().manual_seed(seed)
+    index = torch.randint(0, n, (resamples, n), generator=gen)  # [resample, batch]
+    draws = per_prompt[..., index].mean(-1)  # [*grid, resample]
+    low = torch.quantile(draws, (1 - level) / 2, dim=-1)
+    high = torch.quantile(draws, (1 + level) / 2, dim=-1)
+    se = per_prompt.std(-1) / math.sqrt(n)  # sample std (ddof 1)
+    mean = per_prompt.mean(-1)
+    return Estimate(mean, se, low, high, n, level, resamples=resamples, seed=seed)
+    # END SOLUTION
+
+
+# %%
+checks.test_bootstrap_estimate(bootstrap_estimate)
+
+# %% [markdown]
+# Patch each head's output from the ABC run into the clean run (noising) with the per-prompt
+# metric, so that the result keeps every prompt's effect, and compare your interval of each
+# head's *change* (patched minus unpatched, prompt by prompt) with the library's.
+
+# %%
+heads_noised = patching.activation_patching(
+    model,
+    ds.toks,
+    abc.toks,
+    per_prompt_metric,
+    patching.sweep(model, "z", ds.toks.shape[1]),
+    mode="noise",
+)
+change_per_prompt = heads_noised.per_prompt - heads_noised.clean_per_prompt  # [layer, head, batch]
+mine_estimate = bootstrap_estimate(change_per_prompt.cpu().double(), seed=0)
+library = heads_noised.interval("change", seed=0)
+print(library.describe())
+print(
+    "largest difference from the library's bounds:",
+    f"{float(torch.maximum((mine_estimate.low - library.low).abs(), (mine_estimate.high - library.high).abs()).max()):.2g}",
+)
+
+# %% [markdown]
+# ### Exercise: `significant_heads`
+#
+# **Difficulty:** ●●○○○ · **Time:** about 10 minutes
+#
+# Return the heads of a head-by-head `PatchResult` whose interval of the change excludes 0 (at
+# the given `level`, `resamples` and `seed`), largest `|change|` first, as `Head(layer, head)`.
+# This is what `result.significant(by="interval")` does; write it from `result.interval`.
+#
+# <details><summary>Hint 1: a nudge</summary>
+#
+# An interval excludes 0 when it lies wholly above it *or* wholly below it.
+#
+# </details>
+#
+# <details><summary>Hint 2: the algorithm</summary>
+#
+# `est = result.interval("change", level=level, resamples=resamples, seed=seed)`; `keep =
+# (est.low > 0) | (est.high < 0)`; sort the `(layer, head)` pairs where `keep` holds by
+# `-abs(result.change[layer, head])`.
+#
+# </details>
+
+
+# %%
+def significant_heads(
+    result: PatchResult, level: float = 0.95, resamples: int = 1000, seed: int = 0
+) -> list[Head]:
+    """Heads whose bootstrap interval of the change excludes 0, largest |change| first."""
+    # EXERCISE: the interval of the change; keep those wholly above or below 0; sort.
+    # SOLUTION
+    est = result.interval("change", level=level, resamples=resamples, seed=seed)
+    keep = (est.low > 0) | (est.high < 0)  # [layer, head]
+    heads = [Head(int(layer), int(head)) for layer, head in keep.nonzero().tolist()]
+    return sorted(heads, key=lambda h: -abs(float(result.change[h.layer, h.head])))
+    # END SOLUTION
+
+
+# %%
+checks.test_significant_heads(significant_heads)
+
+# %% [markdown]
+# **Predict, then run.** Selecting heads by a threshold on the size of the change (10% of the
+# clean-corrupted gap, `significant()`'s default) and by the interval: which heads will one
+# keep and the other not?
+#
+# <details><summary>Answer (open after running the next cell)</summary>
+#
+# The cell prints both lists and their differences. A head with a small change that every
+# prompt agrees on passes the interval and fails the threshold; a head with a large mean
+# carried by a few prompts can pass the threshold while its interval still reaches 0. Which of
+# the two kinds the toy has, the printed lists say.
+#
+# </details>
+
+# %%
+by_interval = significant_heads(heads_noised)
+by_threshold = [Head(r["layer"], r["head"]) for r in heads_noised.significant(0.1)]
+print("interval excludes 0:", ", ".join(map(str, by_interval)) or "(none)")
+print("|change| >= 10% of the gap:", ", ".join(map(str, by_threshold)) or "(none)")
+print("only by interval:", [str(h) for h in by_interval if h not in by_threshold])
+print("only by threshold:", [str(h) for h in by_threshold if h not in by_interval])
+library_heads = [Head(r["layer"], r["head"]) for r in heads_noised.significant(by="interval")]
+print("same as result.significant(by='interval'):", by_interval == library_heads)
+
+# %% [markdown]
+# **Reading it.** An interval that excludes 0 says the mean change is unlikely to be 0 *on
+# prompts like these*; it does not say the effect is large (with many prompts a tiny, steady
+# effect excludes 0), nor that it holds for every prompt. Testing every head at 95% also lets
+# about one in twenty null heads through by chance: with many heads, expect a few false
+# positives, and read the size of the change beside its interval.
 #
 # ## Where to go next
 #

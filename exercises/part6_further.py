@@ -8,16 +8,24 @@ checker cells of the exercises notebook).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
+from transformer_lens import HookedTransformer
+from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_act_name
 
 from ioi.circuit import BackupResult, MeanAblation, PermutationTest
 from ioi.circuit.ablation import keep_masks, logit_diff_with_hooks, replace_where
+from ioi.edges import Edge
+from ioi.edges.runs import receiver_hook, split_inputs
+from ioi.head import Head
 from ioi.heads import per_head_logit_diffs
+from ioi.patching import PatchResult
+from ioi.statistics import Estimate
 
 
 def backup_name_mover_experiment(
@@ -39,4 +47,39 @@ def permutation_test(
     """Do groups of prompts use heads differently? Shuffle the labels, recompute the statistic."""
     raise NotImplementedError(
         "hint: the statistic, observed and under label shuffles; the p-value; the group means."
+    )
+
+
+def eap_edge_score(
+    model: HookedTransformer,
+    clean_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    metric: Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, " batch"]],
+    edge: Edge,
+) -> Float[Tensor, ""]:
+    """EAP score of ``edge``: (a_u(corrupted) - a_u(clean)) . dM/d input_v at the clean run,
+    summed over positions and d_model, averaged over prompts."""
+    raise NotImplementedError(
+        "hint: the sender's change from two caches, the receiver's input gradient on the clean run, their dot product summed over positions and averaged over prompts."
+    )
+
+
+def bootstrap_estimate(
+    per_prompt: Float[Tensor, "*grid batch"],
+    level: float = 0.95,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> Estimate:
+    """Mean over prompts (the last axis), its standard error and a seeded percentile interval."""
+    raise NotImplementedError(
+        "hint: one [resample, batch] index table for every cell; quantiles of the means."
+    )
+
+
+def significant_heads(
+    result: PatchResult, level: float = 0.95, resamples: int = 1000, seed: int = 0
+) -> list[Head]:
+    """Heads whose bootstrap interval of the change excludes 0, largest |change| first."""
+    raise NotImplementedError(
+        "hint: the interval of the change; keep those wholly above or below 0; sort."
     )

@@ -26,6 +26,7 @@ from ioi.checks.activation_patching import (
     test_patch_residual_component,
 )
 from ioi.checks.core import GENERIC_DIAGNOSES, CheckFailed, Exercise, registry
+from ioi.checks.edges import test_eap_edge_score
 from ioi.checks.features import (
     test_circuit_jaccard,
     test_feature_attribution_patching,
@@ -33,6 +34,7 @@ from ioi.checks.features import (
     test_variance_explained,
 )
 from ioi.checks.further import test_backup_name_mover_experiment, test_permutation_test
+from ioi.checks.intervals import test_bootstrap_estimate, test_significant_heads
 from ioi.checks.logit_attribution import (
     test_accumulated_resid_logit_diffs,
     test_apply_final_ln,
@@ -80,6 +82,9 @@ __all__ = [
     "test_apply_final_ln",
     "test_attribution_patch_attn_head_out_all_pos",
     "test_backup_name_mover_experiment",
+    "test_bootstrap_estimate",
+    "test_eap_edge_score",
+    "test_significant_heads",
     "test_completeness",
     "test_faithfulness",
     "test_get_act_patch_attn_head_all_pos_every",

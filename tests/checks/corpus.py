@@ -75,8 +75,10 @@ def load_all() -> tuple[list[Answer], list[Answer]]:
     """Import every corpus module (which fills the registry) and return (wrong, correct)."""
     from tests.checks import (  # noqa: F401
         planted_activation_patching,
+        planted_edges,
         planted_features,
         planted_further,
+        planted_intervals,
         planted_logit_attribution,
         planted_model_and_task,
         planted_path_patching,

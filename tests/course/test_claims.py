@@ -289,3 +289,26 @@ def test_06_the_signal_heads_carry_a_token_signal() -> None:
     token = patched(ds.gen_flipped_prompts("ABB->CDD, BAB->DCD"))
     assert abs(position - none) < 0.05 * none
     assert token < 0.5 * none
+
+
+def test_06_eap_and_exact_part_most_on_edges_into_a_query_or_key() -> None:
+    """'the two edges where the columns part most are edges into a query or a key ... exact
+    patching finds them many times larger than EAP does' (the six top EAP edges)."""
+    from ioi.edges import EdgeGraph, edge_attribution, exact_edge_patching
+
+    model, ds, abc, _, _, clean_ld, abc_ld, _ = run(48, "mixed", 5)
+    end = ds.word_idx["end"]
+    per_prompt = make_ioi_metric(clean_ld, abc_ld, ds.answer_tokens, end, reduce="none")
+
+    def metric(logits):
+        return per_prompt(logits).mean()
+
+    graph = EdgeGraph.from_model(model)
+    eap = edge_attribution(model, graph, ds.toks, abc.toks, metric)
+    shown = graph.subset(eap.top(6))
+    exact = exact_edge_patching(model, shown, ds.toks, abc.toks, metric).scores
+    estimate = torch.tensor([eap.score(e) for e in shown.edges], dtype=exact.dtype)
+    worst = (exact - estimate).abs().argsort(descending=True)[:2].tolist()
+    for i in worst:
+        assert shown.edges[i].receiver.kind in ("q", "k"), shown.edges[i]
+        assert abs(float(exact[i])) > 5 * abs(float(estimate[i])), shown.edges[i]
