@@ -28,6 +28,7 @@ from ioi.report import analysis as A
 from ioi.report import figures as F
 from ioi.report import tables as T
 from ioi.report.document import Figure, Section, Table
+from ioi.report.edges_section import section_edges
 from ioi.report.features_section import section_features
 from ioi.report.progress import Tracker
 from ioi.statistics import DEFAULT_LEVEL
@@ -867,5 +868,6 @@ SECTIONS: tuple[tuple[str, str, Builder], ...] = (
     ("criteria", "Faithfulness, completeness, minimality", section_criteria),
     ("reference", "Comparison with the paper", section_reference),
     ("features", "Sparse feature circuits", section_features),
+    ("edges", "Edge circuits", section_edges),
 )
 """(key, progress label, builder) for every section, in report order."""
