@@ -62,9 +62,9 @@ class EdgeSettings:
 
     prompts: int = 16
     steps: int = 5
-    exact_edges: int = 20
-    top_k: int = 10
-    curve: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100)
+    exact_edges: int = 10
+    top_k: int = 5
+    curve: tuple[int, ...] = (2, 5, 10, 20, 50, 100)
     rank_by: str = "eap-ig"
     min_faithfulness: float = 0.8
 
