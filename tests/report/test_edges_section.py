@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from rich.console import Console
 
 from ioi.edges import (
     EdgeGraph,
@@ -26,19 +25,10 @@ from ioi.report.edges_section import (
     edge_results,
     section_edges,
 )
-from ioi.report.progress import Tracker
-from ioi.report.sections import ReportContext, Settings
 from ioi.testing import hook_count
 
 pytestmark = pytest.mark.slow
-N, SEED = 12, 2
 SETTINGS = EdgeSettings(prompts=8, exact_edges=8, top_k=4, curve=(5, 20))
-
-
-@pytest.fixture(scope="module")
-def ctx(toy_model):
-    with Tracker(Console(quiet=True)) as tracker:
-        return ReportContext(toy_model, "toy", Settings(n=N, seed=SEED), tracker)
 
 
 @pytest.fixture(scope="module")
