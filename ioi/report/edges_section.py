@@ -353,9 +353,12 @@ def edges_text(r: EdgeResults) -> list[str]:
 
 
 def section_edges(ctx, settings: EdgeSettings | None = None) -> Section:
-    """EAP and EAP-IG against exact edge patching, the faithfulness curve, the head overlap."""
+    """EAP and EAP-IG against exact edge patching, the faithfulness curve, the head overlap.
+
+    ``settings``: None takes the report's (``ctx.settings.edges``).
+    """
     chosen, _ = ctx.discovery
-    r = edge_results(ctx.setup, chosen.discovered.heads(), settings)
+    r = edge_results(ctx.setup, chosen.discovered.heads(), settings or ctx.settings.edges)
     section = Section(KEY, TITLE)
     section.text = edges_text(r)
     section.tables += [agreement_table(r), overlap_table(r), top_edges_table(r)]
