@@ -256,8 +256,8 @@ def curve_figure(r: EdgeResults) -> Figure:
             f"Faithfulness of the top n edges (ranked by {r.settings.rank_by})",
         ),
         "Edges outside the top n (pruned to paths from the embeddings to the logits) carry "
-        "their corrupted (ABC) value, or their mean over the prompts; 1 is the model with every "
-        "edge, 0 with none.",
+        "their corrupted (ABC) value, or their mean over these prompts at each position; 1 is "
+        "the model with every edge, 0 with none.",
     )
 
 
@@ -328,14 +328,16 @@ def edges_text(r: EdgeResults) -> list[str]:
             + ("(close" if close else "(not close")
             + f": Spearman {'>=' if close else '<'} {GOOD_AGREEMENT})"
         )
-    o = r.overlap
+    o, curve = r.overlap, r.curves["corrupted"]
     return [
         f"Every edge of the model ({r.n_edges}: embeddings, head and MLP outputs into every "
         "head's q, k, v input, every MLP and the logits) scored by EAP (one gradient at the "
         f"clean run) and EAP-IG ({s.steps} points), on the first {r.prompts} prompt pairs "
-        "(IOI and ABC), with the report's normalised logit difference (1 is the IOI run, 0 the "
-        f"ABC run). The top {len(r.exact.graph)} edges by |EAP| are also patched exactly, each "
-        "alone (`ioi.edges.exact_edge_patching`). Kept small so the report stays fast.",
+        "(IOI and ABC), with the report's normalised logit difference (baselines over all its "
+        f"prompts; on these the IOI run scores {curve.clean_metric:.3f}, the ABC run "
+        f"{curve.ablated_metric:.3f}). The top {len(r.exact.graph)} edges by |EAP| are also "
+        "patched exactly, each alone (`ioi.edges.exact_edge_patching`). Kept small so the "
+        "report stays fast.",
         f"Agreement with exact patching on those N = {len(r.exact.graph)} edges: "
         + "; ".join(parts)
         + ".",

@@ -120,6 +120,8 @@ def test_curve_ends_are_the_clean_and_the_corrupted_run(section, direct, ctx):
         assert c["faithfulness"][-1] == pytest.approx(1.0, abs=1e-6)
     # keeping no edge under corrupted ablation is the ABC run itself
     assert curves["corrupted"]["ablated_metric"] == pytest.approx(corrupted_value, abs=1e-4)
+    ends = curves["corrupted"]["clean_metric"], curves["corrupted"]["ablated_metric"]
+    assert "IOI run scores {:.3f}, the ABC run {:.3f}".format(*ends) in section.text[0]
     assert list(curves["corrupted"]["n_edges"]) == [5, 20, n_edges]
     figure = next(f for f in section.figures if f.key == "edge_faithfulness")
     assert [tr.name for tr in figure.fig.data] == ["corrupted", "mean"]
