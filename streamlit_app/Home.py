@@ -33,6 +33,7 @@ for number, (path, fallback) in ioi_site.PAGES.items():
         st.caption(" · ".join(h.text for h in page.headings(max_level=2)))
 st.page_link(ioi_site.PROMPT_PAGE, label="Try your own prompt")
 st.page_link(ioi_site.FEATURE_PAGE, label="Feature browser")
+st.page_link(ioi_site.EDGE_PAGE, label="Edge circuits")
 
 st.header("Models")
 st.dataframe(

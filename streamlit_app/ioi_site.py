@@ -38,6 +38,7 @@ PAGES = {
 }
 PROMPT_PAGE = "pages/8_Try_your_own_prompt.py"
 FEATURE_PAGE = "pages/9_Feature_browser.py"
+EDGE_PAGE = "pages/10_Edge_circuits.py"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ measure their quality, load the shipped toy SAEs and published GPT-2 small ones.
 - `compare_families`, `permutation_test`: one circuit or several across template families.
 - `by_word_position`, `WordAttribution`: nodes per IOI word (IO, S1, S2, end, ...) instead of
   per token position, so templates of different lengths line up.
-- `interpret_features`: top prompts, logit effects and IOI roles of circuit features.
+- `interpret_features`: top prompts, logit effects and IOI roles of circuit features;
+  `RoleContrast`, `role_evidence`: the ABC and family contrast a role is read from.
 """
 
 from ioi.features.activations import (
@@ -46,7 +47,13 @@ from ioi.features.families import (
     family_labels,
     permutation_test,
 )
-from ioi.features.interpret import FeatureReport, interpret_feature, interpret_features
+from ioi.features.interpret import (
+    FeatureReport,
+    RoleContrast,
+    interpret_feature,
+    interpret_features,
+    role_evidence,
+)
 from ioi.features.pretrained import load_pretrained_saes, load_saes_dir, load_toy_saes
 from ioi.features.quality import SAEQuality, evaluate_saes, quality_table
 from ioi.features.splice import activation_widths, sae_hook_name, splice_hooks, spliced
@@ -60,6 +67,7 @@ __all__ = [
     "FeatureCircuit",
     "FeatureNode",
     "FeatureReport",
+    "RoleContrast",
     "PermutationTest",
     "compare_families",
     "compare_feature_attribution",
@@ -72,6 +80,7 @@ __all__ = [
     "family_labels",
     "interpret_feature",
     "interpret_features",
+    "role_evidence",
     "permutation_test",
     "select_nodes",
     "POSITION_CHOICES",

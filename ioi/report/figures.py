@@ -359,3 +359,18 @@ def feature_circuit_graph(
     fig.update_yaxes(tickvals=list(range(len(hooks))), ticktext=list(hooks), title="hook point")
     fig.update_layout(title=title)
     return fig
+
+
+def faithfulness_curves_figure(
+    curves: dict[str, tuple[Sequence[int], Sequence[float]]], title: str
+) -> go.Figure:
+    """One line per named curve of (number of edges, faithfulness), on a log x axis."""
+    fig = go.Figure(
+        [
+            go.Scatter(x=list(xs), y=[float(v) for v in ys], mode="lines+markers", name=name)
+            for name, (xs, ys) in curves.items()
+        ]
+    )
+    fig.update_xaxes(type="log", title="edges kept (before pruning)")
+    fig.update_layout(title=title, yaxis_title="faithfulness")
+    return fig

@@ -28,6 +28,7 @@ from ioi.report import analysis as A
 from ioi.report import figures as F
 from ioi.report import tables as T
 from ioi.report.document import Figure, Section, Table
+from ioi.report.edges_section import EdgeSettings, section_edges
 from ioi.report.features_section import section_features
 from ioi.report.progress import Tracker
 from ioi.statistics import DEFAULT_LEVEL
@@ -48,6 +49,7 @@ class Settings:
         extra_thresholds: how many smaller thresholds to run after the first that meets the
             rule (they cannot change the choice; they show what more heads add).
         sweeps: which activation-patching sweeps to run (`ioi.report.analysis.SWEEP_TITLES`).
+        edges: what the edge-circuit section computes (`ioi.report.edges_section.EdgeSettings`).
     """
 
     n: int = 200
@@ -57,6 +59,7 @@ class Settings:
     min_faithfulness: float = 0.8
     extra_thresholds: int = 1
     sweeps: tuple[str, ...] = A.POSITION_SWEEPS + A.HEAD_SWEEPS
+    edges: EdgeSettings = EdgeSettings()
 
     def __post_init__(self) -> None:
         for name in ("n", "patch_prompts"):
@@ -72,6 +75,8 @@ class Settings:
             raise ValueError(f"extra_thresholds must be >= 0, got {self.extra_thresholds!r}")
         if not self.thresholds or any(t <= 0 for t in self.thresholds):
             raise ValueError(f"thresholds must be positive numbers, got {self.thresholds!r}")
+        if not isinstance(self.edges, EdgeSettings):
+            raise TypeError(f"edges must be an EdgeSettings, got {type(self.edges).__name__}")
         unknown = [s for s in self.sweeps if s not in A.SWEEP_TITLES]
         if unknown:
             raise ValueError(f"unknown sweeps {unknown}; choose from {', '.join(A.SWEEP_TITLES)}")
@@ -867,5 +872,6 @@ SECTIONS: tuple[tuple[str, str, Builder], ...] = (
     ("criteria", "Faithfulness, completeness, minimality", section_criteria),
     ("reference", "Comparison with the paper", section_reference),
     ("features", "Sparse feature circuits", section_features),
+    ("edges", "Edge circuits", section_edges),
 )
 """(key, progress label, builder) for every section, in report order."""

@@ -17,7 +17,7 @@ from transformer_lens import HookedTransformer
 
 from ioi.dataset import IOIDataset
 from ioi.features.attribution import node_values
-from ioi.features.interpret import FeatureReport, interpret_feature
+from ioi.features.interpret import FeatureReport, RoleContrast, interpret_feature
 from ioi.report.document import Table
 
 
@@ -44,19 +44,28 @@ def feature_view(
     ds: IOIDataset,
     prompt: int,
     k: int = 5,
+    abc: IOIDataset | None = None,
 ) -> FeatureView:
     """Feature ``feature`` of the SAE at ``hook``: on prompt ``prompt`` of ``ds``, and over all.
 
+    Args:
+        abc: the ABC prompts of ``ds``, row for row (``ds.gen_flipped_prompts(ABC_FLIP)``): the
+            role is then read from the contrast (`ioi.features.RoleContrast.of`) and its
+            evidence kept in ``report.role_evidence``; None: the positional role only.
+
     Raises:
-        ValueError: no SAE at ``hook``, a feature outside the SAE, a prompt outside ``ds``.
+        ValueError: no SAE at ``hook``, a feature outside the SAE, a prompt outside ``ds``,
+            ``abc`` of another length than ``ds``.
     """
     if hook not in saes:
         raise ValueError(f"no SAE at {hook!r}; SAEs are at {list(saes)}")
     if not isinstance(prompt, int) or not 0 <= prompt < len(ds):
         raise ValueError(f"prompt must be an index in 0..{len(ds) - 1}, got {prompt!r}")
+    contrast = None if abc is None else RoleContrast.of(ds, abc)
     report = interpret_feature(
-        model, saes[hook], hook, feature, ds.toks, ds.word_idx, k=k, seq_lens=ds.seq_lens
-    )
+        model, saes[hook], hook, feature, ds.toks, ds.word_idx, k=k, seq_lens=ds.seq_lens,
+        contrast=contrast,
+    )  # fmt: skip
     n_tok = int(ds.seq_lens[prompt]) - 1  # the prompt without its answer
     tokens = ds.toks[prompt : prompt + 1, :n_tok]
     with torch.no_grad():

@@ -5,6 +5,7 @@ import ioi_site
 import streamlit as st
 
 from ioi.dataset import IOIDataset
+from ioi.features.activations import ABC_FLIP
 from ioi.report import figures as F
 from ioi.report.features_section import report_saes
 from ioi.site.features import feature_view, logit_effects_table, top_prompts_table
@@ -33,8 +34,14 @@ feature = int(
 prompt = int(
     right.number_input(f"Prompt (0..{len(ds) - 1})", 0, len(ds) - 1, value=0, key="fb_prompt")
 )
-view = feature_view(model, saes, hook, feature, ds, prompt)
+abc = ds.gen_flipped_prompts(ABC_FLIP)  # the contrast the role is read from
+view = feature_view(model, saes, hook, feature, ds, prompt, abc=abc)
 st.caption(f"IOI role: **{view.report.role}** · " + ds.sentences[prompt])
+evidence = view.report.role_evidence
+st.caption(
+    "Role evidence (Cohen's d of each contrast; name share: the names' share of the mass): "
+    + ", ".join(f"{contrast} {value:.2f}" for contrast, value in evidence.items())
+)
 labels = [f"{i}:{t}" for i, t in enumerate(view.tokens)]
 st.plotly_chart(
     F.bar_figure(labels, view.activations.tolist(), f"{hook} f{feature} on prompt {prompt}",

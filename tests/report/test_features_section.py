@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from rich.console import Console
 
 from ioi.features import (
     compare_families,
@@ -19,18 +18,10 @@ from ioi.features.families import VERDICTS
 from ioi.features.toy_circuit import one_template_prompts
 from ioi.metrics import logits_to_ave_logit_diff, make_ioi_metric
 from ioi.report.features_section import FeatureSettings, section_features
-from ioi.report.progress import Tracker
-from ioi.report.sections import ReportContext, Settings
 from ioi.testing import hook_count
+from tests.report.conftest import N
 
 pytestmark = pytest.mark.slow
-N, SEED = 12, 2
-
-
-@pytest.fixture(scope="module")
-def ctx(toy_model):
-    with Tracker(Console(quiet=True)) as tracker:
-        return ReportContext(toy_model, "toy", Settings(n=N, seed=SEED), tracker)
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from ioi.path_patching import Sender, get_path_patch_head_to_final_resid_post, p
 from ioi.replicate import replicate
 from ioi.report import SECTIONS, Settings
 from ioi.report.document import Figure
+from ioi.report.edges_section import EdgeSettings
 from ioi.report.images import export_pngs
 from ioi.report.progress import Tracker
 from ioi.report.sections import ReportContext, section_activation_patching
@@ -218,6 +219,24 @@ def test_settings_reject_bad_values():
         Settings(patch_prompts=0)
     with pytest.raises(ValueError, match="n must be at least 2.*intervals"):
         Settings(n=1)
+    with pytest.raises(ValueError, match="EdgeSettings.exact_edges"):
+        Settings(edges=EdgeSettings(exact_edges=0))
+
+
+def test_edge_section_tables_and_curve_are_in_all_three_files(report):
+    section = report["json"]["sections"]["edges"]
+    titles = [t["title"] for t in section["tables"]]
+    assert titles == [
+        "Agreement with exact edge patching",
+        "Heads: edge circuit vs node circuit",
+        f"Top {EdgeSettings().exact_edges} edges by |EAP|",
+    ]
+    assert report["json"]["settings"]["edges"]["exact_edges"] == EdgeSettings().exact_edges
+    for title in titles:
+        assert f"### {title}" in report["md"] or f"**{title}**" in report["md"], title
+        assert html.escape(title) in report["html"], title
+    assert '<figure id="fig-edge_faithfulness">' in report["html"]
+    assert "(report.html#fig-edge_faithfulness)" in report["md"]
 
 
 def test_png_export_writes_pngs_or_says_why(tmp_path):

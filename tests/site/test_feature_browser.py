@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ioi.dataset import IOIDataset
-from ioi.features import load_toy_saes
+from ioi.features import RoleContrast, interpret_feature, load_toy_saes
+from ioi.features.activations import ABC_FLIP
 from ioi.site.features import feature_view, logit_effects_table, top_prompts_table
 
 PAGE = Path(__file__).resolve().parents[2] / "streamlit_app" / "pages" / "9_Feature_browser.py"
@@ -43,6 +44,24 @@ def test_the_view_is_the_sae_encoding_and_w_u_by_hand(toy_model):
     assert float(all_acts[i, pos]) == pytest.approx(act)
 
 
+def test_with_its_abc_prompts_the_view_reads_the_role_from_the_contrast(toy_model):
+    saes = load_toy_saes(device="cpu")
+    ds = IOIDataset(40, "mixed", seed=0, tokenizer=toy_model)
+    abc = ds.gen_flipped_prompts(ABC_FLIP)
+    plain = feature_view(toy_model, saes, HOOK, 5, ds, prompt=0)
+    view = feature_view(toy_model, saes, HOOK, 5, ds, prompt=0, abc=abc)
+    expected = interpret_feature(
+        toy_model, saes[HOOK], HOOK, 5, ds.toks, ds.word_idx, seq_lens=ds.seq_lens,
+        contrast=RoleContrast.of(ds, abc),
+    )  # fmt: skip
+    assert plain.report.role_evidence == {} and view.report.role_evidence
+    assert view.report.role == expected.role
+    assert view.report.role_evidence == pytest.approx(expected.role_evidence)
+    short = IOIDataset(4, "mixed", seed=0, tokenizer=toy_model)
+    with pytest.raises(ValueError, match="one prompt per IOI prompt"):
+        feature_view(toy_model, saes, HOOK, 5, ds, prompt=0, abc=short)
+
+
 def test_bad_choices_are_named(toy_model):
     saes = load_toy_saes(device="cpu")
     ds = IOIDataset(4, "mixed", seed=0, tokenizer=toy_model)
@@ -69,3 +88,5 @@ def test_the_page_shows_a_feature_of_the_toy_sae():
     at.number_input(key="fb_feature").set_value(7).run()
     assert not at.exception, [e.message for e in at.exception]
     assert "f7 on prompt" in at.get("plotly_chart")[0].proto.spec
+    assert any(c.value.startswith("Role evidence (Cohen's d") and "name share" in c.value
+               for c in at.caption)  # fmt: skip
