@@ -153,8 +153,12 @@ def _final_residual(
 def _read(
     model: HookedTransformer, final: Tensor, readout: Readout, read: MetricOnEntries
 ) -> Float[Tensor, " copy"]:
-    """The metric of each copy, computing only the logits it reads."""
+    """The metric of each copy, computing only the logits it reads, one copy at a time (a
+    metric read on every logit needs [batch, pos, d_vocab] per copy, not per pass)."""
     device = final.device
     rows = final[:, readout.batch_idx.to(device), readout.pos_idx.to(device)]  # [copy, row, d]
-    logits = project_to_logits(model, rows, readout)  # [copy, row, col]
-    return torch.stack([read(logits[c]).reshape(()) for c in range(logits.shape[0])])
+    values = []
+    for c in range(rows.shape[0]):
+        logits = project_to_logits(model, rows[c : c + 1], readout)  # [1, row, col]
+        values.append(read(logits[0]).reshape(()))
+    return torch.stack(values)

@@ -97,6 +97,27 @@ def test_exact_edge_patching_with_split_positions_matches_the_plain_loop(runs):
     assert reference[s2].abs().max() > 1e-3 and reference[~s2].abs().max() > 1e-3
 
 
+def _softmax_metric(logits):
+    """Reads every logit of the last position (no partial readout can serve it)."""
+    return logits[:, -1].softmax(-1)[:, 1].mean()
+
+
+def _every_position_metric(logits):
+    """Reads two tokens at every position (several positions per prompt: a full readout)."""
+    return (logits[..., 1] - logits[..., 2]).mean()
+
+
+@pytest.mark.parametrize("metric", [_softmax_metric, _every_position_metric])
+def test_exact_edge_patching_matches_the_plain_loop_for_metrics_read_on_every_logit(runs, metric):
+    clean, corrupted = runs
+    model = tiny_model(n_layers=2)
+    graph = EdgeGraph.from_model(model)
+    ours = exact_edge_patching(model, graph, clean, corrupted, metric, edges_per_pass=5)
+    reference = plain_edge_effects(model, graph.edges, clean, corrupted, metric)
+    torch.testing.assert_close(ours.scores, reference, atol=1e-5, rtol=0)
+    assert reference.abs().max() > 1e-3  # the edges move the metric: the check can fail
+
+
 def test_eap_is_the_derivative_of_the_edge_effect_central_differences(runs):
     clean, corrupted = runs
     model = tiny_model(n_layers=3, dtype=torch.float64)
