@@ -30,7 +30,6 @@ from ioi.bench import workload as wl
 from ioi.device import resolve_device
 from ioi.edges import (
     EdgeGraph,
-    EdgeScores,
     compare_edges,
     edge_attribution,
     exact_edge_patching,
@@ -131,11 +130,9 @@ def _agreement_table(graph, chosen, eap, ig, exact, top) -> Table:
     table = Table(title=f"agreement with exact patching on the top {top} edges by |EAP|")
     for col in ("estimate", "Pearson", "Spearman", "top-k", "top-k overlap", "max |error|"):
         table.add_column(col, justify="left" if col == "estimate" else "right")
-    idx = torch.tensor([graph.index(e) for e in chosen.edges])
     k = max(1, top // 10)
     for name, full in (("EAP", eap), (f"EAP-IG ({ig.steps} steps)", ig)):
-        estimate = EdgeScores(chosen, full.scores[idx], full.method, full.steps, full.clean_metric)
-        a = compare_edges(estimate, exact, top_k=k)
+        a = compare_edges(full.subset(chosen), exact, top_k=k)
         table.add_row(
             name, f"{a.pearson:.3f}", f"{a.spearman:.3f}", str(k), f"{a.top_k_overlap:.2f}",
             f"{a.max_abs_error:.2e}",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from jaxtyping import Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
@@ -87,8 +86,7 @@ def agreement_with_exact(
         model, graph, clean_tokens, corrupted_tokens, metric, method=method, steps=steps
     )
     chosen = graph if n_exact is None else graph.subset(full.top(n_exact))
-    idx = torch.tensor([graph.index(e) for e in chosen.edges], dtype=torch.long)
-    estimate = EdgeScores(chosen, full.scores[idx], full.method, full.steps, full.clean_metric)
+    estimate = full.subset(chosen)
     exact = exact_edge_patching(
         model, chosen, clean_tokens, corrupted_tokens, metric, edges_per_pass=edges_per_pass
     )

@@ -19,6 +19,7 @@ The gradient with respect to a receiver's input is taken through ``hook_q_input`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import einops
@@ -37,9 +38,9 @@ from ioi.edges.runs import (
     run_cache,
     split_inputs,
 )
-from ioi.patching.attribution import receiver_gradients
-from ioi.patching.engine import metric_value
+from ioi.patching.attribution import per_prompt_gradients
 from ioi.patching.readout import Metric
+from ioi.statistics import DEFAULT_LEVEL, DEFAULT_RESAMPLES, Estimate, bootstrap
 
 METHODS = ("eap", "eap-ig")
 
@@ -53,7 +54,10 @@ class EdgeScores:
         scores: [edge] ``M(patched) - M(clean)``, estimated or exact.
         method: ``"eap"``, ``"eap-ig"`` or ``"exact"``.
         steps: EAP-IG's number of points (1 for EAP, 0 for exact).
-        clean_metric: ``M(clean)``.
+        clean_metric: ``M(clean)`` (the mean over prompts for a per-prompt metric).
+        per_prompt: [edge, batch] each prompt's own score, when the metric returned one value
+            per prompt (e.g. ``make_logit_diff_metric(..., reduce="none")``); ``scores`` is
+            then their mean. None for a scalar metric.
     """
 
     graph: EdgeGraph
@@ -61,6 +65,37 @@ class EdgeScores:
     method: str
     steps: int
     clean_metric: float
+    per_prompt: Float[Tensor, "edge batch"] | None = None
+
+    def interval(
+        self,
+        *,
+        level: float | int = DEFAULT_LEVEL,
+        resamples: int = DEFAULT_RESAMPLES,
+        seed: int = 0,
+    ) -> Estimate:
+        """Mean, standard error and seeded bootstrap interval over prompts of every edge's
+        score (the same resampled prompts for every edge; `ioi.statistics.bootstrap`).
+
+        Raises:
+            ValueError: the scores have no per-prompt values (a scalar metric was used), or
+                bad bootstrap options.
+        """
+        if self.per_prompt is None:
+            raise ValueError(
+                "these edge scores have no per-prompt values, so no interval: score with a "
+                "per-prompt metric (e.g. make_logit_diff_metric(..., reduce='none'), or any "
+                "metric returning one value per prompt [batch])"
+            )
+        return bootstrap(self.per_prompt, level=level, resamples=resamples, seed=seed)
+
+    def subset(self, edges: EdgeGraph | Sequence[Edge]) -> EdgeScores:
+        """The scores of ``edges`` only (an `EdgeGraph` made by ``self.graph.subset``, or edges
+        of ``self.graph``), as scores of that graph, in its order."""
+        graph = edges if isinstance(edges, EdgeGraph) else self.graph.subset(edges)
+        idx = torch.tensor([self.graph.index(e) for e in graph.edges], dtype=torch.long)
+        rows = None if self.per_prompt is None else self.per_prompt[idx]
+        return EdgeScores(graph, self.scores[idx], self.method, self.steps, self.clean_metric, rows)
 
     def score(self, edge: Edge) -> float:
         """The score of one edge (ValueError if the graph lacks it)."""
@@ -102,7 +137,9 @@ def edge_attribution(
            edge's positions and the batch.
 
     Args:
-        metric: logits -> one number, differentiable (e.g. a mean logit difference).
+        metric: logits -> one number, differentiable (e.g. a mean logit difference), or one
+            value per prompt ([batch]): then each prompt's own scores are kept (``per_prompt``;
+            prompts do not interact, so the gradient of their sum is each prompt's own).
         method: ``"eap"`` or ``"eap-ig"``.
         steps: EAP-IG's number of points (ignored by ``"eap"``).
 
@@ -115,11 +152,12 @@ def edge_attribution(
     steps = 1 if method == "eap" else steps
     clean_logits, clean_acts = run_cache(model, clean)
     _, corrupted_acts = run_cache(model, corrupted)
-    grads = _mean_gradients(model, graph, clean, corrupted_acts, clean_acts, metric, steps)
+    value, grads = _mean_gradients(model, graph, clean, corrupted_acts, clean_acts, metric, steps)
     with torch.no_grad():
-        scores = _products(model, graph, clean_acts, corrupted_acts, grads)
-    value = float(metric_value(metric, clean_logits))
-    return EdgeScores(graph, scores, method, steps, value)
+        rows = _products(model, graph, clean_acts, corrupted_acts, grads)  # [edge, batch]
+    if value.ndim == 0:  # a scalar metric: the batch rows are parts of one sum
+        return EdgeScores(graph, rows.sum(1), method, steps, float(value))
+    return EdgeScores(graph, rows.mean(1), method, steps, float(value.mean()), rows)
 
 
 def _mean_gradients(
@@ -130,12 +168,14 @@ def _mean_gradients(
     clean_acts: dict,
     metric: Metric,
     steps: int,
-) -> dict[str, Tensor]:
-    """Step 2: d metric / d receiver input at each receiver hook, averaged over the points."""
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Step 2: the clean metric (scalar or [batch]) and d metric / d receiver input at each
+    receiver hook, averaged over the points (per prompt for a per-prompt metric)."""
     names = sorted({receiver_hook(model, e.receiver) for e in graph.edges})
     embed = get_act_name("resid_pre", 0)
     e_clean, e_corrupted = clean_acts[embed], corrupted_acts[embed]
     total: dict[str, Tensor] = {}
+    value = None
     for k in range(steps):
         alpha = k / steps
 
@@ -143,10 +183,11 @@ def _mean_gradients(
             return e_clean + alpha * (e_corrupted - e_clean)
 
         with split_inputs(model), model.hooks(fwd_hooks=[(embed, interpolate)]):
-            _, _, grads = receiver_gradients(model, clean, metric, names)
+            point, _, grads = per_prompt_gradients(model, clean, metric, names)
+        value = point if k == 0 else value  # k = 0 is the clean run itself
         for name, g in grads.items():
             total[name] = g if name not in total else total[name] + g
-    return {name: g / steps for name, g in total.items()}
+    return value, {name: g / steps for name, g in total.items()}
 
 
 def _sender_group(sender: EdgeSender) -> tuple[str, int]:
@@ -159,11 +200,13 @@ def _products(
     clean_acts: dict,
     corrupted_acts: dict,
     grads: dict[str, Tensor],
-) -> Float[Tensor, " edge"]:
-    """Step 3: per (sender group, receiver hook, position label), all products at once."""
+) -> Float[Tensor, "edge batch"]:
+    """Step 3: per (sender group, receiver hook, position label), all products at once, each
+    prompt's own (summed over positions and d_model)."""
     deltas: dict[tuple[str, int], Tensor] = {}  # group -> [batch, pos, sender, d_model]
     tables: dict[tuple, Tensor] = {}
-    scores = torch.empty(len(graph.edges), dtype=torch.float64)
+    batch = next(iter(grads.values())).shape[0]
+    scores = torch.empty(len(graph.edges), batch, dtype=torch.float64)
     for i, edge in enumerate(graph.edges):
         group = _sender_group(edge.sender)
         if group not in deltas:
@@ -173,15 +216,14 @@ def _products(
         if key not in tables:
             grad = grads[name]
             grad = grad if grad.ndim == 4 else grad[:, :, None]  # [batch, pos, receiver, d_model]
-            mask = position_mask(graph, edge.pos, grad)
+            if edge.pos is not None:
+                grad = grad * position_mask(graph, edge.pos, grad)[..., None, None]
             tables[key] = (
-                einops.einsum(deltas[group], grad, mask, "b p s d, b p r d, b p -> s r")
-                .double()
-                .cpu()
+                einops.einsum(deltas[group], grad, "b p s d, b p r d -> s r b").double().cpu()
             )
         s = edge.sender.head if edge.sender.kind == "head" else 0
         r = edge.receiver.head if edge.receiver.head is not None else 0
-        scores[i] = tables[key][s, r]
+        scores[i] = tables[key][s, r]  # [batch]
     return scores
 
 

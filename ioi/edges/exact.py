@@ -31,7 +31,7 @@ from ioi.edges.attribution import EdgeScores
 from ioi.edges.graph import Edge, EdgeGraph
 from ioi.edges.runs import check_inputs, position_mask, run_cache, sender_delta
 from ioi.inputs import check_metric_finite
-from ioi.patching.engine import metric_value
+from ioi.patching.engine import metric_output
 from ioi.patching.readout import Metric, MetricOnEntries, Readout, choose_readout, project_to_logits
 from ioi.path_patching.nodes import Receiver
 from ioi.path_patching.receivers import Write, receiver_value, run_with_writes
@@ -54,7 +54,8 @@ def exact_edge_patching(
         3. For each group, passes of up to ``edges_per_pass`` stacked copies, one per edge.
 
     Args:
-        metric: logits -> one number.
+        metric: logits -> one number, or one value per prompt ([batch]): then each prompt's
+            own effect is kept (``per_prompt``, [edge, batch]) and ``scores`` is their mean.
         edges_per_pass: copies stacked in one pass (memory grows linearly with it).
 
     Raises:
@@ -69,7 +70,7 @@ def exact_edge_patching(
     clean, corrupted = check_inputs(model, graph, clean_tokens, corrupted_tokens)
     clean_logits, clean_acts = run_cache(model, clean)
     _, corrupted_acts = run_cache(model, corrupted)
-    base = metric_value(metric, clean_logits)
+    base = metric_output(metric, clean_logits).double().cpu()  # [] or [batch]
     readout, buffer = choose_readout("auto", metric, clean_logits, tuple(clean_logits.shape))
     read = MetricOnEntries(metric, readout, clean_logits.device, clean_logits.dtype, buffer)
     groups: dict[tuple[str, int], list[int]] = {}
@@ -77,7 +78,7 @@ def exact_edge_patching(
         r = edge.receiver
         key = ("heads", r.layer) if r.kind in ("q", "k", "v") else (r.kind, r.layer)
         groups.setdefault(key, []).append(i)
-    values = torch.empty(len(graph.edges), dtype=torch.float64)
+    values = torch.empty(len(graph.edges), *base.shape, dtype=torch.float64)
     with torch.inference_mode():
         for key, indices in groups.items():
             for start in range(0, len(indices), edges_per_pass):
@@ -86,9 +87,11 @@ def exact_edge_patching(
                 deltas = _deltas(model, graph, edges, clean_acts, corrupted_acts)
                 final = _final_residual(model, key, edges, deltas, clean_acts)
                 metrics = _read(model, final, readout, read)
-                values[chunk] = metrics.double() - float(base)
-    check_metric_finite(values, lambda i: f"edge {graph.edges[i]}", base)
-    return EdgeScores(graph, values, "exact", 0, float(base))
+                values[chunk] = metrics.double().reshape(len(chunk), *base.shape) - base
+    check_metric_finite(values, lambda i: f"edge {graph.edges[i]}", float(base.mean()))
+    if base.ndim == 0:
+        return EdgeScores(graph, values, "exact", 0, float(base))
+    return EdgeScores(graph, values.mean(1), "exact", 0, float(base.mean()), values)
 
 
 def _deltas(
@@ -152,7 +155,7 @@ def _final_residual(
 
 def _read(
     model: HookedTransformer, final: Tensor, readout: Readout, read: MetricOnEntries
-) -> Float[Tensor, " copy"]:
+) -> Float[Tensor, " copy *batch"]:
     """The metric of each copy, computing only the logits it reads, one copy at a time (a
     metric read on every logit needs [batch, pos, d_vocab] per copy, not per pass)."""
     device = final.device
@@ -160,5 +163,5 @@ def _read(
     values = []
     for c in range(rows.shape[0]):
         logits = project_to_logits(model, rows[c : c + 1], readout)  # [1, row, col]
-        values.append(read(logits[0]).reshape(()))
+        values.append(read(logits[0]))  # [] or [batch]
     return torch.stack(values)

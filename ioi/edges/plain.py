@@ -40,8 +40,9 @@ def plain_edge_effects(
     positions: Mapping[str, Tensor] | None = None,
     scale: float = 1.0,
     run_hooks: Sequence = (),
-) -> Float[Tensor, " edge"]:
-    """``M(clean with scale * change at the receiver) - M(clean)`` for each edge, one per pass.
+) -> Float[Tensor, " edge *batch"]:
+    """``M(clean with scale * change at the receiver) - M(clean)`` for each edge, one per pass
+    ([edge], or [edge, batch] for a metric that returns one value per prompt).
 
     ``positions``: the graph's label -> [batch] positions, for edges with a ``pos``.
     ``scale``: multiplies each sender's change (``+-eps`` gives central finite differences).
@@ -56,7 +57,8 @@ def plain_edge_effects(
             _, clean_cache = model.run_with_cache(clean)
             _, corrupted_cache = model.run_with_cache(corrupted)
             cfg.use_attn_result = cfg.use_split_qkv_input = cfg.use_hook_mlp_in = False
-            base = float(metric(model.run_with_hooks(clean, fwd_hooks=list(run_hooks))))
+            value = metric(model.run_with_hooks(clean, fwd_hooks=list(run_hooks)))
+            base = torch.as_tensor(value, dtype=torch.float64).cpu()
             out = []
             for edge in edges:
                 s, r = edge.sender, edge.receiver
@@ -84,7 +86,7 @@ def plain_edge_effects(
                     return act
 
                 logits = model.run_with_hooks(clean, fwd_hooks=[*run_hooks, (name, add)])
-                out.append(float(metric(logits)) - base)
+                out.append(torch.as_tensor(metric(logits), dtype=torch.float64).cpu() - base)
     finally:
         cfg.use_split_qkv_input, cfg.use_hook_mlp_in, cfg.use_attn_result = old
-    return torch.tensor(out, dtype=torch.float64)
+    return torch.stack(out) if out else torch.empty(0, *base.shape, dtype=torch.float64)

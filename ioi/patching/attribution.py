@@ -121,6 +121,18 @@ def receiver_gradients(
     return float(value), acts, grads
 
 
+def per_prompt_gradients(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos"],
+    metric: Metric,
+    names: Sequence[str],
+) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """`receiver_gradients` for a metric that returns a scalar or one value per prompt: the
+    metric's value (a 0-d or [batch] tensor), activations, and gradients in which each batch
+    row is that prompt's own gradient (prompts do not interact in the model)."""
+    return _gradients(model, tokens, metric, names, metric_output)
+
+
 def _gradients(
     model: HookedTransformer,
     tokens: Int[Tensor, "batch pos"],

@@ -159,7 +159,7 @@ def edge_results(
     top = graph.subset(scores["eap"].top(k))
     exact = exact_edge_patching(model, top, clean, corrupted, metric)
     agreement = {
-        method: compare_edges(_restrict(est, top), exact, min(s.top_k, k))
+        method: compare_edges(est.subset(top), exact, min(s.top_k, k))
         for method, est in scores.items()
     }
     sizes = sorted({min(c, len(graph)) for c in s.curve} | {len(graph)})
@@ -192,12 +192,6 @@ def edge_results(
         node_heads,
         compare_heads(circuit, node_heads),
     )
-
-
-def _restrict(scores: EdgeScores, graph: EdgeGraph) -> EdgeScores:
-    """``scores`` on the edges of ``graph`` (a subset of its graph), in that order."""
-    idx = torch.tensor([scores.graph.index(e) for e in graph.edges], dtype=torch.long)
-    return EdgeScores(graph, scores.scores[idx], scores.method, scores.steps, scores.clean_metric)
 
 
 # ---- renderers ---------------------------------------------------------------------------

@@ -279,8 +279,10 @@ def test_bad_calls_raise_value_errors_and_leave_no_hooks(runs):
          "batch of 2 prompts, the tokens have 3"),
         (lambda: exact_edge_patching(model, graph, clean, corrupted, logit_diff,
                                      edges_per_pass=0), "edges_per_pass must be an int >= 1"),
-        (lambda: edge_attribution(model, graph, clean, corrupted, lambda x: x[:, -1, 0]),
-         "must return a scalar"),
+        (lambda: edge_attribution(model, graph, clean, corrupted, lambda x: x[:, -1, :2]),
+         "must return a scalar or one value per prompt"),
+        (lambda: exact_edge_patching(model, graph, clean, corrupted, lambda x: x[:, -1, :2]),
+         "must return a scalar or one value per prompt"),
     ]:  # fmt: skip
         with pytest.raises(ValueError, match=message):
             call()
@@ -308,3 +310,58 @@ def test_mismatched_batches_are_a_value_error_in_a_user_session():
     )
     for kind, message in out.values():
         assert kind == "ValueError" and "must have the same shape" in message, message
+
+
+def _per_prompt_diff(logits):
+    """`logit_diff` before the mean: one value per prompt."""
+    return logits[:, -1, 3] - logits[:, -1, 7]
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig"])
+def test_per_prompt_eap_is_each_prompt_alone_and_its_mean_the_scalar_score(runs, method):
+    clean, corrupted = runs
+    model = tiny_model(n_layers=2)
+    graph = EdgeGraph.from_model(model)
+    rows = edge_attribution(model, graph, clean, corrupted, _per_prompt_diff, method=method)
+    scalar = edge_attribution(model, graph, clean, corrupted, logit_diff, method=method)
+    assert rows.per_prompt.shape == (len(graph), clean.shape[0]) and scalar.per_prompt is None
+    torch.testing.assert_close(rows.scores, scalar.scores, atol=1e-6, rtol=0)
+    for b in range(clean.shape[0]):  # independent reference: the prompt scored on its own
+        alone = edge_attribution(
+            model, graph, clean[b : b + 1], corrupted[b : b + 1], logit_diff, method=method
+        )
+        torch.testing.assert_close(rows.per_prompt[:, b], alone.scores, atol=1e-5, rtol=0)
+    assert (rows.per_prompt.std(1) > 1e-3).any()  # prompts differ: the check can fail
+
+
+def test_per_prompt_exact_edge_patching_matches_the_plain_loop_per_prompt(runs):
+    clean, corrupted = runs
+    model = tiny_model(n_layers=2)
+    graph = EdgeGraph.from_model(model)
+    ours = exact_edge_patching(model, graph, clean, corrupted, _per_prompt_diff, edges_per_pass=6)
+    reference = plain_edge_effects(model, graph.edges, clean, corrupted, _per_prompt_diff)
+    assert reference.shape == (len(graph), clean.shape[0])
+    torch.testing.assert_close(ours.per_prompt, reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.scores, reference.mean(1), atol=1e-6, rtol=0)
+    assert (reference.std(1) > 1e-3).any()
+
+
+def test_edge_intervals_are_the_seeded_bootstrap_of_the_per_prompt_scores(runs):
+    from ioi.statistics import bootstrap
+
+    clean, corrupted = runs
+    model = tiny_model(n_layers=2)
+    graph = EdgeGraph.from_model(model)
+    rows = edge_attribution(model, graph, clean, corrupted, _per_prompt_diff)
+    est = rows.interval(seed=3)
+    ref = bootstrap(rows.per_prompt, seed=3)
+    torch.testing.assert_close(est.low, ref.low) and torch.testing.assert_close(est.high, ref.high)
+    torch.testing.assert_close(est.mean, rows.scores.to(est.mean.dtype), atol=1e-9, rtol=0)
+    assert not torch.equal(rows.interval(seed=4).low, est.low)  # the seed matters
+    sub = rows.subset(rows.top(5))
+    torch.testing.assert_close(
+        sub.interval(seed=3).low, est.low[[graph.index(e) for e in sub.graph.edges]]
+    )
+    scalar = edge_attribution(model, graph, clean, corrupted, logit_diff)
+    with pytest.raises(ValueError, match="per-prompt metric"):
+        scalar.interval()
