@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
+from functools import cached_property
 
 import torch
 
@@ -33,8 +34,10 @@ from ioi.edges import (
 from ioi.head import Head, HeadLike
 from ioi.metrics import make_ioi_metric
 from ioi.report import figures as F
+from ioi.report import tables as T
 from ioi.report.analysis import Setup
 from ioi.report.document import Figure, Section, Table
+from ioi.statistics import DEFAULT_LEVEL, Estimate
 
 KEY, TITLE = "edges", "Edge circuits"
 GOOD_AGREEMENT = 0.9  # Spearman at or above this is called "close" in the text
@@ -117,6 +120,11 @@ class EdgeResults:
     node_heads: frozenset[Head]
     overlap: HeadOverlap
 
+    @cached_property
+    def exact_interval(self) -> Estimate:
+        """Mean, SE and seeded bootstrap interval over prompts of each exact edge effect."""
+        return self.exact.interval(level=DEFAULT_LEVEL, seed=0)
+
     @property
     def n_edges(self) -> int:
         return len(self.scores["eap"].graph)
@@ -141,23 +149,21 @@ def edge_results(
     model, ds = setup.model, setup.ds
     n = min(s.prompts, ds.N)
     clean, corrupted = ds.toks[:n], setup.abc.toks[:n]
-    metric = make_ioi_metric(
-        setup.clean_logit_diff,
-        setup.corrupted_logit_diff,
-        ds.answer_tokens[:n],
-        ds.word_idx["end"][:n],
-    )
+    args = (setup.clean_logit_diff, setup.corrupted_logit_diff)
+    args += (ds.answer_tokens[:n], ds.word_idx["end"][:n])
+    metric = make_ioi_metric(*args)
+    per_prompt = make_ioi_metric(*args, reduce="none")  # scores keep each prompt's own
     graph = EdgeGraph.from_model(model)
     with torch.enable_grad():  # the site may call this where gradients are off
         scores = {
             method: edge_attribution(
-                model, graph, clean, corrupted, metric, method=method, steps=s.steps
+                model, graph, clean, corrupted, per_prompt, method=method, steps=s.steps
             )
             for method in METHODS
         }
     k = min(s.exact_edges, len(graph))
     top = graph.subset(scores["eap"].top(k))
-    exact = exact_edge_patching(model, top, clean, corrupted, metric)
+    exact = exact_edge_patching(model, top, clean, corrupted, per_prompt)
     agreement = {
         method: compare_edges(est.subset(top), exact, min(s.top_k, k))
         for method, est in scores.items()
@@ -212,14 +218,18 @@ def agreement_table(r: EdgeResults) -> Table:
 
 
 def top_edges_table(r: EdgeResults) -> Table:
-    """The exactly patched edges (the top by |EAP|) with their three scores."""
+    """The exactly patched edges (the top by |EAP|) with their three scores, and the exact
+    effect's SE and interval over prompts."""
     eap, ig = r.scores["eap"], r.scores["eap-ig"]
+    est = r.exact_interval
     return Table.build(
         f"Top {len(r.exact.graph)} edges by |EAP|",
-        ("edge", "EAP", "EAP-IG", "exact"),
+        ("edge", "EAP", "EAP-IG", "exact", *T.interval_columns(est.level)),
         [
-            (str(e), eap.score(e), ig.score(e), float(v))
-            for e, v in zip(r.exact.graph.edges, r.exact.scores.tolist(), strict=True)
+            (str(e), eap.score(e), ig.score(e), float(v), *T.interval_cells(est, i))
+            for i, (e, v) in enumerate(
+                zip(r.exact.graph.edges, r.exact.scores.tolist(), strict=True)
+            )
         ],
     )
 
@@ -272,6 +282,13 @@ def edges_numbers(r: EdgeResults) -> dict:
         "exact": {
             str(e): v for e, v in zip(r.exact.graph.edges, r.exact.scores.tolist(), strict=True)
         },
+        "exact_interval": {
+            str(e): dict(
+                zip(("se", "low", "high"), T.interval_cells(r.exact_interval, i), strict=True)
+            )
+            for i, e in enumerate(r.exact.graph.edges)
+        },
+        "intervals": T.method_numbers(r.exact_interval),
         "agreement": {
             method: {
                 "n": len(a.exact.graph),
@@ -345,6 +362,7 @@ def edges_text(r: EdgeResults) -> list[str]:
         f"Against the node circuit's {len(r.node_heads)} heads: {len(o.both)} in both, "
         f"{len(o.only_edges)} only in the edge circuit, {len(o.only_nodes)} only in the node "
         f"circuit (Jaccard {o.jaccard:.2f}).",
+        T.interval_sentence(T.method_numbers(r.exact_interval), "The exact effects'"),
     ]
 
 

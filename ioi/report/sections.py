@@ -426,7 +426,7 @@ def section_activation_patching(ctx: ReportContext) -> Section:
             f"{comparison.max_abs_error:.3f} on the metric's scale)."
         )
     if "intervals" in numbers:
-        section.text.append(_interval_sentence(numbers["intervals"], "Every sweep's"))
+        section.text.append(T.interval_sentence(numbers["intervals"], "Every sweep's"))
     section.tables.append(
         Table.build(
             "Largest effects per sweep",
@@ -436,16 +436,6 @@ def section_activation_patching(ctx: ReportContext) -> Section:
     )
     section.numbers = numbers
     return section
-
-
-def _interval_sentence(method: dict, whose: str) -> str:
-    """The one sentence per section that states N and how the intervals were made."""
-    return (
-        f"{whose} intervals are {method['describe']}: the statistic is recomputed on prompts "
-        "drawn with replacement, and the bounds are percentiles of those values. SE is the "
-        "standard error over prompts (of a mean: its sample standard error; of a ratio or an "
-        "absolute value: the spread of the resampled values)."
-    )
 
 
 def _add_sweep(section: Section, numbers: dict, top_rows: list, component: str, result) -> None:
@@ -522,7 +512,7 @@ def section_path_patching(ctx: ReportContext) -> Section:
         )
     )
     estimate = A.heads_to_logits_estimate(ctx.oracle)
-    section.text.append(_interval_sentence(T.method_numbers(estimate), "The direct paths'"))
+    section.text.append(T.interval_sentence(T.method_numbers(estimate), "The direct paths'"))
     section.tables.append(
         T.heads_table(
             to_logits,
@@ -616,7 +606,7 @@ def section_circuit(ctx: ReportContext) -> Section:
     )
     method = T.method_numbers(ratios[0])
     section.text.append(
-        _interval_sentence(method, "The sweep's F(C) / F(M)")
+        T.interval_sentence(method, "The sweep's F(C) / F(M)")
         + " The heads' effects are means over the same prompts, without intervals."
     )
     section.numbers = {
@@ -763,7 +753,7 @@ def section_criteria(ctx: ReportContext) -> Section:
         method = T.method_numbers(faith_intervals["ratio"])
     numbers["intervals"] = method
     section.text.append(
-        _interval_sentence(method, "The criteria's")
+        T.interval_sentence(method, "The criteria's")
         + " Completeness and minimality scores are absolute values, never below 0: read their "
         "intervals' width, not whether they contain 0."
     )

@@ -54,6 +54,17 @@ def interval_numbers(estimate: Estimate) -> dict[str, object]:
     return {"mean": estimate.mean, "se": estimate.se, "low": estimate.low, "high": estimate.high}
 
 
+def interval_sentence(method: dict, whose: str) -> str:
+    """The one sentence per section that states N and how the intervals were made, from
+    `method_numbers`."""
+    return (
+        f"{whose} intervals are {method['describe']}: the statistic is recomputed on prompts "
+        "drawn with replacement, and the bounds are percentiles of those values. SE is the "
+        "standard error over prompts (of a mean: its sample standard error; of a ratio or an "
+        "absolute value: the spread of the resampled values)."
+    )
+
+
 def method_numbers(estimate: Estimate) -> dict[str, object]:
     """How an estimate's intervals were made, for ``results.json`` (stated once per section)."""
     return {

@@ -47,16 +47,23 @@ def direct(ctx):
         ds.answer_tokens[:n],
         ds.word_idx["end"][:n],
     )
+    per_prompt = make_ioi_metric(
+        setup.clean_logit_diff,
+        setup.corrupted_logit_diff,
+        ds.answer_tokens[:n],
+        ds.word_idx["end"][:n],
+        reduce="none",
+    )
     clean, corrupted = ds.toks[:n], setup.abc.toks[:n]
     graph = EdgeGraph.from_model(ctx.model)
-    eap = edge_attribution(ctx.model, graph, clean, corrupted, metric, method="eap")
+    eap = edge_attribution(ctx.model, graph, clean, corrupted, per_prompt, method="eap")
     ig = edge_attribution(
-        ctx.model, graph, clean, corrupted, metric, method="eap-ig", steps=SETTINGS.steps
+        ctx.model, graph, clean, corrupted, per_prompt, method="eap-ig", steps=SETTINGS.steps
     )
     top = eap.top(SETTINGS.exact_edges)
-    exact = exact_edge_patching(ctx.model, graph.subset(top), clean, corrupted, metric)
+    exact = exact_edge_patching(ctx.model, graph.subset(top), clean, corrupted, per_prompt)
     return {
-        "metric": metric, "clean": clean, "corrupted": corrupted, "graph": graph,
+        "metric": metric, "per_prompt": per_prompt, "clean": clean, "corrupted": corrupted, "graph": graph,
         "eap": eap, "eap-ig": ig, "top": top, "exact": exact,
     }  # fmt: skip
 
@@ -66,16 +73,22 @@ def table(section, title):
 
 
 def test_top_edges_table_is_edge_attribution_and_the_plain_per_edge_loop(section, direct, ctx):
+    from ioi.statistics import bootstrap
+
     t = table(section, "Top")
-    assert t.columns == ("edge", "EAP", "EAP-IG", "exact")
+    assert t.columns == ("edge", "EAP", "EAP-IG", "exact", "SE", "95% low", "95% high")
     assert [row[0] for row in t.rows] == [str(e) for e in direct["top"]]
     plain = plain_edge_effects(
-        ctx.model, direct["top"], direct["clean"], direct["corrupted"], direct["metric"]
-    )
-    for row, edge, reference in zip(t.rows, direct["top"], plain.tolist(), strict=True):
+        ctx.model, direct["top"], direct["clean"], direct["corrupted"], direct["per_prompt"]
+    )  # [edge, prompt], one edge per hooked pass
+    ref = bootstrap(plain, seed=0)
+    for i, (row, edge) in enumerate(zip(t.rows, direct["top"], strict=True)):
         assert row[1] == pytest.approx(direct["eap"].score(edge), abs=1e-6)
         assert row[2] == pytest.approx(direct["eap-ig"].score(edge), abs=1e-6)
-        assert row[3] == pytest.approx(reference, abs=1e-4)
+        assert row[3] == pytest.approx(float(plain[i].mean()), abs=1e-4)
+        for cell, bound in zip(row[4:], (ref.se, ref.low, ref.high), strict=True):
+            assert cell == pytest.approx(float(bound[i]), abs=1e-4)
+    assert all(row[5] < row[6] for row in t.rows)  # intervals over prompts, not points
     assert any(abs(row[1] - row[2]) > 1e-3 for row in t.rows), "EAP-IG must not be EAP"
     numbers = section.numbers
     assert len(numbers["scores"]) == len(direct["graph"]) == numbers["n_edges"]

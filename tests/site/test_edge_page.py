@@ -40,7 +40,7 @@ def test_edge_page_shows_the_agreement_table_and_the_curve(page, toy_model):
     expected = agreement.to_frame()
     assert list(shown["estimate"]) == ["eap", "eap-ig"]
     assert shown["Spearman"].tolist() == pytest.approx(expected["Spearman"].tolist(), abs=1e-6)
-    assert ["edge", "EAP", "EAP-IG", "exact"] in columns
+    assert ["edge", "EAP", "EAP-IG", "exact", "SE", "95% low", "95% high"] in columns
     assert ["set", "heads", "count"] in columns
     charts = page.get("plotly_chart")
     assert len(charts) == 1 and "Faithfulness of the top n edges" in charts[0].proto.spec
