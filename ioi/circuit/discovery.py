@@ -12,10 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
 from ioi.circuit.oracle import PathPatchingOracle
 from ioi.circuit.spec import Circuit
 from ioi.head import Head
 from ioi.path_patching import RECEIVER_INPUTS, Receiver, Sender, all_head_senders
+from ioi.statistics import Estimate, bootstrap
 
 POSITION_KEYS = ("IO", "IO+1", "S1", "S1+1", "S2", "end")
 """Where a head's output may matter; the one carrying most of its effect is kept."""
@@ -46,6 +51,8 @@ class HeadFinding:
     position_effects: Mapping[str, float]
     attention: Mapping[str, float]
     cls: str = ""
+    per_prompt: Float[Tensor, " row"] | None = field(default=None, compare=False, repr=False)
+    """Each prompt's effect along the edge that found the head (its mean is ``effect``)."""
 
     @property
     def attends_to(self) -> str:
@@ -65,6 +72,10 @@ class DiscoveredCircuit:
     circuit: Circuit | None  # None when no head passes the threshold
     edges: tuple[Edge, ...]
     findings: tuple[HeadFinding, ...] = field(default=())
+    effects: Estimate | None = field(default=None, compare=False, repr=False)
+    """The findings' effects over prompts, [finding] in the order of ``findings``: mean,
+    standard error and seeded bootstrap interval (None without findings or per-prompt
+    effects, e.g. a circuit given by hand, or fewer than 2 prompts)."""
 
     def heads(self) -> frozenset[Head]:
         """Every head found."""
@@ -197,17 +208,31 @@ def build_circuit(findings: Sequence[HeadFinding], name: str) -> Circuit | None:
 # ---- orchestrator ------------------------------------------------------------------------
 
 
+def _request(edge: Edge) -> tuple:
+    """The oracle request whose answer is the edge's effect (`find_output_heads`,
+    `find_senders_many`)."""
+    targets = (
+        None
+        if edge.input == "logits"
+        else [Receiver(layer, h, edge.input) for layer, h in edge.receivers]
+    )
+    return ([Sender("head", *edge.sender)], targets, None, edge.receiver_position)
+
+
 def _findings_for(oracle: PathPatchingOracle, edges: Sequence[Edge]) -> list[HeadFinding]:
     """Steps 3-4 for edges: each edge places its sender at one position; one finding per
     (head, position), from the strongest edge there. A head can thus act at two positions."""
     best: dict[tuple[Head, str], HeadFinding] = {}
-    for edge, effects in zip(edges, best_positions(oracle, edges), strict=True):
+    per_prompt = oracle.per_prompt_many([_request(e) for e in edges])  # memoised: no new pass
+    for edge, effects, values in zip(edges, best_positions(oracle, edges), per_prompt, strict=True):
         position = max(effects, key=lambda k: abs(effects[k]))
         key = (edge.sender, position)
         if key in best and abs(best[key].effect) >= abs(edge.effect):
             continue
         attention = oracle.attention(edge.sender, position, SOURCE_KEYS)
-        finding = HeadFinding(edge.sender, edge.input, edge.effect, position, effects, attention)
+        finding = HeadFinding(
+            edge.sender, edge.input, edge.effect, position, effects, attention, "", values[0]
+        )
         best[key] = replace(finding, cls=name_head(finding))
     return list(best.values())
 
@@ -232,7 +257,8 @@ def discover_circuit(
         threshold: minimum ``|effect|`` on the normalised metric (1 = the whole IOI-ABC gap).
 
     Returns:
-        The circuit (None if no output head passes), its edges and per-head evidence.
+        The circuit (None if no output head passes), its edges and per-head evidence, with
+        each head's effect over prompts (``effects``: SE and bootstrap interval).
     """
     if not threshold > 0:
         raise ValueError(
@@ -257,4 +283,11 @@ def discover_circuit(
             break
     ordered = tuple(sorted(findings.values(), key=lambda f: (f.head, f.position)))
     circuit = build_circuit(ordered, name=f"discovered (threshold {threshold:g})")  # 5.
-    return DiscoveredCircuit(threshold, circuit, tuple(edges), ordered)
+    return DiscoveredCircuit(threshold, circuit, tuple(edges), ordered, _estimate(ordered))
+
+
+def _estimate(findings: Sequence[HeadFinding]) -> Estimate | None:
+    """The findings' per-prompt effects as one [finding] `Estimate` (default seed and level)."""
+    if not findings or len(findings[0].per_prompt) < 2:
+        return None
+    return bootstrap(torch.stack([f.per_prompt for f in findings]))

@@ -17,7 +17,13 @@ from transformer_lens import ActivationCache, HookedTransformer
 from transformer_lens.utilities import get_act_name
 
 from ioi.dataset import IOIDataset
-from ioi.metrics import Metric, answer_logit_diffs, logits_to_ave_logit_diff, make_normaliser
+from ioi.metrics import (
+    Metric,
+    _check_reduce,
+    answer_logit_diffs,
+    logits_to_ave_logit_diff,
+    make_normaliser,
+)
 from ioi.path_patching import (
     Readout,
     Receiver,
@@ -37,19 +43,23 @@ def make_rows_ioi_metric(
     answer_tokens: Int[Tensor, "batch 2"],
     positions: Int[Tensor, " batch"],
     rows: Int[Tensor, " row"] | None = None,
+    reduce: str = "mean",
 ) -> Metric:
     """The normalised IOI metric (1 = clean, 0 = corrupted) over a subset of the prompts.
 
     The metric takes logits of the whole batch and reads only ``rows`` (all if None), at each
     row's position, so one set of caches serves every subset (e.g. a template family).
     The logit difference is `ioi.metrics.answer_logit_diffs` and the normalisation
-    `ioi.metrics.make_normaliser`, both as in `ioi.metrics.make_ioi_metric`.
+    `ioi.metrics.make_normaliser`, both as in `ioi.metrics.make_ioi_metric`; ``reduce="none"``
+    gives one value per row ([row], in the order of ``rows``), as there.
     """
+    per_prompt = _check_reduce(reduce)
     normalise = make_normaliser(clean_logit_diff, corrupted_logit_diff)
     keep = torch.arange(len(answer_tokens)) if rows is None else rows.cpu()
 
-    def rows_ioi_metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
-        return normalise(answer_logit_diffs(logits, answer_tokens, positions, keep).mean())
+    def rows_ioi_metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, "*row"]:
+        diffs = answer_logit_diffs(logits, answer_tokens, positions, keep)
+        return normalise(diffs if per_prompt else diffs.mean())
 
     return rows_ioi_metric
 
@@ -58,7 +68,14 @@ class PathPatchingOracle:
     """Memoised path-patching effects: ``metric(patched) - metric(clean)`` per sender.
 
     Effects are memoised per sender (and receivers and positions), so a request that shares
-    senders with an earlier one (e.g. at a smaller threshold) computes only the new ones.
+    senders with an earlier one (e.g. at a smaller threshold) computes only the new ones. The
+    key holds only the receivers that can see the sender (above its layer), in one order: a
+    sender's path into heads ``{5.1, 9.9}`` *is* its path into ``{9.9}`` if it sits in layer 5
+    to 8, so discovery's groups of receivers, which change from threshold to threshold, share
+    many answers.
+    The memo keeps each prompt's effect (`per_prompt_many`); `effects` are their means (the
+    normalisation is affine, so the mean of per-prompt values is the metric of the mean), and
+    `ioi.statistics.bootstrap` of the per-prompt effects gives their intervals.
 
     With the normalised metric an effect of -1 means the sender alone carries the whole gap
     between the IOI and the ABC logit difference; effects near 0 mean no effect.
@@ -86,6 +103,9 @@ class PathPatchingOracle:
         corrupted = _logit_diff_from_cache(model, self.corrupted_cache, ioi, self.rows)
         self.clean_logit_diff, self.corrupted_logit_diff = clean, corrupted
         self.metric = make_rows_ioi_metric(clean, corrupted, answers, end, self.rows)
+        self.per_prompt_metric = make_rows_ioi_metric(
+            clean, corrupted, answers, end, self.rows, reduce="none"
+        )
         # The metric reads each row's end position and the answer columns: no detection needed.
         self.readout = Readout(
             batch_idx=self.rows,
@@ -94,7 +114,7 @@ class PathPatchingOracle:
             shape=(ioi.N, ioi.toks.shape[1], model.cfg.d_vocab),
         )
         self.baseline = 1.0  # the normalised metric of the unpatched run, by construction
-        self._memo: dict[tuple, Tensor] = {}  # (sender, receivers, positions) -> effect
+        self._memo: dict[tuple, Tensor] = {}  # (sender, receivers, positions) -> [row] effects
         self.track: Track | None = None  # wraps the engine's passes, e.g. with a progress bar
 
     def for_rows(self, rows: Int[Tensor, " row"]) -> PathPatchingOracle:
@@ -119,14 +139,19 @@ class PathPatchingOracle:
 
     def effects_many(self, requests: Sequence[Request]) -> list[Float[Tensor, " sender"]]:
         """`effects` for many ``(senders, receivers, sender_positions, receiver_positions)``
-        requests at once: each sender's effect is memoised on its own, and those not known yet
+        requests at once: the means over prompts of `per_prompt_many`."""
+        return [values.mean(-1) for values in self.per_prompt_many(requests)]
+
+    def per_prompt_many(self, requests: Sequence[Request]) -> list[Float[Tensor, "sender row"]]:
+        """Each prompt's effect (one column per row of the oracle, in the order of ``rows``) for
+        many requests: each sender's effects are memoised on their own, and those not known yet
         are computed together, in as few stacked passes as the engine can make of them."""
         to_logits: dict[tuple, dict[Sender, None]] = {}  # positions -> senders (ordered set)
         to_heads: dict[tuple, PathQuery] = {}
         for senders, receivers, sp, rp in requests:
-            targets = tuple(receivers or ())
             for s in senders:
-                key = (s, targets, sp, rp)
+                key = _key(s, receivers, sp, rp)
+                targets = key[1]
                 if key in self._memo:
                     continue
                 if targets:
@@ -136,7 +161,7 @@ class PathPatchingOracle:
         for (sp, rp), senders in to_logits.items():
             values = path_patch(
                 self.model,
-                self.metric,
+                self.per_prompt_metric,
                 self.abc,
                 self.ioi,
                 list(senders),
@@ -145,13 +170,13 @@ class PathPatchingOracle:
                 sender_positions=sp,
                 receiver_positions=rp,
                 readout=self.readout,
-            )
+            )  # [sender, row]
             for s, v in zip(senders, values, strict=True):
                 self._memo[(s, (), sp, rp)] = v - self.baseline
         if to_heads:
             values = path_patch_queries(
                 self.model,
-                self.metric,
+                self.per_prompt_metric,
                 self.abc,
                 self.ioi,
                 list(to_heads.values()),
@@ -159,11 +184,11 @@ class PathPatchingOracle:
                 clean_cache=self.clean_cache,
                 readout=self.readout,
                 track=self.track,
-            )
+            )  # [query, row]
             for key, v in zip(to_heads, values, strict=True):
                 self._memo[key] = v - self.baseline
         return [
-            torch.stack([self._memo[(s, tuple(rs or ()), sp, rp)] for s in senders])
+            torch.stack([self._memo[_key(s, rs, sp, rp)] for s in senders])
             for senders, rs, sp, rp in requests
         ]
 
@@ -180,6 +205,17 @@ class PathPatchingOracle:
         out = {src: float(pattern[rows, d, idx[src][self.rows]].mean()) for src in sources}
         out["previous"] = float(pattern[rows, d, (d - 1).clamp(min=0)].mean())
         return out
+
+
+def _key(
+    sender: Sender, receivers: Sequence[Receiver] | None, sp: str | None, rp: str | None
+) -> tuple:
+    """The memo key of a sender's effect: the receivers above its layer, sorted (those at or
+    below it see no change, and the receivers are patched together, in no order); all of
+    them where none is above, so that the engine refuses the question as before."""
+    above = [r for r in receivers or () if r.layer > sender.layer] or list(receivers or ())
+    order = sorted(set(above), key=lambda r: (r.layer, r.head, r.input))
+    return (sender, tuple(order), sp, rp)
 
 
 def _patterns(model: HookedTransformer, toks: Tensor) -> ActivationCache:

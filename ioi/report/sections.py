@@ -571,10 +571,26 @@ def section_circuit(ctx: ReportContext) -> Section:
         section.tables.append(
             Table.build(
                 "Why each head is in",
-                ("head", "class", "found via", "effect", "kept at", "attends to"),
+                (
+                    "head",
+                    "class",
+                    "found via",
+                    "effect",
+                    *(T.interval_columns(found.effects.level) if found.effects else ()),
+                    "kept at",
+                    "attends to",
+                ),
                 [
-                    (str(f.head), f.cls, f.role, f.effect, f.position, f.attends_to)
-                    for f in found.findings
+                    (
+                        str(f.head),
+                        f.cls,
+                        f.role,
+                        f.effect,
+                        *(T.interval_cells(found.effects, i) if found.effects else ()),
+                        f.position,
+                        f.attends_to,
+                    )
+                    for i, f in enumerate(found.findings)
                 ],
             )
         )
@@ -606,8 +622,7 @@ def section_circuit(ctx: ReportContext) -> Section:
     )
     method = T.method_numbers(ratios[0])
     section.text.append(
-        T.interval_sentence(method, "The sweep's F(C) / F(M)")
-        + " The heads' effects are means over the same prompts, without intervals."
+        T.interval_sentence(method, "The sweep's F(C) / F(M) and the heads' effects")
     )
     section.numbers = {
         "threshold": chosen.threshold,
@@ -619,10 +634,15 @@ def section_circuit(ctx: ReportContext) -> Section:
                 "class": f.cls,
                 "role": f.role,
                 "effect": f.effect,
+                "effect_interval": (
+                    {k: float(v[i]) for k, v in T.interval_numbers(found.effects).items()}
+                    if found.effects
+                    else None
+                ),
                 "position": f.position,
                 "attends_to": f.attends_to,
             }
-            for f in found.findings
+            for i, f in enumerate(found.findings)
         ],
         "sweep": [
             {

@@ -426,3 +426,26 @@ def test_threshold_sweep_table_gives_each_circuits_faithfulness_interval(report,
             [float(expected.se), float(expected.low), float(expected.high)], abs=1e-5
         )
         assert point["faithfulness_interval"]["low"] == pytest.approx(got[1], abs=1e-9)
+
+
+def test_why_each_head_is_in_gives_each_effects_interval(report, toy_model):
+    """The table's SE and interval are the discovered circuit's `effects` (checked against
+    direct path patching and `bootstrap` in tests/circuit), and results.json carries them."""
+    ds, abc = prompts(toy_model, N)
+    circuit_numbers = numbers(report, "circuit")
+    found = discover_circuit(PathPatchingOracle(toy_model, ds, abc), circuit_numbers["threshold"])
+    columns, rows = table(report, "circuit", "Why each head is in")
+    assert columns[3:7] == ["effect", *INTERVAL_COLUMNS]
+    assert len(rows) == len(found.findings) > 0 and found.effects.n == N
+    for i, (row, finding) in enumerate(zip(rows, found.findings, strict=True)):
+        assert row["head"] == str(finding.head)
+        assert row["effect"] == pytest.approx(finding.effect, abs=1e-5)
+        want = [
+            float(found.effects.se[i]),
+            float(found.effects.low[i]),
+            float(found.effects.high[i]),
+        ]
+        assert [row[c] for c in INTERVAL_COLUMNS] == pytest.approx(want, abs=1e-5)
+        assert row["95% low"] <= row["effect"] <= row["95% high"]
+    interval = circuit_numbers["findings"][0]["effect_interval"]
+    assert interval["low"] == pytest.approx(rows[0]["95% low"], abs=1e-9)
