@@ -3,7 +3,7 @@
 TransformerLens 3.9 writes ``LayerNorm`` as six elementwise steps (centre, square, mean, add,
 root, divide, then scale and shift) and GPT-2's ``gelu_new`` as seven, each a full pass over its
 activation. On a CPU those passes are memory-bound and cost nearly as much as the matrix products
-of a block (`python -m ioi.bench patching` with ``--profile``). Here a block runs the same
+of a block (``python -m ioi.bench patching --profile`` lists them). Here a block runs the same
 computation with ``torch.nn.functional.layer_norm`` and ``torch.nn.functional.gelu``, one fused
 kernel each, equal to TransformerLens's up to float rounding. Every hook point a block owns is
 still called, so hooks fire as usual; a LayerNorm whose ``hook_scale`` or ``hook_normalized`` has
