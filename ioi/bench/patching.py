@@ -15,6 +15,7 @@ table says so), and the difference column then covers those sites only.
 
 ``--quick`` (for CPUs) uses 4 prompts, a 12-site TransformerLens sample, and only the two headline
 sweeps (``attn_head_out_all_pos`` and ``resid_pre``) unless ``--only`` names others.
+``--profile`` runs ours once more per row under cProfile and prints where its time goes.
 
 Examples:
     python -m ioi.bench patching                      # N=100, every function, full TL timing
@@ -28,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import io
 import math
+import pstats
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -138,11 +141,13 @@ def bench_one(
     tl_sites: int | None,
     seed: int,
     metric_kind: str = "declared",
+    profile: bool = False,
 ) -> Row:
     """Time ours on the whole sweep and TransformerLens on all or a sample of its sites.
 
     The two alternate, ``repeats`` times each, and the best time of each counts, so a change in
-    machine load mid-run hits both sides alike.
+    machine load mid-run hits both sides alike. ``profile`` prints a cProfile of one more run
+    of ours.
     """
     ours_fn = getattr(ours, f"get_act_patch_{name}")
     ours_best = tl_best = math.inf
@@ -155,7 +160,18 @@ def bench_one(
         seconds, diff, scale, note = _time_transformer_lens(name, *args, tl_sites, seed)
         tl_best = min(tl_best, seconds)
     total = ours_result.numel()
+    if profile:
+        _print_profile(lambda: ours_fn(model, corrupted, cache, metric), f"{name}, {metric_kind}")
     return Row(name, metric_kind, total, tl_best, ours_best, diff, scale, note)
+
+
+def _print_profile(fn: Callable[[], Tensor], what: str, top: int = 15) -> None:
+    """One more (untimed) run of ours under cProfile; prints the functions with most own time."""
+    profiler = cProfile.Profile()
+    with torch.inference_mode():
+        profiler.runcall(fn)
+    print(f"cProfile of ours ({what}), by own time:")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
 
 
 def _time_transformer_lens(
@@ -270,6 +286,11 @@ def add_arguments(patching: argparse.ArgumentParser) -> None:
         "ioi.metrics, a plain lambda, or ARENA's ioi_metric shape (see bench_metric)",
     )
     patching.add_argument(
+        "--profile",
+        action="store_true",
+        help="after timing, run ours once more under cProfile and print where the time goes",
+    )
+    patching.add_argument(
         "--geometry",
         choices=list(GEOMETRIES),
         default="gpt2-small",
@@ -321,6 +342,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                     tl_sites,
                     args.seed,
                     metric_kind=kind,
+                    profile=args.profile,
                 )
             )
             console.print(f"done: {name}, {kind} metric", style="dim")

@@ -123,7 +123,8 @@ def run_receiver(
     if shortformer is not None:
         extras["shortformer_pos_embed"] = shortformer
     with model.hooks(fwd_hooks=[(name, keep) for name in sorted(wanted)]):
-        logits = logits_from_layer(model, residual, 0, **extras)
+        # TransformerLens's own modules, so the baseline is bitwise the model's output
+        logits = logits_from_layer(model, residual, 0, fused=False, **extras)
     return ReceiverRun(
         tokens=tokens,
         logits=logits,

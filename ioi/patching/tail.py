@@ -23,20 +23,33 @@ from transformer_lens.components import TransformerBlock, Unembed
 from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURES
 from transformer_lens.utilities import apply_softcap
 
+from ioi.patching.blocks import block_forward, mlp_out, norm, run_blocks
+
 # Architectures whose attention changes keys inside `forward`, after ``hook_k`` and after the
 # projection `last_block_at_rows` computes them with.
 KEYS_CHANGED_IN_FORWARD = {"OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM"}
 
 
 def logits_from_layer(
-    model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"], layer: int, **kwargs
+    model: HookedTransformer,
+    resid: Float[Tensor, "batch pos d_model"],
+    layer: int,
+    fused: bool = True,
+    **kwargs,
 ) -> Float[Tensor, "batch pos d_vocab"]:
-    """``model(resid, start_at_layer=layer, **kwargs)``, without copying ``W_U`` per call."""
+    """``model(resid, start_at_layer=layer, **kwargs)``, without copying ``W_U`` per call.
+
+    ``fused`` runs the blocks with fused norms and activations (`ioi.patching.blocks`); False
+    runs TransformerLens's own modules, bitwise what ``model(tokens)`` computes.
+    """
     if type(model.unembed) is not Unembed:
         return model(resid, start_at_layer=layer, **kwargs)
-    final = model(resid, start_at_layer=layer, stop_at_layer=model.cfg.n_layers, **kwargs)
+    if fused:
+        final = run_blocks(model, resid, layer, model.cfg.n_layers, **kwargs)
+    else:
+        final = model(resid, start_at_layer=layer, stop_at_layer=model.cfg.n_layers, **kwargs)
     if model.cfg.normalization_type is not None:
-        final = model.ln_final(final)
+        final = norm(model.ln_final, final) if fused else model.ln_final(final)
     unembed = model.unembed
     x = unembed.hook_in(final)
     flat = torch.addmm(unembed.b_U, x.reshape(-1, x.shape[-1]), unembed.W_U)  # [batch*pos, d_vocab]
@@ -70,7 +83,7 @@ def logits_at_rows(
     if layer <= last and last_block_shortcut_applies(model):
         before = resid
         if layer < last:
-            before = model(resid, start_at_layer=layer, stop_at_layer=last, **kwargs)
+            before = run_blocks(model, resid, layer, last, **kwargs)
         picked = last_block_at_rows(
             model,
             before,
@@ -79,11 +92,11 @@ def logits_at_rows(
             attention_mask=kwargs.get("attention_mask"),
         )
     else:
-        final = model(resid, start_at_layer=layer, stop_at_layer=model.cfg.n_layers, **kwargs)
+        final = run_blocks(model, resid, layer, model.cfg.n_layers, **kwargs)
         index = torch.arange(final.shape[0], device=final.device)
         picked = final[index, rows].unsqueeze(1)  # [batch, 1, d_model]: the norm is per position
     if model.cfg.normalization_type is not None:
-        picked = model.ln_final(picked)
+        picked = norm(model.ln_final, picked)
     W_U, b_U = model.unembed.W_U, model.unembed.b_U
     if vocab is not None:
         W_U, b_U = W_U[:, vocab], b_U[vocab]
@@ -132,7 +145,7 @@ def last_block_at_rows(
     """
     block = model.blocks[-1]
     batch, n_new = resid.shape[:2]
-    normed = block.ln1(resid)
+    normed = norm(block.ln1, resid)
     _, keys, values = block.attn.calculate_qkv_matrices(normed[:, :1], normed, normed)
     n_prefix = 0
     if past_kv_cache is not None:
@@ -152,7 +165,8 @@ def last_block_at_rows(
     mask = torch.cat([earlier, own], dim=1).long()
     cache_entry = TransformerLensKeyValueCacheEntry(keys, values, frozen=True)
     row = resid[index, rows].unsqueeze(1)  # [batch, 1, d_model]
-    return block(row, past_kv_cache_entry=cache_entry, attention_mask=mask)
+    last = model.cfg.n_layers - 1
+    return block_forward(model, last, row, past_kv_cache_entry=cache_entry, attention_mask=mask)
 
 
 def block_after_z_applies(model: HookedTransformer, layer: int) -> bool:
@@ -200,5 +214,5 @@ def block_after_z(
     flat_z = z.reshape(*z.shape[:2], -1)  # [batch, pos, head * d_head], head-major like w
     attn_out = block.hook_attn_out(F.linear(flat_z, w, attn.b_O))
     resid_mid = block.hook_resid_mid(resid_pre + attn_out)
-    mlp_out = block.apply_mlp(block.ln2(resid_mid))  # calls hook_mlp_out itself
-    return block.hook_resid_post(resid_mid + mlp_out)
+    mlp = mlp_out(block, norm(block.ln2, resid_mid))  # calls hook_mlp_out itself
+    return block.hook_resid_post(resid_mid + mlp)

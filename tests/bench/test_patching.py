@@ -78,3 +78,16 @@ def test_prompts_share_bos_and_weights_are_seeded():
 def test_bad_arguments_exit_with_status_2(capsys):
     assert bench.main(["patching", "--device", "tpu"]) == bench.EXIT_USAGE
     assert "unknown device" in capsys.readouterr().out
+
+
+def test_profile_prints_where_our_time_goes(setup, capsys):
+    model, corrupted, cache = setup
+    device = torch.device("cpu")
+    args = ("attn_head_out_all_pos", model, corrupted, cache, logit_diff, device, 1, 4, 0)
+    patching.bench_one(*args, profile=False)
+    assert "cProfile" not in capsys.readouterr().out
+    row = patching.bench_one(*args, profile=True)
+    out = capsys.readouterr().out
+    assert "cProfile of ours (attn_head_out_all_pos, declared)" in out
+    assert "tottime" in out and "function calls" in out
+    assert row.max_abs_diff < 1e-4
