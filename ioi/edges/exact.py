@@ -31,6 +31,7 @@ from ioi.edges.attribution import EdgeScores
 from ioi.edges.graph import Edge, EdgeGraph
 from ioi.edges.runs import check_inputs, position_mask, run_cache, sender_delta
 from ioi.inputs import check_metric_finite
+from ioi.patching.blocks import run_blocks
 from ioi.patching.engine import metric_output
 from ioi.patching.readout import Metric, MetricOnEntries, Readout, choose_readout, project_to_logits
 from ioi.path_patching.nodes import Receiver
@@ -85,8 +86,8 @@ def exact_edge_patching(
                 chunk = indices[start : start + edges_per_pass]
                 edges = [graph.edges[i] for i in chunk]
                 deltas = _deltas(model, graph, edges, clean_acts, corrupted_acts)
-                final = _final_residual(model, key, edges, deltas, clean_acts)
-                metrics = _read(model, final, readout, read)
+                rows = _readout_residual(model, key, edges, deltas, clean_acts, readout)
+                metrics = _read(model, rows, readout, read)
                 values[chunk] = metrics.double().reshape(len(chunk), *base.shape) - base
     check_metric_finite(values, lambda i: f"edge {graph.edges[i]}", float(base.mean()))
     if base.ndim == 0:
@@ -110,19 +111,24 @@ def _deltas(
     return torch.stack(out)
 
 
-def _final_residual(
+def _readout_residual(
     model: HookedTransformer,
     key: tuple[str, int],
     edges: Sequence[Edge],
     deltas: Tensor,
     clean_acts: dict,
-) -> Float[Tensor, "copy batch pos d_model"]:
-    """The final residual of each copy, with its edge's change at its receiver."""
+    readout: Readout,
+) -> Float[Tensor, "copy row d_model"]:
+    """The final residual of each copy at the readout's entries, with its edge's change at its
+    receiver (the blocks after it through `ioi.patching.blocks`)."""
     kind, layer = key
     n_copies, batch, n_pos, d_model = deltas.shape
     last = model.cfg.n_layers - 1
+    device = deltas.device
+    read_b, read_p = readout.batch_idx.to(device), readout.pos_idx.to(device)
     if kind == "logits":
-        return clean_acts[get_act_name("resid_post", last)][None] + deltas
+        final = clean_acts[get_act_name("resid_post", last)][None] + deltas
+        return final[:, read_b, read_p]
     if kind == "mlp":
         block = model.blocks[layer]
         mlp_in = "resid_pre" if model.cfg.parallel_attn_mlp else "resid_mid"
@@ -132,9 +138,8 @@ def _final_residual(
         x = (clean_acts[get_act_name("resid_post", layer)][None] + change).reshape(
             -1, n_pos, d_model
         )
-        for later in range(layer + 1, model.cfg.n_layers):
-            x = model.blocks[later](x)
-        return x.reshape(deltas.shape)
+        x = run_blocks(model, x, layer + 1, model.cfg.n_layers)
+        return x.reshape(deltas.shape)[:, read_b, read_p]
     resid_pre = clean_acts[get_act_name("resid_pre", layer)]
     rows_b = torch.arange(batch, device=deltas.device).repeat_interleave(n_pos)  # [batch * pos]
     rows_p = torch.arange(n_pos, device=deltas.device).repeat(batch)  # [batch * pos]
@@ -150,16 +155,15 @@ def _final_residual(
         flat_b = (idx * batch + rows_b[None]).flatten()  # [copy * batch * pos] stacked prompt
         flat_p = rows_p.repeat(len(copies))
         writes.append(Write(receiver, flat_b, flat_p, value.reshape(-1, value.shape[-1])))
-    return run_with_writes(model, resid_pre, layer, writes, n_copies)
+    return run_with_writes(model, resid_pre, layer, writes, n_copies, read=(read_b, read_p))
 
 
 def _read(
-    model: HookedTransformer, final: Tensor, readout: Readout, read: MetricOnEntries
+    model: HookedTransformer, rows: Tensor, readout: Readout, read: MetricOnEntries
 ) -> Float[Tensor, " copy *batch"]:
-    """The metric of each copy, computing only the logits it reads, one copy at a time (a
-    metric read on every logit needs [batch, pos, d_vocab] per copy, not per pass)."""
-    device = final.device
-    rows = final[:, readout.batch_idx.to(device), readout.pos_idx.to(device)]  # [copy, row, d]
+    """The metric of each copy from its final residual at the readout's entries ([copy, row,
+    d_model]), computing only the logits it reads, one copy at a time (a metric read on every
+    logit needs [batch, pos, d_vocab] per copy, not per pass)."""
     values = []
     for c in range(rows.shape[0]):
         logits = project_to_logits(model, rows[c : c + 1], readout)  # [1, row, col]

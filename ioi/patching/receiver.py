@@ -17,7 +17,8 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 from transformer_lens.utilities import get_act_name
 
-from ioi.patching.tail import KEYS_CHANGED_IN_FORWARD, logits_from_layer
+from ioi.patching.blocks import KEYS_CHANGED_IN_FORWARD
+from ioi.patching.tail import logits_from_layer
 
 
 @dataclass(frozen=True)

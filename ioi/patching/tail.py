@@ -17,17 +17,18 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 from transformer_lens.components import TransformerBlock, Unembed
 from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURES
 from transformer_lens.utilities import apply_softcap
 
-from ioi.patching.blocks import block_forward, mlp_out, norm, run_blocks
-
-# Architectures whose attention changes keys inside `forward`, after ``hook_k`` and after the
-# projection `last_block_at_rows` computes them with.
-KEYS_CHANGED_IN_FORWARD = {"OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM"}
+from ioi.patching.blocks import (
+    KEYS_CHANGED_IN_FORWARD,
+    block_forward,
+    mlp_out,
+    norm,
+    run_blocks,
+)
 
 
 def logits_from_layer(
@@ -84,11 +85,12 @@ def logits_at_rows(
         before = resid
         if layer < last:
             before = run_blocks(model, resid, layer, last, **kwargs)
+        cache = kwargs.get("past_kv_cache")
         picked = last_block_at_rows(
             model,
             before,
             rows,
-            past_kv_cache=kwargs.get("past_kv_cache"),
+            past_kv_cache_entry=None if cache is None else cache.entries[-1],
             attention_mask=kwargs.get("attention_mask"),
         )
     else:
@@ -133,13 +135,13 @@ def last_block_at_rows(
     model: HookedTransformer,
     resid: Float[Tensor, "batch pos d_model"],
     rows: Int[Tensor, " batch"],
-    past_kv_cache: TransformerLensKeyValueCache | None = None,
+    past_kv_cache_entry: TransformerLensKeyValueCacheEntry | None = None,
     attention_mask: Int[Tensor, "batch all_pos"] | None = None,
 ) -> Float[Tensor, "batch 1 d_model"]:
     """The last block's output at position ``rows[b]`` of each sequence, computed for that row.
 
     Keys and values come from the block's own norm and attention projection at every position
-    (after ``past_kv_cache``'s prefix, if any). The block itself then runs on the single row,
+    (after the last layer's ``past_kv_cache_entry`` prefix, if any). The block itself then runs on the single row,
     with those keys and values as its cache and a padding mask that hides every key after the
     row, so each row attends to exactly the keys it would attend to in a full pass.
     """
@@ -148,11 +150,10 @@ def last_block_at_rows(
     normed = norm(block.ln1, resid)
     _, keys, values = block.attn.calculate_qkv_matrices(normed[:, :1], normed, normed)
     n_prefix = 0
-    if past_kv_cache is not None:
-        entry = past_kv_cache.entries[-1]
-        n_prefix = entry.past_keys.shape[1]
-        keys = torch.cat([entry.past_keys, keys], dim=1)
-        values = torch.cat([entry.past_values, values], dim=1)
+    if past_kv_cache_entry is not None:
+        n_prefix = past_kv_cache_entry.past_keys.shape[1]
+        keys = torch.cat([past_kv_cache_entry.past_keys, keys], dim=1)
+        values = torch.cat([past_kv_cache_entry.past_values, values], dim=1)
     index = torch.arange(batch, device=resid.device)
     absolute = rows + n_prefix  # the row's position in the whole sequence
     positions = torch.arange(n_prefix + n_new, device=resid.device)

@@ -130,9 +130,18 @@ def _writes(
 ) -> list[Write]:
     """Frozen propagation for queries whose senders share a kind and layer, and the receivers'
     patched inputs at the rows as writes into the stacked clean runs (copy ``copies[j]`` for
-    query ``j``)."""
+    query ``j``). Queries with one sender and sender positions (e.g. its paths into q, k and
+    v) share one propagation: it does not depend on the receivers."""
     kind, layer = queries[0].sender.kind, queries[0].sender.layer
-    deltas = _deltas(model, [q.sender for q in queries], clean, corrupted, rows, send)
+    unique: dict[tuple, int] = {}  # (sender, sender positions) -> its propagated copy
+    of_query = [
+        unique.setdefault((q.sender, _spec_key(q.sender_positions)), len(unique)) for q in queries
+    ]
+    first: dict[int, int] = {}  # propagated copy -> its first query (copies in that order)
+    for j, u in enumerate(of_query):
+        first.setdefault(u, j)
+    picks = list(first.values())
+    deltas = _deltas(model, [queries[j].sender for j in picks], clean, corrupted, rows, send[picks])
     x = entry_residual(model, clean, kind, layer, rows.batch_idx, rows.pos_idx)[None] + deltas
     reached: dict[Receiver, list[int]] = {}  # receiver -> queries (indices here) it is in
     for j, q in enumerate(queries):
@@ -146,7 +155,7 @@ def _writes(
     batch_idx, pos_idx = rows.batch_idx.to(device), rows.pos_idx.to(device)
     writes = []
     for r, members in reached.items():
-        idx = torch.tensor(members, device=device)
+        idx = torch.tensor([of_query[j] for j in members], device=device)
         value = receiver_value(model, r, resid_pre[r.layer][idx])  # [member, row, d_head]
         copy = torch.tensor([copies[j] for j in members], device=device)[:, None] * batch
         flat_b = (copy + batch_idx[None]).flatten()  # [member * row] stacked batch index
@@ -247,10 +256,11 @@ def _pass(
     ]
     batch_idx = torch.arange(batch, device=device)[:, None]
     resid = clean.resid_pre[start][batch_idx, window.positions().to(device)]  # [batch, slot, d]
-    final = run_with_writes(model, resid, start, writes, len(queries), window.prefix, window.mask)
     rows_b = readout.batch_idx.to(device)
     at_slot = readout.pos_idx.to(device) - first[rows_b]  # readout positions inside the window
-    at_readout = final[:, rows_b, at_slot]
+    at_readout = run_with_writes(
+        model, resid, start, writes, len(queries), window.prefix, window.mask, (rows_b, at_slot)
+    )  # [copy, readout row, d_model]
     return project_to_logits(model, at_readout, readout)
 
 

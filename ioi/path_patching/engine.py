@@ -197,7 +197,7 @@ def _patched_logits_via_receivers(
     x = entry_residual(model, clean, kind, layer, rows.batch_idx, rows.pos_idx)[None] + deltas
     _, resid_pre = propagate_frozen(model, x, layer, kind, rows.attn_out, layers[-1], layers)
     values = {r: receiver_value(model, r, resid_pre[r.layer]) for r in reached}
-    final = run_with_receivers(
+    at_readout = run_with_receivers(
         model,
         clean.resid_pre[layers[0]],
         layers[0],
@@ -205,9 +205,8 @@ def _patched_logits_via_receivers(
         rows.batch_idx,
         rows.pos_idx,
         len(senders),
-    )  # [sender, batch, pos, d_model]
-    device = final.device
-    at_readout = final[:, readout.batch_idx.to(device), readout.pos_idx.to(device)]
+        read=(readout.batch_idx, readout.pos_idx),
+    )  # [sender, readout row, d_model]
     return project_to_logits(model, at_readout, readout)
 
 

@@ -10,7 +10,8 @@ the rows that are read later (the metric's positions, or the receivers' position
     resid_post[l] = resid_mid[l] + MLP_l(LN2_l(resid_mid[l]))
     resid_mid[l+1] = resid_post[l] + clean attn_out[l+1]
 
-Only MLPs and LayerNorms are recomputed, on stacked copies (one per sender).
+Only MLPs and LayerNorms are recomputed, on stacked copies (one per sender), fused where
+`ioi.patching.blocks` can (equal to TransformerLens's modules up to float rounding).
 
 In a parallel block (GPT-J, GPT-NeoX: ``cfg.parallel_attn_mlp``) the MLP reads the block's input,
 not the sum after attention, so a head's change cannot reach the MLP of its own layer:
@@ -29,6 +30,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from ioi.patching.blocks import mlp_out, norm
 from ioi.path_patching.activations import RunActivations
 
 
@@ -94,7 +96,7 @@ def finish_mlp(
     if model.cfg.attn_only:
         return resid_mid
     block = model.blocks[layer]
-    return resid_mid + block.apply_mlp(block.ln2(resid_mid))
+    return resid_mid + mlp_out(block, norm(block.ln2, resid_mid))
 
 
 def finish_block(
@@ -108,7 +110,7 @@ def finish_block(
     if not model.cfg.parallel_attn_mlp or model.cfg.attn_only:
         return finish_mlp(model, layer, resid_pre + attn_out)
     block = model.blocks[layer]
-    return resid_pre + attn_out + block.apply_mlp(block.ln2(resid_pre))
+    return resid_pre + attn_out + mlp_out(block, norm(block.ln2, resid_pre))
 
 
 def propagate_frozen(

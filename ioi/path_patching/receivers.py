@@ -19,6 +19,8 @@ from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 from transformer_lens.utilities import get_act_name
 
+from ioi.patching.blocks import block_forward, norm
+from ioi.patching.tail import last_block_at_rows, last_block_shortcut_applies
 from ioi.path_patching.nodes import Receiver
 
 
@@ -29,7 +31,7 @@ def receiver_value(
     attn = model.blocks[receiver.layer].attn
     weight = {"q": attn.W_Q, "k": attn.W_K, "v": attn.W_V}[receiver.input][receiver.head]
     bias = {"q": attn.b_Q, "k": attn.b_K, "v": attn.b_V}[receiver.input][receiver.head]
-    normed = model.blocks[receiver.layer].ln1(resid_pre)
+    normed = norm(model.blocks[receiver.layer].ln1, resid_pre)
     return einops.einsum(normed, weight, "s r d_model, d_model d_head -> s r d_head") + bias
 
 
@@ -41,9 +43,11 @@ def run_with_receivers(
     batch_idx: Int[Tensor, " row"],
     pos_idx: Int[Tensor, " row"],
     n_senders: int,
-) -> Float[Tensor, "sender batch pos d_model"]:
+    read: tuple[Int[Tensor, " read"], Int[Tensor, " read"]] | None = None,
+) -> Float[Tensor, "sender batch pos d_model"] | Float[Tensor, "sender read d_model"]:
     """Run layers ``start_layer..`` on ``n_senders`` stacked copies of the clean residual,
-    with each receiver's input overwritten at the rows by its [sender, row, d_head] values.
+    with each receiver's input overwritten at the rows by its [sender, row, d_head] values
+    (only the entries ``read`` of each copy, as in `run_with_writes`).
 
     The hooks live only inside this call (``model.hooks`` removes them, also on errors).
     """
@@ -53,7 +57,7 @@ def run_with_receivers(
     flat_b = (copy + batch_idx.to(device)[None, :]).flatten()  # [sender * row] stacked batch index
     flat_p = pos_idx.to(device).repeat(n_senders)  # [sender * row]
     writes = [Write(r, flat_b, flat_p, v.reshape(-1, v.shape[-1])) for r, v in values.items()]
-    return run_with_writes(model, resid_pre, start_layer, writes, n_senders)
+    return run_with_writes(model, resid_pre, start_layer, writes, n_senders, read=read)
 
 
 @dataclass(frozen=True)
@@ -105,17 +109,24 @@ def run_with_writes(
     n_copies: int,
     prefix: Sequence[tuple[Tensor, Tensor]] | None = None,
     attention_mask: Int[Tensor, "batch key"] | None = None,
-) -> Float[Tensor, "copy batch pos d_model"]:
+    read: tuple[Int[Tensor, " read"], Int[Tensor, " read"]] | None = None,
+) -> Float[Tensor, "copy batch pos d_model"] | Float[Tensor, "copy read d_model"]:
     """Run layers ``start_layer..`` on ``n_copies`` stacked copies of the clean residual,
     each `Write` overwriting its receiver's input at its entries of the stacked batch.
 
-    With ``prefix`` (per layer [batch, prefix, kv_head, d_head] clean keys and values, only
-    where `windows_supported`), ``resid_pre`` and the writes' positions are a window of
-    positions after a clean prefix: attention there reads the prefix's clean keys and values,
-    as TransformerLens's key-value cache does when it generates text. Nothing before the first
-    written position changes in a causal model, so the window gives the same values as the
-    whole sequence. ``attention_mask`` ([batch, prefix + window], 0 for an empty prefix slot)
-    lets each prompt's prefix have its own length.
+    The blocks run through `ioi.patching.blocks` (fused norms, activation and softmax, every
+    hook point still called). With ``prefix`` (per layer [batch, prefix, kv_head, d_head] clean
+    keys and values, only where `windows_supported`), ``resid_pre`` and the writes' positions
+    are a window of positions after a clean prefix: attention there reads the prefix's clean
+    keys and values, as TransformerLens's key-value cache does when it generates text. Nothing
+    before the first written position changes in a causal model, so the window gives the same
+    values as the whole sequence. ``attention_mask`` ([batch, prefix + window], 0 for an empty
+    prefix slot) lets each prompt's prefix have its own length.
+
+    With ``read`` (``(batch_idx, pos_idx)``, [row] each: the entries a metric reads), only
+    those entries of each copy come back, [copy, read, d_model]; where each prompt has at most
+    one of them and `ioi.patching.tail.last_block_shortcut_applies` (no write into the last
+    layer), the last block runs on those rows alone.
 
     The hooks live only inside this call (``model.hooks`` removes them, also on errors).
     """
@@ -132,14 +143,32 @@ def run_with_writes(
 
         return overwrite
 
+    def entry(layer: int) -> TransformerLensKeyValueCacheEntry | None:
+        return None if prefix is None else _frozen_entry(prefix[layer], n_copies)
+
     x = resid_pre.repeat(n_copies, 1, 1)  # [copy * batch, pos, d_model]
     mask = None if attention_mask is None else attention_mask.to(x.device).repeat(n_copies, 1)
     hooks = [(name, make_hook(group)) for name, group in by_hook.items()]
+    last = model.cfg.n_layers - 1
     with model.hooks(fwd_hooks=hooks):
-        for layer in range(start_layer, model.cfg.n_layers):
-            past = None if prefix is None else _frozen_entry(prefix[layer], n_copies)
-            x = model.blocks[layer](x, past_kv_cache_entry=past, attention_mask=mask)
-    return x.reshape(n_copies, batch, n_pos, d_model)
+        shortcut = (
+            read is not None
+            and start_layer <= last
+            and len(read[0].unique()) == len(read[0])
+            and last_block_shortcut_applies(model)
+        )
+        for layer in range(start_layer, last if shortcut else last + 1):
+            x = block_forward(model, layer, x, entry(layer), mask)
+        if shortcut:
+            read_b, read_p = (t.to(x.device) for t in read)
+            slots = torch.zeros(batch, dtype=torch.long, device=x.device)
+            slots[read_b] = read_p  # prompts the metric does not read: any row, unused
+            x = last_block_at_rows(model, x, slots.repeat(n_copies), entry(last), mask)
+            return x.reshape(n_copies, batch, d_model)[:, read_b]
+    x = x.reshape(n_copies, batch, n_pos, d_model)
+    if read is None:
+        return x
+    return x[:, read[0].to(x.device), read[1].to(x.device)]
 
 
 def _frozen_entry(

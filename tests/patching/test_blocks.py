@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 import transformer_lens.patching as tl_patching
-from transformer_lens.components import LayerNorm
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+from transformer_lens.components import Attention, LayerNorm
 
 import ioi.patching as ours
 import ioi.patching.blocks as blocks
@@ -58,7 +59,7 @@ def test_run_blocks_equals_transformer_lens(variant):
 
 
 def test_gpt2_blocks_take_the_fused_kernels(monkeypatch):
-    """A GPT-2-like block never calls TransformerLens's LayerNorm or its gelu_new."""
+    """A GPT-2-like block never calls TransformerLens's LayerNorm, attention or gelu_new."""
     model = tiny_model(seed=1, act_fn="gelu_new")
     tokens, _ = token_pair()
     with torch.inference_mode():
@@ -69,6 +70,7 @@ def test_gpt2_blocks_take_the_fused_kernels(monkeypatch):
             raise AssertionError("TransformerLens's own module ran")
 
         monkeypatch.setattr(LayerNorm, "forward", refuse)
+        monkeypatch.setattr(Attention, "forward", refuse)
         for block in model.blocks:
             monkeypatch.setattr(block.mlp, "act_fn", refuse)
         got = blocks.run_blocks(model, resid, 0, 2)
@@ -133,3 +135,120 @@ def test_gelu_new_sweeps_match_transformer_lens(name):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
         assert float(want.abs().max()) > 1e-2  # the sweep moves the metric
     assert not hooks_left(model)
+
+
+def _attention_inputs(seed=0, batch=3, n_pos=6, d_model=32):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, n_pos, d_model, generator=gen)
+
+
+@pytest.mark.parametrize("variant", ["plain", "shortformer", "scaled_by_layer", "float64"])
+def test_fused_attention_equals_transformer_lens(variant):
+    """The fused attention against TransformerLens's, alone, after a cached prefix of keys and
+    values, and with a padding mask that leaves one query row no key at all (TransformerLens
+    gives that row a pattern of 0, not NaN)."""
+    overrides = {
+        "plain": {},
+        "shortformer": dict(positional_embedding_type="shortformer"),
+        "scaled_by_layer": dict(scale_attn_by_inverse_layer_idx=True),
+        "float64": dict(dtype=torch.float64),
+    }[variant]
+    model = tiny_model(seed=7, **overrides)
+    attn = model.blocks[1].attn
+    assert blocks.attention_fuses(attn)
+    x = _attention_inputs().to(attn.W_Q.dtype)
+    batch, n_pos, _ = x.shape
+    with torch.inference_mode():
+        torch.testing.assert_close(blocks.attention(attn, x, x, x), attn(x, x, x))
+        # a frozen prefix of 4 cached positions, then 6 new ones
+        past_k, past_v = (torch.randn(batch, 4, 4, 8, dtype=x.dtype) for _ in range(2))
+
+        def entry():
+            return TransformerLensKeyValueCacheEntry(past_k, past_v, frozen=True)
+
+        mask = torch.ones(batch, 4 + n_pos, dtype=torch.long)
+        mask[0, :5] = 0  # prompt 0: no prefix and not its first new position
+        mask[1, :2] = 0
+        want = attn(x, x, x, past_kv_cache_entry=entry(), attention_mask=mask)
+        got = blocks.attention(attn, x, x, x, past_kv_cache_entry=entry(), attention_mask=mask)
+        assert torch.isfinite(got).all() and torch.isfinite(want).all()
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got[0, 0], attn.b_O)  # no key: z = 0, the output is b_O
+
+
+def test_fused_attention_gradients_equal_transformer_lens():
+    model = tiny_model(seed=8)
+    attn = model.blocks[0].attn
+    x = _attention_inputs(seed=1)
+    grads = []
+    for fn in (lambda t: attn(t, t, t), lambda t: blocks.attention(attn, t, t, t)):
+        leaf = x.clone().requires_grad_(True)
+        fn(leaf).pow(2).sum().backward()
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+@pytest.mark.parametrize("name", ["hook_pattern", "hook_attn_scores"])
+def test_a_hook_on_scores_or_pattern_falls_back_and_fires(name):
+    """The fused softmax computes neither the scores nor the pattern as TransformerLens does:
+    a hook on either runs TransformerLens's own attention, and sees its values."""
+    model = tiny_model(seed=9)
+    attn = model.blocks[1].attn
+    seen = []
+
+    def spy(act, hook):
+        seen.append(act.clone())
+        return act
+
+    x = _attention_inputs(seed=2)
+    with torch.inference_mode():
+        with model.hooks(fwd_hooks=[(f"blocks.1.attn.{name}", spy)]):
+            assert not blocks.attention_fuses(attn)
+            got = blocks.attention(attn, x, x, x)
+        assert blocks.attention_fuses(attn)  # the hook is gone with its context
+        want = attn(x, x, x)
+    assert len(seen) == 1 and seen[0].shape == (3, 4, 6, 6)
+    torch.testing.assert_close(got, want)
+    assert not hooks_left(model)
+
+
+@pytest.mark.parametrize("name", ["hook_q", "hook_k", "hook_v", "hook_z"])
+def test_fused_attention_fires_its_other_hooks(name):
+    """Hooks on q, k, v and z still fire in the fused attention, and their edits count."""
+    model = tiny_model(seed=10)
+    attn = model.blocks[0].attn
+    seen = []
+
+    def halve(act, hook):
+        seen.append(hook.name)
+        return act / 2
+
+    x = _attention_inputs(seed=3)
+    with torch.inference_mode():
+        plain = blocks.attention(attn, x, x, x)
+        with model.hooks(fwd_hooks=[(f"blocks.0.attn.{name}", halve)]):
+            assert blocks.attention_fuses(attn)
+            got = blocks.attention(attn, x, x, x)
+            want = attn(x, x, x)
+    assert seen == [f"blocks.0.attn.{name}"] * 2
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, plain, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(positional_embedding_type="rotary", rotary_dim=8),
+        dict(attn_scores_soft_cap=5.0),
+        dict(use_attn_result=True),
+        dict(attention_dir="bidirectional"),
+    ],
+    ids=["rotary", "soft_cap", "attn_result", "bidirectional"],
+)
+def test_attention_the_fused_path_does_not_know_runs_transformer_lens(overrides):
+    model = tiny_model(seed=11, **overrides)
+    attn = model.blocks[0].attn
+    assert not blocks.attention_fuses(attn)
+    x = _attention_inputs(seed=4)
+    with torch.inference_mode():
+        torch.testing.assert_close(blocks.attention(attn, x, x, x), attn(x, x, x))

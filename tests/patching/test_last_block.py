@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 import transformer_lens.patching as tl_patching
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 import ioi.patching as ours
@@ -65,17 +64,15 @@ def test_rows_equal_the_full_last_block(variant, prefix):
     index = torch.arange(BATCH)
     with torch.inference_mode():
         expected = model.blocks[-1](resid)[index, ROWS]
-        cache = None
+        entry = None
         if prefix:
             keys, values = last_keys_values(model, resid)
-            empty = TransformerLensKeyValueCacheEntry(torch.empty(0), torch.empty(0), frozen=True)
             entry = TransformerLensKeyValueCacheEntry(
                 keys[:, :prefix], values[:, :prefix], frozen=True
             )
-            entries = [empty] * (model.cfg.n_layers - 1) + [entry]
-            mask = torch.ones(BATCH, prefix, dtype=torch.int)
-            cache = TransformerLensKeyValueCache(entries, mask, frozen=True)
-        got = tail.last_block_at_rows(model, resid[:, prefix:], ROWS - prefix, past_kv_cache=cache)
+        got = tail.last_block_at_rows(
+            model, resid[:, prefix:], ROWS - prefix, past_kv_cache_entry=entry
+        )
     assert got.shape == (BATCH, 1, model.cfg.d_model)
     torch.testing.assert_close(got[:, 0], expected, atol=1e-5, rtol=1e-5)
 

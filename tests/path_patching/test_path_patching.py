@@ -406,10 +406,11 @@ def test_no_hook_survives_an_exception(setup, fast, monkeypatch):
         corrupted_cache=cache_for_path_patching(model, abc.toks),
     )
 
-    def broken_block(*args, **kwargs):
+    def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(model.blocks[2], "forward", broken_block)
+    # the attention's projection runs in TransformerLens's blocks and in the fused ones
+    monkeypatch.setattr(model.blocks[2].attn, "calculate_qkv_matrices", broken)
     receivers = [Receiver(2, 0, "q"), Receiver(1, 1, "k")]
     sender = Sender("head", 0, 0)
     with pytest.raises(RuntimeError, match="boom"):

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 import ioi.path_patching.batched as batched
+import ioi.path_patching.receivers as receivers_module
 from ioi.circuit import PathPatchingOracle
 from ioi.dataset import IOIDataset
 from ioi.path_patching import Receiver, Sender, plain_path_patch
@@ -30,6 +31,7 @@ ASKED = [
     ((Receiver(2, 1, "q"), Receiver(1, 0, "q")), "S2", "end"),
     ((Receiver(2, 0, "q"),), None, "S2"),
     ((Receiver(2, 3, "v"),), None, None),
+    ((Receiver(2, 3, "k"),), None, None),  # same senders and positions: one shared propagation
     ((Receiver(2, 3, "v"), Receiver(1, 2, "v")), "end", None),
     ((Receiver(1, 2, "k"), Receiver(2, 2, "k")), "S2", None),
     ((Receiver(2, 0, "k"),), "IO", None),
@@ -148,3 +150,30 @@ def test_prompts_the_metric_does_not_read_do_not_move_the_windows(overrides):
         for q in queries
     ]  # fmt: skip
     torch.testing.assert_close(got, torch.stack(expected), atol=1e-5, rtol=0)
+
+
+def test_the_last_block_runs_at_the_readout_rows_unless_a_receiver_is_in_it(monkeypatch):
+    """One readout row per prompt: a pass whose receivers sit below the last layer runs that
+    block on those rows alone (`ioi.patching.tail.last_block_at_rows`); with a receiver in the
+    last layer the block runs in full (its hooks must see every position). Same numbers."""
+    model, ioi, abc, metric = _setup(8)
+    calls = []
+    real = receivers_module.last_block_at_rows
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(receivers_module, "last_block_at_rows", counting)
+    oracle = PathPatchingOracle(model, ioi, abc)  # its readout: each prompt's end
+    for receivers, shortcut in (((Receiver(1, 2, "v"),), True), ((Receiver(2, 2, "v"),), False)):
+        calls.clear()
+        queries = [PathQuery(Sender("head", 0, h), receivers) for h in range(4)]
+        got = path_patch_queries(model, oracle.metric, abc, ioi, queries, readout=oracle.readout)
+        expected = [
+            plain_path_patch(model, oracle.metric, abc, ioi, q.sender, list(receivers))
+            for q in queries
+        ]
+        torch.testing.assert_close(got, torch.stack(expected), atol=1e-5, rtol=0)
+        assert bool(calls) == shortcut
+    assert not hooks_left(model)
