@@ -8,6 +8,7 @@ BAD = {
     "--device tpu": "unknown device",
     "--n 0": "must be >= 1",
     "--d-model 100": "multiple of 12",  # 12 heads must split the width
+    "--repeats 0": "must be >= 1",
 }
 
 
@@ -20,4 +21,4 @@ def test_bad_arguments_exit_with_status_2_and_say_why(capsys):
 
 def test_discovery_is_a_sub_command_with_the_issue_s_model_by_default():
     args = bench.build_parser().parse_args(["discovery"])
-    assert (args.benchmark, args.n, args.d_model) == ("discovery", 8, 96)
+    assert (args.benchmark, args.n, args.d_model, args.repeats) == ("discovery", 8, 96, 1)
