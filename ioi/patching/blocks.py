@@ -7,8 +7,8 @@ of a block (``python -m ioi.bench patching --profile`` lists them). Here a block
 computation with ``torch.nn.functional.layer_norm`` and ``torch.nn.functional.gelu``, one fused
 kernel each, equal to TransformerLens's up to float rounding. Its attention (`attention`) takes
 the softmax as ``exp(s - max) / sum``: PyTorch's CPU softmax over rows as short as an IOI prompt
-(15 keys) is about three times slower than those three steps, and in a narrow model that softmax
-is the largest single cost of a block. Every hook point a block owns is still called, so hooks
+is slow (scores of shape [200, 12, 14, 14] on a 2-core CPU: 3.6 ms, against 1.3 ms for those
+steps), and in a narrow model that softmax is the largest single cost of a block. Every hook point a block owns is still called, so hooks
 fire as usual; a LayerNorm whose ``hook_scale`` or ``hook_normalized`` has a hook, an attention
 with a hook on its scores or pattern (the fused versions compute neither as TransformerLens
 does), and any block this module does not know how to reproduce, run through TransformerLens's
