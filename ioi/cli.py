@@ -55,6 +55,22 @@ def _seed(text: str) -> int:
     return value
 
 
+REPORT_DEFAULT = object()
+"""``--max-heads`` not given: `ioi.report.sections.Settings`' own (not imported here, to keep
+``ioi --help`` fast)."""
+
+
+def _max_heads(text: str) -> int | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'none', got {text!r}"
+        ) from None
+
+
 def _device(text: str) -> str:
     from ioi.device import check_device_name
 
@@ -95,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--seed", type=_seed, default=1, help="dataset seed (default 1)")
     rep.add_argument("--out", type=Path, default=Path("ioi_report"), help="output directory")
+    rep.add_argument(
+        "--max-heads",
+        type=_max_heads,
+        default=REPORT_DEFAULT,
+        help="discovery's head budget per threshold (default 52, the report's "
+        "Settings.max_heads; none: no budget)",
+    )
     app = sub.add_parser("app", help="serve the course site (Streamlit) on localhost")
     app.add_argument("--port", type=_port, default=8501, help="port to serve on (default 8501)")
     app.add_argument(
@@ -132,8 +155,9 @@ def cmd_replicate(args: argparse.Namespace, console: Console) -> int:
     name, why = choose_model(args.model)
     model = load_model(name, device=args.device)  # user errors surface here, before any output
     console.print(f"[bold]model:[/bold] {name} ({why}) on {model.cfg.device}", soft_wrap=True)
+    budget = {} if args.max_heads is REPORT_DEFAULT else {"max_heads": args.max_heads}
     results = replicate(
-        model, n=args.n, seed=args.seed, out=args.out, console=console, model_name=name
+        model, n=args.n, seed=args.seed, out=args.out, console=console, model_name=name, **budget
     )
     print_summary(results, console)
     print_circuit(results, console)

@@ -34,6 +34,7 @@ def replicate(
     patch_prompts: int = 32,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     sweeps: Sequence[str] = Settings.sweeps,
+    max_heads: int | None = Settings.max_heads,
     png: bool = True,
 ) -> dict:
     """Run every section of the report on ``model`` and write it to ``out``.
@@ -50,6 +51,7 @@ def replicate(
         patch_prompts: prompts for the activation-patching sweeps (at most ``n``).
         thresholds: circuit-discovery thresholds to sweep.
         sweeps: activation-patching sweeps to run (`ioi.report.analysis.SWEEP_TITLES`).
+        max_heads: discovery's head budget per threshold (`ioi.report.sections.Settings`).
         png: export the figures as PNG for ``report.md`` (needs kaleido and a Chrome).
 
     Returns:
@@ -72,6 +74,7 @@ def replicate(
         patch_prompts=min(patch_prompts, n),
         thresholds=tuple(thresholds),
         sweeps=tuple(sweeps),
+        max_heads=max_heads,
     )
     report = build_report(model, model_name, settings, console)
     paths = write_report(report, Path(out), png=png)

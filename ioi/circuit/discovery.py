@@ -76,6 +76,16 @@ class DiscoveredCircuit:
     """The findings' effects over prompts, [finding] in the order of ``findings``: mean,
     standard error and seeded bootstrap interval (None without findings or per-prompt
     effects, e.g. a circuit given by hand, or fewer than 2 prompts)."""
+    max_heads: int | None = None
+    """The head budget the search ran with (None: none)."""
+    left_out: int = 0
+    """Heads that passed the threshold in the round that filled the budget but were not
+    taken (the weakest); 0 when the budget never filled. Later rounds did not run."""
+
+    @property
+    def budget_full(self) -> bool:
+        """Whether the head budget filled, so that the search stopped early."""
+        return self.max_heads is not None and len(self.heads()) >= self.max_heads
 
     def heads(self) -> frozenset[Head]:
         """Every head found."""
@@ -237,8 +247,33 @@ def _findings_for(oracle: PathPatchingOracle, edges: Sequence[Edge]) -> list[Hea
     return list(best.values())
 
 
+def _within_budget(
+    edges: Sequence[Edge], taken: set[Head], max_heads: int | None
+) -> tuple[list[Edge], int]:
+    """The edges to follow: strongest first, those whose sender is already taken or still
+    fits the budget; and how many heads did not fit. Edges keep their order."""
+    if max_heads is None:
+        return list(edges), 0
+    new: set[Head] = set()
+    left: set[Head] = set()
+    keep = set()
+    for i in sorted(range(len(edges)), key=lambda i: -abs(edges[i].effect)):
+        head = edges[i].sender
+        if head in taken or head in new:
+            keep.add(i)
+        elif len(taken) + len(new) < max_heads:
+            new.add(head)
+            keep.add(i)
+        else:
+            left.add(head)
+    return [e for i, e in enumerate(edges) if i in keep], len(left)
+
+
 def discover_circuit(
-    oracle: PathPatchingOracle, threshold: float, max_depth: int | None = None
+    oracle: PathPatchingOracle,
+    threshold: float,
+    max_depth: int | None = None,
+    max_heads: int | None = None,
 ) -> DiscoveredCircuit:
     """Discover the circuit: recursive path patching from the logits backwards.
 
@@ -255,24 +290,45 @@ def discover_circuit(
     Args:
         oracle: path-patching effects for the model and datasets (`PathPatchingOracle`).
         threshold: minimum ``|effect|`` on the normalised metric (1 = the whole IOI-ABC gap).
+        max_depth: rounds of step 2 at most (None: the number of layers).
+        max_heads: a budget of heads (None: no budget). Each round takes its edges strongest
+            first while their heads fit; when the budget is full the search stops and the
+            result says how many heads of that round were left out (``left_out``). Without
+            a budget the cost grows with how many heads pass: where the normalised metric's
+            gap is tiny (e.g. random weights), nearly every head passes every threshold.
 
     Returns:
         The circuit (None if no output head passes), its edges and per-head evidence, with
         each head's effect over prompts (``effects``: SE and bootstrap interval).
     """
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
     if not threshold > 0:
         raise ValueError(
             f"threshold must be > 0 (an |effect| on the normalised metric), got {threshold}"
         )
-    edges = find_output_heads(oracle, threshold)  # 1.
+    for name, value, low in (("max_depth", max_depth, 0), ("max_heads", max_heads, 1)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
+        if value < low:
+            raise ValueError(f"{name} must be >= {low} or None (no limit), got {value}")
+    edges, left_out = _within_budget(find_output_heads(oracle, threshold), set(), max_heads)  # 1.
     findings = {(f.head, f.position): f for f in _findings_for(oracle, edges)}  # 3. and 4.
     frontier = list(findings.values())
     for _ in range(oracle.model.cfg.n_layers if max_depth is None else max_depth):
+        if max_heads is not None and len({h for h, _ in findings}) >= max_heads:
+            break  # the budget is full
         groups: dict[tuple[str, str], list[Head]] = {}
         for f in frontier:
             groups.setdefault((f.role, f.position), []).append(f.head)
-        new_edges = find_senders_many(  # 2.
-            oracle, [(heads, position) for (_, position), heads in groups.items()], threshold
+        new_edges, left_out = _within_budget(
+            find_senders_many(  # 2.
+                oracle, [(heads, position) for (_, position), heads in groups.items()], threshold
+            ),
+            {h for h, _ in findings},
+            max_heads,
         )
         edges += new_edges
         frontier = [
@@ -283,7 +339,9 @@ def discover_circuit(
             break
     ordered = tuple(sorted(findings.values(), key=lambda f: (f.head, f.position)))
     circuit = build_circuit(ordered, name=f"discovered (threshold {threshold:g})")  # 5.
-    return DiscoveredCircuit(threshold, circuit, tuple(edges), ordered, _estimate(ordered))
+    return DiscoveredCircuit(
+        threshold, circuit, tuple(edges), ordered, _estimate(ordered), max_heads, left_out
+    )
 
 
 def _estimate(findings: Sequence[HeadFinding]) -> Estimate | None:

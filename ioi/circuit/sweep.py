@@ -41,17 +41,19 @@ def threshold_sweep(
     oracle: PathPatchingOracle,
     ablation: MeanAblation,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    max_heads: int | None = None,
 ) -> list[SweepPoint]:
     """Discover the circuit at each threshold and measure its faithfulness.
 
     A threshold at which no head passes gives an empty circuit: every head ablated.
+    ``max_heads`` is discovery's head budget (`discover_circuit`; None: none).
     """
     if not thresholds:
         raise ValueError("thresholds is empty; e.g. (0.1, 0.05, 0.02)")
     f_model = float(ablation.logit_diff(None))
     points = []
     for t in sorted(thresholds, reverse=True):
-        found = discover_circuit(oracle, t)
+        found = discover_circuit(oracle, t, max_heads=max_heads)
         keep = {} if found.circuit is None else found.circuit.kept_positions()
         points.append(
             SweepPoint(t, len(found.heads()), f_model, float(ablation.logit_diff(keep)), found)

@@ -327,6 +327,7 @@ def discover(
     thresholds: Sequence[float],
     min_faithfulness: float,
     extra_thresholds: int = 1,
+    max_heads: int | None = None,
     track: Callable[[list[float]], Iterable[float]] | None = None,
 ) -> tuple[SweepPoint, list[SweepPoint]]:
     """Discover the circuit at each threshold, largest first, and choose one.
@@ -337,6 +338,7 @@ def discover(
     meets the rule: they cannot change the choice, and the few run show what more heads add.
 
     Args:
+        max_heads: discovery's head budget at each threshold (`ioi.circuit.discover_circuit`).
         track: wraps the list of thresholds, e.g. to show a progress bar.
 
     Returns:
@@ -348,7 +350,7 @@ def discover(
     for t in track(ordered) if track else ordered:
         if left == 0:
             break
-        points += threshold_sweep(oracle, ablation, [t])
+        points += threshold_sweep(oracle, ablation, [t], max_heads)
         if left is not None:
             left -= 1
         elif points[-1].faithfulness >= min_faithfulness:

@@ -48,6 +48,9 @@ class Settings:
         min_faithfulness: the rule that picks a threshold (`ioi.circuit.choose_threshold`).
         extra_thresholds: how many smaller thresholds to run after the first that meets the
             rule (they cannot change the choice; they show what more heads add).
+        max_heads: discovery's head budget at each threshold (`ioi.circuit.discover_circuit`;
+            None: none). 52 is twice the 26 heads of the paper's circuit; where the IOI-ABC gap
+            is tiny (random weights) nearly every head passes, and the budget bounds the cost.
         sweeps: which activation-patching sweeps to run (`ioi.report.analysis.SWEEP_TITLES`).
         edges: what the edge-circuit section computes (`ioi.report.edges_section.EdgeSettings`).
     """
@@ -58,6 +61,7 @@ class Settings:
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     min_faithfulness: float = 0.8
     extra_thresholds: int = 1
+    max_heads: int | None = 52
     sweeps: tuple[str, ...] = A.POSITION_SWEEPS + A.HEAD_SWEEPS
     edges: EdgeSettings = EdgeSettings()
 
@@ -73,6 +77,14 @@ class Settings:
                 )
         if isinstance(self.extra_thresholds, bool) or self.extra_thresholds < 0:
             raise ValueError(f"extra_thresholds must be >= 0, got {self.extra_thresholds!r}")
+        if self.max_heads is not None and (
+            isinstance(self.max_heads, bool) or not isinstance(self.max_heads, int)
+        ):
+            raise TypeError(
+                f"max_heads must be an int or None, got {type(self.max_heads).__name__}"
+            )
+        if self.max_heads is not None and self.max_heads < 1:
+            raise ValueError(f"max_heads must be >= 1 or None (no budget), got {self.max_heads}")
         if not self.thresholds or any(t <= 0 for t in self.thresholds):
             raise ValueError(f"thresholds must be positive numbers, got {self.thresholds!r}")
         if not isinstance(self.edges, EdgeSettings):
@@ -140,6 +152,7 @@ class ReportContext:
             self.settings.thresholds,
             self.settings.min_faithfulness,
             self.settings.extra_thresholds,
+            self.settings.max_heads,
             track=lambda items: self.tracker.steps(items, "discovery thresholds"),
         )
 
@@ -548,6 +561,16 @@ def section_circuit(ctx: ReportContext) -> Section:
         f"(the sweep stops {ctx.settings.extra_thresholds} threshold(s) after the first that "
         "does: smaller ones cannot change the choice).",
     ]
+    full = [p for p in points if p.discovered.budget_full]
+    if full:
+        section.text.append(
+            f"The head budget ({ctx.settings.max_heads} heads, `Settings.max_heads`) filled at "
+            f"threshold(s) {', '.join(f'{p.threshold:g}' for p in full)}: there the search took "
+            "each round's strongest heads and stopped; in the round that filled it "
+            f"{', '.join(str(p.discovered.left_out) for p in full)} more heads passed (column "
+            "*left out*), and later rounds did not run, so such a circuit is not all that "
+            "passes its threshold."
+        )
     if found.circuit is None:
         section.text.append("No head passed any threshold: there is no circuit to show.")
     else:
@@ -606,6 +629,7 @@ def section_circuit(ctx: ReportContext) -> Section:
                 "F(M)",
                 "F(C) / F(M)",
                 *T.interval_columns(DEFAULT_LEVEL),
+                "left out",
             ),
             [
                 (
@@ -615,6 +639,7 @@ def section_circuit(ctx: ReportContext) -> Section:
                     p.f_model,
                     p.faithfulness,
                     *T.interval_cells(r),
+                    p.discovered.left_out,
                 )
                 for p, r in zip(points, ratios, strict=True)
             ],
@@ -652,10 +677,13 @@ def section_circuit(ctx: ReportContext) -> Section:
                 "f_circuit": p.f_circuit,
                 "faithfulness": p.faithfulness,
                 "faithfulness_interval": T.interval_numbers(r),
+                "budget_full": p.discovered.budget_full,
+                "left_out": p.discovered.left_out,
             }
             for p, r in zip(points, ratios, strict=True)
         ],
         "intervals": method,
+        "max_heads": ctx.settings.max_heads,
     }
     if ctx.compares_with_paper:
         paper = gpt2_small_circuit()

@@ -62,6 +62,8 @@ def test_default_model_says_why_it_chose_the_toy(tmp_path, capsys, monkeypatch):
         (["replicate", "--device", "cpu:abc"], "unknown device"),
         (["replicate", "--device", "cpu:1"], "one cpu device"),
         (["replicate", "--model", "gpt2-small"], "cannot be reached"),
+        (["replicate", "--max-heads", "0"], "positive integer or 'none'"),
+        (["replicate", "--max-heads", "all"], "positive integer or 'none'"),
         ([], "required"),
     ],
 )
@@ -72,6 +74,29 @@ def test_user_errors_print_one_line_and_exit_2(argv, needle, capsys, monkeypatch
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], captured.err
     assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_max_heads_parses_a_number_none_or_leaves_the_report_default(monkeypatch):
+    parse = build_parser().parse_args
+    assert parse(["replicate", "--max-heads", "7"]).max_heads == 7
+    assert parse(["replicate", "--max-heads", "None"]).max_heads is None
+    from ioi.cli import REPORT_DEFAULT
+    from ioi.report.sections import Settings
+
+    assert parse(["replicate"]).max_heads is REPORT_DEFAULT
+    helps = {a.dest: a.help for a in build_parser()._subparsers._group_actions[0].choices[
+        "replicate"]._actions}  # fmt: skip
+    assert f"default {Settings.max_heads}," in helps["max_heads"]
+    seen = {}
+    results = {"sections": {"setup": {"numbers": {"dataset": {"words": None}}}}}
+    monkeypatch.setattr("ioi.replicate.replicate", lambda *a, **k: seen.update(k) or results)
+    monkeypatch.setattr("ioi.cli.print_summary", lambda *a: None)
+    monkeypatch.setattr("ioi.cli.print_circuit", lambda *a: None)
+    monkeypatch.setattr("ioi.report.sections.kept_words_text", lambda w: "")
+    for argv, expected in ((["--max-heads", "none"], {"max_heads": None}), ([], {})):
+        seen.clear()
+        assert main(["replicate", "--model", "toy", "--n", "8", *argv]) == 0
+        assert {k: v for k, v in seen.items() if k == "max_heads"} == expected
 
 
 # ---- ioi app -----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from ioi.circuit import (
     PathPatchingOracle,
     discover_circuit,
     faithfulness,
+    gpt2_small_circuit,
 )
 from ioi.dataset import IOIDataset
 from ioi.evaluate import evaluate_ioi
@@ -33,7 +34,7 @@ from ioi.report.document import Figure
 from ioi.report.edges_section import EdgeSettings
 from ioi.report.images import export_pngs
 from ioi.report.progress import Tracker
-from ioi.report.sections import ReportContext, section_activation_patching
+from ioi.report.sections import ReportContext, section_activation_patching, section_circuit
 from ioi.statistics import bootstrap
 from ioi.testing import hook_count
 
@@ -221,6 +222,32 @@ def test_settings_reject_bad_values():
         Settings(n=1)
     with pytest.raises(ValueError, match="EdgeSettings.exact_edges"):
         Settings(edges=EdgeSettings(exact_edges=0))
+    with pytest.raises(ValueError, match="max_heads must be >= 1 or None"):
+        Settings(max_heads=0)
+    for bad in ("52", 5.0, True):  # the tests' type checker may answer first, naming it
+        with pytest.raises(TypeError, match="max_heads"):
+            Settings(max_heads=bad)
+
+
+def test_default_head_budget_is_twice_the_papers_circuit():
+    """The default's stated reason (Settings' docstring and ``ioi replicate --help``)."""
+    assert Settings.max_heads == 2 * len(gpt2_small_circuit().all_heads()) == 52
+    assert "twice the 26 heads" in Settings.__doc__
+
+
+def test_a_head_budget_that_fills_is_stated_in_the_circuit_section(toy_model):
+    settings = Settings(n=N, seed=SEED, thresholds=(0.05,), max_heads=1)
+    with Tracker(Console(quiet=True)) as tracker:
+        ctx = ReportContext(toy_model, "toy", settings, tracker)
+        section = section_circuit(ctx)
+    (point,) = ctx.discovery[1]
+    assert point.n_heads == 1 and point.discovered.budget_full and point.discovered.left_out > 0
+    text = " ".join(section.text)
+    assert "The head budget (1 heads, `Settings.max_heads`) filled at threshold(s) 0.05" in text
+    assert f"in the round that filled it {point.discovered.left_out} more heads passed" in text
+    (sweep_table,) = [t for t in section.tables if t.title == "Threshold sweep"]
+    assert sweep_table.rows[0][-1] == point.discovered.left_out
+    assert section.numbers["sweep"][0]["budget_full"] and section.numbers["max_heads"] == 1
 
 
 def test_edge_section_tables_and_curve_are_in_all_three_files(report):
@@ -410,8 +437,11 @@ def test_threshold_sweep_table_gives_each_circuits_faithfulness_interval(report,
     ablation = MeanAblation.build(toy_model, ds, abc)
     oracle = PathPatchingOracle(toy_model, ds, abc)
     columns, rows = table(report, "circuit", "Threshold sweep")
-    assert columns == ["threshold", "heads", "F(C)", "F(M)", "F(C) / F(M)", *INTERVAL_COLUMNS]
+    assert columns == [
+        "threshold", "heads", "F(C)", "F(M)", "F(C) / F(M)", *INTERVAL_COLUMNS, "left out"
+    ]  # fmt: skip
     assert rows and numbers(report, "circuit")["intervals"]["n"] == N
+    assert all(row["left out"] == 0 for row in rows)  # the toy's 12 heads never fill 52
     for row, point in zip(rows, numbers(report, "circuit")["sweep"], strict=True):
         found = discover_circuit(oracle, row["threshold"])
         if found.circuit is None:  # no head passed: every head ablated, by hand
