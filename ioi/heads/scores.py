@@ -181,10 +181,10 @@ def get_copying_scores(
     scores = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
     targets = tokens.to(resid.device)[:, None]  # [name, 1]
     for layer in range(model.cfg.n_layers):
-        normed = model.blocks[layer].ln1(resid)  # the head reads its layer's LayerNorm
-        for head in range(model.cfg.n_heads):
-            out = normed @ model.W_V[layer, head] @ model.W_O[layer, head]  # [name, 1, d_model]
-            logits = model.unembed(model.ln_final(-out if negative else out))[:, 0]
-            top = logits.topk(k, dim=-1).indices  # [name, k]
-            scores[layer, head] = (top == targets).any(-1).float().mean()
+        normed = model.blocks[layer].ln1(resid)[:, 0]  # the head reads its layer's LayerNorm
+        # every head of the layer at once: [head, name, d_model], unembedded as one batch
+        out = (normed[None] @ model.W_V[layer]) @ model.W_O[layer]
+        logits = model.unembed(model.ln_final(-out if negative else out))  # [head, name, vocab]
+        top = logits.topk(k, dim=-1).indices  # [head, name, k]
+        scores[layer] = (top == targets[None]).any(-1).float().mean(-1).cpu()
     return scores

@@ -69,6 +69,77 @@ def test_dropping_one_edge_is_exact_patching_of_that_edge(setup, split):
         assert value - base == pytest.approx(score, abs=1e-5), str(edge)
 
 
+def _per_edge_loop_run(model, graph, kept, clean, corrupted, metric, ablation):
+    """`run_circuit` written plainly: one hook per receiver input that subtracts each dropped
+    edge's change on its own, edge by edge (the reference for the stacked product)."""
+    from ioi.edges.runs import position_mask, receiver_hook, split_inputs
+
+    senders = {"embed": "blocks.0.hook_resid_pre"}
+    for layer in range(model.cfg.n_layers):
+        senders[f"head{layer}"] = f"blocks.{layer}.attn.hook_result"
+        senders[f"mlp{layer}"] = f"blocks.{layer}.hook_mlp_out"
+
+    def key(s):
+        return "embed" if s.kind == "embed" else f"{s.kind}{s.layer}"
+
+    model.cfg.use_attn_result = True
+    try:
+        with split_inputs(model), torch.inference_mode():
+            _, cache = model.run_with_cache(clean if ablation == "mean" else corrupted)
+            ref = {k: cache[n] for k, n in senders.items()}
+            if ablation == "mean":
+                ref = {k: v.mean(0, keepdim=True).expand_as(v) for k, v in ref.items()}
+            now = {}
+            hooks = [(n, lambda a, hook, k=k: now.__setitem__(k, a)) for k, n in senders.items()]
+            by_hook = {}
+            for e in graph.edges:
+                if e not in set(kept):
+                    by_hook.setdefault(receiver_hook(model, e.receiver), []).append(e)
+
+            def correct(edges):
+                def hook(act, hook):
+                    out = act.clone()
+                    for e in edges:
+                        change = now[key(e.sender)] - ref[key(e.sender)]
+                        if e.sender.kind == "head":
+                            change = change[:, :, e.sender.head]
+                        change = change * position_mask(graph, e.pos, change)[..., None]
+                        if e.receiver.head is None:
+                            out = out - change
+                        else:
+                            out[:, :, e.receiver.head] -= change
+                    return out
+
+                return hook
+
+            hooks += [(n, correct(es)) for n, es in by_hook.items()]
+            logits = model.run_with_hooks(clean, fwd_hooks=hooks)
+    finally:
+        model.cfg.use_attn_result = False
+    return float(metric(logits))
+
+
+@pytest.mark.parametrize("ablation", ["corrupted", "mean"])
+@pytest.mark.parametrize("split", [False, True])
+def test_run_circuit_equals_an_edge_by_edge_loop_on_random_circuits(setup, split, ablation):
+    model, graph, clean, corrupted = setup
+    if split:
+        graph = EdgeGraph.from_model(
+            model, {"a": torch.tensor([1, 4, 2]), "b": torch.tensor([5] * 3)}
+        )
+    generator = torch.Generator().manual_seed(0)
+    values = []
+    for fraction in (0.05, 0.3, 0.7):
+        keep = torch.rand(len(graph), generator=generator) < fraction
+        kept = [e for e, k in zip(graph.edges, keep.tolist(), strict=True) if k]
+        ours = run_circuit(model, graph, kept, clean, corrupted, logit_diff, ablation)
+        ref = _per_edge_loop_run(model, graph, kept, clean, corrupted, logit_diff, ablation)
+        assert ours == pytest.approx(ref, abs=1e-5), (fraction, split, ablation)
+        values.append(ours)
+    assert max(values) - min(values) > 1e-2, "the circuits must differ for the test to bite"
+    assert hooks_left(model) == []
+
+
 def test_mean_ablating_every_edge_reads_the_batch_mean_final_residual(setup):
     model, graph, clean, corrupted = setup
     none = run_circuit(model, graph, (), clean, corrupted, logit_diff, ablation="mean")

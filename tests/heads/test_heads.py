@@ -16,6 +16,7 @@ from ioi.heads import (
     get_copying_scores,
     known_tokens,
     logit_diff_directions,
+    name_embeddings_after_mlp0,
     name_mover_scatter,
     name_tokens,
     per_head_logit_diffs,
@@ -185,6 +186,28 @@ def test_copying_scores_find_copier_in_its_own_layer():
     assert float(scores[0].max()) == 0.0, "a head with zero OV copies nothing"
     with pytest.raises(ValueError, match="single tokens"):
         get_copying_scores(model, names=["Mary", "Xyzzyplugh"])
+
+
+@pytest.mark.parametrize("negative", [False, True])
+@pytest.mark.parametrize("k", [1, 5])
+def test_copying_scores_equal_a_head_by_head_loop(toy_model, k, negative):
+    """The layer-at-once scores against the plain per-head computation of the docstring."""
+    model = toy_model
+    tokens = name_tokens(model)
+    resid = name_embeddings_after_mlp0(model, tokens)
+    expected = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    with torch.no_grad():
+        for layer in range(model.cfg.n_layers):
+            for head in range(model.cfg.n_heads):
+                out = (
+                    model.blocks[layer].ln1(resid) @ model.W_V[layer, head] @ model.W_O[layer, head]
+                )
+                logits = model.unembed(model.ln_final(-out if negative else out))[:, 0]
+                top = logits.topk(k, dim=-1).indices
+                expected[layer, head] = (top == tokens[:, None]).any(-1).float().mean()
+    got = get_copying_scores(model, k=k, negative=negative)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert len(set(expected.flatten().tolist())) > 2, "scores all alike: the test would not bite"
 
 
 # ---- the name-mover scatter --------------------------------------------------------------
