@@ -178,6 +178,11 @@ class ReportContext:
 # ---- helpers -----------------------------------------------------------------------------
 
 
+def _heads(n: int) -> str:
+    """``"1 head"``, ``"52 heads"``."""
+    return f"{n} head" if n == 1 else f"{n} heads"
+
+
 def _grid_dict(values: torch.Tensor) -> dict[str, float]:
     """A [layer, head] grid as ``{"9.9": value}``, layer-major."""
     return dict(zip(Head.grid_labels(*values.shape), values.flatten().tolist(), strict=True))
@@ -564,10 +569,10 @@ def section_circuit(ctx: ReportContext) -> Section:
     full = [p for p in points if p.discovered.budget_full]
     if full:
         section.text.append(
-            f"The head budget ({ctx.settings.max_heads} heads, `Settings.max_heads`) filled at "
-            f"threshold(s) {', '.join(f'{p.threshold:g}' for p in full)}: there the search took "
-            "each round's strongest heads and stopped; in the round that filled it "
-            f"{', '.join(str(p.discovered.left_out) for p in full)} more heads passed (column "
+            f"The head budget ({_heads(ctx.settings.max_heads)}, `Settings.max_heads`) filled "
+            f"at threshold(s) {', '.join(f'{p.threshold:g}' for p in full)}: there the search "
+            "took each round's strongest heads and stopped; in the round that filled it "
+            f"{', '.join(str(p.discovered.left_out) for p in full)} more head(s) passed (column "
             "*left out*), and later rounds did not run, so such a circuit is not all that "
             "passes its threshold."
         )
@@ -575,7 +580,7 @@ def section_circuit(ctx: ReportContext) -> Section:
         section.text.append("No head passed any threshold: there is no circuit to show.")
     else:
         section.text.append(
-            f"Chosen threshold **{chosen.threshold:g}**: {chosen.n_heads} heads, keeping "
+            f"Chosen threshold **{chosen.threshold:g}**: {_heads(chosen.n_heads)}, keeping "
             f"**{chosen.faithfulness:.1%}** of the model's logit difference."
         )
         section.figures.append(

@@ -243,8 +243,9 @@ def test_a_head_budget_that_fills_is_stated_in_the_circuit_section(toy_model):
     (point,) = ctx.discovery[1]
     assert point.n_heads == 1 and point.discovered.budget_full and point.discovered.left_out > 0
     text = " ".join(section.text)
-    assert "The head budget (1 heads, `Settings.max_heads`) filled at threshold(s) 0.05" in text
-    assert f"in the round that filled it {point.discovered.left_out} more heads passed" in text
+    assert "The head budget (1 head, `Settings.max_heads`) filled at threshold(s) 0.05" in text
+    assert f"in the round that filled it {point.discovered.left_out} more head(s) passed" in text
+    assert "Chosen threshold **0.05**: 1 head, keeping" in text
     (sweep_table,) = [t for t in section.tables if t.title == "Threshold sweep"]
     assert sweep_table.rows[0][-1] == point.discovered.left_out
     assert section.numbers["sweep"][0]["budget_full"] and section.numbers["max_heads"] == 1
