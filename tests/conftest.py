@@ -12,7 +12,11 @@ import torch  # noqa: E402
 
 from ioi.testing import hook_count  # noqa: E402
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Under pytest-xdist each worker process takes one core: one torch thread each, not two threads
+# per worker fighting over the same two cores.
+torch.set_num_threads(
+    1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads())
+)
 
 
 @pytest.fixture(scope="module")
