@@ -27,7 +27,11 @@ they name mistakes many exercises invite (`SHARED_DIAGNOSES`): ``swapped_fields`
 ``missed_last_layer``, ``missed_last_position``, ``missed_last_head``,
 ``same_position_for_all_prompts``, ``first_position_for_none``,
 ``none_branch_raised``, ``assignment_shapes_differ``, ``wrong_heads_recorded``,
-``hard_coded_size``, ``zero_ablation`` and ``global_mean_ablation``.
+``hard_coded_size``, ``zero_ablation``, ``global_mean_ablation`` and ``gradients_off``.
+
+The checkers of exercises that take a gradient call the learner's function with gradients
+off (`torch.no_grad`), as the notebooks run (``torch.set_grad_enabled(False)``), so an answer
+that forgets ``torch.enable_grad()`` fails here as it would there (`gradients_off_error`).
 """
 
 from __future__ import annotations
@@ -109,6 +113,10 @@ SHARED_DIAGNOSES: dict[str, str] = {
     "global_mean_ablation": "you replaced the outputs by one mean over all prompts; the paper "
     "replaces each prompt's output by the mean over the ABC prompts of *its own template*, so "
     "positions line up",
+    "gradients_off": "the backward pass found no graph: the notebook turns gradients off "
+    "(torch.set_grad_enabled(False)) and the checker calls your function the same way, so a "
+    "forward pass records nothing to differentiate. Run the forward pass whose gradient you "
+    "need, and the backward pass, inside `with torch.enable_grad():`",
 }
 
 
@@ -658,6 +666,35 @@ def _head_set(value: object) -> set[tuple[int, int]] | None:
         return {(int(h[0]), int(h[1])) for h in value}
     except (TypeError, ValueError, IndexError):
         return None
+
+
+class ModuleState(Mapping):
+    """A module's parameters and buffers, read afresh at every access (``state_dict()``).
+
+    Given to `Exercise.call` as ``read_only``, it shows a call that changed a module it was
+    handed (an SAE folded in place, a weight reassigned) as ``mutated_input``: the snapshot is
+    taken before the call, the comparison reads what the module holds after it.
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self.module.state_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.module.state_dict())
+
+    def __len__(self) -> int:
+        return len(self.module.state_dict())
+
+
+def gradients_off_error(err: Exception) -> str | None:
+    """``"gradients_off"`` if ``err`` is autograd finding no graph (for `Exercise.call`'s
+    ``raised_as``), else None."""
+    text = str(err)
+    no_graph = "does not require grad" in text or "does not have a grad_fn" in text
+    return "gradients_off" if isinstance(err, RuntimeError) and no_graph else None
 
 
 def _assignment_mismatch(err: Exception) -> bool:
