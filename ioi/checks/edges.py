@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
-from ioi.checks.core import exercise, one_thread
+from ioi.checks.core import exercise, gradients_off_error, one_thread
 from ioi.checks.fixtures import IOIBatch, ioi_batch
 from ioi.edges import Edge, EdgeGraph, EdgeReceiver, EdgeSender, edge_attribution
 from ioi.edges.runs import receiver_hook, split_inputs
@@ -49,6 +49,9 @@ EAP = exercise(
         "the dot product runs over d_model, and then over positions",
         "end_position_only": "only the final (`end`) position was counted; the edge carries "
         "the sender's change at every position, and each contributes: sum over all of them",
+        "mean_over_positions": "the products were averaged over positions (or d_model) where "
+        "they are summed: the edge's effect is the sum of its effects at every position, and "
+        "a dot product over d_model is a sum too. Only the prompts are averaged",
         "sum_not_mean": "the result is the expected one times the number of prompts: average "
         "the per-prompt scores over prompts (the metric is per prompt; the library scores the "
         "mean of it)",
@@ -70,7 +73,7 @@ EAP = exercise(
         "flag_left_on": "the model's use_split_qkv_input / use_hook_mlp_in flags were left "
         "changed after the call; use `with split_inputs(model):`, which restores them",
     },
-    shared=("sum_not_mean",),
+    shared=("sum_not_mean", "gradients_off"),
 )
 
 
@@ -220,18 +223,23 @@ def test_eap_edge_score(eap_edge_score_fn: Callable) -> None:
 
     calls, results = [], []
     for edge in CASES:  # every edge first: an absolute value shows only across signs
-        call = f"eap_edge_score(model, clean_tokens, corrupted_tokens, metric, edge={edge})  [{b.describe()}]"
-        before = _flags(model)
-        got = ex.call(
-            eap_edge_score_fn,
-            model,
-            b.ds.toks.clone(),
-            b.abc.toks.clone(),
-            metric,
-            edge,
-            call=call,
-            model=model,
+        call = (
+            f"eap_edge_score(model, clean_tokens, corrupted_tokens, metric, edge={edge})  "
+            f"[{b.describe()}; gradients off, as in the notebook]"
         )
+        before = _flags(model)
+        with torch.no_grad():  # as the notebook runs: the function turns gradients on itself
+            got = ex.call(
+                eap_edge_score_fn,
+                model,
+                b.ds.toks.clone(),
+                b.abc.toks.clone(),
+                metric,
+                edge,
+                call=call,
+                model=model,
+                raised_as=gradients_off_error,
+            )
         if _flags(model) != before:
             model.cfg.use_split_qkv_input, model.cfg.use_hook_mlp_in = before
             ex.fail(
@@ -269,6 +277,11 @@ def test_eap_edge_score(eap_edge_score_fn: Callable) -> None:
             "not_summed_over_positions": lambda v=v: v(reduce="pos"),
             "summed_wrong_axis": lambda v=v: v(reduce="d_model"),
             "end_position_only": lambda v=v: _unless_zero(v(reduce="end")),
+            "mean_over_positions": lambda e=expected, n=b.ds.toks.shape[1], d=model.cfg.d_model: [
+                e / n,
+                e / d,
+                e / (n * d),
+            ],
             "sum_not_mean": lambda e=expected: e * b.ds.N,
             "averaged_twice": lambda e=expected: e / b.ds.N,
             "clean_activation_only": lambda v=v: v(delta="clean"),

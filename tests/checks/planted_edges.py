@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from transformer_lens.utilities import get_act_name
 
@@ -55,6 +57,7 @@ def _eap(
     detached=False,
     restore_flags=True,
     head_sum=False,
+    grads_enabled=True,
 ):
     _, clean = model.run_with_cache(clean_tokens)
     _, corrupted = model.run_with_cache(corrupted_tokens)
@@ -83,7 +86,8 @@ def _eap(
     model.set_use_split_qkv_input(True)
     model.set_use_hook_mlp_in(True)
     try:
-        with torch.enable_grad(), model.hooks(fwd_hooks=[(name, keep)]):
+        grads_on = torch.enable_grad() if grads_enabled else contextlib.nullcontext()
+        with grads_on, model.hooks(fwd_hooks=[(name, keep)]):
             logits = model(tokens)
             values = metric(logits)
             value = values.mean() if reduce == "twice" else values.sum()
@@ -102,6 +106,10 @@ def _eap(
         out = product.sum(1).mean(0)
     elif reduce == "sum":
         out = product.sum()
+    elif reduce == "mean_pos":
+        out = product.sum(-1).mean(1).mean()
+    elif reduce == "mean_all":
+        out = product.mean()
     else:
         out = product.sum((1, 2)).mean()
     return post(out) if post else out
@@ -138,6 +146,28 @@ variant(
     reduce="d_model",
 )
 variant("eap_edge_score", "sum_not_mean", _eap, "Summed over prompts.", reduce="sum")
+variant(
+    "eap_edge_score",
+    "mean_over_positions",
+    _eap,
+    "Averaged over positions, not summed.",
+    reduce="mean_pos",
+)
+variant(
+    "eap_edge_score",
+    "mean_over_positions",
+    _eap,
+    "(delta * grad).mean(): averaged over positions and d_model too.",
+    fn_name="eap_mean_all",
+    reduce="mean_all",
+)
+variant(
+    "eap_edge_score",
+    "gradients_off",
+    _eap,
+    "No torch.enable_grad(): in the notebook autograd finds no graph.",
+    grads_enabled=False,
+)
 variant(
     "eap_edge_score",
     "averaged_twice",
@@ -268,3 +298,21 @@ def eap_mean_metric(model, clean_tokens, corrupted_tokens, metric, edge):
     delta = sender_delta(model, edge.sender, dict(clean.items()), dict(corrupted.items()))
     grad = _receiver_grad(model, clean_tokens, lambda logits: metric(logits).mean(), edge)
     return (delta * grad).sum()
+
+
+@correct("eap_edge_score", "a TransformerLens backward hook; .backward() of the mean metric")
+def eap_backward_hook(model, clean_tokens, corrupted_tokens, metric, edge):
+    _, clean = model.run_with_cache(clean_tokens)
+    _, corrupted = model.run_with_cache(corrupted_tokens)
+    delta = sender_delta(model, edge.sender, dict(clean.items()), dict(corrupted.items()))
+    grads = {}
+
+    def save(grad, hook):
+        grads["g"] = grad.detach()
+
+    name = receiver_hook(model, edge.receiver)
+    with torch.enable_grad(), split_inputs(model), model.hooks(bwd_hooks=[(name, save)]):
+        metric(model(clean_tokens)).mean().backward()
+    model.zero_grad(set_to_none=True)
+    grad = grads["g"][:, :, edge.receiver.head] if grads["g"].ndim == 4 else grads["g"]
+    return torch.einsum("bpd,bpd->", delta, grad)
