@@ -20,6 +20,7 @@ from ioi.checks.core import (
     Exercise,
     describe,
     exercise,
+    gradients_off_error,
     missing_rows,
     one_thread,
     reorderings,
@@ -1015,7 +1016,16 @@ ATTRIBUTION = exercise(
         "absolute_change": "you took the absolute value of each head's estimated change: a "
         "head whose patch would lower the metric must show a value below the corrupted run's. "
         "Keep the sign of (clean - corrupted) * grad",
+        "noising_estimate": "you estimated noising (the clean run's metric plus (corrupted - "
+        "clean) * the clean run's gradient); this estimates denoising: the corrupted run's "
+        "metric plus (clean - corrupted) * the corrupted run's gradient",
+        "detached_leaves": "the earlier layers' values are off and the last layer's right: "
+        "each layer's z was replaced by a detached leaf, so a later layer's leaf cuts every "
+        "path from the earlier heads through it, and their gradients count only the direct "
+        "paths. Save the activations in the hooks without detaching them (or add a zero "
+        "tensor that requires grad) and differentiate with respect to those",
     },
+    shared=("missed_last_layer", "gradients_off"),
 )
 
 
@@ -1023,6 +1033,28 @@ def _raw_metric(b: IOIBatch):
     # The raw logit difference, not the normalised metric: the normalised one is 0 on the
     # corrupted run, which would hide a forgotten baseline.
     return make_logit_diff_metric(b.answer_tokens, b.end)
+
+
+def _leaf_change(b: IOIBatch, receiver: Tensor, donor_cache) -> Float[Tensor, "layer head"]:
+    """`_attribution_change` with every layer's z replaced by a detached leaf in the receiver
+    run (the mistake ``detached_leaves``): each gradient counts only the paths that avoid
+    the later layers' z."""
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(b.model.cfg.n_layers)]
+    leaves: dict[str, Tensor] = {}
+
+    def leaf(act: Tensor, hook) -> Tensor:
+        leaves[hook.name] = act.detach().requires_grad_(True)
+        return leaves[hook.name]
+
+    with torch.enable_grad(), b.model.hooks(fwd_hooks=[(n, leaf) for n in names]):
+        value = _raw_metric(b)(b.model(receiver))
+        grads = torch.autograd.grad(value, [leaves[n] for n in names])
+    return torch.stack(
+        [
+            ((donor_cache[n] - leaves[n].detach()) * g).sum((0, 1, 3))
+            for n, g in zip(names, grads, strict=True)
+        ]
+    ).cpu()
 
 
 def _attribution_change(b: IOIBatch, receiver: Tensor, donor_cache) -> Float[Tensor, "layer head"]:
@@ -1049,17 +1081,20 @@ def test_attribution_patch_attn_head_out_all_pos(
     for i, (shown, clean_toks, corrupted_toks, corrupted_value) in enumerate(directions):
         call = (
             f"attribution_patch_attn_head_out_all_pos(model, {shown}, patching_metric)  where "
-            f"the metric is the mean logit difference at end  [{b.describe()}]"
+            f"the metric is the mean logit difference at end  [{b.describe()}; gradients off, "
+            "as in the notebook]"
         )
-        got = ex.call(
-            attribution_patch_attn_head_out_all_pos_fn,
-            b.model,
-            clean_toks.clone(),
-            corrupted_toks.clone(),
-            _raw_metric(b),
-            call=call,
-            model=b.model,
-        )
+        with torch.no_grad():  # as the notebook runs: the function turns gradients on itself
+            got = ex.call(
+                attribution_patch_attn_head_out_all_pos_fn,
+                b.model,
+                clean_toks.clone(),
+                corrupted_toks.clone(),
+                _raw_metric(b),
+                call=call,
+                model=b.model,
+                raised_as=gradients_off_error,
+            )
         grid = patching.sweep(b.model, "z", b.ds.toks.shape[1])
         expected = patching.attribution_patching(
             b.model, clean_toks, corrupted_toks, _raw_metric(b), grid, mode="denoise"
@@ -1076,6 +1111,15 @@ def test_attribution_patch_attn_head_out_all_pos(
             "mean_not_sum": lambda e=expected, c=corrupted_value: c + (e - c) / b.ds.N,
             "clean_baseline": lambda e=expected, c=corrupted_value, o=other_value: e - c + o,
             "absolute_change": lambda e=expected, c=corrupted_value: c + (e - c).abs(),
+            # the clean run's metric plus (corrupted - clean) * the clean run's gradient
+            "noising_estimate": lambda o=other_value, r=receiver, d=donor: (
+                o + _attribution_change(b, r, d)
+            ),
+            # the donor's z is the clean one; the receiver run is the corrupted one
+            "detached_leaves": lambda c=corrupted_value, t=corrupted_toks, i=i: (
+                c + _leaf_change(b, t, b.clean_cache if i == 0 else b.corrupted_cache)
+            ),
+            "missed_last_layer": lambda e=expected: without_last_layer(e),
         }
         ex.expect_tensor(got, expected, call=call, mistakes=mistakes, atol=1e-3)
     ex.passed()

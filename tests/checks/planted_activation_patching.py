@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 
 import torch
@@ -709,8 +710,11 @@ def _attribution(
     sign=1.0,
     add_value=True,
     reduce=(0, 1, 3),
+    grads_enabled=True,
+    layers=None,
+    leaves=False,
 ):
-    names = [get_act_name("z", layer) for layer in range(model.cfg.n_layers)]
+    names = [get_act_name("z", layer) for layer in range(model.cfg.n_layers)[:layers]]
     run, other = (
         (corrupted_tokens, clean_tokens)
         if base == "corrupted"
@@ -723,9 +727,10 @@ def _attribution(
     saved = {}
 
     def save(act, hook):
-        saved[hook.name] = act
+        saved[hook.name] = act.detach().requires_grad_(True) if leaves else act
+        return saved[hook.name]
 
-    with torch.enable_grad():
+    with torch.enable_grad() if grads_enabled else contextlib.nullcontext():
         with model.hooks(fwd_hooks=[(n, save) for n in names]):
             value = metric(model(run))
         grads = torch.autograd.grad(value, [saved[n] for n in names])
@@ -739,10 +744,16 @@ def _attribution(
             for d, g in zip(deltas, grads, strict=True)
         ]
     )
+    if base == "noise":  # the clean run's value, a step towards the corrupted z
+        return value.detach() - est
     if base != "corrupted":
         with torch.no_grad():
             corrupted_value = metric(model(corrupted_tokens))
         return corrupted_value + est
+    if layers is not None:  # a loop over range(n_layers - 1) into a zero grid
+        out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+        out[:layers] = value.detach() + est
+        return out
     return value.detach() + est if add_value else est
 
 
@@ -786,6 +797,67 @@ def attribution_abs_change(model, clean_tokens, corrupted_tokens, patching_metri
         base = patching_metric(model(corrupted_tokens))
     change = _attribution(model, clean_tokens, corrupted_tokens, patching_metric, add_value=False)
     return base + torch.abs(change)
+
+
+variant(
+    "attribution_patch_attn_head_out_all_pos",
+    "gradients_off",
+    _attribution,
+    "No torch.enable_grad(): in the notebook the backward pass finds no graph.",
+    fn_name="attribution_no_enable_grad",
+    grads_enabled=False,
+)
+variant(
+    "attribution_patch_attn_head_out_all_pos",
+    "noising_estimate",
+    _attribution,
+    "The clean run's metric plus (corrupted - clean) * the clean run's gradient.",
+    fn_name="attribution_noising",
+    base="noise",
+)
+variant(
+    "attribution_patch_attn_head_out_all_pos",
+    "detached_leaves",
+    _attribution,
+    "Every layer's z replaced by a detached leaf: later leaves cut the earlier heads' paths.",
+    fn_name="attribution_detached_leaves",
+    leaves=True,
+)
+variant(
+    "attribution_patch_attn_head_out_all_pos",
+    "missed_last_layer",
+    _attribution,
+    "range(n_layers - 1) into a grid of zeros.",
+    fn_name="attribution_missed_last_layer",
+    layers=-1,
+)
+
+
+@correct(
+    "attribution_patch_attn_head_out_all_pos",
+    "zero probes added at every hook_z, as the library does; both caches by names_filter",
+)
+def attribution_zero_probes(model, clean_tokens, corrupted_tokens, patching_metric):
+    def is_z(name):
+        return name.endswith("attn.hook_z")
+
+    with torch.no_grad():
+        _, clean = model.run_with_cache(clean_tokens, names_filter=is_z)
+        _, corrupted = model.run_with_cache(corrupted_tokens, names_filter=is_z)
+    probes = {}
+
+    def probe(act, hook):
+        probes[hook.layer()] = torch.zeros_like(act, requires_grad=True)
+        return act + probes[hook.layer()]
+
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(is_z, probe)]):
+        value = patching_metric(model(corrupted_tokens))
+        grads = torch.autograd.grad(value, [probes[i] for i in range(model.cfg.n_layers)])
+    rows = [
+        torch.einsum("bphd,bphd->h", clean["z", i] - corrupted["z", i], g)
+        for i, g in enumerate(grads)
+    ]
+    return torch.stack(rows) + value.item()
 
 
 @correct(
