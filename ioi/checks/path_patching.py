@@ -463,8 +463,17 @@ TO_HEADS = exercise(
         **TO_HEADS_DIAGNOSES,
         "wrong_receiver_input": "you patched a different input of the receivers than "
         "`receiver_input` asks for",
+        "froze_mlps": "in the first patched run you froze the MLPs too: they must be "
+        "recomputed, so the sender's effect that reaches the receivers through an MLP is kept",
+        "datasets_swapped": "you ran the new (ABC) prompts and patched in the orig values; run "
+        "the orig prompts, with the sender's new value patched in",
     },
     shared=("ignored_given_cache",),
+    no_effect_text="every entry equals the unpatched orig run (1.0): the receivers' inputs "
+    "were replaced by values no different from the orig run's. Record them while the "
+    "freezing hooks are on (run_with_cache *inside* `with model.hooks(...)`), record and "
+    "patch the receivers' `receiver_input` (their z is frozen like every other head's), and "
+    "build orig_cache and new_cache from different prompts",
 )
 
 
@@ -591,6 +600,17 @@ def test_get_path_patch_head_to_heads(fn: Callable) -> None:
         top = max(layer for layer, _ in receivers)
         expected = _library_grid(b, metric, receivers, receiver_input)
         mistakes = _to_heads_mistakes(b, metric, receivers, receiver_input, expected, top)
+
+        def naive(toks, orig, new, r=receivers, inp=receiver_input, top=top, **switches):
+            grid = naive_path_patch(model, metric, toks, orig, new, r, inp, **switches)
+            return _with_unreachable(grid, top)
+
+        mistakes |= {
+            "froze_mlps": lambda n=naive: n(
+                b.ds.toks, b.clean_cache, b.corrupted_cache, freeze_mlps=True
+            ),
+            "datasets_swapped": lambda n=naive: n(b.abc.toks, b.corrupted_cache, b.clean_cache),
+        }
         if given == "patched":
             mistakes = {"ignored_given_cache": lambda e=expected: e}
             expected = _library_grid(b, metric, receivers, receiver_input, new_cache=caches[0])

@@ -136,6 +136,15 @@ def _freeze(z, hook, new_cache, orig_cache, sender, *, freeze=True, into_cache=F
     return out
 
 
+def _frozen_at(cache):
+    """A hook that replaces an activation by its value in ``cache``."""
+
+    def hook(act, hook):
+        return cache[hook.name].clone()
+
+    return hook
+
+
 def _is_z(name):
     return name.endswith("hook_z")
 
@@ -316,9 +325,17 @@ def _to_heads(
     whole_layer=False,
     top=None,
     rows_only=False,
+    freeze_mlps=False,
+    swap_datasets=False,
+    record_unhooked=False,
+    receiver_point=None,
 ):
     new_cache, orig_cache = _caches(model, new_dataset, orig_dataset, new_cache, orig_cache)
-    names = {get_act_name(receiver_input, layer) for layer, _ in receiver_heads}
+    if swap_datasets:  # runs the new prompts with the orig values patched in
+        new_cache, orig_cache = orig_cache, new_cache
+        orig_dataset = new_dataset
+    names = {get_act_name(receiver_point or receiver_input, layer) for layer, _ in receiver_heads}
+    mlp_names = {get_act_name("mlp_out", layer) for layer in range(model.cfg.n_layers)}
     top = max(layer for layer, _ in receiver_heads) if top is None else top
     out = torch.full((model.cfg.n_layers, model.cfg.n_heads), fill)
 
@@ -339,7 +356,10 @@ def _to_heads(
                     sender=(layer, head),
                     freeze=freeze,
                 )
-                with model.hooks(fwd_hooks=[(_is_z, freezer)]):
+                hooks = [(_is_z, freezer)]
+                if freeze_mlps:
+                    hooks.append((lambda n: n in mlp_names, _frozen_at(orig_cache)))
+                with model.hooks(fwd_hooks=[] if record_unhooked else hooks):
                     _, recorded = model.run_with_cache(
                         orig_dataset.toks, names_filter=lambda n: n in names
                     )
@@ -360,6 +380,21 @@ variant(
     HEADS, "patched_whole_layer", _to_heads, "Step 3 patches the whole layer.", whole_layer=True
 )
 variant(HEADS, "returned_top_rows_only", _to_heads, "Only the reachable rows.", rows_only=True)
+variant(HEADS, "froze_mlps", _to_heads, "Step 2 freezes the MLPs too.", freeze_mlps=True)
+variant(
+    HEADS,
+    "datasets_swapped",
+    _to_heads,
+    "Runs the new prompts, patches orig values in.",
+    swap_datasets=True,
+)
+variant(
+    HEADS,
+    "no_effect",
+    _to_heads,
+    "Records the receivers' inputs outside the freezing hooks' context.",
+    record_unhooked=True,
+)
 
 
 @wrong("get_path_patch_head_to_heads", "wrong_top_layer")
