@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ioi.checks.core import AnyOf, describe, exercise, one_thread
-from ioi.checks.fixtures import toy_model
+from ioi.checks.fixtures import other_model_batch, toy_model
 from ioi.head import Head
 from ioi.patching import PatchResult, sweep
 from ioi.statistics import bootstrap
@@ -223,6 +223,7 @@ SIGNIFICANT = exercise(
         "(Bonferroni: 1 - (1 - level) / n_heads); the exercise asks for each head's own "
         "`level` interval, uncorrected",
     },
+    shared=("hard_coded_size",),
 )
 
 
@@ -266,6 +267,29 @@ def _interval_results() -> tuple[PatchResult, ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=1)
+def _other_sized_result() -> PatchResult:
+    """A head result on a grid of other sizes than the toy's (`other_model_batch`'s model):
+    a function that writes the toy's 4 heads (divmod(i, 4)) names the wrong heads there."""
+    model = other_model_batch().model
+    n_layers, n_heads, n = model.cfg.n_layers, model.cfg.n_heads, 16
+    gen = torch.Generator().manual_seed(3)
+    spread = torch.linspace(-0.6, 0.6, n_layers * n_heads, dtype=torch.float64)
+    noise = torch.randn(n_layers, n_heads, n, generator=gen, dtype=torch.float64)
+    change = spread.reshape(n_layers, n_heads, 1) + 0.3 * noise  # [layer, head, batch]
+    clean = torch.ones(n, dtype=torch.float64)
+    return PatchResult(
+        (clean + change).mean(-1),
+        sweep(model, "z", 10),
+        1.0,
+        0.0,
+        mode="noise",
+        per_prompt=clean + change,
+        clean_per_prompt=clean,
+        corrupted_per_prompt=torch.zeros(n, dtype=torch.float64),
+    )
+
+
 def _heads(rows) -> list[Head]:
     return [Head(int(r["layer"]), int(r["head"])) for r in rows]
 
@@ -286,10 +310,12 @@ def test_significant_heads(significant_heads_fn: Callable) -> None:
     cases = [(r, 0.95, 500, 0) for r in _interval_results()] + [
         (_interval_results()[0], 0.8, 300, 4),
         (_interval_results()[1], 0.8, 300, 4),
+        (_other_sized_result(), 0.95, 300, 0),
     ]
     for result, level, resamples, seed in cases:
+        n_layers, n_heads = result.change.shape
         call = (
-            f"significant_heads(result [layer 3, head 4, batch 16], level={level}, "
+            f"significant_heads(result [layer {n_layers}, head {n_heads}, batch 16], level={level}, "
             f"resamples={resamples}, seed={seed})"
         )
         raw = ex.call(significant_heads_fn, result, level, resamples, seed, call=call)
@@ -351,6 +377,9 @@ def test_significant_heads(significant_heads_fn: Callable) -> None:
             "normal_not_bootstrap": [
                 {h for h in ranked if abs(float(est.mean[h])) > z * float(est.se[h])}
             ],
+            "hard_coded_size": [{divmod(i, 4) for i in range(off.numel()) if off.flatten()[i]}]
+            if n_heads != 4
+            else [],
             "multiple_comparisons_corrected": [
                 set(
                     _heads(

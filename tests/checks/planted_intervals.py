@@ -325,3 +325,12 @@ def sig_signs_agree(result, level=0.95, resamples=1000, seed=0):
     n_heads = result.change.shape[1]
     order = result.change.abs().flatten().argsort(descending=True, stable=True).tolist()
     return [Head(i // n_heads, i % n_heads) for i in order if keep[i]]
+
+
+@wrong("significant_heads", "hard_coded_size")
+def sig_toy_heads(result, level=0.95, resamples=1000, seed=0):
+    """Flat index split by the toy's 4 heads: divmod(i, 4)."""
+    est = result.interval("change", level=level, resamples=resamples, seed=seed)
+    keep = ((est.low > 0) | (est.high < 0)).flatten()
+    order = result.change.abs().flatten().argsort(descending=True, stable=True).tolist()
+    return [Head(*divmod(i, 4)) for i in order if keep[i]]
