@@ -527,6 +527,10 @@ PATTERN_HOOK = exercise(
         "transposed_pattern": "you copied the clean pattern transposed (.T or .transpose(-1, "
         "-2)): a pattern is [batch, head, query_pos, key_pos] in both the cache and the hook, "
         "so copy clean_cache[hook.name][:, head_index] as it is",
+        "indexed_batch_axis": "you replaced prompt number `head_index` ([head_index]) instead "
+        "of head `head_index` of every prompt ([:, head_index])",
+        "returned_clean_slice": "you returned only the clean head's pattern [batch, query_pos, "
+        "key_pos]; return the whole (patched) pattern, [batch, head, query_pos, key_pos]",
     },
     shared=("assignment_shapes_differ",),
 )
@@ -544,6 +548,8 @@ def test_patch_attn_patterns(patch_attn_patterns_fn: Callable) -> None:
             "indexed_wrong_axis": lambda: _patched(act, clean, (slice(None), slice(None), head)),
             "patched_all_heads": lambda: clean,
             "transposed_pattern": lambda: patch(act, clean.transpose(-1, -2), head),
+            "indexed_batch_axis": lambda: _patched(act, clean, (head,)),
+            "returned_clean_slice": lambda: clean[:, head],
         }
 
     cases = [("blocks.2.attn.hook_pattern", 3), ("blocks.1.attn.hook_pattern", 0)]
@@ -952,7 +958,11 @@ EVERY = exercise(
         "missing_component": "one of the five components is missing",
         "component_row_wrong": "four of the five rows are right and one is not: check the hook "
         "function and the hook name of that component (a pattern's head is its second axis)",
+        "stacked_wrong_axis": "the five rows are stacked on the last axis ([layer, head, 5]); "
+        "stack them on the first: torch.stack(rows) is [5, layer, head]",
+        **SWEEP_DIAGNOSES,
     },
+    shared=("missed_last_layer", "missed_last_head", "hard_coded_size"),
 )
 
 EVERY_ORDER = ("z", "q", "k", "v", "pattern")
@@ -983,7 +993,12 @@ def test_get_act_patch_attn_head_all_pos_every(
         "wrong_component_order": lambda: reorderings(expected),
         "missing_component": lambda: missing_rows(expected),
         "component_row_wrong": one_row_wrong,
+        "stacked_wrong_axis": lambda: expected.permute(1, 2, 0),
+        "missed_last_layer": lambda: without_last(expected, 1),
+        "missed_last_head": lambda: without_last(expected, 2),
     }
+    # The random model of other sizes names sizes written as the toy's (3 layers, 4 heads)
+    # and a subtracted baseline (the toy's normalised metric gives 0 on the corrupted run).
     _check_sweep(
         EVERY,
         get_act_patch_attn_head_all_pos_every_fn,
@@ -991,6 +1006,8 @@ def test_get_act_patch_attn_head_all_pos_every(
         expected,
         mistakes,
         holder=holder,
+        library=patching.get_act_patch_attn_head_all_pos_every,
+        toy_axes={1: "layers", 2: "heads"},
     )
 
 

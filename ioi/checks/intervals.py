@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import statistics
 from collections.abc import Callable
 from types import SimpleNamespace
 
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ioi.checks.core import AnyOf, describe, exercise, one_thread
-from ioi.checks.fixtures import toy_model
+from ioi.checks.fixtures import other_model_batch, toy_model
 from ioi.head import Head
 from ioi.patching import PatchResult, sweep
 from ioi.statistics import bootstrap
@@ -210,14 +211,27 @@ SIGNIFICANT = exercise(
         "options_ignored": "the intervals were made with the default level, resamples or seed, "
         "not the ones you were given: pass level, resamples and seed on to result.interval",
         "wrong_order": "the right heads in the wrong order: largest |change| first",
+        "one_sided_level": "you made the intervals at level 2 * level - 1 (a one-sided test "
+        "at each end); the test is two-sided: keep the heads whose `level` interval, "
+        "result.interval('change', level=level, ...), excludes 0",
+        "level_inverted": "you made the intervals at level 1 - level (a 5% interval for "
+        "level=0.95): `level` is the interval's coverage, passed as it is",
+        "normal_not_bootstrap": "you made normal intervals (mean +- z * se); the exercise's "
+        "intervals are the bootstrap's percentile ones: est.low and est.high of "
+        "result.interval('change', ...)",
+        "multiple_comparisons_corrected": "you corrected the level for the number of heads "
+        "(Bonferroni: 1 - (1 - level) / n_heads); the exercise asks for each head's own "
+        "`level` interval, uncorrected",
     },
+    shared=("hard_coded_size",),
 )
 
 
 @functools.lru_cache(maxsize=1)
 def _interval_results() -> tuple[PatchResult, ...]:
     """Two head results with per-prompt changes (clean baseline 1, corrupted 0, per prompt 1s
-    and 0s): designed so the interval and the threshold disagree, and 90% and 95% differ."""
+    and 0s): designed so the interval and the threshold disagree; on the second, 80% and 60%
+    intervals, and seeds 0 and 4, keep different heads."""
     model = toy_model()
     grid = sweep(model, "z", 10)
     gen = torch.Generator().manual_seed(2)
@@ -253,6 +267,29 @@ def _interval_results() -> tuple[PatchResult, ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=1)
+def _other_sized_result() -> PatchResult:
+    """A head result on a grid of other sizes than the toy's (`other_model_batch`'s model):
+    a function that writes the toy's 4 heads (divmod(i, 4)) names the wrong heads there."""
+    model = other_model_batch().model
+    n_layers, n_heads, n = model.cfg.n_layers, model.cfg.n_heads, 16
+    gen = torch.Generator().manual_seed(3)
+    spread = torch.linspace(-0.6, 0.6, n_layers * n_heads, dtype=torch.float64)
+    noise = torch.randn(n_layers, n_heads, n, generator=gen, dtype=torch.float64)
+    change = spread.reshape(n_layers, n_heads, 1) + 0.3 * noise  # [layer, head, batch]
+    clean = torch.ones(n, dtype=torch.float64)
+    return PatchResult(
+        (clean + change).mean(-1),
+        sweep(model, "z", 10),
+        1.0,
+        0.0,
+        mode="noise",
+        per_prompt=clean + change,
+        clean_per_prompt=clean,
+        corrupted_per_prompt=torch.zeros(n, dtype=torch.float64),
+    )
+
+
 def _heads(rows) -> list[Head]:
     return [Head(int(r["layer"]), int(r["head"])) for r in rows]
 
@@ -268,12 +305,17 @@ def _as_heads(value: object) -> list[tuple[int, int]] | None:
 def test_significant_heads(significant_heads_fn: Callable) -> None:
     """Check ``significant_heads(result, level=0.95, resamples=1000, seed=0) -> list[Head]``."""
     ex = SIGNIFICANT
+    # The last case is where seed 4's intervals are not seed 0's, 300 resamples' not 1000's,
+    # and the 80% intervals not the 60% ones: an option ignored or the level halved shows.
     cases = [(r, 0.95, 500, 0) for r in _interval_results()] + [
-        (_interval_results()[0], 0.8, 300, 4)
+        (_interval_results()[0], 0.8, 300, 4),
+        (_interval_results()[1], 0.8, 300, 4),
+        (_other_sized_result(), 0.95, 300, 0),
     ]
     for result, level, resamples, seed in cases:
+        n_layers, n_heads = result.change.shape
         call = (
-            f"significant_heads(result [layer 3, head 4, batch 16], level={level}, "
+            f"significant_heads(result [layer {n_layers}, head {n_heads}, batch 16], level={level}, "
             f"resamples={resamples}, seed={seed})"
         )
         raw = ex.call(significant_heads_fn, result, level, resamples, seed, call=call)
@@ -307,9 +349,14 @@ def test_significant_heads(significant_heads_fn: Callable) -> None:
         ranked = [divmod(i, result.change.shape[1]) for i in order]
         est = result.interval("change", **opts)
         off = (est.low > 0) | (est.high < 0)
+        z = statistics.NormalDist().inv_cdf((1 + level) / 2)
         chosen = set(got)
         candidates = {
             "wrong_order": [set(map(tuple, expected))],
+            # Before the threshold: a narrow interval keeps the heads of largest |change| too.
+            "level_inverted": [
+                set(_heads(result.significant(by="interval", **{**opts, "level": 1 - level})))
+            ],
             "threshold_not_interval": [set(ranked[: len(got)])] if got else [],
             "kept_intervals_with_zero": [{h for h in ranked if not off[h]}],
             "one_sided": [
@@ -317,7 +364,32 @@ def test_significant_heads(significant_heads_fn: Callable) -> None:
                 {h for h in ranked if est.high[h] < 0},
             ],
             "interval_of_effect": [set(_heads(_effect_rows(result, opts)))],
-            "options_ignored": [set(_heads(result.significant(by="interval")))],
+            # Every option left at its default, or one of them.
+            "options_ignored": [set(_heads(result.significant(by="interval")))]
+            + [
+                set(_heads(result.significant(by="interval", **{**opts, key: default})))
+                for key, default in (("level", 0.95), ("resamples", 1000), ("seed", 0))
+                if opts[key] != default
+            ],
+            "one_sided_level": [
+                set(_heads(result.significant(by="interval", **{**opts, "level": 2 * level - 1})))
+            ],
+            "normal_not_bootstrap": [
+                {h for h in ranked if abs(float(est.mean[h])) > z * float(est.se[h])}
+            ],
+            "hard_coded_size": [{divmod(i, 4) for i in range(off.numel()) if off.flatten()[i]}]
+            if n_heads != 4
+            else [],
+            "multiple_comparisons_corrected": [
+                set(
+                    _heads(
+                        result.significant(
+                            by="interval",
+                            **{**opts, "level": 1 - (1 - level) / result.change.numel()},
+                        )
+                    )
+                )
+            ],
         }
         for key, sets in candidates.items():
             if any(chosen == s for s in sets):

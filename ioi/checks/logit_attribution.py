@@ -161,6 +161,15 @@ DIRECTIONS = exercise(
         "indexed_batch_axis": "you indexed the first axis of the [batch, 2, d_model] answer "
         "directions ([0] - [1]: prompts 0 and 1); the IO and S are the second axis: "
         "dirs[:, 0] - dirs[:, 1]",
+        "averaged_over_prompts": "you returned one direction, the mean over prompts "
+        "([d_model]); each prompt has its own IO and S, so return one row per prompt "
+        "[batch, d_model]",
+        "first_prompt_for_all": "every row is the first prompt's direction; prompt i's row "
+        "uses its own answer_tokens[i]",
+        "added_not_subtracted": "you added the two directions (IO + S); the logit difference "
+        "is IO minus S",
+        "indexed_unembedding_rows": "you indexed W_U's rows with token ids (W_U[ids]); W_U is "
+        "[d_model, d_vocab], so a token's direction is its column W_U[:, id] (or W_U.T[id])",
     },
 )
 
@@ -170,7 +179,21 @@ def test_logit_diff_directions(logit_diff_directions_fn: Callable) -> None:
     ex, b = DIRECTIONS, ioi_batch()
     model, answers = b.model, b.answer_tokens
     call = f"logit_diff_directions(model, answer_tokens)  [{b.describe()}]"
-    got = ex.call(logit_diff_directions_fn, model, answers.clone(), call=call, model=model)
+    d_model = model.cfg.d_model
+
+    def raised_as(err: Exception) -> str | None:
+        # W_U[ids] runs token ids (past d_model) into W_U's first axis, of size d_model.
+        rows = isinstance(err, IndexError) and f"dimension 0 with size {d_model}" in str(err)
+        return "indexed_unembedding_rows" if rows else None
+
+    got = ex.call(
+        logit_diff_directions_fn,
+        model,
+        answers.clone(),
+        call=call,
+        model=model,
+        raised_as=raised_as,
+    )
     expected = _directions(b)
     mistakes = {
         "wrong_sign": lambda: -expected,
@@ -183,6 +206,9 @@ def test_logit_diff_directions(logit_diff_directions_fn: Callable) -> None:
             expected + (model.b_U[answers[:, 0]] - model.b_U[answers[:, 1]])[:, None]
         ),
         "halved": lambda: expected / 2,
+        "averaged_over_prompts": lambda: expected.mean(0),
+        "first_prompt_for_all": lambda: expected[:1].expand_as(expected),
+        "added_not_subtracted": lambda: model.tokens_to_residual_directions(answers).sum(1),
         "indexed_batch_axis": lambda: [
             (both := model.tokens_to_residual_directions(answers))[0] - both[1],
             model.W_U[:, answers[0]].T - model.W_U[:, answers[1]].T,

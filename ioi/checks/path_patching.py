@@ -125,16 +125,26 @@ FREEZE_HOOK = exercise(
         "original one: freeze at orig_cache, patch from new_cache",
         "ignored_head_to_patch": "you patched a fixed sender, not the `head_to_patch` you were "
         "given",
+        "layer_and_head_swapped": "you read head_to_patch as (head, layer); it is (layer, head): "
+        "`layer, head = head_to_patch`",
+        "patched_whole_sender_layer": "every head of the sender's layer took its new value; "
+        "only the sender head does (z[:, :, head]), the other heads of its layer stay frozen",
+        "indexed_position_axis": "you indexed the position axis ([:, head]); z is [batch, pos, "
+        "head, d_head], so the sender head is [:, :, head]",
     },
     shared=("assignment_shapes_differ",),
 )
 
 
-def _frozen(base: Tensor, other: Tensor, layer: int, sender: tuple[int, int]) -> Tensor:
-    """``base`` with the sender's head taken from ``other`` when ``layer`` is its layer."""
+def _frozen(
+    base: Tensor, other: Tensor, layer: int, sender: tuple[int, int], axis: int = 2
+) -> Tensor:
+    """``base`` with the sender's head taken from ``other`` when ``layer`` is its layer
+    (``axis``: the axis indexed by the head, 2 in z)."""
     out = base.clone()
     if layer == sender[0]:
-        out[:, :, sender[1]] = other[:, :, sender[1]]
+        index = (slice(None),) * axis + (sender[1],)
+        out[index] = other[index]
     return out
 
 
@@ -144,7 +154,9 @@ def test_patch_or_freeze_head_vectors(patch_or_freeze_head_vectors_fn: Callable)
     ex, b = FREEZE_HOOK, _batch()
     orig_cache, new_cache = b.clean_cache, b.corrupted_cache
     n_layers, n_heads = b.model.cfg.n_layers, b.model.cfg.n_heads
-    cases = [((1, 3), 1), ((1, 3), 2), ((2, 0), 2), ((0, 1), 0), ((0, 1), 1)]
+    # (2, 0) at layer 0 first: read as (head, layer) it patches head 2 there, where the sender
+    # read right patches nothing (its other cases cannot tell that from did_not_patch).
+    cases = [((2, 0), 0), ((1, 3), 1), ((1, 3), 2), ((2, 0), 2), ((0, 1), 0), ((0, 1), 1)]
     for sender, layer in cases:
         hook = b.model.blocks[layer].attn.hook_z
         orig, new = orig_cache[hook.name], new_cache[hook.name]
@@ -164,11 +176,25 @@ def test_patch_or_freeze_head_vectors(patch_or_freeze_head_vectors_fn: Callable)
         mistakes = {
             "did_not_freeze": lambda c=current, n=new, lay=layer, s=sender: _frozen(c, n, lay, s),
             "ignored_layer": lambda o=orig, n=new, s=sender: _frozen(o, n, s[0], s),
-            "did_not_patch": lambda o=orig: o,
+            # The sender left at the value it came with is as unpatched as left at orig.
+            "did_not_patch": lambda o=orig, c=current, lay=layer, s=sender: [
+                o,
+                _frozen(o, c, lay, s),
+            ],
             "caches_swapped": lambda o=orig, n=new, lay=layer, s=sender: _frozen(n, o, lay, s),
+            # Before ignored_head_to_patch: (head, layer) is one particular other sender.
+            "layer_and_head_swapped": lambda o=orig, n=new, lay=layer, s=sender: _frozen(
+                o, n, lay, (s[1], s[0])
+            ),
             "ignored_head_to_patch": lambda o=orig, n=new, lay=layer, others=other_senders: [
                 _frozen(o, n, lay, other) for other in others if other[0] == lay
             ],
+            "patched_whole_sender_layer": lambda o=orig, n=new, lay=layer, s=sender: (
+                n if lay == s[0] else None
+            ),
+            "indexed_position_axis": lambda o=orig, n=new, lay=layer, s=sender: (
+                _frozen(o, n, lay, s, axis=1) if lay == s[0] else None
+            ),
         }
         ex.expect_hook(
             patch_or_freeze_head_vectors_fn,
@@ -181,6 +207,9 @@ def test_patch_or_freeze_head_vectors(patch_or_freeze_head_vectors_fn: Callable)
             expected=_frozen(orig, new, layer, sender),
             mistakes=mistakes,
             read_only={"new_cache": given_new, "orig_cache": given_orig},
+            # Outside the sender's layer the activation left as it came is did_not_freeze (a
+            # hook that only acts in the sender's layer), not a hook that never fires.
+            unchanged=layer == sender[0],
         )
     ex.passed(f"{len(cases)} (sender, layer) pairs")
 
@@ -195,6 +224,21 @@ INPUT_HOOK = exercise(
         "ignored_layer": "you patched heads of head_list that live in other layers; only the "
         "heads whose layer equals hook.layer() belong to this hook",
         "patched_all_heads": "every head was replaced; patch only the receiver heads",
+        "one_receiver_only": "only one of this layer's receivers was patched; patch every head "
+        "of head_list whose layer is hook.layer() (index with the list of them)",
+        "layer_as_head_index": "you patched head number `layer` (the first item of each pair); "
+        "each pair is (layer, head): the head index is the second item",
+        "indexed_position_axis": "you indexed the position axis ([:, heads]); q, k and v are "
+        "[batch, pos, head, d_head], so the heads are [:, :, heads]",
+        "inverted_patch": "the receivers kept their orig values and every other head took the "
+        "patched one: start from the orig activation the hook was given and copy "
+        "patched_cache's receiver heads into it",
+        "added_not_replaced": "you added the patched values to the orig ones (+=); patching "
+        "replaces the receivers' values by the patched ones (=)",
+        "mean_over_prompts": "you wrote the patched values' mean over prompts into every "
+        "prompt; each prompt takes its own patched values (no .mean(0))",
+        "ignored_hook_name": "you read a fixed hook point of patched_cache; read "
+        "patched_cache[hook.name], the input this hook is attached to (q, k or v)",
     },
     shared=("assignment_shapes_differ",),
 )
@@ -213,12 +257,16 @@ def test_patch_head_input(patch_head_input_fn: Callable) -> None:
             f"head_list={head_list})  [{b.describe()}]"
         )
 
-        def with_heads(heads, orig=orig, patched=patched):
-            out = orig.clone()
-            out[:, :, heads] = patched[:, :, heads]
+        def with_heads(heads, source=patched, base=orig, axis=2):
+            out = base.clone()
+            index = (slice(None),) * axis + (heads,)
+            out[index] = source[index]
             return out
 
         layer = hook.layer()
+        mine = [h for lay, h in head_list if lay == layer]
+        # The layer's other inputs, which a hook reading a fixed name would patch from.
+        others = [get_act_name(point, layer) for point in "qkv" if point != name[-1]]
         given = fresh_cache(b.corrupted_cache)
         ex.expect_hook(
             patch_head_input_fn,
@@ -227,10 +275,23 @@ def test_patch_head_input(patch_head_input_fn: Callable) -> None:
             given,
             head_list,
             call=call,
-            expected=with_heads([h for lay, h in head_list if lay == layer]),
+            expected=with_heads(mine),
             mistakes={
                 "ignored_layer": lambda w=with_heads: w([h for _, h in head_list]),
                 "patched_all_heads": lambda p=patched: p,
+                "one_receiver_only": lambda w=with_heads, m=mine: (
+                    [w([h]) for h in m] if len(m) > 1 else None
+                ),
+                "layer_as_head_index": lambda w=with_heads, lay=layer: w([lay]),
+                "indexed_position_axis": lambda w=with_heads, m=mine: w(m, axis=1),
+                "inverted_patch": lambda w=with_heads, m=mine, o=orig, p=patched: w(m, o, p),
+                "added_not_replaced": lambda w=with_heads, m=mine, o=orig, p=patched: w(m, o + p),
+                "mean_over_prompts": lambda w=with_heads, m=mine, p=patched: w(
+                    m, p.mean(0, keepdim=True).expand_as(p)
+                ),
+                "ignored_hook_name": lambda w=with_heads, m=mine, o=others: [
+                    w(m, b.corrupted_cache[other]) for other in o
+                ],
             },
             read_only={"patched_cache": given},
         )
@@ -402,8 +463,17 @@ TO_HEADS = exercise(
         **TO_HEADS_DIAGNOSES,
         "wrong_receiver_input": "you patched a different input of the receivers than "
         "`receiver_input` asks for",
+        "froze_mlps": "in the first patched run you froze the MLPs too: they must be "
+        "recomputed, so the sender's effect that reaches the receivers through an MLP is kept",
+        "datasets_swapped": "you ran the new (ABC) prompts and patched in the orig values; run "
+        "the orig prompts, with the sender's new value patched in",
     },
     shared=("ignored_given_cache",),
+    no_effect_text="every entry equals the unpatched orig run (1.0): the receivers' inputs "
+    "were replaced by values no different from the orig run's. Record them while the "
+    "freezing hooks are on (run_with_cache *inside* `with model.hooks(...)`), record and "
+    "patch the receivers' `receiver_input` (their z is frozen like every other head's), and "
+    "build orig_cache and new_cache from different prompts",
 )
 
 
@@ -530,6 +600,17 @@ def test_get_path_patch_head_to_heads(fn: Callable) -> None:
         top = max(layer for layer, _ in receivers)
         expected = _library_grid(b, metric, receivers, receiver_input)
         mistakes = _to_heads_mistakes(b, metric, receivers, receiver_input, expected, top)
+
+        def naive(toks, orig, new, r=receivers, inp=receiver_input, top=top, **switches):
+            grid = naive_path_patch(model, metric, toks, orig, new, r, inp, **switches)
+            return _with_unreachable(grid, top)
+
+        mistakes |= {
+            "froze_mlps": lambda n=naive: n(
+                b.ds.toks, b.clean_cache, b.corrupted_cache, freeze_mlps=True
+            ),
+            "datasets_swapped": lambda n=naive: n(b.abc.toks, b.corrupted_cache, b.clean_cache),
+        }
         if given == "patched":
             mistakes = {"ignored_given_cache": lambda e=expected: e}
             expected = _library_grid(b, metric, receivers, receiver_input, new_cache=caches[0])

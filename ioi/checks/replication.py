@@ -661,6 +661,12 @@ FAITHFULNESS = exercise(
         "their positions only (a keep map built class by class, each class overwriting the "
         "entry): it is kept at *each* of its classes' positions, as circuit.kept_positions() "
         "gives",
+        "ratio_not_value": "your f_circuit is the ratio F(C) / F(M); the record holds the two "
+        "logit differences themselves (its .ratio divides them)",
+        "model_is_circuit": "your f_model is F(C), the circuit's value: F(M) is the intact "
+        "model, ablation.logit_diff(None)",
+        "kept_at_end_only": "your F(C) keeps every circuit head at `end` only; each head is "
+        "kept at its own class's position (circuit.kept_positions())",
     },
     shared=("swapped_fields",),
 )
@@ -696,6 +702,11 @@ def test_faithfulness(faithfulness_fn: Callable) -> None:
             ),
             "one_position_per_head": lambda c=circuit: AnyOf(
                 with_circuit(keep) for keep in _one_position_per_head(c)
+            ),
+            "ratio_not_value": lambda r=ref: Faithfulness(r.f_model, r.f_circuit / r.f_model),
+            "model_is_circuit": lambda r=ref: Faithfulness(r.f_circuit, r.f_circuit),
+            "kept_at_end_only": lambda c=circuit: with_circuit(
+                {h: ("end",) for h in c.all_heads()}
             ),
         }
         ex.expect_record(got, ref, FAITH_FIELDS, call=call, mistakes=mistakes, atol=1e-3)
@@ -748,6 +759,14 @@ COMPLETENESS = exercise(
         "(circuit.without(K))",
         "relative_to_circuit": "your relative score divides by F(C) or F(C \\ K); "
         "incompleteness is relative to the model, F(M)",
+        "kept_only_k": "your F(M \\ K) keeps *only* K's heads and ablates the rest; M \\ K is "
+        "the model with K removed: ablation.all_heads_except(K)",
+        "removed_whole_circuit": "your F(M \\ K) removes the whole circuit, the same for every "
+        "class; K is the one class: ablation.all_heads_except(K)",
+        "relative_to_knocked_out": "your relative score divides by F(M \\ K); incompleteness is "
+        "relative to the intact model, F(M) = ablation.logit_diff(None)",
+        "score_is_relative": "your score is already divided by F(M); score is the absolute gap "
+        "|F(C \\ K) - F(M \\ K)| and relative is score / F(M)",
         "k_kept_in_other_classes": "your F(C \\ K) keeps a head of K that also sits in "
         "another class at that class's position (a keep map built from the other classes): "
         "C \\ K removes K's heads from the circuit altogether, circuit.without(K)",
@@ -785,6 +804,23 @@ def test_completeness(completeness_fn: Callable) -> None:
                 [float(ablation.logit_diff(_without_class(circuit, n))) for n in circuit.heads], c
             ),
             "model_not_knocked_out": lambda a=f_c_k: rows(a, [f_m] * len(a)),
+            "kept_only_k": lambda a=f_c_k, classes=classes: rows(
+                a, [float(ablation.logit_diff({h: None for h in k})) for k in classes]
+            ),
+            "removed_whole_circuit": lambda a=f_c_k, circuit=circuit: rows(
+                a,
+                [float(ablation.logit_diff(ablation.all_heads_except(circuit.all_heads())))]
+                * len(a),
+            ),
+            "relative_to_knocked_out": lambda a=f_c_k, c=f_m_k: _scores(
+                [
+                    (s.label, s.f_with, s.f_without, s.score, s.score / abs(s.f_without))
+                    for s in rows(a, c)
+                ]
+            ),
+            "score_is_relative": lambda a=f_c_k, c=f_m_k: _scores(
+                [(s.label, s.f_with, s.f_without, s.relative, s.relative) for s in rows(a, c)]
+            ),
             "circuit_not_knocked_out": lambda c=f_m_k, fc=f_c: rows([fc] * len(c), c),
             "relative_to_circuit": lambda a=f_c_k, c=f_m_k, fc=f_c: AnyOf(
                 [

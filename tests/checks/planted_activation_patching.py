@@ -636,14 +636,28 @@ def head_out_result_switched_on(model, corrupted_tokens, clean_cache, patching_m
 
 
 def _every(
-    model, tokens, cache, metric, *, order=("z", "q", "k", "v", "pattern"), pattern_hook=None
+    model,
+    tokens,
+    cache,
+    metric,
+    *,
+    order=("z", "q", "k", "v", "pattern"),
+    pattern_hook=None,
+    sizes=None,
+    short_layers=False,
+    short_heads=False,
+    minus_baseline=False,
+    stack_dim=0,
 ):
+    n_layers, n_heads = sizes or (model.cfg.n_layers, model.cfg.n_heads)
+    with torch.no_grad():
+        baseline = float(metric(model(tokens))) if minus_baseline else 0.0
     rows = []
     for component in order:
-        grid = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-        for layer in range(model.cfg.n_layers):
-            for head in range(model.cfg.n_heads):
-                if component == "pattern":
+        grid = torch.zeros(n_layers, n_heads)
+        for layer in range(n_layers - short_layers):
+            for head in range(n_heads - short_heads):
+                if component in ("pattern", "attn_scores"):
                     fn = pattern_hook or _pattern_hook
                     hook = partial(fn, head=head, cache=cache)
                 else:
@@ -652,9 +666,9 @@ def _every(
                     logits = model.run_with_hooks(
                         tokens, fwd_hooks=[(get_act_name(component, layer), hook)]
                     )
-                grid[layer, head] = metric(logits)
+                grid[layer, head] = metric(logits) - baseline
         rows.append(grid)
-    return torch.stack(rows)
+    return torch.stack(rows, dim=stack_dim)
 
 
 variant(
@@ -1405,3 +1419,75 @@ def block_relative(model, corrupted_tokens, clean_cache, patching_metric):
     )
     with torch.no_grad():
         return grid - patching_metric(model(corrupted_tokens))
+
+
+# ---- adversarial review (chk36): the pattern hook and the five-component sweep -----------------
+
+
+@wrong("patch_attn_patterns", "indexed_batch_axis")
+def pattern_prompt_index(corrupted_head_vector, hook, head_index, clean_cache):
+    """[head_index] on both sides: a prompt, not a head."""
+    corrupted_head_vector[head_index] = clean_cache[hook.name][head_index]
+    return corrupted_head_vector
+
+
+@wrong("patch_attn_patterns", "returned_clean_slice")
+def pattern_slice_returned(corrupted_head_vector, hook, head_index, clean_cache):
+    """Returns the clean head's [batch, query, key] pattern only."""
+    return clean_cache[hook.name][:, head_index]
+
+
+@correct("patch_attn_patterns", "copy_ in place by (name, layer), returning None")
+def pattern_copy_in_place(corrupted_head_vector, hook, head_index, clean_cache):
+    corrupted_head_vector[:, head_index].copy_(clean_cache["pattern", hook.layer()][:, head_index])
+
+
+variant(
+    "get_act_patch_attn_head_all_pos_every",
+    "hard_coded_size",
+    _every,
+    "torch.zeros(3, 4) and range(3), range(4): the toy's sizes.",
+    fn_name="every_toy_sizes",
+    sizes=(3, 4),
+)
+variant(
+    "get_act_patch_attn_head_all_pos_every",
+    "subtracted_baseline",
+    _every,
+    "Every entry minus the corrupted run's metric.",
+    fn_name="every_minus_baseline",
+    minus_baseline=True,
+)
+variant(
+    "get_act_patch_attn_head_all_pos_every",
+    "missed_last_layer",
+    _every,
+    "range(n_layers - 1).",
+    fn_name="every_short_layers",
+    short_layers=True,
+)
+variant(
+    "get_act_patch_attn_head_all_pos_every",
+    "missed_last_head",
+    _every,
+    "range(n_heads - 1).",
+    fn_name="every_short_heads",
+    short_heads=True,
+)
+variant(
+    "get_act_patch_attn_head_all_pos_every",
+    "stacked_wrong_axis",
+    _every,
+    "torch.stack(rows, dim=-1).",
+    fn_name="every_stacked_last",
+    stack_dim=-1,
+)
+
+
+@correct(
+    "get_act_patch_attn_head_all_pos_every",
+    "the attention scores patched: softmax gives the clean pattern",
+)
+def every_scores(model, corrupted_tokens, clean_cache, patching_metric):
+    order = ("z", "q", "k", "v", "attn_scores")
+    return _every(model, corrupted_tokens, clean_cache, patching_metric, order=order)

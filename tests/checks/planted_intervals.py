@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import torch
 
@@ -206,8 +207,16 @@ def _sig(
     value="change",
     options=True,
     order="change",
+    adjust=None,
 ):
+    level = {
+        "one_sided": 2 * level - 1,
+        "inverted": 1 - level,
+        "bonferroni": 1 - (1 - level) / result.change.numel(),
+    }.get(adjust, level)
     opts = dict(level=level, resamples=resamples, seed=seed) if options else {}
+    if options == "no_seed":
+        del opts["seed"]
     est = result.interval(value, **opts)
     mask = {
         "excludes": (est.low > 0) | (est.high < 0),
@@ -264,3 +273,64 @@ def sig_loop(result, level=0.95, resamples=1000, seed=0):
             if est.low[layer, head] > 0 or est.high[layer, head] < 0:
                 found.append((layer, head))
     return sorted(found, key=lambda h: -abs(float(result.change[h])))
+
+
+# ---- adversarial review (chk36) -----------------------------------------------------------------
+
+variant(
+    "significant_heads",
+    "one_sided_level",
+    _sig,
+    "One-sided 5% at each end: the 90% interval for level 0.95.",
+    adjust="one_sided",
+)
+variant(
+    "significant_heads",
+    "level_inverted",
+    _sig,
+    "level=1 - level (a 5% interval).",
+    adjust="inverted",
+)
+variant(
+    "significant_heads",
+    "multiple_comparisons_corrected",
+    _sig,
+    "Bonferroni: level 1 - (1 - level) / n_heads.",
+    adjust="bonferroni",
+)
+variant(
+    "significant_heads",
+    "options_ignored",
+    _sig,
+    "level and resamples passed on, the seed not.",
+    fn_name="sig_seed_ignored",
+    options="no_seed",
+)
+
+
+@wrong("significant_heads", "normal_not_bootstrap")
+def sig_normal_interval(result, level=0.95, resamples=1000, seed=0):
+    """mean +- z * se instead of the bootstrap's percentiles."""
+    est = result.interval("change", level=level, resamples=resamples, seed=seed)
+    z = statistics.NormalDist().inv_cdf((1 + level) / 2)
+    keep = (est.mean - z * est.se > 0) | (est.mean + z * est.se < 0)
+    heads = [Head(int(a), int(b)) for a, b in keep.nonzero().tolist()]
+    return sorted(heads, key=lambda h: -abs(float(result.change[h])))
+
+
+@correct("significant_heads", "the bounds' signs agree, ranked by argsort")
+def sig_signs_agree(result, level=0.95, resamples=1000, seed=0):
+    est = result.interval("change", level=level, resamples=resamples, seed=seed)
+    keep = ((torch.sign(est.low) == torch.sign(est.high)) & (est.low != 0)).flatten()
+    n_heads = result.change.shape[1]
+    order = result.change.abs().flatten().argsort(descending=True, stable=True).tolist()
+    return [Head(i // n_heads, i % n_heads) for i in order if keep[i]]
+
+
+@wrong("significant_heads", "hard_coded_size")
+def sig_toy_heads(result, level=0.95, resamples=1000, seed=0):
+    """Flat index split by the toy's 4 heads: divmod(i, 4)."""
+    est = result.interval("change", level=level, resamples=resamples, seed=seed)
+    keep = ((est.low > 0) | (est.high < 0)).flatten()
+    order = result.change.abs().flatten().argsort(descending=True, stable=True).tolist()
+    return [Head(*divmod(i, 4)) for i in order if keep[i]]

@@ -1028,3 +1028,43 @@ def results_half(model, cache, positions):
         at = z[:, -1] if positions is None else z[torch.arange(z.shape[0]), positions]
         out.append(einops.einsum(at.half(), model.W_O[layer].half(), "b h e, h e d -> h b d"))
     return torch.stack(out).float()
+
+
+# ---- adversarial review (chk36): logit_diff_directions ------------------------------------------
+
+
+@wrong("logit_diff_directions", "indexed_unembedding_rows")
+def dirs_unembed_rows(model, answer_tokens):
+    """W_U[ids]: rows of W_U ([d_model, d_vocab]) indexed by token ids."""
+    return model.W_U[answer_tokens[:, 0]] - model.W_U[answer_tokens[:, 1]]
+
+
+@wrong("logit_diff_directions", "averaged_over_prompts")
+def dirs_batch_mean(model, answer_tokens):
+    """One mean direction over the batch."""
+    both = model.tokens_to_residual_directions(answer_tokens)
+    return (both[:, 0] - both[:, 1]).mean(0)
+
+
+@wrong("logit_diff_directions", "first_prompt_for_all")
+def dirs_first_prompt(model, answer_tokens):
+    """The first prompt's direction, expanded to the batch."""
+    io, s = answer_tokens[0]
+    return (model.W_U[:, io] - model.W_U[:, s]).expand(answer_tokens.shape[0], -1)
+
+
+@wrong("logit_diff_directions", "added_not_subtracted")
+def dirs_sum(model, answer_tokens):
+    """IO + S."""
+    return model.tokens_to_residual_directions(answer_tokens).sum(1)
+
+
+@correct("logit_diff_directions", "a W_U centred over the vocabulary (differences unchanged)")
+def dirs_centred(model, answer_tokens):
+    centred = model.W_U - model.W_U.mean(1, keepdim=True)
+    return centred.T[answer_tokens[:, 0]] - centred.T[answer_tokens[:, 1]]
+
+
+@correct("logit_diff_directions", "one prompt at a time")
+def dirs_loop(model, answer_tokens):
+    return torch.stack([model.W_U[:, io] - model.W_U[:, s] for io, s in answer_tokens.tolist()])

@@ -136,6 +136,15 @@ def _freeze(z, hook, new_cache, orig_cache, sender, *, freeze=True, into_cache=F
     return out
 
 
+def _frozen_at(cache):
+    """A hook that replaces an activation by its value in ``cache``."""
+
+    def hook(act, hook):
+        return cache[hook.name].clone()
+
+    return hook
+
+
 def _is_z(name):
     return name.endswith("hook_z")
 
@@ -316,9 +325,17 @@ def _to_heads(
     whole_layer=False,
     top=None,
     rows_only=False,
+    freeze_mlps=False,
+    swap_datasets=False,
+    record_unhooked=False,
+    receiver_point=None,
 ):
     new_cache, orig_cache = _caches(model, new_dataset, orig_dataset, new_cache, orig_cache)
-    names = {get_act_name(receiver_input, layer) for layer, _ in receiver_heads}
+    if swap_datasets:  # runs the new prompts with the orig values patched in
+        new_cache, orig_cache = orig_cache, new_cache
+        orig_dataset = new_dataset
+    names = {get_act_name(receiver_point or receiver_input, layer) for layer, _ in receiver_heads}
+    mlp_names = {get_act_name("mlp_out", layer) for layer in range(model.cfg.n_layers)}
     top = max(layer for layer, _ in receiver_heads) if top is None else top
     out = torch.full((model.cfg.n_layers, model.cfg.n_heads), fill)
 
@@ -339,7 +356,10 @@ def _to_heads(
                     sender=(layer, head),
                     freeze=freeze,
                 )
-                with model.hooks(fwd_hooks=[(_is_z, freezer)]):
+                hooks = [(_is_z, freezer)]
+                if freeze_mlps:
+                    hooks.append((lambda n: n in mlp_names, _frozen_at(orig_cache)))
+                with model.hooks(fwd_hooks=[] if record_unhooked else hooks):
                     _, recorded = model.run_with_cache(
                         orig_dataset.toks, names_filter=lambda n: n in names
                     )
@@ -360,6 +380,21 @@ variant(
     HEADS, "patched_whole_layer", _to_heads, "Step 3 patches the whole layer.", whole_layer=True
 )
 variant(HEADS, "returned_top_rows_only", _to_heads, "Only the reachable rows.", rows_only=True)
+variant(HEADS, "froze_mlps", _to_heads, "Step 2 freezes the MLPs too.", freeze_mlps=True)
+variant(
+    HEADS,
+    "datasets_swapped",
+    _to_heads,
+    "Runs the new prompts, patches orig values in.",
+    swap_datasets=True,
+)
+variant(
+    HEADS,
+    "no_effect",
+    _to_heads,
+    "Records the receivers' inputs outside the freezing hooks' context.",
+    record_unhooked=True,
+)
 
 
 @wrong("get_path_patch_head_to_heads", "wrong_top_layer")
@@ -806,3 +841,110 @@ def input_batch_index(orig_activation, hook, patched_cache, head_list):
     heads = [h for layer, h in head_list if layer == hook.layer()]
     orig_activation[:, :, heads] = patched_cache[hook.name][heads]
     return orig_activation
+
+
+# ---- adversarial review (chk36): the two hooks ------------------------------------------------
+
+
+@wrong("patch_or_freeze_head_vectors", "layer_and_head_swapped")
+def freeze_head_layer_unpacked(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
+    """`head, layer = head_to_patch`: the pair read the wrong way round."""
+    head, layer = head_to_patch
+    orig_head_vector[...] = orig_cache[hook.name]
+    if hook.layer() == layer:
+        orig_head_vector[:, :, head] = new_cache[hook.name][:, :, head]
+    return orig_head_vector
+
+
+@wrong("patch_or_freeze_head_vectors", "patched_whole_sender_layer")
+def freeze_sender_layer_at_new(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
+    """The sender's whole layer taken from new_cache."""
+    cache = new_cache if hook.layer() == head_to_patch[0] else orig_cache
+    return cache[hook.name].clone()
+
+
+@wrong("patch_or_freeze_head_vectors", "did_not_freeze")
+def freeze_up_to_sender(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
+    """Freezes only up to the sender's layer; later layers left as they come."""
+    layer, head = head_to_patch
+    if hook.layer() <= layer:
+        orig_head_vector[...] = orig_cache[hook.name]
+    if hook.layer() == layer:
+        orig_head_vector[:, :, head] = new_cache[hook.name][:, :, head]
+    return orig_head_vector
+
+
+@wrong("patch_or_freeze_head_vectors", "did_not_patch")
+def freeze_sender_kept_current(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
+    """Freezes the other heads; the sender keeps the value it came with."""
+    layer, head = head_to_patch
+    out = orig_cache[hook.name].clone()
+    if hook.layer() == layer:
+        out[:, :, head] = orig_head_vector[:, :, head]
+    return out
+
+
+@wrong("patch_or_freeze_head_vectors", "indexed_position_axis")
+def freeze_sender_on_pos_axis(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
+    """z[:, head] (a position) for the sender."""
+    orig_head_vector[...] = orig_cache[hook.name]
+    if hook.layer() == head_to_patch[0]:
+        orig_head_vector[:, head_to_patch[1]] = new_cache[hook.name][:, head_to_patch[1]]
+    return orig_head_vector
+
+
+@correct("patch_or_freeze_head_vectors", "layer parsed from the name, cache read by (name, layer)")
+def freeze_by_name(orig_head_vector, hook, new_cache, orig_cache, head_to_patch):
+    out = orig_cache[hook.name].clone()
+    if int(hook.name.split(".")[1]) == head_to_patch[0]:
+        new = new_cache["z", head_to_patch[0]]
+        out[..., head_to_patch[1], :] = new[..., head_to_patch[1], :]
+    return out
+
+
+def _input(orig_activation, hook, patched_cache, head_list, *, how="right"):
+    heads = [h for layer, h in head_list if layer == hook.layer()]
+    patched = patched_cache[hook.name]
+    if how == "first_only":
+        heads = heads[:1]
+    elif how == "layer_as_head":
+        heads = [layer for layer, _ in head_list if layer == hook.layer()]
+    elif how == "fixed_name":
+        patched = patched_cache["v", hook.layer()]
+    if how == "inverted":
+        out = patched.clone()
+        out[:, :, heads] = orig_activation[:, :, heads]
+        return out
+    if how == "pos_axis":
+        orig_activation[:, heads] = patched[:, heads]
+    elif how == "added":
+        orig_activation[:, :, heads] += patched[:, :, heads]
+    elif how == "mean":
+        orig_activation[:, :, heads] = patched[:, :, heads].mean(0)
+    else:
+        orig_activation[:, :, heads] = patched[:, :, heads]
+    return orig_activation
+
+
+variant("patch_head_input", "one_receiver_only", _input, "heads[:1].", how="first_only")
+variant(
+    "patch_head_input",
+    "layer_as_head_index",
+    _input,
+    "Pairs read as (head, ...).",
+    how="layer_as_head",
+)
+variant("patch_head_input", "indexed_position_axis", _input, "[:, heads].", how="pos_axis")
+variant("patch_head_input", "inverted_patch", _input, "Receivers kept at orig.", how="inverted")
+variant("patch_head_input", "added_not_replaced", _input, "+=.", how="added")
+variant("patch_head_input", "mean_over_prompts", _input, ".mean(0).", how="mean")
+variant("patch_head_input", "ignored_hook_name", _input, "Always reads v.", how="fixed_name")
+
+
+@correct("patch_head_input", "torch.where over a head mask")
+def input_where(orig_activation, hook, patched_cache, head_list):
+    n_heads = orig_activation.shape[2]
+    mask = torch.tensor([(hook.layer(), h) in head_list for h in range(n_heads)])
+    return torch.where(
+        mask.to(orig_activation.device)[:, None], patched_cache[hook.name], orig_activation
+    )

@@ -619,20 +619,22 @@ def faith_by_hand(ablation, circuit):
 # ---- completeness and minimality ---------------------------------------------------------------
 
 
-def _complete(ablation, circuit, *, how="right", label="class {}"):
+def _complete(ablation, circuit, modes=("class",), *, how="right", label="class {}"):
     f_m = float(ablation.logit_diff(None))
     f_c = float(ablation.logit_diff(circuit.kept_positions()))
     out = []
     for name, members in circuit.heads.items():
         k = list(members)
         f_ck = f_c if how == "circuit_intact" else float(ablation.logit_diff(circuit.without(k)))
-        f_mk = (
-            f_m
-            if how == "model_intact"
-            else float(ablation.logit_diff(ablation.all_heads_except(k)))
-        )
+        m_k = {
+            "model_intact": None,
+            "only_k": {h: None for h in k},
+            "whole_circuit": ablation.all_heads_except(circuit.all_heads()),
+        }.get(how, ablation.all_heads_except(k))
+        f_mk = float(ablation.logit_diff(m_k))
         gap = f_ck - f_mk if how == "signed" else abs(f_ck - f_mk)
-        rel = gap / abs(f_c if how == "relative_c" else f_m)
+        rel = gap / abs({"relative_c": f_c, "relative_mk": f_mk}.get(how, f_m))
+        gap = rel if how == "score_relative" else gap
         a, b = (f_mk, f_ck) if how == "swap" else (f_ck, f_mk)
         out.append(KnockoutScore(label.format(name), tuple(sorted(k)), a, b, gap, rel))
     return out
@@ -1235,3 +1237,60 @@ variant(
     fn_name="copying_rank_among_names",
     names_only=True,
 )
+
+
+# ---- adversarial review (chk36): faithfulness and completeness ----------------------------------
+
+
+@wrong("faithfulness", "ratio_not_value")
+def faith_ratio_in_field(ablation, circuit):
+    """f_circuit = F(C) / F(M)."""
+    f_m = float(ablation.logit_diff(None))
+    return Faithfulness(f_m, float(ablation.logit_diff(circuit.kept_positions())) / f_m)
+
+
+@wrong("faithfulness", "model_is_circuit")
+def faith_circuit_twice(ablation, circuit):
+    """F(C) copied into both fields."""
+    f_c = float(ablation.logit_diff(circuit.kept_positions()))
+    return Faithfulness(f_c, f_c)
+
+
+@wrong("faithfulness", "kept_at_end_only")
+def faith_end_only(ablation, circuit):
+    """Every circuit head kept at end only."""
+    keep = {head: ("end",) for head in circuit.all_heads()}
+    return Faithfulness(float(ablation.logit_diff(None)), float(ablation.logit_diff(keep)))
+
+
+@wrong("faithfulness", "raised")
+def faith_string_position(ablation, circuit):
+    """keep[head] = circuit.positions[cls], a string (the library raises a TypeError)."""
+    keep = {head: circuit.positions[cls] for cls, heads in circuit.heads.items() for head in heads}
+    return Faithfulness(float(ablation.logit_diff(None)), float(ablation.logit_diff(keep)))
+
+
+@correct("faithfulness", "circuit.without([]) and .item()")
+def faith_without_nothing(ablation, circuit):
+    return Faithfulness(
+        f_model=ablation.logit_diff(None).item(),
+        f_circuit=ablation.logit_diff(circuit.without([])).item(),
+    )
+
+
+variant("completeness", "kept_only_k", _complete, "F(M \\ K) keeps K alone.", how="only_k")
+variant(
+    "completeness",
+    "removed_whole_circuit",
+    _complete,
+    "F(M \\ K) with the whole circuit removed.",
+    how="whole_circuit",
+)
+variant(
+    "completeness",
+    "relative_to_knocked_out",
+    _complete,
+    "relative = score / F(M \\ K).",
+    how="relative_mk",
+)
+variant("completeness", "score_is_relative", _complete, "score = gap / F(M).", how="score_relative")
