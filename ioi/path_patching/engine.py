@@ -55,6 +55,7 @@ from ioi.path_patching.nodes import (
     Sender,
     all_head_senders,
     all_mlp_senders,
+    check_sender,
     check_supported,
     make_receivers,
 )
@@ -112,10 +113,12 @@ def _validate(
     names: ArgNames = OWN_NAMES,
 ) -> None:
     check_supported(model)
+    if isinstance(senders, Sender):
+        raise TypeError(f"senders is a list of Sender values; got one, {senders!r}: pass [it]")
     if not senders:
         raise ValueError("no senders given; e.g. all_head_senders(model) or [Sender('head', 0, 1)]")
     for sender in senders:
-        sender.check(model)
+        check_sender(model, sender)
     if receivers is not None:
         if not receivers:
             raise ValueError("receivers is an empty list; pass None to patch to the logits")

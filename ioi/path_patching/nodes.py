@@ -124,6 +124,16 @@ def make_receivers(
     return list(dict.fromkeys(receivers))  # drop repeats, keep order
 
 
+def check_sender(model: HookedTransformer, sender: object) -> None:
+    """``sender`` is a `Sender` that exists in ``model`` (TypeError, ValueError otherwise)."""
+    if not isinstance(sender, Sender):
+        raise TypeError(
+            "a sender is a Sender, e.g. Sender('head', 0, 1) or Sender('mlp', 0) (or "
+            f"all_head_senders(model)), got {type(sender).__name__} {sender!r}"
+        )
+    sender.check(model)
+
+
 def _stop(model: HookedTransformer, below_layer: object) -> int:
     """The layer the senders stop before: ``below_layer`` in 0..n_layers, or all if None."""
     if below_layer is None:
