@@ -38,6 +38,19 @@ def test_the_cache_checks_its_tokens(model, toks, message):
     assert hooks_left(model) == []
 
 
+def test_receivers_in_layer_0_still_check_the_tokens(model):
+    """No sender can reach layer 0, so the grid is all NaN: but only for tokens that are valid."""
+    from ioi.path_patching import get_path_patch_head_to_heads, get_path_patch_mlp_to_heads
+    from ioi.testing import logit_diff, token_pair
+
+    clean, corrupted = token_pair(seed=1)
+    for grid in (get_path_patch_head_to_heads, get_path_patch_mlp_to_heads):
+        assert grid([(0, 1)], "q", model, logit_diff, corrupted, clean).isnan().all()
+        with pytest.raises(ValueError, match="new_dataset holds token id 99"):
+            grid([(0, 1)], "q", model, logit_diff, torch.full_like(corrupted, 99), clean)
+    assert hooks_left(model) == []
+
+
 CASES = {  # outside the tests' runtime type checks, our own checks answer
     "list": ("cache_for_path_patching(model, [[1, 2, 3]])", "TypeError", "integer torch tensor"),
     "float": (
@@ -45,13 +58,19 @@ CASES = {  # outside the tests' runtime type checks, our own checks answer
         "ValueError",
         r"toks must hold integers",
     ),
+    "layer 0, other shapes": (
+        "get_path_patch_mlp_to_heads([(0, 1)], 'q', model, logit_diff, t[:2], t)",
+        "ValueError",
+        r"new_dataset \(2, 6\) and orig_dataset \(3, 6\) must have the same shape",
+    ),
     "str layer": ("all_head_senders(model, below_layer='1')", "ValueError", "got '1'"),
 }
 
 
 def test_wrong_types_are_named_in_a_user_session():
     setup = (
-        "import torch\nfrom ioi.path_patching import all_head_senders, cache_for_path_patching\n"
-        "from ioi.testing import tiny_model\nmodel = tiny_model()\n"
+        "import torch\nfrom ioi.path_patching import *\n"
+        "from ioi.testing import logit_diff, tiny_model, token_pair\n"
+        "model = tiny_model()\nt = token_pair()[0]\n"
     )
     assert_user_session_errors(setup, CASES)
