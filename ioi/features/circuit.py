@@ -62,6 +62,8 @@ def select_nodes(
     if (threshold is None) == (top_n is None):
         raise ValueError("give exactly one of threshold (a minimum |IE|) or top_n (a node count)")
     if top_n is not None:
+        if not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 1:
+            raise ValueError(f"top_n must be a positive integer (a node count), got {top_n!r}")
         return attribution.top(top_n)
     if not isinstance(threshold, int | float) or isinstance(threshold, bool) or not threshold >= 0:
         raise ValueError(f"threshold must be a non-negative number, got {threshold!r}")  # NaN too

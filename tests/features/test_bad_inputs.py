@@ -39,6 +39,8 @@ def test_a_nan_threshold_is_refused_not_an_empty_circuit(setup):
     attribution = feature_attribution(model, saes, clean, corrupted, logit_diff)
     with pytest.raises(ValueError, match="threshold must be a non-negative number, got nan"):
         select_nodes(attribution, threshold=float("nan"))
+    with pytest.raises(ValueError, match="top_n must be a positive integer .*, got 0"):
+        select_nodes(attribution, top_n=0)
     with pytest.raises(ValueError, match="threshold must be a non-negative number, got nan"):
         feature_circuit(model, saes, clean, corrupted, logit_diff, threshold=float("nan"))
     assert hooks_left(model) == [] and sae_hooks_left(saes) == []
