@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -226,6 +227,17 @@ def _raise_terminated(signum, frame):  # a signal handler: turn SIGTERM into an 
     raise _Terminated
 
 
+def _check_resolves(host: str) -> None:
+    """Refuse a host name that does not resolve here: Streamlit would fail on it with a traceback."""
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as err:
+        raise ValueError(
+            f"--host {host!r} does not resolve to an address ({err}); use 127.0.0.1 "
+            "(this machine only) or 0.0.0.0 (every interface)"
+        ) from None
+
+
 def cmd_app(args: argparse.Namespace, console: Console) -> int:
     """Serve the site until it exits; Ctrl-C or SIGTERM stops the server too, never orphaned."""
     home = find_site()
@@ -233,6 +245,7 @@ def cmd_app(args: argparse.Namespace, console: Console) -> int:
         raise ValueError("streamlit is not installed; pip install -e '.[app]'")
     if not args.host.strip() or any(c.isspace() for c in args.host):
         raise ValueError(f"--host must be an address such as 127.0.0.1, got {args.host!r}")
+    _check_resolves(args.host)
     shown = "localhost" if args.host == DEFAULT_HOST else args.host
     console.print(f"serving {home} on http://{shown}:{args.port} (Ctrl-C stops it)", soft_wrap=True)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)

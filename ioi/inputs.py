@@ -34,6 +34,17 @@ def check_int_tensor(value: object, what: str, ndim: int | None = None) -> Tenso
     return value
 
 
+def check_count(value: object, what: str, minimum: int = 1) -> int:
+    """An int (not a bool, not a float) of at least ``minimum``; returns it.
+
+    Raises:
+        ValueError: naming ``what``, the bound and the value given.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
 def check_tokens(
     tokens: object,
     d_vocab: int,

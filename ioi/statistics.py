@@ -96,6 +96,11 @@ def check_options(level: object, resamples: object, seed: object) -> None:
         raise TypeError(f"resamples must be an int >= 1, e.g. 1000; got {resamples!r}")
     if resamples < 1:
         raise ValueError(f"resamples must be at least 1, e.g. 1000; got {resamples}")
+    check_seed(seed)
+
+
+def check_seed(seed: object) -> None:
+    """A seed for a local ``torch.Generator`` is an int (TypeError naming it otherwise)."""
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int; got {seed!r}")
 

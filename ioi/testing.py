@@ -210,6 +210,17 @@ def errors_in_a_user_session(setup: str, cases: dict[str, str]) -> dict[str, tup
     return {key: tuple(value) for key, value in json.loads(lines[-1][6:]).items()}
 
 
+def assert_user_session_errors(setup: str, cases: dict[str, tuple[str, str, str]]) -> None:
+    """`errors_in_a_user_session` for ``case -> (expression, exception class name, regex)``:
+    asserts each expression raised that class (``"none"``: raised nothing) with a message (or
+    repr of the result) that the regex finds."""
+    import re
+
+    got = errors_in_a_user_session(setup, {case: expr for case, (expr, _, _) in cases.items()})
+    for case, (_, error, pattern) in cases.items():
+        assert got[case][0] == error and re.search(pattern, got[case][1]), (case, got[case])
+
+
 GPT2_TEST_SHA = "0" * 39 + "1"  # a made-up commit: the snapshot folder's name in the cache
 
 

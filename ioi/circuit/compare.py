@@ -21,6 +21,8 @@ from ioi.circuit.ablation import answer_logit_diff, logit_diff_with_hooks
 from ioi.circuit.discovery import DiscoveredCircuit, discover_circuit
 from ioi.circuit.oracle import PathPatchingOracle
 from ioi.dataset import IOIDataset
+from ioi.inputs import check_count, check_int_tensor, check_token_pair
+from ioi.statistics import check_seed
 from ioi.templates import BABA_TEMPLATES
 
 GROUPINGS = ("family", "template")
@@ -37,7 +39,13 @@ def head_importance_per_prompt(
     model: HookedTransformer, ioi: IOIDataset, abc: IOIDataset
 ) -> Float[Tensor, "batch layer head"]:
     """Each head's total effect per prompt: the drop in logit difference when its output
-    (every position) takes the ABC value, as a fraction of the mean IOI - ABC gap."""
+    (every position) takes the ABC value, as a fraction of the mean IOI - ABC gap.
+
+    Raises:
+        ValueError: ``abc`` does not align with ``ioi`` prompt by prompt (another size or
+            sequence length), e.g. it is not ``ioi.gen_flipped_prompts(...)``.
+    """
+    check_token_pair(model, ioi.toks, abc.toks, ("ioi.toks", "abc.toks"))
     names = [get_act_name("z", layer) for layer in range(model.cfg.n_layers)]
     _, abc_cache = model.run_with_cache(
         abc.toks.to(model.cfg.device), names_filter=names, return_type=None
@@ -92,9 +100,24 @@ def permutation_test(
     ``(1 + #{null >= observed}) / (1 + n_permutations)`` with a seeded local generator.
 
     Raises:
-        ValueError: fewer than two groups, or a label array of the wrong length.
+        ValueError: fewer than two groups, a label array of the wrong length, importance that
+            is not finite, or ``n_permutations < 1``.
+        TypeError: importance or labels that are not tensors, a seed that is not an int.
     """
-    labels = labels.cpu().long()
+    if not isinstance(importance, Tensor) or importance.ndim != 3:
+        raise TypeError(
+            "importance must be a [batch, layer, head] float tensor "
+            f"(head_importance_per_prompt), got {type(importance).__name__}"
+            + (f" of shape {tuple(importance.shape)}" if isinstance(importance, Tensor) else "")
+        )
+    if not bool(torch.isfinite(importance).all()):
+        raise ValueError(
+            "importance holds NaN or infinite values, so no statistic or p-value can be "
+            "computed; check the metric that gave it (a zero IOI - ABC gap?)"
+        )
+    labels = check_int_tensor(labels, "labels", ndim=1).cpu().long()
+    check_count(n_permutations, "n_permutations")
+    check_seed(seed)
     if labels.shape != (importance.shape[0],):
         raise ValueError(
             f"labels must have shape [{importance.shape[0]}], got {tuple(labels.shape)}"
@@ -159,6 +182,8 @@ def compare_groups(
 
     Groups smaller than ``min_group_size`` prompts are left out of both.
     """
+    check_count(n_permutations, "n_permutations")
+    check_seed(seed)
     ioi = oracle.ioi
     labels, names = group_labels(ioi, by)
     sizes = torch.bincount(labels)

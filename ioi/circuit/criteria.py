@@ -32,7 +32,14 @@ from torch import Tensor
 from ioi.circuit.ablation import MeanAblation
 from ioi.circuit.spec import Circuit
 from ioi.head import Head
-from ioi.statistics import DEFAULT_LEVEL, DEFAULT_RESAMPLES, Estimate, bootstrap
+from ioi.inputs import check_count
+from ioi.statistics import (
+    DEFAULT_LEVEL,
+    DEFAULT_RESAMPLES,
+    Estimate,
+    bootstrap,
+    check_seed,
+)
 
 COMPLETENESS_MODES = ("random", "class", "greedy")
 MINIMALITY_MODES = ("class", "greedy")
@@ -103,6 +110,7 @@ class Faithfulness:
 
 def faithfulness(ablation: MeanAblation, circuit: Circuit) -> Faithfulness:
     """``F(M)`` and ``F(C)`` under per-template mean ablation."""
+    _check_circuit(circuit)
     circuit.check(ablation.model)
     model = ablation.logit_diff(None, per_prompt=True)
     kept = ablation.logit_diff(circuit.kept_positions(), per_prompt=True)
@@ -150,6 +158,14 @@ class KnockoutScore:
         if not relative:
             return bootstrap(with_ - without, lambda d: d.abs(), **options)
         return bootstrap([with_ - without, reference], lambda d, r: d.abs() / r.abs(), **options)
+
+
+def _check_circuit(circuit: object) -> None:
+    if not isinstance(circuit, Circuit):
+        raise TypeError(
+            f"circuit must be a Circuit (e.g. gpt2_small_circuit() or Circuit(heads, positions)), "
+            f"got {type(circuit).__name__}"
+        )
 
 
 def _knockout(
@@ -202,9 +218,20 @@ def completeness(
     Returns:
         One `KnockoutScore` per ``K``, labelled ``random i``, ``class NAME`` or ``greedy |K|``.
     """
+    if isinstance(modes, str):
+        raise TypeError(f"modes is a sequence of mode names, e.g. ({modes!r},), got {modes!r}")
     unknown = [m for m in modes if m not in COMPLETENESS_MODES]
-    if unknown:
-        raise ValueError(f"unknown completeness modes {unknown}; choose from {COMPLETENESS_MODES}")
+    if unknown or not modes:
+        raise ValueError(
+            f"unknown completeness modes {unknown or list(modes)}; choose one or more of "
+            f"{COMPLETENESS_MODES}"
+        )
+    _check_circuit(circuit)
+    if "random" in modes:
+        check_count(n_random, "n_random")
+        check_seed(seed)
+    if "greedy" in modes:
+        check_count(greedy_steps, "greedy_steps")
     heads = circuit.all_heads()
     f_m = ablation.logit_diff(None, per_prompt=True)
     out = []
@@ -245,6 +272,9 @@ def minimality(
     """
     if mode not in MINIMALITY_MODES:
         raise ValueError(f"unknown minimality mode {mode!r}; choose from {MINIMALITY_MODES}")
+    _check_circuit(circuit)
+    if mode == "greedy":
+        check_count(greedy_steps, "greedy_steps")
     f_c = ablation.logit_diff(circuit.kept_positions(), per_prompt=True)
     out = []
     for v in circuit.all_heads():

@@ -17,8 +17,10 @@ from transformer_lens import ActivationCache, HookedTransformer
 from transformer_lens.utilities import get_act_name
 
 from ioi.dataset import IOIDataset
+from ioi.inputs import check_int_tensor, check_positions
 from ioi.metrics import (
     Metric,
+    _check_factory_inputs,
     _check_reduce,
     answer_logit_diffs,
     logits_to_ave_logit_diff,
@@ -55,7 +57,14 @@ def make_rows_ioi_metric(
     """
     per_prompt = _check_reduce(reduce)
     normalise = make_normaliser(clean_logit_diff, corrupted_logit_diff)
-    keep = torch.arange(len(answer_tokens)) if rows is None else rows.cpu()
+    _check_factory_inputs(answer_tokens, positions)
+    batch = len(answer_tokens)
+    if rows is not None:
+        rows = check_int_tensor(rows, "rows", ndim=1)
+        if rows.shape[0] == 0:
+            raise ValueError("rows is empty: the metric would be the mean over no prompts")
+        check_positions(rows, rows.shape[0], batch, "rows (prompt indices)")
+    keep = torch.arange(batch) if rows is None else rows.cpu()
 
     def rows_ioi_metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, "*row"]:
         diffs = answer_logit_diffs(logits, answer_tokens, positions, keep)

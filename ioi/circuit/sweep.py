@@ -61,9 +61,19 @@ def threshold_sweep(
     return points
 
 
+def _check_min_faithfulness(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"min_faithfulness must be a number in 0..1, e.g. 0.8; got {value!r}")
+    if not 0 <= value <= 1:  # NaN fails too
+        raise ValueError(
+            f"min_faithfulness must lie in 0..1 (the share of F(M) the circuit keeps), got {value}"
+        )
+
+
 def choose_threshold(points: Sequence[SweepPoint], min_faithfulness: float = 0.8) -> SweepPoint:
     """The largest threshold (smallest circuit) whose faithfulness reaches ``min_faithfulness``;
     if none does, the most faithful point."""
+    _check_min_faithfulness(min_faithfulness)
     if not points:
         raise ValueError("no sweep points; run threshold_sweep first")
     good = [
@@ -89,6 +99,7 @@ def discover_model_circuit(
     Returns:
         The chosen point and the whole sweep.
     """
+    _check_min_faithfulness(min_faithfulness)
     ioi = IOIDataset(n_prompts, "mixed", seed=seed, tokenizer=model)
     abc = ioi.gen_flipped_prompts(ABC_FLIP)
     oracle = PathPatchingOracle(model, ioi, abc)

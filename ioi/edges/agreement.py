@@ -81,7 +81,18 @@ def agreement_with_exact(
     edges_per_pass: int = 32,
 ) -> EdgeAgreement:
     """Estimate every edge, patch the ``n_exact`` top estimated edges exactly (None: all),
-    and compare the two on those edges (`compare_edges`)."""
+    and compare the two on those edges (`compare_edges`).
+
+    Raises:
+        ValueError: ``n_exact`` is not None or an int >= 1, or as `edge_attribution`,
+            `exact_edge_patching` and `compare_edges`.
+    """
+    if n_exact is not None and (
+        isinstance(n_exact, bool) or not isinstance(n_exact, int) or n_exact < 1
+    ):
+        raise ValueError(
+            f"n_exact must be None (patch every edge exactly) or an int >= 1, got {n_exact!r}"
+        )
     full = edge_attribution(
         model, graph, clean_tokens, corrupted_tokens, metric, method=method, steps=steps
     )

@@ -38,6 +38,7 @@ from ioi.edges.runs import (
     run_cache,
     split_inputs,
 )
+from ioi.inputs import check_baseline_finite, check_metric_finite
 from ioi.patching.attribution import per_prompt_gradients
 from ioi.patching.readout import Metric
 from ioi.statistics import DEFAULT_LEVEL, DEFAULT_RESAMPLES, Estimate, bootstrap
@@ -145,7 +146,8 @@ def edge_attribution(
 
     Raises:
         ValueError: an unknown method, ``steps < 1``, an edge whose sender does not come before
-            its receiver, token batches of different shapes, positions for another batch.
+            its receiver, token batches of different shapes, positions for another batch, a
+            metric (or a gradient of it) that is NaN or infinite.
     """
     check_method(method, steps)
     clean, corrupted = check_inputs(model, graph, clean_tokens, corrupted_tokens)
@@ -153,8 +155,10 @@ def edge_attribution(
     clean_logits, clean_acts = run_cache(model, clean)
     _, corrupted_acts = run_cache(model, corrupted)
     value, grads = _mean_gradients(model, graph, clean, corrupted_acts, clean_acts, metric, steps)
+    check_baseline_finite(value.detach(), "the clean run")
     with torch.no_grad():
         rows = _products(model, graph, clean_acts, corrupted_acts, grads)  # [edge, batch]
+    check_metric_finite(rows, lambda i: f"edge {graph.edges[i]}")
     if value.ndim == 0:  # a scalar metric: the batch rows are parts of one sum
         return EdgeScores(graph, rows.sum(1), method, steps, float(value))
     return EdgeScores(graph, rows.mean(1), method, steps, float(value.mean()), rows)

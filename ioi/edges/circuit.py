@@ -28,6 +28,7 @@ from ioi.edges.attribution import EdgeScores
 from ioi.edges.graph import Edge, EdgeGraph, EdgeReceiver, EdgeSender
 from ioi.edges.runs import check_inputs, position_mask, receiver_hook, split_inputs
 from ioi.head import Head, HeadLike
+from ioi.inputs import check_baseline_finite
 from ioi.patching.engine import metric_value
 from ioi.patching.readout import Metric
 
@@ -45,7 +46,7 @@ def _node(end: EdgeSender | EdgeReceiver) -> tuple:
 
 def prune(edges: Iterable[Edge]) -> list[Edge]:
     """The edges on some path from the embeddings to the logits (order kept)."""
-    edges = list(edges)
+    edges = _edges(edges, "prune's edges")
     reached = {("embed",)}
     for e in sorted(edges, key=lambda e: e.sender.writes_before):  # forward order
         if _node(e.sender) in reached:
@@ -55,6 +56,20 @@ def prune(edges: Iterable[Edge]) -> list[Edge]:
         if _node(e.receiver) in feeds:
             feeds.add(_node(e.sender))
     return [e for e in edges if _node(e.sender) in reached and _node(e.receiver) in feeds]
+
+
+def _edges(edges: Iterable[Edge], what: str) -> list[Edge]:
+    """``edges`` as a list, each an `Edge` (TypeError naming the first that is not)."""
+    if isinstance(edges, str | Edge):
+        raise TypeError(f"{what} must be a collection of Edge objects, got {edges!r}")
+    out = list(edges)
+    for e in out:
+        if not isinstance(e, Edge):
+            raise TypeError(
+                f"{what} must be Edge objects (e.g. from scores.top(n) or graph.edges), got "
+                f"{type(e).__name__} {e!r}"
+            )
+    return out
 
 
 @dataclass(frozen=True)
@@ -127,15 +142,31 @@ def faithfulness_curve(
     *,
     ablation: str = "corrupted",
 ) -> FaithfulnessCurve:
-    """`run_circuit` for the top-n edge circuit of each n in ``n_edges``."""
+    """`run_circuit` for the top-n edge circuit of each n in ``n_edges``.
+
+    Raises:
+        ValueError: an unknown ablation, ``n_edges`` not a non-empty list of ints >= 0, a
+            metric that is not finite at either end, or ends that are equal (no faithfulness).
+        TypeError: ``n_edges`` is not a list.
+    """
     if ablation not in ABLATIONS:
         raise ValueError(f"unknown ablation {ablation!r}; choose one of {ABLATIONS}")
-    ns = [int(n) for n in n_edges]
-    if not ns or any(n < 0 for n in ns):
-        raise ValueError(f"n_edges must be a non-empty list of ints >= 0, got {list(n_edges)!r}")
+    if isinstance(n_edges, str) or not isinstance(n_edges, Iterable):
+        raise TypeError(f"n_edges must be a list of edge counts, e.g. [10, 100], got {n_edges!r}")
+    ns = list(n_edges)
+    if not ns or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in ns):
+        raise ValueError(f"n_edges must be a non-empty list of ints >= 0, got {ns!r}")
     graph = scores.graph
     every = run_circuit(model, graph, graph.edges, clean_tokens, corrupted_tokens, metric, ablation)
     none = run_circuit(model, graph, (), clean_tokens, corrupted_tokens, metric, ablation)
+    check_baseline_finite(every, "the clean run (every edge kept)")
+    check_baseline_finite(none, f"the ablated run (no edge kept, ablation={ablation!r})")
+    if every == none:
+        raise ValueError(
+            f"the metric is {every} with every edge kept and with none, so faithfulness "
+            "(metric - ablated) / (clean - ablated) is undefined; use runs (clean and "
+            "corrupted tokens, or the ablation) that the metric tells apart"
+        )
     kept, values = [], []
     for n in ns:
         circuit = edge_circuit(scores, n)
@@ -145,8 +176,7 @@ def faithfulness_curve(
                 model, graph, circuit.edges, clean_tokens, corrupted_tokens, metric, ablation
             )
         )
-    span = every - none
-    faith = [(v - none) / span if span != 0 else float("nan") for v in values]
+    faith = [(v - none) / (every - none) for v in values]
     return FaithfulnessCurve(
         tuple(ns), tuple(kept), tuple(values), tuple(faith), every, none, ablation
     )
@@ -165,11 +195,18 @@ def run_circuit(
 
     One forward pass: hooks record each sender's output as the run goes and correct each
     receiver's input (see the module docstring). Hooks and flags are restored after the call.
+
+    Raises:
+        ValueError: an edge of ``kept`` that is not in ``graph``, an unknown ablation, or bad
+            tokens (as `ioi.edges.edge_attribution`).
+        TypeError: ``kept`` holds something that is not an `Edge`.
     """
     if ablation not in ABLATIONS:
         raise ValueError(f"unknown ablation {ablation!r}; choose one of {ABLATIONS}")
     clean, corrupted = check_inputs(model, graph, clean_tokens, corrupted_tokens)
-    kept = set(kept)
+    kept = set(_edges(kept, "kept"))
+    for e in kept:
+        graph.index(e)  # an edge outside the graph would be silently ignored
     dropped = [e for e in graph.edges if e not in kept]
     cfg = model.cfg
     old = cfg.use_attn_result

@@ -88,6 +88,8 @@ class EdgeReceiver:
             _index(self.head, f"a {self.kind!r} receiver's head")
         elif self.head is not None:
             raise ValueError(f"a {self.kind!r} receiver has no head; got head={self.head!r}")
+        if self.kind == "logits" and self.layer != 0:
+            raise ValueError(f"the logits receiver has layer 0, got {self.layer!r}")
 
     def reads_at(self, model: HookedTransformer) -> float:
         """Where it reads: layer L's attention at L, its MLP at L + 0.5 (L in parallel blocks)."""
@@ -205,7 +207,18 @@ class EdgeGraph:
     _index: dict[Edge, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._index.update({e: i for i, e in enumerate(self.edges)})
+        object.__setattr__(self, "edges", tuple(self.edges))  # a list compares unequal to a tuple
+        for i, edge in enumerate(self.edges):
+            if not isinstance(edge, Edge):
+                raise TypeError(
+                    f"an EdgeGraph holds Edge objects, got {type(edge).__name__} {edge!r} at "
+                    f"index {i}; build one with EdgeGraph.from_model(model) or from its edges"
+                )
+            if self._index.setdefault(edge, i) != i:
+                raise ValueError(
+                    f"edge {edge} appears twice in the graph (at {self._index[edge]} and {i}); "
+                    "each edge is scored once, so give it once"
+                )
 
     @classmethod
     def from_model(

@@ -33,7 +33,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from ioi.features.splice import sae_hook_name, splice_hooks, spliced
-from ioi.inputs import check_baseline_finite, check_token_pair
+from ioi.inputs import check_baseline_finite, check_metric_finite, check_token_pair
 from ioi.patching.attribution import correlation, receiver_gradients
 from ioi.patching.engine import (
     Metric,
@@ -180,6 +180,9 @@ def check_nodes(saes: Mapping[str, SAE], nodes: object, n_pos: int) -> list[Feat
             raise TypeError(f"nodes must be FeatureNode values, got {node!r}")
         if node.hook not in saes:
             raise ValueError(f"no SAE at {node.hook!r} for {node}; SAEs are at {list(saes)}")
+        for what, value in (("position", node.pos), ("feature", node.feature)):
+            if isinstance(value, bool) or not isinstance(value, int | None):
+                raise TypeError(f"{node}: the {what} must be an int, got {value!r}")
         if not 0 <= node.pos < n_pos:
             raise ValueError(f"{node}: position outside 0..{n_pos - 1}")
         if node.feature is not None and not 0 <= node.feature < saes[node.hook].cfg.d_sae:
@@ -396,12 +399,14 @@ def exact_node_effects(
         f_corr, e_corr = node_values(sae, name, cache[name])
         node_values(sae, name, clean_cache[name])  # checks d_in before any pass
         base = _patched_metrics(model, name, sae, clean_tokens, metric, [], f_corr, e_corr)[0]
+        check_baseline_finite(base, f"the clean run with the SAE at {name!r} spliced in")
         for start in range(0, len(indices), nodes_per_pass):
             chunk = indices[start : start + nodes_per_pass]
             values = _patched_metrics(
                 model, name, sae, clean_tokens, metric, [nodes[i] for i in chunk], f_corr, e_corr
             )
             out[chunk] = torch.tensor(values, dtype=torch.float64) - base
+    check_metric_finite(out, lambda i: f"node {nodes[i]}")
     return out
 
 

@@ -42,7 +42,7 @@ from ioi.features.attribution import (
     node_values,
 )
 from ioi.features.splice import sae_hook_name, spliced
-from ioi.inputs import check_model_tokens, check_token_pair
+from ioi.inputs import check_baseline_finite, check_model_tokens, check_token_pair
 from ioi.patching.attribution import receiver_gradients
 from ioi.patching.engine import Metric, metric_value
 
@@ -62,9 +62,11 @@ def select_nodes(
     if (threshold is None) == (top_n is None):
         raise ValueError("give exactly one of threshold (a minimum |IE|) or top_n (a node count)")
     if top_n is not None:
+        if not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 1:
+            raise ValueError(f"top_n must be a positive integer (a node count), got {top_n!r}")
         return attribution.top(top_n)
-    if not isinstance(threshold, int | float) or isinstance(threshold, bool) or threshold < 0:
-        raise ValueError(f"threshold must be a non-negative number, got {threshold!r}")
+    if not isinstance(threshold, int | float) or isinstance(threshold, bool) or not threshold >= 0:
+        raise ValueError(f"threshold must be a non-negative number, got {threshold!r}")  # NaN too
     n_above = int((attribution.flat().abs() >= threshold).sum())
     return attribution.top(n_above) if n_above else []
 
@@ -226,14 +228,18 @@ def faithfulness_curve(
 
     Raises:
         ValueError: ablating every node leaves the metric where the full model has it, so no
-            fraction of it can be recovered.
+            fraction of it can be recovered; the metric is not finite on either run; a node
+            outside the SAEs' features or the prompts' positions.
     """
     saes = check_saes(model, saes)
     check_model_tokens(model, tokens)
+    circuits = [check_nodes(saes, nodes, tokens.shape[1]) for nodes in circuits]
     means = node_means(model, saes, tokens)
     with torch.no_grad():
         full = float(metric_value(metric, model(tokens)))
+    check_baseline_finite(full, "the model's run")
     empty = ablated_metric(model, saes, tokens, metric, [], means)
+    check_baseline_finite(empty, "the run with every node mean-ablated")
     if abs(full - empty) < 1e-9:
         raise ValueError(
             f"the metric is {full:.6g} with every node mean-ablated as without ablation, so "

@@ -39,6 +39,7 @@ from sae_lens.saes.sae import SAEMetadata
 from torch import Tensor
 
 from ioi.features.pretrained import TOY_SAE_DIR
+from ioi.statistics import check_seed
 
 ARCHITECTURES = ("topk", "standard")
 
@@ -115,6 +116,7 @@ def train_sae(
     """
     if not isinstance(spec, SAESpec):
         raise TypeError(f"spec must be an SAESpec, got {type(spec).__name__}")
+    check_seed(seed)
     if not bool(torch.isfinite(acts).all()):
         raise ValueError(
             "acts hold NaN or infinite values: an SAE trained on them would be meaningless; "

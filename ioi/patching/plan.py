@@ -155,8 +155,15 @@ def copies_per_pass(
 
     `copies_that_fit` for copies of `bytes_per_copy` bytes and ``batch * n_pos`` rows.
     """
-    if max_sites_per_pass is not None and max_sites_per_pass < 1:
-        raise ValueError(f"max_sites_per_pass must be >= 1, got {max_sites_per_pass}")
+    if max_sites_per_pass is not None and (
+        isinstance(max_sites_per_pass, bool)
+        or not isinstance(max_sites_per_pass, numbers.Integral)
+        or max_sites_per_pass < 1
+    ):
+        raise ValueError(
+            f"max_sites_per_pass must be None (as many as fit) or an int >= 1, got "
+            f"{max_sites_per_pass!r}"
+        )
     copy_bytes = bytes_per_copy(cfg, batch, n_pos)
     return copies_that_fit(
         cfg, copy_bytes, batch * n_pos, device, memory_budget, max_sites_per_pass

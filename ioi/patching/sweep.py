@@ -100,9 +100,17 @@ class Sweep:
     @classmethod
     def from_sites(cls, sites: Sequence[Site]) -> Sweep:
         """A flat sweep with one ``site`` axis."""
+        if isinstance(sites, str | Site):
+            raise TypeError(f"sites must be a Sweep or a list of Site values, got {sites!r}")
         sites = tuple(sites)
         if not sites:
             raise ValueError("a sweep needs at least one site")
+        for site in sites:
+            if not isinstance(site, Site):
+                raise TypeError(
+                    f"sites must be Site values (e.g. Site('z', 9, head=9)) or a Sweep "
+                    f"(sweep(model, ...)), got {type(site).__name__} {site!r}"
+                )
         labels = tuple(site.describe() for site in sites)
         return cls(sites, ("site",), (len(sites),), (labels,))
 

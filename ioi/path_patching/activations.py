@@ -17,6 +17,7 @@ from torch import Tensor
 from transformer_lens import ActivationCache, HookedTransformer
 from transformer_lens.utilities import get_act_name
 
+from ioi.inputs import check_model_tokens
 from ioi.patching.sources import check_cache
 
 
@@ -63,7 +64,13 @@ ALL_PARTS = ("resid_pre", "attn_out", "mlp_out", "z", "final")
 def cache_for_path_patching(
     model: HookedTransformer, toks: Int[Tensor, "batch pos"]
 ) -> ActivationCache:
-    """A cache holding exactly what path patching reads, to reuse across many calls."""
+    """A cache holding exactly what path patching reads, to reuse across many calls.
+
+    Raises:
+        TypeError, ValueError: ``toks`` is not a [batch, pos] tensor of the model's token ids
+            (`ioi.inputs.check_model_tokens`).
+    """
+    toks = check_model_tokens(model, toks, "toks")
     names = needed_names(model, ALL_PARTS)
     with torch.no_grad():
         _, cache = model.run_with_cache(

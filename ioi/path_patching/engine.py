@@ -55,6 +55,7 @@ from ioi.path_patching.nodes import (
     Sender,
     all_head_senders,
     all_mlp_senders,
+    check_sender,
     check_supported,
     make_receivers,
 )
@@ -112,10 +113,12 @@ def _validate(
     names: ArgNames = OWN_NAMES,
 ) -> None:
     check_supported(model)
+    if isinstance(senders, Sender):
+        raise TypeError(f"senders is a list of Sender values; got one, {senders!r}: pass [it]")
     if not senders:
         raise ValueError("no senders given; e.g. all_head_senders(model) or [Sender('head', 0, 1)]")
     for sender in senders:
-        sender.check(model)
+        check_sender(model, sender)
     if receivers is not None:
         if not receivers:
             raise ValueError("receivers is an empty list; pass None to patch to the logits")
@@ -423,8 +426,11 @@ def _every_sender(
         for receiver in receivers:
             receiver.check(model)
         top = max(r.layer for r in receivers)
-        if top == 0 or (kind == "mlp" and cfg.attn_only):
-            return torch.full(shape, torch.nan)  # no sender below the receivers
+        if top == 0 or (kind == "mlp" and cfg.attn_only):  # no sender below the receivers
+            names = (ARENA_NAMES.corrupted_dataset, ARENA_NAMES.clean_dataset)
+            runs = (dataset_tokens(new_dataset, names[0]), dataset_tokens(orig_dataset, names[1]))
+            check_token_pair(model, *runs, names)  # an all-NaN grid, but only for good input
+            return torch.full(shape, torch.nan)
     senders = (all_head_senders if kind == "head" else all_mlp_senders)(model, below_layer=top)
     values = _path_patch(
         ARENA_NAMES,

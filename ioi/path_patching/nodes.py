@@ -124,15 +124,42 @@ def make_receivers(
     return list(dict.fromkeys(receivers))  # drop repeats, keep order
 
 
+def check_sender(model: HookedTransformer, sender: object) -> None:
+    """``sender`` is a `Sender` that exists in ``model`` (TypeError, ValueError otherwise)."""
+    if not isinstance(sender, Sender):
+        raise TypeError(
+            "a sender is a Sender, e.g. Sender('head', 0, 1) or Sender('mlp', 0) (or "
+            f"all_head_senders(model)), got {type(sender).__name__} {sender!r}"
+        )
+    sender.check(model)
+
+
+def _stop(model: HookedTransformer, below_layer: object) -> int:
+    """The layer the senders stop before: ``below_layer`` in 0..n_layers, or all if None."""
+    if below_layer is None:
+        return model.cfg.n_layers
+    n = model.cfg.n_layers
+    if (
+        isinstance(below_layer, bool)
+        or not isinstance(below_layer, int)
+        or not 0 <= below_layer <= n
+    ):
+        raise ValueError(
+            f"below_layer must be None (every layer) or an int in 0..{n} (the senders in the "
+            f"layers below it), got {below_layer!r}"
+        )
+    return below_layer
+
+
 def all_head_senders(model: HookedTransformer, below_layer: int | None = None) -> list[Sender]:
     """Every head as a sender, layer-major, optionally only layers < ``below_layer``."""
-    stop = model.cfg.n_layers if below_layer is None else below_layer
+    stop = _stop(model, below_layer)
     return [Sender("head", lay, h) for lay in range(stop) for h in range(model.cfg.n_heads)]
 
 
 def all_mlp_senders(model: HookedTransformer, below_layer: int | None = None) -> list[Sender]:
     """Every MLP as a sender, optionally only layers < ``below_layer``."""
-    stop = model.cfg.n_layers if below_layer is None else below_layer
+    stop = _stop(model, below_layer)
     return [Sender("mlp", lay) for lay in range(stop)]
 
 

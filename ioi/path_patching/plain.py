@@ -26,6 +26,7 @@ from ioi.patching.readout import Metric
 from ioi.path_patching.nodes import (
     Receiver,
     Sender,
+    check_sender,
 )
 from ioi.path_patching.positions import (
     DatasetLike,
@@ -94,6 +95,7 @@ def plain_path_patch(
     Returns:
         The metric of the patched logits (as a CPU tensor).
     """
+    check_sender(model, sender)
     corrupted_toks = dataset_tokens(corrupted_dataset, "corrupted_dataset").to(model.cfg.device)
     clean_toks = dataset_tokens(clean_dataset, "clean_dataset").to(model.cfg.device)
     batch, n_pos = clean_toks.shape

@@ -150,6 +150,15 @@ def test_app_bad_host_prints_one_line_and_exits_2(host, capsys):
     assert len(lines) == 1 and "--host must be" in lines[0]
 
 
+def test_app_host_that_does_not_resolve_prints_one_line_and_exits_2(monkeypatch, capsys):
+    started = []
+    monkeypatch.setattr("ioi.cli.subprocess.Popen", lambda argv: started.append(argv))
+    assert main(["app", "--host", "no-such-host.invalid", "--headless"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "does not resolve to an address" in lines[0]
+    assert "127.0.0.1" in lines[0] and started == [], "no server is started for it"
+
+
 def test_app_starts_streamlit_and_returns_its_status(monkeypatch, capsys):
     started = []
 

@@ -238,6 +238,36 @@ OTHER = {
         "TypeError",
         "float 1.9",
     ),
+    "sites_of_str": (
+        "activation_patching(m, clean, corr, logit_diff, ['blocks.0.hook_z'])",
+        "TypeError",
+        r"sites must be Site values \(e\.g\. Site\('z', 9, head=9\)\) or a Sweep",
+    ),
+    "one_site": (
+        "activation_patching(m, clean, corr, logit_diff, Site('z', 0, head=1))",
+        "TypeError",
+        "sites must be a Sweep or a list of Site values",
+    ),
+    "sites_per_pass_float": (
+        "activation_patching(m, clean, corr, logit_diff, sweep(m, 'z', 6), max_sites_per_pass=2.0)",
+        "ValueError",
+        r"max_sites_per_pass must be None \(as many as fit\) or an int >= 1, got 2\.0",
+    ),
+    "sender_tuple": (
+        "path_patch(m, logit_diff, corr, clean, [(0, 1)])",
+        "TypeError",
+        r"a sender is a Sender, e\.g\. Sender\('head', 0, 1\)",
+    ),
+    "one_sender": (
+        "path_patch(m, logit_diff, corr, clean, Sender('head', 0, 1))",
+        "TypeError",
+        "senders is a list of Sender values; got one",
+    ),
+    "plain_sender_tuple": (
+        "plain_path_patch(m, logit_diff, corr, clean, (0, 1))",
+        "TypeError",
+        "a sender is a Sender",
+    ),
     "shapes_differ": (
         "activation_patching(m, clean, corr[:, :-1], logit_diff, sweep(m, 'z', 6))",
         "ValueError",
