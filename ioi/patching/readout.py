@@ -147,7 +147,23 @@ def detect_readout(metric: Metric, orig_logits: Float[Tensor, "batch pos d_vocab
 
     Compute it once and pass it as ``readout=`` to several path-patching calls that share
     the metric and the original dataset.
+
+    Raises:
+        TypeError: ``metric`` is not callable, or ``orig_logits`` is not a tensor.
+        ValueError: ``orig_logits`` is not a floating [batch, pos, d_vocab] tensor.
     """
+    if not callable(metric):
+        raise TypeError(f"metric must be a function of the logits, got a {type(metric).__name__}")
+    if not isinstance(orig_logits, Tensor):
+        raise TypeError(
+            f"orig_logits must be the model's logits, a [batch, pos, d_vocab] tensor, "
+            f"got a {type(orig_logits).__name__}"
+        )
+    if orig_logits.ndim != 3 or not orig_logits.is_floating_point():
+        raise ValueError(
+            "orig_logits must be the model's logits, a floating [batch, pos, d_vocab] tensor, "
+            f"got a {orig_logits.dtype} tensor of shape {tuple(orig_logits.shape)}"
+        )
     return _detect(metric, orig_logits)[0]
 
 

@@ -64,6 +64,21 @@ CASES = {  # outside the tests' runtime type checks, our own checks answer
         r"new_dataset \(2, 6\) and orig_dataset \(3, 6\) must have the same shape",
     ),
     "str layer": ("all_head_senders(model, below_layer='1')", "ValueError", "got '1'"),
+    "readout of a list": (
+        "detect_readout(logit_diff, model(t).tolist())",
+        "TypeError",
+        r"orig_logits must be the model's logits, .* got a list",
+    ),
+    "readout of tokens": (
+        "detect_readout(logit_diff, t)",
+        "ValueError",
+        r"floating \[batch, pos, d_vocab\] tensor, got a torch.int64 tensor of shape \(3, 6\)",
+    ),
+    "readout of a str metric": (
+        "detect_readout('logit_diff', model(t))",
+        "TypeError",
+        "metric must be a function of the logits, got a str",
+    ),
 }
 
 
