@@ -149,6 +149,25 @@ def other_model_batch() -> OtherModelBatch:
 
 
 @functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=1)
+def other_ioi_model() -> HookedTransformer:
+    """A random model of `OTHER_SIZES`' layers and heads over the toy's vocabulary and context.
+
+    For exercises that take IOI datasets (built with the toy's tokenizer): they run here too,
+    so that sizes written as the toy's fail.
+    """
+    from ioi.testing import tiny_model
+
+    toy = toy_model().cfg
+    return tiny_model(
+        seed=CHECK_SEED,
+        n_layers=OTHER_SIZES["n_layers"],
+        n_heads=OTHER_SIZES["n_heads"],
+        d_vocab=toy.d_vocab,
+        n_ctx=toy.n_ctx,
+    )
+
+
 def _patched_run(b: IOIBatch, run: str) -> ActivationCache:
     tokens, other = (
         (b.ds.toks, b.corrupted_cache) if run == "clean" else (b.abc.toks, b.clean_cache)
@@ -186,3 +205,4 @@ def clear() -> None:
     ioi_batch.cache_clear()
     toy_model.cache_clear()
     other_model_batch.cache_clear()
+    other_ioi_model.cache_clear()

@@ -16,9 +16,15 @@ from transformer_lens import ActivationCache, HookedTransformer
 from transformer_lens.utilities import get_act_name
 
 from ioi import patching, path_patching
-from ioi.checks.core import exercise, one_thread, without_last_layer
-from ioi.checks.fixtures import IOIBatch, fresh_cache, ioi_batch, patched_run_cache
-from ioi.metrics import make_ioi_metric
+from ioi.checks.core import exercise, one_thread, toy_sized, without_last_layer
+from ioi.checks.fixtures import (
+    IOIBatch,
+    fresh_cache,
+    ioi_batch,
+    other_ioi_model,
+    patched_run_cache,
+)
+from ioi.metrics import make_ioi_metric, make_logit_diff_metric
 
 
 @functools.lru_cache(maxsize=1)
@@ -468,7 +474,7 @@ TO_HEADS = exercise(
         "datasets_swapped": "you ran the new (ABC) prompts and patched in the orig values; run "
         "the orig prompts, with the sender's new value patched in",
     },
-    shared=("ignored_given_cache",),
+    shared=("ignored_given_cache", "hard_coded_size"),
     no_effect_text="every entry equals the unpatched orig run (1.0): the receivers' inputs "
     "were replaced by values no different from the orig run's. Record them while the "
     "freezing hooks are on (run_with_cache *inside* `with model.hooks(...)`), record and "
@@ -617,7 +623,54 @@ def test_get_path_patch_head_to_heads(fn: Callable) -> None:
         ex.expect_tensor(
             got, expected, call=call, mistakes=mistakes, atol=1e-4, rtol=1e-4, unchanged=1.0
         )
-    ex.passed(UNREACHABLE.split(":")[0])
+    _to_heads_on_other_sizes(ex, fn, b)
+    ex.passed(UNREACHABLE.split(":")[0] + "; on the toy and on a random model of other sizes")
+
+
+def _to_heads_on_other_sizes(ex, fn: Callable, b: IOIBatch) -> None:
+    """The same prompts through a random model of more layers and heads (`other_ioi_model`),
+    the metric the plain logit difference: sizes written as the toy's are ``hard_coded_size``."""
+    model, toy = other_ioi_model(), b.model.cfg
+    receivers, top = [(3, 0), (3, 4), (2, 4)], 3
+    metric = make_logit_diff_metric(b.answer_tokens, b.end)
+    call = (
+        f"get_path_patch_head_to_heads({receivers}, 'v', model, patching_metric, "
+        f"new_dataset=abc, orig_dataset=ioi, new_cache=None, orig_cache=None)  where "
+        f"patching_metric is the mean logit "
+        f"difference at end  [a random model of {model.cfg.n_layers} layers x "
+        f"{model.cfg.n_heads} heads over the toy's vocabulary (not the toy); the same prompts]"
+    )
+    got = ex.call(
+        fn,
+        receivers,
+        "v",
+        model,
+        metric,
+        b.abc,
+        b.ds,
+        None,
+        None,
+        call=call,
+        model=model,
+        # an index past the toy's sizes on this larger model: the sizes were written in
+        raised_as=lambda err: "hard_coded_size" if isinstance(err, IndexError) else None,
+    )
+    with torch.inference_mode():
+        grid = path_patching.get_path_patch_head_to_heads(
+            receivers, "v", model, metric, b.abc, b.ds
+        )
+        baseline = float(metric(model(b.ds.toks)))
+    expected = _with_unreachable(grid, top)
+    sizes = {0: toy.n_layers, 1: toy.n_heads}
+    ex.expect_tensor(
+        got,
+        expected,
+        call=call,
+        mistakes={"hard_coded_size": lambda: toy_sized(expected, sizes)},
+        atol=1e-4,
+        rtol=1e-4,
+        unchanged=baseline,
+    )
 
 
 # ---- path patching at positions ---------------------------------------------------------------

@@ -329,6 +329,9 @@ def _to_heads(
     swap_datasets=False,
     record_unhooked=False,
     receiver_point=None,
+    rows=None,
+    width=None,
+    loop_heads=None,
 ):
     new_cache, orig_cache = _caches(model, new_dataset, orig_dataset, new_cache, orig_cache)
     if swap_datasets:  # runs the new prompts with the orig values patched in
@@ -337,7 +340,7 @@ def _to_heads(
     names = {get_act_name(receiver_point or receiver_input, layer) for layer, _ in receiver_heads}
     mlp_names = {get_act_name("mlp_out", layer) for layer in range(model.cfg.n_layers)}
     top = max(layer for layer, _ in receiver_heads) if top is None else top
-    out = torch.full((model.cfg.n_layers, model.cfg.n_heads), fill)
+    out = torch.full((rows or model.cfg.n_layers, width or model.cfg.n_heads), fill)
 
     def patch(act, hook, recorded):
         heads = [h for layer, h in receiver_heads if layer == hook.layer()]
@@ -348,7 +351,7 @@ def _to_heads(
 
     with torch.no_grad():
         for layer in range(top):
-            for head in range(model.cfg.n_heads):
+            for head in range(loop_heads or model.cfg.n_heads):
                 freezer = partial(
                     _freeze,
                     new_cache=new_cache,
@@ -387,6 +390,24 @@ variant(
     _to_heads,
     "Runs the new prompts, patches orig values in.",
     swap_datasets=True,
+)
+variant(
+    HEADS,
+    "hard_coded_size",
+    _to_heads,
+    "The toy's 3 layers x 4 heads written in, for the grid and the loop.",
+    fn_name="to_heads_toy_grid_and_loop",
+    rows=3,
+    width=4,
+    loop_heads=4,
+)
+variant(
+    HEADS,
+    "hard_coded_size",
+    _to_heads,
+    "A grid 4 heads wide (the toy's), the loop over model.cfg.n_heads: an IndexError there.",
+    fn_name="to_heads_toy_width",
+    width=4,
 )
 variant(
     HEADS,
