@@ -623,22 +623,33 @@ def test_get_path_patch_head_to_heads(fn: Callable) -> None:
         ex.expect_tensor(
             got, expected, call=call, mistakes=mistakes, atol=1e-4, rtol=1e-4, unchanged=1.0
         )
-    _to_heads_on_other_sizes(ex, fn, b)
+    _to_heads_on_other_sizes(ex, fn, b, "get_path_patch_head_to_heads")
     ex.passed(UNREACHABLE.split(":")[0] + "; on the toy and on a random model of other sizes")
 
 
-def _to_heads_on_other_sizes(ex, fn: Callable, b: IOIBatch) -> None:
+def _to_heads_on_other_sizes(
+    ex, fn: Callable, b: IOIBatch, name: str, positions: dict[str, str | None] | None = None
+) -> None:
     """The same prompts through a random model of more layers and heads (`other_ioi_model`),
-    the metric the plain logit difference: sizes written as the toy's are ``hard_coded_size``."""
+    the metric the plain logit difference: sizes written as the toy's are ``hard_coded_size``.
+
+    ``positions``: the sender and receiver word_idx keys, for `path_patch_head_to_heads_at`
+    (passed after the datasets); else the caches are passed as None.
+    """
     model, toy = other_ioi_model(), b.model.cfg
     receivers, top = [(3, 0), (3, 4), (2, 4)], 3
     metric = make_logit_diff_metric(b.answer_tokens, b.end)
+    if positions is None:
+        extra, shown, where = (None, None), "new_cache=None, orig_cache=None", {}
+    else:
+        extra = (positions["sender_positions"], positions["receiver_positions"])
+        shown = f"sender_position={extra[0]!r}, receiver_position={extra[1]!r}"
+        where = positions
     call = (
-        f"get_path_patch_head_to_heads({receivers}, 'v', model, patching_metric, "
-        f"new_dataset=abc, orig_dataset=ioi, new_cache=None, orig_cache=None)  where "
-        f"patching_metric is the mean logit "
-        f"difference at end  [a random model of {model.cfg.n_layers} layers x "
-        f"{model.cfg.n_heads} heads over the toy's vocabulary (not the toy); the same prompts]"
+        f"{name}({receivers}, 'v', model, patching_metric, new_dataset=abc, orig_dataset=ioi, "
+        f"{shown})  where patching_metric is the mean logit difference at end  [a random "
+        f"model of {model.cfg.n_layers} layers x {model.cfg.n_heads} heads over the toy's "
+        "vocabulary (not the toy); the same prompts]"
     )
     got = ex.call(
         fn,
@@ -648,8 +659,7 @@ def _to_heads_on_other_sizes(ex, fn: Callable, b: IOIBatch) -> None:
         metric,
         b.abc,
         b.ds,
-        None,
-        None,
+        *extra,
         call=call,
         model=model,
         # an index past the toy's sizes on this larger model: the sizes were written in
@@ -657,7 +667,7 @@ def _to_heads_on_other_sizes(ex, fn: Callable, b: IOIBatch) -> None:
     )
     with torch.inference_mode():
         grid = path_patching.get_path_patch_head_to_heads(
-            receivers, "v", model, metric, b.abc, b.ds
+            receivers, "v", model, metric, b.abc, b.ds, **where
         )
         baseline = float(metric(model(b.ds.toks)))
     expected = _with_unreachable(grid, top)
@@ -692,7 +702,7 @@ AT_POSITIONS = exercise(
         "from the word (word_idx[key] - 1 or + 1): word_idx[key][i] already is prompt i's "
         "position of the word, use it as it is",
     },
-    shared=("same_position_for_all_prompts",),
+    shared=("same_position_for_all_prompts", "hard_coded_size"),
     no_effect_text="every value equals the run without any patch (the metric is 1 "
     "everywhere). In this check the toy's receivers read nothing from the position one "
     "*after* the word (S2 + 1, end + 1), so positions read one late (word_idx[key] + 1) look "
@@ -777,4 +787,6 @@ def test_path_patch_head_to_heads_at(fn: Callable) -> None:
         ex.expect_tensor(
             got, expected, call=call, mistakes=mistakes, atol=1e-4, rtol=1e-4, unchanged=1.0
         )
-    ex.passed()
+    where = {"sender_positions": None, "receiver_positions": "end"}
+    _to_heads_on_other_sizes(ex, fn, b, "path_patch_head_to_heads_at", where)
+    ex.passed("on the toy and on a random model of other sizes")

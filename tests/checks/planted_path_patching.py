@@ -586,6 +586,7 @@ def _at(
     sender_all=False,
     receiver_all=False,
     shift=0,
+    toy_sizes=False,
 ):
     sender_position = None if sender_all else sender_position
     receiver_position = None if receiver_all else receiver_position
@@ -601,13 +602,14 @@ def _at(
     _, orig_cache = model.run_with_cache(orig_dataset.toks)
     names = {get_act_name(receiver_input, layer) for layer, _ in receiver_heads}
     top = max(layer for layer, _ in receiver_heads) if top is None else top
-    out = torch.full((model.cfg.n_layers, model.cfg.n_heads), fill)
+    n_heads = 4 if toy_sizes else model.cfg.n_heads
+    out = torch.full((3, 4) if toy_sizes else (model.cfg.n_layers, n_heads), fill)
     toks = orig_dataset.toks
     send_mask = _mask(ds, sender_position, toks)
     recv_mask = _mask(ds, receiver_position, toks)
     with torch.no_grad():
         for layer in range(top):
-            for head in range(model.cfg.n_heads):
+            for head in range(n_heads):
 
                 def freeze(z, hook, sender=(layer, head)):
                     out_z = orig_cache[hook.name].clone()
@@ -644,6 +646,7 @@ variant(AT, "same_position_for_all_prompts", _at, "Prompt 0's positions for all.
 variant(AT, "unreachable_rows_zero", _at, "Unreachable rows left at 0.", fill=0.0)
 variant(AT, "kept_freeze_hooks", _at, "The freezing hooks kept on in step 3.", keep_freeze=True)
 variant(AT, "position_off_by_one", _at, "Both masks at word_idx[key] - 1.", shift=-1)
+variant(AT, "hard_coded_size", _at, "The toy's 3 x 4 grid and 4 heads.", toy_sizes=True)
 variant(
     AT,
     "no_effect",
