@@ -294,7 +294,9 @@ def test_a_wrong_answer_that_also_leaks_is_told_its_mistake_first() -> None:
 
     with pytest.raises(CheckFailed) as failure:
         got = ex.call(doubled_and_train_mode, model, call="demo(model)")
-        ex.expect_tensor(got, torch.ones(3), call="demo()", mistakes={"doubled": lambda: 2 * got})
+        ex.expect_tensor(
+            got, torch.ones(3), call="demo()", mistakes={"doubled": lambda: 2 * torch.ones(3)}
+        )
     assert failure.value.diagnosis == "doubled"
     assert not model.training
     ex.call(lambda m: torch.ones(3), model, call="demo(model)")
