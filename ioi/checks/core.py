@@ -15,6 +15,10 @@ Generic diagnoses, which any checker can give:
 - ``wrong_shape``: a tensor of the wrong shape, matching no known mistake.
 - ``wrong_values``: the right shape, wrong values, matching no known mistake.
 - ``hooks_left``: hooks it added are still on the model after it returned.
+- ``flag_left_on``, ``moved_or_cast``, ``grads_left``, ``requires_grad_changed``,
+  ``train_mode_left`` (`LEAK_DIAGNOSES`): it left a model or SAE it was handed changed (a cfg
+  flag, its device or dtype, ``.grad``, ``requires_grad``, training mode); weights edited in
+  place are ``mutated_input``. `Exercise.call` checks every module it hands over (`ModuleLeaks`).
 - ``mutated_input``: it wrote into an input it should only read (a cache, a given tensor).
 - ``no_effect``: a patching result equal to the unpatched run everywhere (the hook never
   changed anything: a name that never fires, a patched copy never returned, ...).
@@ -40,11 +44,13 @@ import contextlib
 import dataclasses
 import inspect
 import itertools
+import math
 import os
 import signal
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -61,7 +67,8 @@ GENERIC_DIAGNOSES: dict[str, str] = {
     "wrong_type": "the function returned the wrong kind of value",
     "wrong_shape": "the result has the wrong shape",
     "wrong_values": "the result has the right shape but wrong values",
-    "hooks_left": "hooks added by the function are still attached to the model",
+    "hooks_left": "hooks added by the function are still attached to the model (or a hook "
+    "context it opened was never closed); every later run of the model is still patched",
     "no_effect": "every value equals the run without any patch: the patch never changed the "
     "run. A hook on a name that never fires (hook_result only runs after "
     "model.set_use_attn_result(True)), a hook that patches a copy and returns the original, "
@@ -170,6 +177,9 @@ class Exercise:
     no_effect_text: str | None = None
     """What ``no_effect`` says for this exercise, where the checker knows more than the
     generic text (default: ``GENERIC_DIAGNOSES["no_effect"]``)."""
+    pending_leak: tuple[Leak, str] | None = field(default=None, repr=False)
+    """A leak a call left (other than hooks), with that call: given by `passed` unless a
+    failure came first, so that an answer that is also wrong is told its mistake first."""
 
     # ---- running the learner's code -----------------------------------------------------
 
@@ -186,8 +196,14 @@ class Exercise:
     ):
         """Run ``fn(*args, **kwargs)`` under the time limit; turn any failure into `CheckFailed`.
 
-        If ``model`` is given, also fail (``hooks_left``) when the call leaves hooks on it, and
-        remove them so the next check starts clean. Every tensor, cache, dataset or mapping of
+        The call must leave every module it is handed (``model``, each module argument, an
+        argument's ``.model``) as it found it: hooks (``hooks_left``), cfg flags
+        (``flag_left_on``), device and dtype (``moved_or_cast``), weights (``mutated_input``),
+        ``.grad`` (``grads_left``), ``requires_grad`` (``requires_grad_changed``) and training
+        mode (``train_mode_left``), see `ModuleLeaks`. Whatever it changed is put back at
+        once, also when it raised, so the next check starts clean; hooks fail at once, the
+        other leaks at `passed`, so that an answer that is also wrong hears of its mistake
+        first. Every tensor, cache, dataset or mapping of
         tensors passed as an argument is read only, and so is whatever ``read_only`` maps a
         name to: if any of it changed, fail with ``mutated_input``. ``writable`` lists the
         positional arguments the function may change (a hook's activation). ``raised_as``
@@ -202,7 +218,7 @@ class Exercise:
         }
         read_only = {**watched, **named}
         snapshots = {label: _snapshot(value) for label, value in read_only.items()}
-        before = _hook_count(model) if model is not None else 0
+        leaks = [ModuleLeaks(m, label) for label, m in handed_modules(args, kwargs, model).values()]
         try:
             with one_thread():
                 result = run_with_timeout(lambda: fn(*args, **kwargs), self.timeout_s)
@@ -256,22 +272,18 @@ class Exercise:
                 + _learner_frames(err),
                 hint=self.hint,
             )
-        finally:
-            if model is not None:
-                left = _hook_count(model) - before
-                if left > 0:
-                    model.reset_hooks(including_permanent=False)
-        if model is not None and left > 0:
-            self.fail(
-                "hooks_left",
-                call=call,
-                expected="the model without hooks after the call",
-                got=f"{left} hook(s) still attached",
-                explanation="a hook added during the call was never removed; later runs of the "
-                "model would still be patched",
-                hint="add hooks with `model.run_with_hooks(..., fwd_hooks=[...])` or the "
-                "`with model.hooks(fwd_hooks=[...]):` context, both of which remove them.",
+        finally:  # undo what the call left, also when it raised, so the next check starts clean
+            left = sorted(
+                (leak for state in leaks for leak in state.restore()),
+                key=lambda leak: _LEAK_ORDER.index(leak.diagnosis),
             )
+        for leak in left:
+            if leak.diagnosis == "hooks_left":
+                self._fail_leak(leak, call)
+            if self.pending_leak is None or _LEAK_ORDER.index(leak.diagnosis) < _LEAK_ORDER.index(
+                self.pending_leak[0].diagnosis
+            ):
+                self.pending_leak = (leak, call)
         for label, snapshot in snapshots.items():
             where = _changed(snapshot, read_only[label])
             if where is not None:
@@ -294,6 +306,7 @@ class Exercise:
         """Raise `CheckFailed` for ``diagnosis`` (which must be generic or declared)."""
         if diagnosis not in GENERIC_DIAGNOSES and diagnosis not in self.diagnoses:
             raise AssertionError(f"checker bug: {self.name} gives undeclared diagnosis {diagnosis}")
+        self.pending_leak = None  # this run ends here; the next one starts clean
         raise CheckFailed(
             self.name,
             diagnosis,
@@ -302,6 +315,22 @@ class Exercise:
             got=got,
             explanation=explanation,
             hint=hint,
+        )
+
+    def _fail_leak(self, leak: Leak, call: str):
+        explanation = GENERIC_DIAGNOSES[leak.diagnosis]
+        if leak.diagnosis == "mutated_input":
+            explanation = (
+                "the function wrote into the weights of a module it was handed; every later "
+                "run of it (every later cell of the notebook) uses the changed weights"
+            )
+        self.fail(
+            leak.diagnosis,
+            call=call,
+            expected=f"{leak.module} as it was before the call",
+            got=leak.got,
+            explanation=explanation,
+            hint=leak.hint,
         )
 
     def expect_tensor(
@@ -537,7 +566,10 @@ class Exercise:
                 )
 
     def passed(self, detail: str = "") -> None:
-        """Tell the learner the check passed (printed, so notebooks show it)."""
+        """Tell the learner the check passed (printed, so notebooks show it), unless a call
+        left a model or SAE changed (`pending_leak`): then fail with that leak."""
+        if self.pending_leak is not None:
+            self._fail_leak(*self.pending_leak)
         print(f"\N{CHECK MARK} {self.name} passed{': ' + detail if detail else ''}")
 
 
@@ -777,6 +809,371 @@ def _changed(snapshot: object, value: object) -> str | None:
     return None
 
 
+# ---- leaks: what a call leaves on the modules it was handed ----------------------------------
+
+LEAK_DIAGNOSES: dict[str, str] = {
+    "flag_left_on": "a setting of the model's config (model.cfg) was left changed after the "
+    "call: model.set_use_attn_result(True), set_use_split_qkv_input(True), "
+    "set_use_hook_mlp_in(True) and set_use_attn_in(True) change every later run of the model, "
+    "and what it caches",
+    "grads_left": "the call left gradients (.grad) on the parameters: `.backward()` stores "
+    "them there, and the next `.backward()` adds to them instead of starting from zero",
+    "requires_grad_changed": "the call changed which parameters require gradients "
+    "(requires_grad_), so later runs record a graph they should not (or none they should)",
+    "train_mode_left": "the call left the model (or some of its modules) in training mode; "
+    "the notebook's model is in eval mode, and dropout or other training-only behaviour would "
+    "change every later run",
+    "moved_or_cast": "the call moved the model to another device or cast it to another dtype "
+    "(model.to(...), .half(), .double()); every later run computes on that device, in that "
+    "precision",
+}
+"""The ways a call can leave a module it was handed changed, besides ``hooks_left`` and an
+in-place edit of its weights (``mutated_input``); any checker can give them, and each is
+planted at least once."""
+
+GENERIC_DIAGNOSES.update(LEAK_DIAGNOSES)
+
+_LEAK_ORDER = (
+    "hooks_left",
+    "moved_or_cast",
+    "mutated_input",
+    "flag_left_on",
+    "grads_left",
+    "requires_grad_changed",
+    "train_mode_left",
+)
+"""Which leak a call that left several is failed with: the first here, over every module
+(a fold changes an SAE's weights and cfg; the backward pass after it leaves .grad too)."""
+
+PRISTINE_LIMIT = 50_000_000
+"""Modules of at most this many parameter and buffer entries get a copy of their weights,
+once, so that a call that edits or casts them can be undone (the checkers' models and SAEs
+are far smaller); larger ones are only fingerprinted."""
+
+_PRISTINE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""module -> (fingerprints, copies) of its tensors, taken when it was last seen unchanged."""
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_HOOK_BOOKKEEPING = ("_forward_hooks_with_kwargs", "_forward_hooks_always_called")
+_HOOK_BOOKKEEPING += ("_forward_pre_hooks_with_kwargs",)
+
+
+@dataclass(frozen=True)
+class _TensorPrint:
+    """What a parameter or buffer looks like, cheaply: no copy of its values."""
+
+    dtype: torch.dtype
+    device: torch.device
+    shape: tuple[int, ...]
+    data_ptr: int
+    version: int | None  # None for an inference tensor, which keeps no version counter
+    checksum: float  # the sum: catches an edit through `.data`, which bumps no version
+    requires_grad: bool
+    has_grad: bool
+
+    @classmethod
+    def of(cls, t: Tensor) -> _TensorPrint:
+        try:
+            version = t._version
+        except RuntimeError:
+            version = None
+        return cls(
+            t.dtype,
+            t.device,
+            tuple(t.shape),
+            t.data_ptr(),
+            version,
+            float(t.detach().sum()) if t.numel() and not t.is_complex() else 0.0,
+            t.requires_grad,
+            t.grad is not None,
+        )
+
+    def same_values(self, other: _TensorPrint) -> bool:
+        """Whether the values look untouched (same storage, version and sum)."""
+        if (self.data_ptr, self.version, self.shape) != (
+            other.data_ptr,
+            other.version,
+            other.shape,
+        ):
+            return False
+        # the same sum twice is exact on one thread count; the tolerance is for another count
+        return math.isclose(self.checksum, other.checksum, rel_tol=1e-6, abs_tol=1e-6)
+
+
+@dataclass(frozen=True)
+class Leak:
+    """One kind of change a call left on a module: its diagnosis and what it says."""
+
+    diagnosis: str
+    module: str  # "the model", "the TopKSAE", ...
+    got: str
+    hint: str
+
+
+class ModuleLeaks:
+    """A module's state before a call (hooks, cfg settings, training mode, and a fingerprint of
+    every parameter and buffer: dtype, device, storage, version, sum, requires_grad, .grad),
+    to compare with after it and restore.
+
+    ``ModuleLeaks(module)`` takes the snapshot; `restore` puts back whatever changed and
+    returns the `Leak` of each kind, so the next check starts clean. Costs one float64 sum
+    per tensor, plus one copy of the weights the first time a small module is seen.
+    """
+
+    def __init__(self, module: torch.nn.Module, label: str = "the model") -> None:
+        self.module, self.label = module, label
+        self.hook_ids = _hook_ids(module)
+        self.context_level = getattr(module, "context_level", None)
+        self.cfg = _cfg_settings(module)
+        self.training = {name: m.training for name, m in module.named_modules()}
+        self.tensors = {name: _TensorPrint.of(t) for name, t in _named_tensors(module)}
+        self.pristine = _pristine(module, self.tensors)
+
+    def restore(self) -> list[Leak]:
+        """Undo what the call changed; return what it was, one `Leak` per kind."""
+        now = self._now()
+        moved = self._dtype_or_device(now)  # which puts the weights back too
+        leaks = [
+            self._hooks(),
+            moved,
+            None if moved else self._weights(now),  # before cfg: folding changes both
+            self._cfg(),
+            self._grads(),
+            self._requires_grad(),
+            self._training(),
+        ]
+        return [leak for leak in leaks if leak is not None]
+
+    def _now(self) -> dict[str, tuple[Tensor, _TensorPrint]]:
+        return {name: (t, _TensorPrint.of(t)) for name, t in _named_tensors(self.module)}
+
+    def _hooks(self) -> Leak | None:
+        new = _hook_ids(self.module) - self.hook_ids
+        level, was = getattr(self.module, "context_level", 0), self.context_level or 0
+        if not new and level <= was:
+            return None
+        _remove_hooks(self.module, new)
+        # context_level is left as it is: the open context (a suspended generator) lowers it
+        # again when it is closed or collected, and a level set back here would then go below 0
+        opened = (
+            f"; a `with model.hooks(...)` context was entered and never exited (context level "
+            f"{level}, was {was}): a generator suspended inside it was never run to its end"
+            if level > was
+            else ""
+        )
+        return Leak(
+            "hooks_left",
+            self.label,
+            f"{len(new)} hook(s) still attached to {self.label}{opened}",
+            "add hooks with `model.run_with_hooks(..., fwd_hooks=[...])` or the "
+            "`with model.hooks(fwd_hooks=[...]):` context, both of which remove them (never "
+            "add_perma_hook in an exercise; model.reset_hooks(including_permanent=True) "
+            "removes every hook).",
+        )
+
+    def _cfg(self) -> Leak | None:
+        now = _cfg_settings(self.module)
+        changed = {k: (v, now.get(k)) for k, v in self.cfg.items() if now.get(k) != v}
+        for key, (was, _) in changed.items():
+            object.__setattr__(self.module.cfg, key, was)
+        for moved in ("device", "dtype"):  # moving or casting the model is moved_or_cast's
+            changed.pop(moved, None)
+        if not changed:
+            return None
+        shown = ", ".join(f"cfg.{k} = {new!r} (was {was!r})" for k, (was, new) in changed.items())
+        return Leak(
+            "flag_left_on",
+            self.label,
+            f"{self.label}'s {shown}",
+            "set the flag back before returning, also on errors: `try: "
+            "model.set_use_attn_result(True); ... finally: model.set_use_attn_result(False)` "
+            "(or use a context manager that restores it, such as `split_inputs(model)`); "
+            "better, compute what you need from z without the flag.",
+        )
+
+    def _dtype_or_device(self, now: Mapping[str, tuple[Tensor, _TensorPrint]]) -> Leak | None:
+        moved = [
+            f"{name}: {was.dtype} on {was.device} -> {p.dtype} on {p.device}"
+            for name, was in self.tensors.items()
+            if name in now
+            for p in [now[name][1]]
+            if (p.dtype, p.device) != (was.dtype, was.device)
+        ]
+        if not moved:
+            return None
+        restored = self._put_back(now)
+        return Leak(
+            "moved_or_cast",
+            self.label,
+            f"{self.label}'s tensors moved or cast: {_first(moved)}" + restored,
+            "work on a copy, or cast a tensor you made (x.double()), not the model; to undo "
+            "model.to(torch.float64) call model.to(torch.float32) (the values may be rounded).",
+        )
+
+    def _weights(self, now: Mapping[str, tuple[Tensor, _TensorPrint]]) -> Leak | None:
+        edited = [
+            name
+            for name, was in self.tensors.items()
+            if name not in now or not was.same_values(now[name][1])
+        ]
+        if not edited:
+            return None
+        restored = self._put_back(now)
+        return Leak(
+            "mutated_input",
+            self.label,
+            f"{self.label}'s weights were changed in place: {_first(edited)}" + restored,
+            "never write into the model's weights: patch an activation with a hook instead "
+            "(zero a head's output at hook_z), or edit a copy (copy.deepcopy(model)); "
+            "fold_layer_norm, process_weights_ and `W.data[...] = ...` all change the model "
+            "every later cell uses.",
+        )
+
+    def _grads(self) -> Leak | None:
+        left = [
+            (name, t)
+            for name, t in _named_tensors(self.module)
+            if t.grad is not None and name in self.tensors and not self.tensors[name].has_grad
+        ]
+        if not left:
+            return None
+        for _, t in left:
+            t.grad = None
+        return Leak(
+            "grads_left",
+            self.label,
+            f"{len(left)} parameter(s) of {self.label} hold a .grad: {_first([n for n, _ in left])}",
+            "take the gradient of the activations you need with torch.autograd.grad(metric, "
+            "[activation]), which stores nothing on the parameters; after a `.backward()`, "
+            "call model.zero_grad(set_to_none=True).",
+        )
+
+    def _requires_grad(self) -> Leak | None:
+        flipped = [
+            (name, t, was.requires_grad)
+            for name, t in _named_tensors(self.module)
+            if name in self.tensors
+            for was in [self.tensors[name]]
+            if t.requires_grad != was.requires_grad and t.is_leaf
+        ]
+        if not flipped:
+            return None
+        for _, t, was in flipped:
+            t.requires_grad_(was)
+        shown = [f"{n} ({was} -> {not was})" for n, _, was in flipped]
+        return Leak(
+            "requires_grad_changed",
+            self.label,
+            f"requires_grad changed on {len(flipped)} tensor(s) of {self.label}: {_first(shown)}",
+            "leave requires_grad of the model's parameters alone; to differentiate with "
+            "respect to an activation, call .requires_grad_() on the activation (inside a "
+            "hook), or use torch.autograd.grad.",
+        )
+
+    def _training(self) -> Leak | None:
+        now = dict(self.module.named_modules())
+        changed = [
+            name or "(the whole module)"
+            for name, was in self.training.items()
+            if name in now and now[name].training != was
+        ]
+        if not changed:
+            return None
+        for name, was in self.training.items():
+            if name in now:
+                now[name].training = was
+        return Leak(
+            "train_mode_left",
+            self.label,
+            f"{self.label}'s training mode changed on {_first(changed)}",
+            "do not call model.train() in an exercise; if you must, call model.eval() "
+            "before returning (in a `finally:`).",
+        )
+
+    def _put_back(self, now: Mapping[str, tuple[Tensor, _TensorPrint]]) -> str:
+        """Copy the weights kept in `_PRISTINE` back; say whether that was possible."""
+        if self.pristine is None:
+            return f" (too large to keep a copy of: {self.label} was not restored)"
+        for name, (t, _) in now.items():
+            if name in self.pristine:
+                t.data = self.pristine[name].clone()
+        self.tensors = {**self.tensors, **{n: _TensorPrint.of(t) for n, (t, _) in now.items()}}
+        return ""
+
+
+def _first(items: list[str], shown: int = 3) -> str:
+    more = f", ... ({len(items)} in all)" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
+
+
+def _named_tensors(module: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
+    yield from module.named_parameters(remove_duplicate=False)
+    yield from module.named_buffers(remove_duplicate=False)
+
+
+def _cfg_settings(module: torch.nn.Module) -> dict[str, object]:
+    """The plain settings (bool, number, string, None) of ``module.cfg``, if it has one."""
+    cfg = getattr(module, "cfg", None)
+    fields = vars(cfg) if cfg is not None and hasattr(cfg, "__dict__") else {}
+    return {
+        k: v
+        for k, v in fields.items()
+        if v is None or isinstance(v, bool | int | float | str | torch.dtype)
+    }
+
+
+def _pristine(module: torch.nn.Module, prints: dict[str, _TensorPrint]) -> dict | None:
+    """Copies of ``module``'s tensors as ``prints`` describe them, kept once per module (and
+    taken again if the module changed since); None for a module over `PRISTINE_LIMIT`."""
+    kept = _PRISTINE.get(module)
+    if kept is not None and kept[0].keys() == prints.keys():
+        if all(
+            kept[0][n].same_values(p) and kept[0][n].dtype == p.dtype for n, p in prints.items()
+        ):
+            return kept[1]
+    if sum(math.prod(p.shape) for p in prints.values()) > PRISTINE_LIMIT:
+        return None
+    copies = {name: t.detach().clone() for name, t in _named_tensors(module)}
+    _PRISTINE[module] = (dict(prints), copies)
+    return copies
+
+
+def _hook_ids(module: torch.nn.Module) -> set[int]:
+    """The ids of every forward and backward hook attached anywhere in ``module``."""
+    return {key for m in module.modules() for name in _HOOK_DICTS for key in getattr(m, name, {})}
+
+
+def _remove_hooks(module: torch.nn.Module, ids: set[int]) -> None:
+    """Detach the hooks of ``ids`` from ``module`` and forget TransformerLens's handles to them."""
+    for m in module.modules():
+        for name in _HOOK_DICTS + _HOOK_BOOKKEEPING:
+            store = getattr(m, name, None)
+            for key in ids & set(store or ()):
+                del store[key]
+        for name in ("fwd_hooks", "bwd_hooks"):  # a HookPoint's LensHandles
+            handles = getattr(m, name, None)
+            if isinstance(handles, list):
+                handles[:] = [h for h in handles if getattr(h.hook, "id", None) not in ids]
+
+
+def handed_modules(
+    args: tuple, kwargs: Mapping[str, object], model: torch.nn.Module | None
+) -> dict[int, tuple[str, torch.nn.Module]]:
+    """Every module a call hands over: ``model``, each module argument, and an argument's
+    ``.model`` (a `MeanAblation` carries one); by id, with a label for messages."""
+    found: dict[int, tuple[str, torch.nn.Module]] = {}
+    if model is not None:
+        found[id(model)] = ("the model", model)
+    for value in (*args, *kwargs.values()):
+        for candidate in (value, getattr(value, "model", None)):
+            if isinstance(candidate, torch.nn.Module) and id(candidate) not in found:
+                label = (
+                    "the model" if hasattr(candidate, "W_E") else f"the {type(candidate).__name__}"
+                )
+                found[id(candidate)] = (label, candidate)
+    return found
+
+
 def _reads_attn_result(err: BaseException) -> bool:
     """Did ``err`` come from reading ``hook_result``, which needs use_attn_result?"""
     return isinstance(err, KeyError) and "result" in str(err)
@@ -803,15 +1200,6 @@ def _learner_frames(err: BaseException, keep: int = 4) -> str:
     frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename != __file__]
     lines = [f"{f.filename}:{f.lineno} in {f.name}: {f.line}" for f in frames[-keep:]]
     return "\n".join(lines) or "(no traceback)"
-
-
-def _hook_count(model) -> int:
-    """Forward and backward hooks attached anywhere in ``model``."""
-    total = 0
-    for module in model.modules():
-        total += len(module._forward_hooks) + len(module._forward_pre_hooks)
-        total += len(module._backward_hooks)
-    return total
 
 
 def run_with_timeout(fn: Callable[[], object], seconds: float):

@@ -70,8 +70,6 @@ EAP = exercise(
         "zero_score": "the score is 0: the gradient came back as zeros (taken with respect to a "
         "detached copy, or with allow_unused / materialize_grads hiding that it was never "
         "used), or the change is zero (both activations read from the same cache)",
-        "flag_left_on": "the model's use_split_qkv_input / use_hook_mlp_in flags were left "
-        "changed after the call; use `with split_inputs(model):`, which restores them",
     },
     shared=("sum_not_mean", "gradients_off"),
 )
@@ -205,10 +203,6 @@ def _neighbours(edge: Edge, n_heads: int) -> list[dict[str, int]]:
     return shifts
 
 
-def _flags(model) -> tuple[bool, bool]:
-    return (model.cfg.use_split_qkv_input, model.cfg.use_hook_mlp_in)
-
-
 @one_thread()
 def test_eap_edge_score(eap_edge_score_fn: Callable) -> None:
     """Check ``eap_edge_score(model, clean_tokens, corrupted_tokens, metric, edge) -> tensor``."""
@@ -227,7 +221,6 @@ def test_eap_edge_score(eap_edge_score_fn: Callable) -> None:
             f"eap_edge_score(model, clean_tokens, corrupted_tokens, metric, edge={edge})  "
             f"[{b.describe()}; gradients off, as in the notebook]"
         )
-        before = _flags(model)
         with torch.no_grad():  # as the notebook runs: the function turns gradients on itself
             got = ex.call(
                 eap_edge_score_fn,
@@ -239,16 +232,6 @@ def test_eap_edge_score(eap_edge_score_fn: Callable) -> None:
                 call=call,
                 model=model,
                 raised_as=gradients_off_error,
-            )
-        if _flags(model) != before:
-            model.cfg.use_split_qkv_input, model.cfg.use_hook_mlp_in = before
-            ex.fail(
-                "flag_left_on",
-                call=call,
-                expected=f"(use_split_qkv_input, use_hook_mlp_in) = {before} after the call",
-                got=f"{_flags(model)}",
-                explanation=ex.diagnoses["flag_left_on"],
-                hint=ex.hint,
             )
         calls.append(call)
         results.append(got)

@@ -79,6 +79,7 @@ def load_all() -> tuple[list[Answer], list[Answer]]:
         planted_features,
         planted_further,
         planted_intervals,
+        planted_leaks,
         planted_logit_attribution,
         planted_model_and_task,
         planted_path_patching,

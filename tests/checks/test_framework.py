@@ -205,3 +205,131 @@ def test_records_are_checked_field_by_field() -> None:
 def test_shared_diagnoses_must_exist() -> None:
     with pytest.raises(ValueError, match="unknown shared"):
         exercise("demo_shared", "hint", shared=("no_such_thing",))
+
+
+# ---- leaks: what a call leaves on the model or SAE it was handed -------------------------------
+
+
+def _leaks_seen(model) -> dict:
+    """What a leak could change on ``model``: compared before and after each leaky call."""
+    return {
+        "weights": {k: v.clone() for k, v in model.state_dict().items()},
+        "dtypes": {p.dtype for p in model.parameters()},
+        "cfg": (model.cfg.use_attn_result, model.cfg.use_split_qkv_input, model.cfg.dtype),
+        "grads": [p.grad for p in model.parameters() if p.grad is not None],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "training": [m.training for m in model.modules()],
+        "hooks": sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules()),
+    }
+
+
+def _same(a: dict, b: dict) -> bool:
+    weights = a["weights"].keys() == b["weights"].keys() and all(
+        torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"]
+    )
+    rest = [k for k in a if k != "weights"]
+    return weights and all(a[k] == b[k] for k in rest)
+
+
+def _backward(model):
+    with torch.enable_grad():
+        model(torch.tensor([[1, 2, 3]])).sum().backward()
+
+
+LEAKY = {
+    "hooks_left": lambda m: m.add_perma_hook("blocks.0.hook_resid_pre", lambda x, hook: x),
+    "flag_left_on": lambda m: m.set_use_attn_result(True),
+    "moved_or_cast": lambda m: m.to(torch.float64),
+    "grads_left": _backward,
+    "requires_grad_changed": lambda m: m.W_E.requires_grad_(False),
+    "train_mode_left": lambda m: m.train(),
+    "mutated_input": lambda m: m.blocks[0].attn.W_O.data[0].zero_(),  # .data: no version bump
+}
+
+
+def leak_of(fn, *args, model=None) -> CheckFailed:
+    """The failure a right answer that leaves something behind gets, by the end of its check."""
+    ex = make_exercise()
+    with pytest.raises(CheckFailed) as failure:
+        got = ex.call(fn, *args, call="demo(model)", model=model)
+        ex.expect_tensor(got, torch.ones(3), call="demo(model)")
+        ex.passed()
+    return failure.value
+
+
+@pytest.mark.parametrize("diagnosis", sorted(LEAKY))
+def test_each_leak_is_named_and_undone(diagnosis: str) -> None:
+    model = toy_model()
+    before = _leaks_seen(model)
+
+    def leaky(m):
+        LEAKY[diagnosis](m)
+        return torch.ones(3)
+
+    failure = leak_of(leaky, model)  # found as an argument: no model= needed
+    assert failure.diagnosis == diagnosis, str(failure)
+    assert "expected:  the model as it was before the call" in str(failure)
+    assert _same(before, _leaks_seen(model)), "the leak must be undone for the next check"
+
+
+def test_leaks_on_every_module_argument_are_found() -> None:
+    layer = torch.nn.Linear(3, 3)
+
+    def backward_on_layer(lin):
+        with torch.enable_grad():
+            lin(torch.ones(3)).sum().backward()
+        return torch.ones(3)
+
+    failure = leak_of(backward_on_layer, layer)
+    assert failure.diagnosis == "grads_left" and "the Linear" in str(failure)
+    assert layer.weight.grad is None
+
+
+def test_a_wrong_answer_that_also_leaks_is_told_its_mistake_first() -> None:
+    ex, model = make_exercise(), toy_model()
+
+    def doubled_and_train_mode(m):
+        m.train()
+        return 2 * torch.ones(3)
+
+    with pytest.raises(CheckFailed) as failure:
+        got = ex.call(doubled_and_train_mode, model, call="demo(model)")
+        ex.expect_tensor(
+            got, torch.ones(3), call="demo()", mistakes={"doubled": lambda: 2 * torch.ones(3)}
+        )
+    assert failure.value.diagnosis == "doubled"
+    assert not model.training
+    ex.call(lambda m: torch.ones(3), model, call="demo(model)")
+    ex.passed()  # the failed run's leak is forgotten: this run left nothing
+
+
+def test_a_hook_context_held_open_by_a_generator_is_hooks_left() -> None:
+    model, held = toy_model(), []
+
+    def half_open(m):
+        def steps():
+            with m.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: x)]):
+                yield
+
+        held.append(steps())
+        next(held[-1])  # suspended inside the context: its hooks stay on
+        return torch.ones(3)
+
+    failure = leak_of(half_open, model)
+    assert failure.diagnosis == "hooks_left" and "never exited" in str(failure)
+    held[-1].close()  # the context exits now, its level back to where it was
+    assert model.context_level == 0 and not any(m._forward_hooks for m in model.modules())
+
+
+def test_a_module_too_large_to_copy_is_still_checked(monkeypatch) -> None:
+    import ioi.checks.core as core
+
+    layer = torch.nn.Linear(3, 3)
+    monkeypatch.setattr(core, "PRISTINE_LIMIT", 0)
+
+    def zero(lin):
+        lin.weight.data.zero_()
+        return torch.ones(3)
+
+    failure = leak_of(zero, layer)
+    assert failure.diagnosis == "mutated_input" and "not restored" in str(failure)

@@ -15,7 +15,7 @@ import io
 import pytest
 
 import ioi.checks as checks
-from ioi.checks.core import GENERIC_DIAGNOSES
+from ioi.checks.core import GENERIC_DIAGNOSES, LEAK_DIAGNOSES
 from tests.checks.corpus import FALLTHROUGH, load_all
 
 WRONG, CORRECT = load_all()
@@ -65,3 +65,9 @@ def test_every_exercise_has_wrong_and_correct_answers() -> None:
 def test_at_most_a_quarter_fall_through_to_a_generic_diagnosis() -> None:
     generic = [a for a in WRONG if a.diagnosis in FALLTHROUGH]
     assert len(generic) <= len(WRONG) / 4, [a.id for a in generic]
+
+
+def test_every_leak_is_planted() -> None:
+    planted = {a.diagnosis for a in WRONG}
+    missing = sorted(set(LEAK_DIAGNOSES) - planted)
+    assert not missing, f"leaks no planted answer leaves: {missing}"
