@@ -152,6 +152,7 @@ def test_03_flipped_subject_against_abc() -> None:
     with torch.no_grad():
         flipped_ld = float(logits_to_ave_logit_diff(model(flipped.toks), answers, positions=end))
     assert flipped_ld < 0
+    assert abs(flipped_ld + clean_ld) < 0.2 * clean_ld  # "roughly the clean one negated"
     grids = [
         patching.get_act_patch_attn_head_out_all_pos(model, toks, cache, m).cpu()
         for toks, m in (
