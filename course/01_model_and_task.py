@@ -24,7 +24,7 @@
 # **Which model?** Every notebook reads the environment variable `IOI_MODEL`:
 #
 # - `toy` (the default): a 3-layer, 4-heads-per-layer transformer bundled with this package,
-#   trained only on IOI prompts, using GPT-2's token ids. It runs on any laptop CPU in seconds.
+#   trained only on IOI prompts, using GPT-2's token ids. It is small enough for a laptop CPU.
 # - `gpt2-small`: the model of the paper, if its weights are on your machine (run
 #   `ioi replicate --model gpt2-small` once with internet access). Use a GPU if you have one.
 #

@@ -18,8 +18,9 @@
 #
 # $$\text{logit}(\text{IO}) - \text{logit}(\text{S}) = \frac{\text{centre}(x_\text{final})}{\text{scale}} \cdot \big(W_U[:, \text{IO}] - W_U[:, \text{S}]\big)$$
 #
-# (plus the difference of the two unembedding biases, which is zero in GPT-2 small and a few
-# hundredths on the toy). Because the dot product distributes over the sum, each component
+# (plus the difference of the two unembedding biases, which is zero in GPT-2 small; on the toy
+# it is a few hundredths averaged over this section's prompts, as printed below, and up to a
+# few tenths on a single prompt). Because the dot product distributes over the sum, each component
 # gets its own share of the logit difference: its **direct logit attribution** (DLA).
 #
 # **What DLA does not tell you.** "Direct" means the path from a component straight to the

@@ -474,9 +474,10 @@ for index, part in enumerate(("q", "k", "v")):
         )
 
 # %% [markdown]
-# **Reading the toy model.** Every effect here is a few percent of the gap at most: the toy
-# spreads its work over several heads, so any single path is small, and the ranking matters
-# more than the size. The printout says which layer-0 heads feed the movers' values and keys
+# **Reading the toy model.** The paths into the queries and keys cost a few percent of the gap
+# at most; only the values' strongest senders cost more (the printed largest |effect| per
+# input). The toy spreads its work over several heads, so the ranking matters more than the
+# size. The printout says which layer-0 heads feed the movers' values and keys
 # and what those heads attend to. Together with section 2 that suggests the toy's circuit:
 #
 # 1. layer-0 heads at **S2** attend to the name that is not repeated (the IO) and write it

@@ -357,8 +357,8 @@ checks.test_permutation_test(permutation_test)
 # <details><summary>Answer (open after running the next cell)</summary>
 #
 # The cell prints the statistic and the p-value for families and for templates. Read the
-# p-value against the sample size: with 48 prompts over many templates, a template-level
-# test has one or two prompts per group.
+# p-value against the sample size: 48 prompts over the number of template groups the cell
+# prints leaves only a few prompts per group for the template-level test.
 #
 # </details>
 
@@ -397,7 +397,8 @@ for group, found in zip(comparison.groups, comparison.circuits, strict=True):
 # Jaccard overlap say where and how much. A high overlap with a few heads changing roles is
 # one circuit with variations; a low overlap would be several mechanisms sharing an output.
 # Keep the sample sizes in mind: a few dozen prompts split over thirty templates leaves one
-# or two prompts per template, so template-level results are noisy (raise `N` on a GPU).
+# or two prompts per template on average, so template-level results are noisy (raise `N` on
+# a GPU).
 
 # %% [markdown]
 # ## Edges: attribution patching one edge at a time
@@ -408,7 +409,8 @@ for group, found in zip(comparison.groups, comparison.circuits, strict=True):
 # sum of every earlier sender's output `a_u`. Patching the edge `u -> v` adds the sender's
 # change `a_u(corrupted) - a_u(clean)` to `v`'s input only, and leaves every other reader of
 # `a_u` clean. Exact edge patching (`ioi.edges.exact_edge_patching`) runs the model once per
-# edge (in stacked batches); a model has thousands of edges.
+# edge (in stacked batches): the toy has a few hundred edges (`len(graph.edges)`), GPT-2
+# small tens of thousands.
 #
 # **Edge attribution patching** (EAP) expands the metric to first order around the clean
 # run. Seen as a function of `v`'s input alone, the metric moves by about

@@ -70,6 +70,24 @@ def test_01_every_prompt_positive_and_several_times_gpt2() -> None:
 # ---- section 2 -------------------------------------------------------------------------
 
 
+def test_02_the_unembedding_bias_term_is_small() -> None:
+    """'a few hundredths averaged over this section's prompts ... up to a few tenths on a
+    single prompt'."""
+    model, ds, *_ = run(32, "mixed", 1)
+    with torch.no_grad():
+        bias = model.b_U[ds.answer_tokens[:, 0]] - model.b_U[ds.answer_tokens[:, 1]]
+    assert 0.01 <= abs(float(bias.mean())) < 0.1
+    assert float(bias.abs().max()) < 0.5
+
+
+def test_02_layer_0_heads_at_s2_attend_to_the_io_and_one_to_the_previous_token() -> None:
+    """'the layer-0 heads printed above attend, at S2, to the IO ... The S1+1 -> S1 facet shows
+    layer-0 heads that act as previous-token heads on these prompts.'"""
+    model, ds, _, _, cache, *_ = run(32, "mixed", 1)
+    assert float(heads.ioi_attention(model, ds, "S2", "IO", cache)[0].max()) > 0.9
+    assert float(heads.ioi_attention(model, ds, "S1+1", "S1", cache)[0].max()) > 0.9
+
+
 def test_02_late_heads_attend_from_end_to_s2() -> None:
     model, ds, _, _, cache, *_ = run(32, "mixed", 1)
     to_s2 = heads.ioi_attention(model, ds, "end", "S2", cache)
@@ -117,6 +135,7 @@ def test_03_layer_0_moves_only_at_names_and_the_last_layer_most_at_end() -> None
     differs = (clean != corrupted).any(0)  # the name positions
     assert grid[0, ~differs].abs().max() < 1e-5
     assert int(grid[-1].abs().argmax()) == words["end"]
+    assert float(grid[-1, words["S2"]]) > 0.1  # "the toy still reads part of it from S2 there"
 
 
 def test_03_layer_0_heads_matter_at_s2_later_heads_at_end() -> None:
@@ -133,6 +152,7 @@ def test_03_flipped_subject_against_abc() -> None:
     with torch.no_grad():
         flipped_ld = float(logits_to_ave_logit_diff(model(flipped.toks), answers, positions=end))
     assert flipped_ld < 0
+    assert abs(flipped_ld + clean_ld) < 0.2 * clean_ld  # "roughly the clean one negated"
     grids = [
         patching.get_act_patch_attn_head_out_all_pos(model, toks, cache, m).cpu()
         for toks, m in (
@@ -185,6 +205,46 @@ def test_04_values_feed_the_movers_most_and_queries_least() -> None:
         for part in "qkv"
     }
     assert largest["q"] < largest["k"] < largest["v"], largest
+
+
+def test_04_only_the_values_cost_more_than_a_few_percent() -> None:
+    """'The paths into the queries and keys cost a few percent of the gap at most; only the
+    values' strongest senders cost more' (section 4, reading the toy model)."""
+    model, ds, abc, *_, metric = run(16, "mixed", 1)
+    receivers = movers()
+    top = max(layer for layer, _ in receivers)
+    largest = {
+        part: float(
+            (path_patching.get_path_patch_head_to_heads(receivers, part, model, metric, abc, ds))[
+                :top
+            ]
+            .sub(1)
+            .abs()
+            .max()
+        )
+        for part in "qkv"
+    }
+    assert largest["q"] < 0.05 and largest["k"] < 0.05 and largest["v"] > 0.05, largest
+
+
+def test_04_a_previous_token_head_feeds_the_keys_io_readers_the_values() -> None:
+    """'layer-0 heads at S2 attend to the name that is not repeated (the IO) and write it into
+    S2's residual stream, and a previous-token head shapes what S2 offers as a key' (section
+    4), and section 5's 'section 4 found the toy's previous-token head among the senders into
+    the movers' keys'."""
+    model, ds, abc, _, cache, *_, metric = run(16, "mixed", 1)
+    receivers = movers()
+    top = max(layer for layer, _ in receivers)
+    s2_to_io = heads.ioi_attention(model, ds, "S2", "IO", cache)
+    previous = heads.ioi_attention(model, ds, "S1+1", "S1", cache)
+
+    def strongest(part: str) -> Head:
+        grid = path_patching.get_path_patch_head_to_heads(receivers, part, model, metric, abc, ds)
+        return Head(*divmod(int(grid[:top].flatten().argmin()), model.cfg.n_heads))
+
+    key, value = strongest("k"), strongest("v")
+    assert key.layer == 0 and previous[key] > 0.5, key
+    assert value.layer == 0 and s2_to_io[value] > 0.5, value
 
 
 def test_04_senders_at_s2_cannot_reach_queries_at_end() -> None:
@@ -289,6 +349,27 @@ def test_06_the_signal_heads_carry_a_token_signal() -> None:
     token = patched(ds.gen_flipped_prompts("ABB->CDD, BAB->DCD"))
     assert abs(position - none) < 0.05 * none
     assert token < 0.5 * none
+
+
+def test_06_the_toy_has_a_few_hundred_edges() -> None:
+    """'the toy has a few hundred edges (`len(graph.edges)`), GPT-2 small tens of thousands'."""
+    from ioi.edges import EdgeGraph
+
+    model, *_ = run(48, "mixed", 5)
+    assert 100 <= len(EdgeGraph.from_model(model).edges) < 1000
+    assert 10_000 <= reference_figures()["later_work"]["gpt2_small_total_edges"] < 100_000
+
+
+def test_06_template_groups_hold_few_prompts() -> None:
+    """'48 prompts over the number of template groups the cell prints leaves only a few prompts
+    per group' and 'one or two prompts per template on average' over thirty templates."""
+    from ioi.circuit.compare import group_labels
+    from ioi.dataset import ABBA_TEMPLATES, BABA_TEMPLATES
+
+    _, ds, *_ = run(48, "mixed", 5)
+    _, names = group_labels(ds, "template")
+    assert len(BABA_TEMPLATES) + len(ABBA_TEMPLATES) == 30
+    assert 1 <= len(ds.toks) / len(names) <= 2, len(names)
 
 
 def test_06_eap_and_exact_part_most_on_edges_into_a_query_or_key() -> None:

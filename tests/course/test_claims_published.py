@@ -136,3 +136,11 @@ def test_every_number_in_the_prose_is_accounted_for():
         if (path.name, number) not in published | set(ACCOUNTED) and number not in heads
     ]
     assert not loose, f"numbers in the prose that nothing computes or checks: {loose}"
+
+
+def test_the_papers_circuit_has_26_heads_in_7_classes():
+    """Section 1: 'a circuit of 26 attention heads in 7 classes' (the reference file's circuit)."""
+    circuit = reference_figures()["paper"]["circuit"]
+    assert "a circuit of 26 attention heads in 7 classes" in _prose("01_model_and_task.py")
+    assert len(circuit) == 7
+    assert len({head for members in circuit.values() for head in members}) == 26
