@@ -20,7 +20,8 @@ from transformer_lens.utilities import get_act_name
 
 from ioi import heads
 from ioi.checks.core import AnyOf, describe, exercise, matches, one_thread, without_last_layer
-from ioi.checks.fixtures import IOIBatch, ioi_batch
+from ioi.checks.fixtures import IOIBatch, ioi_batch, other_model_batch
+from ioi.checks.other_sizes import describe_sizes, expect_on_other_sizes, toy_grid_axes
 from ioi.circuit import (
     Circuit,
     Faithfulness,
@@ -148,7 +149,7 @@ COPYING = exercise(
         "columns cut to the names); the question is whether the name is among the top k of "
         "the whole vocabulary: topk over d_vocab",
     },
-    shared=("missed_last_layer",),
+    shared=("missed_last_layer", "hard_coded_size"),
 )
 
 
@@ -282,7 +283,25 @@ def test_get_copying_scores(get_copying_scores_fn: Callable) -> None:
         # near the top-k edge can flip (LayerNorm-eps and centring effects); accept that.
         tolerance = 2.5 / len(tokens)
         ex.expect_tensor(got, expected, call=call, mistakes=mistakes, atol=tolerance, rtol=0.0)
-    ex.passed(f"{len(cases)} calls (names, k and negative varied)")
+    # Every token of the small random model's vocabulary is a "name": its heads copy a few.
+    other = other_model_batch().model
+    tokens = torch.arange(other.cfg.d_vocab)
+    expect_on_other_sizes(
+        ex,
+        get_copying_scores_fn,
+        other,
+        tokens.clone(),
+        5,
+        False,
+        call="get_copying_scores(model, names=<tensor of every token id>, k=5, negative=False)  "
+        f"[{describe_sizes(other)}]",
+        model=other,
+        expected=heads.get_copying_scores(other, tokens, 5, False),
+        axes=toy_grid_axes(),
+        atol=2.5 / len(tokens),
+        rtol=0.0,
+    )
+    ex.passed(f"{len(cases)} calls (names, k and negative varied), and a model of other sizes")
 
 
 # ---- get_attn_scores --------------------------------------------------------------------------
@@ -327,7 +346,7 @@ DETECTORS = exercise(
         "ValueError: a typo in `kind` must not silently give another detector's scores; check "
         "kind against the three valid ones first and raise ValueError listing them",
     },
-    shared=("missed_last_layer",),
+    shared=("missed_last_layer", "hard_coded_size"),
 )
 
 
@@ -464,6 +483,22 @@ def test_get_attn_scores(get_attn_scores_fn: Callable) -> None:
                     )
                 )
             ex.expect_tensor(got, every[kind], call=call, mistakes=mistakes, atol=1e-5)
+    other = other_model_batch().model
+    expect_on_other_sizes(
+        ex,
+        get_attn_scores_fn,
+        other,
+        10,
+        3,
+        3,
+        "induction",
+        call="get_attn_scores(model, seq_len=10, batch=3, seed=3, kind='induction')  "
+        f"[{describe_sizes(other)}]",
+        model=other,
+        expected=heads.get_attn_scores(other, 10, 3, 3, "induction"),
+        axes=toy_grid_axes(),
+        atol=1e-5,
+    )
     call = "get_attn_scores(model, seq_len=8, batch=4, seed=3, kind='induction_head')  [toy model]"
     # Any exception will do (a KeyError from a lookup table also stops the typo); the mistake
     # is returning scores.
@@ -481,7 +516,7 @@ def test_get_attn_scores(get_attn_scores_fn: Callable) -> None:
             hint=ex.hint,
         )
     model.reset_hooks(including_permanent=False)
-    ex.passed("two (seq_len, batch, seed) settings, three kinds")
+    ex.passed("two (seq_len, batch, seed) settings, three kinds; and a model of other sizes")
 
 
 # ---- mean_ablation_hooks ----------------------------------------------------------------------
