@@ -20,7 +20,7 @@ from transformer_lens.utilities import get_act_name
 
 from ioi import heads
 from ioi.checks.core import AnyOf, describe, exercise, matches, one_thread, without_last_layer
-from ioi.checks.fixtures import IOIBatch, ioi_batch, other_model_batch
+from ioi.checks.fixtures import IOIBatch, ioi_batch, other_model_batch, other_processed_model
 from ioi.checks.other_sizes import describe_sizes, expect_on_other_sizes, toy_grid_axes
 from ioi.circuit import (
     Circuit,
@@ -284,7 +284,7 @@ def test_get_copying_scores(get_copying_scores_fn: Callable) -> None:
         tolerance = 2.5 / len(tokens)
         ex.expect_tensor(got, expected, call=call, mistakes=mistakes, atol=tolerance, rtol=0.0)
     # Every token of the small random model's vocabulary is a "name": its heads copy a few.
-    other = other_model_batch().model
+    other = other_processed_model()
     tokens = torch.arange(other.cfg.d_vocab)
     expect_on_other_sizes(
         ex,
