@@ -402,11 +402,12 @@ def _ablation_hooks(
     everywhere=False,
     first=False,
     nothing=False,
+    toy_layers=False,
 ):
     batch, n_pos = ds.toks.shape
     rows = torch.tensor([means.row_of[int(t)] for t in ds.template_idx])
     hooks = []
-    for layer in range(model.cfg.n_layers):
+    for layer in range(3) if toy_layers else range(model.cfg.n_layers):
         mask = torch.zeros(batch, n_pos, model.cfg.n_heads, dtype=torch.bool)
         for (lay, head), keys in ({} if ignore_keep else keep).items():
             if lay != layer:
@@ -439,6 +440,14 @@ def _ablation_hooks(
     return hooks
 
 
+variant(
+    "mean_ablation_hooks",
+    "hard_coded_size",
+    _ablation_hooks,
+    "Hooks for the toy's layers written in: range(3).",
+    fn_name="ablation_toy_layers",
+    toy_layers=True,
+)
 variant(
     "mean_ablation_hooks",
     "zero_ablation",
