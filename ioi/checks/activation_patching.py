@@ -29,6 +29,7 @@ from ioi.checks.core import (
     without_last_layer,
 )
 from ioi.checks.fixtures import IOIBatch, fresh_cache, ioi_batch, other_model_batch
+from ioi.checks.other_sizes import describe_sizes, expect_on_other_sizes, toy_grid_axes
 from ioi.metrics import (
     final_logits,
     logits_to_ave_logit_diff,
@@ -1042,7 +1043,7 @@ ATTRIBUTION = exercise(
         "paths. Save the activations in the hooks without detaching them (or add a zero "
         "tensor that requires grad) and differentiate with respect to those",
     },
-    shared=("missed_last_layer", "gradients_off"),
+    shared=("missed_last_layer", "gradients_off", "hard_coded_size"),
 )
 
 
@@ -1139,4 +1140,31 @@ def test_attribution_patch_attn_head_out_all_pos(
             "missed_last_layer": lambda e=expected: without_last_layer(e),
         }
         ex.expect_tensor(got, expected, call=call, mistakes=mistakes, atol=1e-3)
-    ex.passed()
+    other = other_model_batch()
+    model, clean, corrupted = other.model, other.clean_tokens, other.corrupted_tokens
+    metric = make_logit_diff_metric(other.answer_tokens, other.end)
+    grid = patching.sweep(model, "z", clean.shape[1])
+    expected = patching.attribution_patching(
+        model, clean, corrupted, metric, grid, mode="denoise"
+    ).effect.cpu()
+    call = (
+        "attribution_patch_attn_head_out_all_pos(model, clean_tokens, corrupted_tokens, "
+        "patching_metric)  where the metric is the mean logit difference at end  "
+        f"[{describe_sizes(model)}, random tokens {list(clean.shape)}; gradients off]"
+    )
+    with torch.no_grad():
+        expect_on_other_sizes(
+            ex,
+            attribution_patch_attn_head_out_all_pos_fn,
+            model,
+            clean.clone(),
+            corrupted.clone(),
+            metric,
+            call=call,
+            model=model,
+            expected=expected,
+            axes=toy_grid_axes(),
+            raised_as=gradients_off_error,
+            atol=1e-3,
+        )
+    ex.passed("both directions on the toy, and a random model of other sizes")

@@ -9,6 +9,7 @@ cannot spoil later checks.
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass
 
@@ -168,6 +169,24 @@ def other_ioi_model() -> HookedTransformer:
     )
 
 
+@functools.lru_cache(maxsize=1)
+def other_processed_model() -> HookedTransformer:
+    """`other_model_batch`'s model, processed as the toy ships: LayerNorms folded (LNPre),
+    writers and unembedding centred, head matrices refactored.
+
+    For exercises read off the weights alone (copying scores), where a correct answer may
+    lean on that processing (skipping ln1 before a centred W_V, ln_final without weights).
+    """
+    model = copy.deepcopy(other_model_batch().model)
+    model.process_weights_(
+        fold_ln=True,
+        center_writing_weights=True,
+        center_unembed=True,
+        refactor_factored_attn_matrices=True,
+    )
+    return model
+
+
 def _patched_run(b: IOIBatch, run: str) -> ActivationCache:
     tokens, other = (
         (b.ds.toks, b.corrupted_cache) if run == "clean" else (b.abc.toks, b.clean_cache)
@@ -206,3 +225,4 @@ def clear() -> None:
     toy_model.cache_clear()
     other_model_batch.cache_clear()
     other_ioi_model.cache_clear()
+    other_processed_model.cache_clear()

@@ -20,8 +20,14 @@ from ioi.checks.fixtures import (
     IOIBatch,
     fresh_cache,
     ioi_batch,
+    other_ioi_model,
     other_model_batch,
     patched_run_cache,
+)
+from ioi.checks.other_sizes import (
+    describe_other_ioi_model,
+    expect_on_other_sizes,
+    toy_grid_axes,
 )
 
 
@@ -422,15 +428,50 @@ def test_residual_stack_to_logit_diff(residual_stack_to_logit_diff_fn: Callable)
 # ---- accumulated_resid_logit_diffs and per_layer_logit_diffs --------------------------------
 
 
-def _check_resid_attribution(
-    ex: Exercise, fn: Callable, name: str, expected: Callable, stacks: dict[str, Tensor]
+def _attribution_on_other_sizes(
+    ex: Exercise,
+    fn: Callable,
+    name: str,
+    library: Callable,
+    axes: dict[int, int],
+    compare: Callable | None = None,
 ) -> None:
-    """The body both residual-stream exercises share: call, then check values and labels.
+    """``fn(model, cache, answer_tokens, positions=end)`` on `other_model_batch` (a random model
+    of more layers and heads), compared with ``library`` of the same signature: the toy's
+    sizes at ``axes`` written in are ``hard_coded_size``."""
+    other = other_model_batch()
+    call = f"{name}(model, cache, answer_tokens, positions=end)  [{other.describe()}]"
+    expected = library(other.model, other.clean_cache, other.answer_tokens, other.end)
+    expect_on_other_sizes(
+        ex,
+        fn,
+        other.model,
+        fresh_cache(other.clean_cache),
+        other.answer_tokens.clone(),
+        other.end.clone(),
+        call=call,
+        model=other.model,
+        expected=expected,
+        axes=axes,
+        compare=compare,
+    )
 
-    ``stacks`` maps a mistake to the [component, batch, pos, d_model] stack it reads (the
-    right one under ``"right"``); layer-norm and position mistakes are added here.
+
+def _check_resid_attribution(
+    ex: Exercise, fn: Callable, name: str, library: Callable, stacks: dict[str, Tensor]
+) -> None:
+    """The body both residual-stream exercises share: call, then check values and labels,
+    on the toy and then on a random model of other sizes.
+
+    ``library`` is the library's function of the exercise's signature. ``stacks`` maps a
+    mistake to the [component, batch, pos, d_model] stack it reads (the right one under
+    ``"right"``); layer-norm and position mistakes are added here.
     """
     b = ioi_batch()
+
+    def expected(positions):
+        return library(b.model, b.clean_cache, b.answer_tokens, positions)
+
     dirs, cache, end = _directions(b), b.clean_cache, b.end
     first = torch.zeros_like(end)
     for positions in (end, None):
@@ -506,6 +547,16 @@ def _check_resid_attribution(
                 heads.residual_stack_to_logit_diff(g, cache, dirs, p).mean(-1),
             ]
         _expect_values_and_labels(ex, got, want, call, mistakes)
+    _attribution_on_other_sizes(
+        ex,
+        fn,
+        name,
+        library,
+        {0: len(want[1])},  # one entry per toy component
+        compare=lambda got, want, call, mistakes: _expect_values_and_labels(
+            ex, got, want, call, mistakes
+        ),
+    )
 
 
 RESID_DIAGNOSES = {
@@ -557,18 +608,14 @@ ACCUMULATED = exercise(
         "missed_last_layer",
         "none_branch_raised",
         "sum_not_mean",
+        "hard_coded_size",
     ),
 )
 
 
 def test_accumulated_resid_logit_diffs(accumulated_resid_logit_diffs_fn: Callable) -> None:
     """Check ``accumulated_resid_logit_diffs(model, cache, answer_tokens, positions=None) -> (values, labels)``."""
-    b = ioi_batch()
-    cache = b.clean_cache
-
-    def expected(positions):
-        return heads.accumulated_resid_logit_diffs(b.model, cache, b.answer_tokens, positions)
-
+    cache = ioi_batch().clean_cache
     right = cache.accumulated_resid(layer=-1, incl_mid=True)
     stacks = {
         "right": right,
@@ -580,10 +627,10 @@ def test_accumulated_resid_logit_diffs(accumulated_resid_logit_diffs_fn: Callabl
         ACCUMULATED,
         accumulated_resid_logit_diffs_fn,
         "accumulated_resid_logit_diffs",
-        expected,
+        heads.accumulated_resid_logit_diffs,
         stacks,
     )
-    ACCUMULATED.passed()
+    ACCUMULATED.passed("positions=end and None; the toy and a model of other sizes")
 
 
 PER_LAYER = exercise(
@@ -605,18 +652,14 @@ PER_LAYER = exercise(
         "missed_last_layer",
         "none_branch_raised",
         "sum_not_mean",
+        "hard_coded_size",
     ),
 )
 
 
 def test_per_layer_logit_diffs(per_layer_logit_diffs_fn: Callable) -> None:
     """Check ``per_layer_logit_diffs(model, cache, answer_tokens, positions=None) -> (values, labels)``."""
-    b = ioi_batch()
-    cache = b.clean_cache
-
-    def expected(positions):
-        return heads.per_layer_logit_diffs(b.model, cache, b.answer_tokens, positions)
-
+    cache = ioi_batch().clean_cache
     stacks = {
         "right": cache.decompose_resid(layer=-1, mode="all", incl_embeds=True),
         "accumulated_not_decomposed": cache.accumulated_resid(layer=-1, incl_mid=True),
@@ -624,9 +667,13 @@ def test_per_layer_logit_diffs(per_layer_logit_diffs_fn: Callable) -> None:
         "missing_mlps": cache.decompose_resid(layer=-1, mode="attn"),
     }
     _check_resid_attribution(
-        PER_LAYER, per_layer_logit_diffs_fn, "per_layer_logit_diffs", expected, stacks
+        PER_LAYER,
+        per_layer_logit_diffs_fn,
+        "per_layer_logit_diffs",
+        heads.per_layer_logit_diffs,
+        stacks,
     )
-    PER_LAYER.passed()
+    PER_LAYER.passed("positions=end and None; the toy and a model of other sizes")
 
 
 # ---- head_results_at and per_head_logit_diffs -----------------------------------------------
@@ -758,7 +805,13 @@ PER_HEAD = exercise(
         "attention output split evenly between its heads; attribute each head's own output "
         "(head_results_at) instead",
     },
-    shared=("missed_last_layer", "sum_not_mean", "first_position_for_none", "none_branch_raised"),
+    shared=(
+        "missed_last_layer",
+        "sum_not_mean",
+        "first_position_for_none",
+        "none_branch_raised",
+        "hard_coded_size",
+    ),
 )
 
 
@@ -833,7 +886,14 @@ def test_per_head_logit_diffs(per_head_logit_diffs_fn: Callable) -> None:
             )
             mistakes["scale_at_last_position"] = wrong(p=None)
         ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
-    ex.passed("positions=end and None")
+    _attribution_on_other_sizes(
+        ex,
+        per_head_logit_diffs_fn,
+        "per_head_logit_diffs",
+        lambda *args: heads.per_head_logit_diffs(*args).detach(),
+        toy_grid_axes(),
+    )
+    ex.passed("positions=end and None; the toy and a model of other sizes")
 
 
 # ---- ioi_attention --------------------------------------------------------------------------
@@ -861,6 +921,7 @@ ATTENTION = exercise(
         "same_position_for_all_prompts",
         "missed_last_layer",
         "ignored_given_cache",
+        "hard_coded_size",
     ),
 )
 
@@ -939,4 +1000,19 @@ def test_ioi_attention(ioi_attention_fn: Callable) -> None:
             mistakes["ignored_given_cache"] = lambda d=d, s=s: attention_between(plain, d, s)
         expected = heads.ioi_attention(b.model, b.ds, dest, src, cache=cache)
         ex.expect_tensor(got, expected, call=call, mistakes=mistakes)
-    ex.passed()
+    model = other_ioi_model()
+    call = f"ioi_attention(model, ds, 'end', 'S2', cache=None)  [{describe_other_ioi_model()}]"
+    expect_on_other_sizes(
+        ex,
+        ioi_attention_fn,
+        model,
+        b.ds,
+        "end",
+        "S2",
+        None,
+        call=call,
+        model=model,
+        expected=heads.ioi_attention(model, b.ds, "end", "S2"),
+        axes=toy_grid_axes(),
+    )
+    ex.passed("the toy, and a random model of other sizes")

@@ -16,13 +16,18 @@ from transformer_lens import ActivationCache, HookedTransformer
 from transformer_lens.utilities import get_act_name
 
 from ioi import patching, path_patching
-from ioi.checks.core import exercise, one_thread, toy_sized, without_last_layer
+from ioi.checks.core import exercise, one_thread, without_last_layer
 from ioi.checks.fixtures import (
     IOIBatch,
     fresh_cache,
     ioi_batch,
     other_ioi_model,
     patched_run_cache,
+)
+from ioi.checks.other_sizes import (
+    describe_other_ioi_model,
+    expect_on_other_sizes,
+    toy_grid_axes,
 )
 from ioi.metrics import make_ioi_metric, make_logit_diff_metric
 
@@ -327,7 +332,7 @@ TO_LOGITS = exercise(
         "(a typo such as run_with_cache(new_dataset.toks) for orig_cache): orig_cache comes "
         "from orig_dataset, new_cache from new_dataset",
     },
-    shared=("missed_last_layer", "ignored_given_cache"),
+    shared=("missed_last_layer", "ignored_given_cache", "hard_coded_size"),
 )
 
 
@@ -420,7 +425,31 @@ def test_get_path_patch_head_to_final_resid_post(fn: Callable) -> None:
             )
             known = {"ignored_given_cache": lambda: expected}
         ex.expect_tensor(got, want, call=call, mistakes=known, atol=1e-4, rtol=1e-4, unchanged=1.0)
-    ex.passed()
+    model, metric, baseline, setting = _other_sizes(b)
+    call = (
+        "get_path_patch_head_to_final_resid_post(model, patching_metric, new_dataset=abc, "
+        f"orig_dataset=ioi, new_cache=None, orig_cache=None)  {setting}"
+    )
+    with torch.inference_mode():
+        expected = path_patching.get_path_patch_head_to_final_resid_post(model, metric, b.abc, b.ds)
+    expect_on_other_sizes(
+        ex,
+        fn,
+        model,
+        metric,
+        b.abc,
+        b.ds,
+        None,
+        None,
+        call=call,
+        model=model,
+        expected=expected,
+        axes=toy_grid_axes(),
+        atol=1e-4,
+        rtol=1e-4,
+        unchanged=baseline,
+    )
+    ex.passed("on the toy and on a random model of other sizes")
 
 
 # ---- get_path_patch_head_to_heads -------------------------------------------------------------
@@ -627,6 +656,19 @@ def test_get_path_patch_head_to_heads(fn: Callable) -> None:
     ex.passed(UNREACHABLE.split(":")[0] + "; on the toy and on a random model of other sizes")
 
 
+def _other_sizes(b: IOIBatch) -> tuple[HookedTransformer, Callable, float, str]:
+    """`other_ioi_model`, the plain logit difference metric on ``b``'s prompts, its value on
+    the unpatched run, and the setting for messages."""
+    model = other_ioi_model()
+    metric = make_logit_diff_metric(b.answer_tokens, b.end)
+    with torch.inference_mode():
+        baseline = float(metric(model(b.ds.toks)))
+    setting = (
+        f"where patching_metric is the mean logit difference at end  [{describe_other_ioi_model()}]"
+    )
+    return model, metric, baseline, setting
+
+
 def _to_heads_on_other_sizes(
     ex, fn: Callable, b: IOIBatch, name: str, positions: dict[str, str | None] | None = None
 ) -> None:
@@ -636,9 +678,8 @@ def _to_heads_on_other_sizes(
     ``positions``: the sender and receiver word_idx keys, for `path_patch_head_to_heads_at`
     (passed after the datasets); else the caches are passed as None.
     """
-    model, toy = other_ioi_model(), b.model.cfg
+    model, metric, baseline, setting = _other_sizes(b)
     receivers, top = [(3, 0), (3, 4), (2, 4)], 3
-    metric = make_logit_diff_metric(b.answer_tokens, b.end)
     if positions is None:
         extra, shown, where = (None, None), "new_cache=None, orig_cache=None", {}
     else:
@@ -647,11 +688,14 @@ def _to_heads_on_other_sizes(
         where = positions
     call = (
         f"{name}({receivers}, 'v', model, patching_metric, new_dataset=abc, orig_dataset=ioi, "
-        f"{shown})  where patching_metric is the mean logit difference at end  [a random "
-        f"model of {model.cfg.n_layers} layers x {model.cfg.n_heads} heads over the toy's "
-        "vocabulary (not the toy); the same prompts]"
+        f"{shown})  {setting}"
     )
-    got = ex.call(
+    with torch.inference_mode():
+        grid = path_patching.get_path_patch_head_to_heads(
+            receivers, "v", model, metric, b.abc, b.ds, **where
+        )
+    expect_on_other_sizes(
+        ex,
         fn,
         receivers,
         "v",
@@ -662,21 +706,8 @@ def _to_heads_on_other_sizes(
         *extra,
         call=call,
         model=model,
-        # an index past the toy's sizes on this larger model: the sizes were written in
-        raised_as=lambda err: "hard_coded_size" if isinstance(err, IndexError) else None,
-    )
-    with torch.inference_mode():
-        grid = path_patching.get_path_patch_head_to_heads(
-            receivers, "v", model, metric, b.abc, b.ds, **where
-        )
-        baseline = float(metric(model(b.ds.toks)))
-    expected = _with_unreachable(grid, top)
-    sizes = {0: toy.n_layers, 1: toy.n_heads}
-    ex.expect_tensor(
-        got,
-        expected,
-        call=call,
-        mistakes={"hard_coded_size": lambda: toy_sized(expected, sizes)},
+        expected=_with_unreachable(grid, top),
+        axes=toy_grid_axes(),
         atol=1e-4,
         rtol=1e-4,
         unchanged=baseline,

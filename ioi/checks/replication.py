@@ -20,7 +20,20 @@ from transformer_lens.utilities import get_act_name
 
 from ioi import heads
 from ioi.checks.core import AnyOf, describe, exercise, matches, one_thread, without_last_layer
-from ioi.checks.fixtures import IOIBatch, ioi_batch
+from ioi.checks.fixtures import (
+    IOIBatch,
+    ioi_batch,
+    other_ioi_model,
+    other_model_batch,
+    other_processed_model,
+)
+from ioi.checks.other_sizes import (
+    describe_other_ioi_model,
+    describe_sizes,
+    expect_on_other_sizes,
+    hard_coded_size_error,
+    toy_grid_axes,
+)
 from ioi.circuit import (
     Circuit,
     Faithfulness,
@@ -148,7 +161,7 @@ COPYING = exercise(
         "columns cut to the names); the question is whether the name is among the top k of "
         "the whole vocabulary: topk over d_vocab",
     },
-    shared=("missed_last_layer",),
+    shared=("missed_last_layer", "hard_coded_size"),
 )
 
 
@@ -282,7 +295,25 @@ def test_get_copying_scores(get_copying_scores_fn: Callable) -> None:
         # near the top-k edge can flip (LayerNorm-eps and centring effects); accept that.
         tolerance = 2.5 / len(tokens)
         ex.expect_tensor(got, expected, call=call, mistakes=mistakes, atol=tolerance, rtol=0.0)
-    ex.passed(f"{len(cases)} calls (names, k and negative varied)")
+    # Every token of the small random model's vocabulary is a "name": its heads copy a few.
+    other = other_processed_model()
+    tokens = torch.arange(other.cfg.d_vocab)
+    expect_on_other_sizes(
+        ex,
+        get_copying_scores_fn,
+        other,
+        tokens.clone(),
+        5,
+        False,
+        call="get_copying_scores(model, names=<tensor of every token id>, k=5, negative=False)  "
+        f"[{describe_sizes(other)}]",
+        model=other,
+        expected=heads.get_copying_scores(other, tokens, 5, False),
+        axes=toy_grid_axes(),
+        atol=2.5 / len(tokens),
+        rtol=0.0,
+    )
+    ex.passed(f"{len(cases)} calls (names, k and negative varied), and a model of other sizes")
 
 
 # ---- get_attn_scores --------------------------------------------------------------------------
@@ -327,7 +358,7 @@ DETECTORS = exercise(
         "ValueError: a typo in `kind` must not silently give another detector's scores; check "
         "kind against the three valid ones first and raise ValueError listing them",
     },
-    shared=("missed_last_layer",),
+    shared=("missed_last_layer", "hard_coded_size"),
 )
 
 
@@ -464,6 +495,22 @@ def test_get_attn_scores(get_attn_scores_fn: Callable) -> None:
                     )
                 )
             ex.expect_tensor(got, every[kind], call=call, mistakes=mistakes, atol=1e-5)
+    other = other_model_batch().model
+    expect_on_other_sizes(
+        ex,
+        get_attn_scores_fn,
+        other,
+        10,
+        3,
+        3,
+        "induction",
+        call="get_attn_scores(model, seq_len=10, batch=3, seed=3, kind='induction')  "
+        f"[{describe_sizes(other)}]",
+        model=other,
+        expected=heads.get_attn_scores(other, 10, 3, 3, "induction"),
+        axes=toy_grid_axes(),
+        atol=1e-5,
+    )
     call = "get_attn_scores(model, seq_len=8, batch=4, seed=3, kind='induction_head')  [toy model]"
     # Any exception will do (a KeyError from a lookup table also stops the typo); the mistake
     # is returning scores.
@@ -481,7 +528,7 @@ def test_get_attn_scores(get_attn_scores_fn: Callable) -> None:
             hint=ex.hint,
         )
     model.reset_hooks(including_permanent=False)
-    ex.passed("two (seq_len, batch, seed) settings, three kinds")
+    ex.passed("two (seq_len, batch, seed) settings, three kinds; and a model of other sizes")
 
 
 # ---- mean_ablation_hooks ----------------------------------------------------------------------
@@ -508,7 +555,12 @@ ABLATION_HOOKS = exercise(
         "empty_kept_everywhere": "a head whose keep entry is () (no positions) kept its output "
         "everywhere, as if it were None; () keeps it nowhere: only None means every position",
     },
-    shared=("same_position_for_all_prompts", "zero_ablation", "global_mean_ablation"),
+    shared=(
+        "same_position_for_all_prompts",
+        "zero_ablation",
+        "global_mean_ablation",
+        "hard_coded_size",
+    ),
 )
 
 
@@ -637,7 +689,54 @@ def test_mean_ablation_hooks(mean_ablation_hooks_fn: Callable) -> None:
         ex.expect_tensor(
             got, expected, call=call + "  ->  " + run_call, mistakes=mistakes, atol=1e-3
         )
-    ex.passed(f"{len(keeps)} keep maps")
+    _ablation_hooks_on_other_sizes(ex, mean_ablation_hooks_fn, b)
+    ex.passed(f"{len(keeps)} keep maps, and a model of other sizes")
+
+
+def _ablation_hooks_on_other_sizes(ex, fn: Callable, b: IOIBatch) -> None:
+    """The hooks on `other_ioi_model` (more layers and heads; the same prompts), keeping a head
+    of its last layer and its last head: hooks for the toy's layers only leave the last layer
+    unablated, a mask the toy's heads wide raises. Both are ``hard_coded_size``."""
+    model = other_ioi_model()
+    means = MeanAblation.build(model, b.ds, b.abc).means
+    keep = {(3, 4): ("end",), (1, 0): None, (2, 2): ("S2",)}
+    call = (
+        f"mean_ablation_hooks(model, ds, means, keep)  where means = template_means(model, abc) "
+        f"and keep = {keep}  [{describe_other_ioi_model()}]"
+    )
+    got_hooks = ex.call(
+        fn,
+        model,
+        b.ds,
+        copy.deepcopy(means),
+        keep,
+        call=call,
+        model=model,
+        raised_as=hard_coded_size_error(_template_index_error),
+    )
+    run_call = call + "  ->  logit difference per prompt with your hooks"
+    got = ex.call(
+        logit_diff_with_hooks,
+        model,
+        b.ds,
+        list(got_hooks),
+        call=run_call,
+        model=model,
+        raised_as=hard_coded_size_error(),
+    )
+    hooks = mean_ablation_hooks(model, b.ds, means, keep)
+    toy_layers = {get_act_name("z", layer) for layer in range(b.model.cfg.n_layers)}
+    ex.expect_tensor(
+        got,
+        logit_diff_with_hooks(model, b.ds, hooks),
+        call=run_call,
+        mistakes={
+            "hard_coded_size": lambda: logit_diff_with_hooks(
+                model, b.ds, [h for h in hooks if h[0] in toy_layers]
+            )
+        },
+        atol=1e-3,
+    )
 
 
 # ---- faithfulness, completeness, minimality ---------------------------------------------------

@@ -764,13 +764,21 @@ def _attribution(
         with torch.no_grad():
             corrupted_value = metric(model(corrupted_tokens))
         return corrupted_value + est
-    if layers is not None:  # a loop over range(n_layers - 1) into a zero grid
+    if layers is not None:  # a loop over range(n_layers)[:layers] into a zero grid
         out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
         out[:layers] = value.detach() + est
         return out
     return value.detach() + est if add_value else est
 
 
+variant(
+    "attribution_patch_attn_head_out_all_pos",
+    "hard_coded_size",
+    _attribution,
+    "The toy's layers written in: range(3), into a grid of the model's size.",
+    fn_name="attribution_toy_layers",
+    layers=3,
+)
 variant(
     "attribution_patch_attn_head_out_all_pos",
     "change_not_value",

@@ -286,6 +286,41 @@ def acc_values_only(model, cache, answer_tokens, positions=None):
     return _resid(model, cache, answer_tokens, positions, "accumulated", incl_mid=True)[0]
 
 
+def _resid_by_hand(model, cache, answer_tokens, positions, kind):
+    """The stack built hook by hook over the toy's 3 layers written in (range(3))."""
+    if kind == "accumulated":
+        parts, labels = [cache["resid_pre", 0]], ["0_pre"]
+        for layer in range(3):
+            after = f"{layer + 1}_pre" if layer < 2 else "final_post"
+            parts += [cache["resid_mid", layer], cache["resid_post", layer]]
+            labels += [f"{layer}_mid", after]
+    else:
+        parts, labels = [cache["hook_embed"], cache["hook_pos_embed"]], ["embed", "pos_embed"]
+        for layer in range(3):
+            parts += [cache["attn_out", layer], cache["mlp_out", layer]]
+            labels += [f"{layer}_attn_out", f"{layer}_mlp_out"]
+    stack = _at(torch.stack(parts), positions)
+    return _attribute(stack, cache, _dirs(model, answer_tokens), positions), labels
+
+
+variant(
+    "accumulated_resid_logit_diffs",
+    "hard_coded_size",
+    _resid_by_hand,
+    "resid_pre 0, then resid_mid and resid_post of each of range(3): the toy's layers.",
+    fn_name="acc_toy_layers",
+    kind="accumulated",
+)
+variant(
+    "per_layer_logit_diffs",
+    "hard_coded_size",
+    _resid_by_hand,
+    "The embeddings, then attn_out and mlp_out of each of range(3): the toy's layers.",
+    fn_name="layer_toy_layers",
+    kind="decomposed",
+)
+
+
 @correct(
     "accumulated_resid_logit_diffs", "TransformerLens's logit_attrs with the layer norm's own scale"
 )
@@ -477,6 +512,13 @@ variant(
 )
 
 
+@wrong("per_head_logit_diffs", "hard_coded_size")
+def head_dla_toy_grid(model, cache, answer_tokens, positions=None):
+    """The toy's 3 x 4 grid written in: layers range(3), heads [:4]."""
+    res = _results(model, cache, positions, layers=3)[:, :4]
+    return _attribute(res, cache, _dirs(model, answer_tokens), positions)
+
+
 @wrong("per_head_logit_diffs", "transposed")
 def head_dla_transposed(model, cache, answer_tokens, positions=None):
     """[head, layer]."""
@@ -570,6 +612,14 @@ def _attention(
     return torch.stack(out)
 
 
+variant(
+    "ioi_attention",
+    "hard_coded_size",
+    _attention,
+    "The toy's layers written in: range(3).",
+    fn_name="attention_toy_layers",
+    layers=3,
+)
 variant(
     "ioi_attention",
     "swapped_dest_src",

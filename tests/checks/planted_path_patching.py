@@ -169,16 +169,18 @@ def _to_logits(
     swap=False,
     z_filter=_is_z,
     freeze_mlps=False,
+    toy_sizes=False,
     **how,
 ):
     new_cache, orig_cache = _caches(model, new_dataset, orig_dataset, new_cache, orig_cache)
     toks = orig_dataset.toks
     if swap:
         new_cache, orig_cache, toks = orig_cache, new_cache, new_dataset.toks
-    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    n_layers, n_heads = (3, 4) if toy_sizes else (model.cfg.n_layers, model.cfg.n_heads)
+    out = torch.zeros(n_layers, n_heads)
     with torch.no_grad():
-        for layer in range(model.cfg.n_layers)[:layers]:
-            for head in range(model.cfg.n_heads):
+        for layer in range(n_layers)[:layers]:
+            for head in range(n_heads):
                 hook = partial(
                     _freeze, new_cache=new_cache, orig_cache=orig_cache, sender=(layer, head), **how
                 )
@@ -228,6 +230,16 @@ variant(
     "Runs the new prompts, patches orig in.",
     fn_name="to_logits_swapped",
     swap=True,
+)
+
+
+variant(
+    "get_path_patch_head_to_final_resid_post",
+    "hard_coded_size",
+    _to_logits,
+    "The toy's 3 layers x 4 heads written in (torch.zeros(3, 4), range(3), range(4)).",
+    fn_name="to_logits_toy_sizes",
+    toy_sizes=True,
 )
 
 

@@ -25,6 +25,7 @@ def _copying(
     layers=None,
     bottom=False,
     own_names=False,
+    toy_sizes=False,
 ):
     tokens = (
         name_tokens(model)
@@ -34,10 +35,11 @@ def _copying(
     with torch.no_grad():
         embed = model.embed(tokens[:, None])
         resid = embed + model.blocks[0].apply_mlp(model.blocks[0].ln2(embed)) if mlp0 else embed
-        scores = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-        for layer in range(model.cfg.n_layers)[:layers]:
+        n_layers, n_heads = (3, 4) if toy_sizes else (model.cfg.n_layers, model.cfg.n_heads)
+        scores = torch.zeros(n_layers, n_heads)
+        for layer in range(n_layers)[:layers]:
             x = model.blocks[layer].ln1(resid) if ln1 else resid
-            for head in range(model.cfg.n_heads):
+            for head in range(n_heads):
                 out = x @ model.W_V[layer, head] @ model.W_O[layer, head]
                 if negative and not bottom:
                     out = -out
@@ -47,6 +49,14 @@ def _copying(
     return scores
 
 
+variant(
+    "get_copying_scores",
+    "hard_coded_size",
+    _copying,
+    "The toy's 3 x 4 grid written in: torch.zeros(3, 4), range(3), range(4).",
+    fn_name="copy_toy_sizes",
+    toy_sizes=True,
+)
 variant(
     "get_copying_scores",
     "skipped_mlp0",
@@ -242,6 +252,14 @@ def _detector(
 
 variant(
     "get_attn_scores",
+    "hard_coded_size",
+    _detector,
+    "The toy's layers written in: range(3).",
+    fn_name="detect_toy_layers",
+    layers=3,
+)
+variant(
+    "get_attn_scores",
     "wrong_kind",
     _detector,
     "Induction at offset L (the duplicate's).",
@@ -384,11 +402,12 @@ def _ablation_hooks(
     everywhere=False,
     first=False,
     nothing=False,
+    toy_layers=False,
 ):
     batch, n_pos = ds.toks.shape
     rows = torch.tensor([means.row_of[int(t)] for t in ds.template_idx])
     hooks = []
-    for layer in range(model.cfg.n_layers):
+    for layer in range(3) if toy_layers else range(model.cfg.n_layers):
         mask = torch.zeros(batch, n_pos, model.cfg.n_heads, dtype=torch.bool)
         for (lay, head), keys in ({} if ignore_keep else keep).items():
             if lay != layer:
@@ -421,6 +440,14 @@ def _ablation_hooks(
     return hooks
 
 
+variant(
+    "mean_ablation_hooks",
+    "hard_coded_size",
+    _ablation_hooks,
+    "Hooks for the toy's layers written in: range(3).",
+    fn_name="ablation_toy_layers",
+    toy_layers=True,
+)
 variant(
     "mean_ablation_hooks",
     "zero_ablation",
